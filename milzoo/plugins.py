@@ -1,0 +1,167 @@
+"""Plugin discovery and loading, with per-plugin failure isolation.
+
+Built-in components (``DEFAULT_PLUGINS``) are registered through the very same
+hooks as third-party plugins.  Third-party and first-party plugins (those in the
+repository's ``plugins/`` folder) are found through the ``milzoo`` entry-point
+group.  Each entry point is loaded in its own ``try``: a plugin that fails to
+import is recorded with its distribution, version and error, and everything
+else keeps working.
+
+Environment variables:
+
+- ``MILZOO_LOAD_PLUGINS``: unset loads every entry point; empty loads none;
+  ``a,b`` loads only the entry points or distributions named.
+- ``MILZOO_DISABLE_PLUGINS``: ``a,b`` blocks these entry points or distributions.
+- ``MILZOO_TRACE_PLUGINS=1``: print every hook call (handy for plugin authors).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+import os
+import sys
+import threading
+from dataclasses import asdict, dataclass
+
+import pluggy
+
+from milzoo import hookspecs
+
+ENTRY_POINT_GROUP = "milzoo"
+DEFAULT_PLUGINS = ("milzoo.builtin",)
+
+
+@dataclass
+class PluginRecord:
+    name: str  # entry-point name (or module name for built-ins)
+    distribution: str
+    version: str
+    status: str  # "ok", "failed", "disabled"
+    error: str = ""
+    module: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_lock = threading.RLock()
+_manager: pluggy.PluginManager | None = None
+_records: list[PluginRecord] = []
+
+
+def _csv_env(name: str) -> set[str] | None:
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    return {v.strip() for v in value.split(",") if v.strip()}
+
+
+def _milzoo_version() -> str:
+    try:
+        return md.version("milzoo")
+    except md.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _load_entry_points(pm: pluggy.PluginManager) -> None:
+    wanted = _csv_env("MILZOO_LOAD_PLUGINS")
+    blocked = _csv_env("MILZOO_DISABLE_PLUGINS") or set()
+    seen: set[str] = set()
+    for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        dist = ep.dist.name if ep.dist is not None else "?"
+        version = ep.dist.version if ep.dist is not None else "?"
+        if ep.name in seen:  # the same distribution seen twice on sys.path
+            continue
+        seen.add(ep.name)
+        rec = PluginRecord(ep.name, dist, version, "ok", module=ep.value)
+        if (wanted is not None and ep.name not in wanted and dist not in wanted) or (
+            ep.name in blocked or dist in blocked
+        ):
+            rec.status = "disabled"
+            _records.append(rec)
+            continue
+        try:
+            plugin = ep.load()
+            pm.register(plugin, name=ep.name)
+        except Exception as exc:  # noqa: BLE001 - isolation is the point
+            rec.status, rec.error = "failed", _describe(exc)
+            try:
+                pm.unregister(name=ep.name)
+            except Exception:  # noqa: BLE001
+                pass
+        _records.append(rec)
+
+
+def get_plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager, created and loaded on first use."""
+    global _manager
+    with _lock:
+        if _manager is not None:
+            return _manager
+        pm = pluggy.PluginManager(hookspecs.PROJECT)
+        pm.add_hookspecs(hookspecs)
+        for modname in DEFAULT_PLUGINS:
+            mod = importlib.import_module(modname)
+            pm.register(mod, name=modname)
+            _records.append(PluginRecord(modname, "milzoo", _milzoo_version(), "ok", module=modname))
+        _load_entry_points(pm)
+        try:
+            pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            name = pm.get_name(exc.plugin) or "?"
+            for rec in _records:
+                if rec.name == name:
+                    rec.status, rec.error = "failed", _describe(exc)
+            pm.unregister(exc.plugin)
+        if os.environ.get("MILZOO_TRACE_PLUGINS"):
+            def before(hook_name, impls, kwargs):
+                print(f"[milzoo] hook {hook_name} -> {[i.plugin_name for i in impls]}", file=sys.stderr)
+
+            def after(outcome, hook_name, impls, kwargs):
+                return None
+
+            pm.add_hookcall_monitoring(before, after)
+        _manager = pm
+        return pm
+
+
+def plugin_records() -> list[PluginRecord]:
+    """Every plugin seen: built-ins, loaded, failed and disabled ones."""
+    get_plugin_manager()
+    return list(_records)
+
+
+def record_failure(plugin_name: str, exc: BaseException) -> None:
+    """Mark a plugin failed after it loaded (e.g. its hook raised while registering)."""
+    for rec in _records:
+        if rec.name == plugin_name:
+            rec.status, rec.error = "failed", _describe(exc)
+            return
+    _records.append(PluginRecord(plugin_name, "?", "?", "failed", _describe(exc)))
+
+
+def plugin_distribution(plugin_name: str) -> tuple[str, str]:
+    for rec in _records:
+        if rec.name == plugin_name:
+            return rec.distribution, rec.version
+    return "?", "?"
+
+
+def failed_plugins() -> list[PluginRecord]:
+    return [r for r in plugin_records() if r.status == "failed"]
+
+
+def reset_plugins() -> None:
+    """Forget the manager and the registry (tests; after installing a plugin)."""
+    global _manager
+    with _lock:
+        _manager = None
+        _records.clear()
+        from milzoo import registry
+
+        registry._reset()
