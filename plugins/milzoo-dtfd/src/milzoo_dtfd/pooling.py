@@ -1,0 +1,216 @@
+"""DTFD-MIL pooling (methods.md section 3).
+
+1. Reduction ``X = ReLU(H W_r)`` (no bias), optionally followed by residual blocks
+   (no bias either).
+2. Pseudo-bags: the real instances are split into ``M = min(num_groups, n)``
+   nearly equal pseudo-bags.  Training: a fresh random split per bag and forward
+   (torch's global RNG, ``array_split`` sizes).  Evaluation: a deterministic split
+   (see :func:`stratified_split`), because milzoo requires a deterministic eval.
+3. Tier 1 per pseudo-bag ``m``: gated attention ``a^m`` (softmax within the
+   pseudo-bag), ``f_m = sum_i a^m_i x_i``, logits ``W_1 f_m + b_1``.  Instance
+   scores ``s_i = W_1 (a^m_i x_i)`` (weight only, no bias), ``p_i = softmax_k(s_i)``.
+4. Distillation per pseudo-bag: ``AFS`` keeps ``f_m``; ``MaxMinS`` keeps the
+   ``distill_k`` highest- and lowest-ranked instance features ``x_i``; ``MaxS``
+   only the highest.  Instances are ranked by ``p_{i,k-1}`` (``rank_class=last``)
+   or by the probability of the class predicted by the pseudo-bag's tier-1 logits.
+5. Tier 2 on the *detached* distilled set: gated attention, pooled vector, Linear.
+   Its logits are the bag logits.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from milzoo.components import ComponentConfig, Pooling
+from milzoo.masking import attention_pool, masked_softmax
+from milzoo.output import MILOutput
+
+
+def random_split(mask: Tensor, num_groups: int) -> Tensor:
+    """Random pseudo-bag ids ``[B, N]`` (-1 at padding), ``array_split`` sizes over a random order.
+
+    Each bag with ``n`` real instances gets ``min(num_groups, n)`` non-empty pseudo-bags;
+    the permutation comes from torch's global (CPU) RNG.
+    """
+    groups = torch.full(mask.shape, -1, dtype=torch.long)
+    lengths = mask.sum(1).tolist()
+    for b, n in enumerate(lengths):
+        n = int(n)
+        if n == 0:
+            continue
+        m = min(num_groups, n)
+        sizes = [n // m + (1 if j < n % m else 0) for j in range(m)]
+        ids = torch.repeat_interleave(torch.arange(m), torch.tensor(sizes))
+        perm = torch.randperm(n)
+        real = torch.nonzero(mask[b].cpu(), as_tuple=False).squeeze(1)
+        groups[b, real[perm]] = ids
+    return groups.to(mask.device)
+
+
+def stratified_split(scores: Tensor, mask: Tensor, num_groups: int) -> Tensor:
+    """Deterministic pseudo-bag ids ``[B, N]``: rank the real instances by ``scores``
+    (descending) and deal them round-robin into ``min(num_groups, n)`` pseudo-bags.
+
+    Each pseudo-bag gets a similar spread of attention, like a random split on
+    average, while the result does not depend on instance order or padding.
+    """
+    n = mask.sum(1, keepdim=True)
+    m = n.clamp(max=num_groups).clamp_min(1)
+    filled = scores.detach().masked_fill(~mask, float("-inf"))
+    order = torch.sort(filled, dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    return torch.where(mask, rank % m, torch.full_like(rank, -1))
+
+
+class GatedAttention(nn.Module):
+    """``w^T (tanh(V x) * sigmoid(U x)) + b``: one unnormalised score per row."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.V = nn.Linear(dim, hidden)
+        self.U = nn.Linear(dim, hidden)
+        self.w = nn.Linear(hidden, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w(torch.tanh(self.V(x)) * torch.sigmoid(self.U(x))).squeeze(-1)
+
+
+class ResidualBlock(nn.Module):
+    """``x + ReLU(W_b ReLU(W_a x))`` with bias-free linears."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.Linear(dim, dim, bias=False), nn.ReLU(), nn.Linear(dim, dim, bias=False), nn.ReLU()
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.block(x)
+
+
+class DTFDPooling(Pooling):
+    """DTFD-MIL: pseudo-bags, tier-1 attention, feature distillation, tier-2 attention (Zhang et al. 2022)."""
+
+    name = "dtfd"
+    default_loss = "dtfd"
+
+    class Config(ComponentConfig):
+        reduced_dim: int = Field(default=512, gt=0, description="width of the bias-free reduction (ReLU after)")
+        num_res_blocks: int = Field(default=0, ge=0, description="bias-free residual blocks after the reduction")
+        attn_hidden: int = Field(default=128, gt=0, description="D, the gated-attention hidden size (both tiers)")
+        num_groups: int = Field(default=4, gt=0, description="M, pseudo-bags per bag (numGroup)")
+        distill: Literal["AFS", "MaxMinS", "MaxS"] = Field(
+            default="AFS", description="what each pseudo-bag passes to tier 2"
+        )
+        distill_k: int = Field(
+            default=1, gt=0,
+            description="t, instances kept per pseudo-bag and side by MaxMinS/MaxS (total_instance/numGroup)",
+        )
+        rank_class: Literal["last", "pred"] = Field(
+            default="last",
+            description="rank instances by the last class (faithful, binary) or by the pseudo-bag's "
+            "predicted class",
+        )
+        dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="dropout before the tier-1 classifier")
+        dropout_2: float = Field(default=0.0, ge=0.0, lt=1.0, description="dropout before the tier-2 classifier")
+
+    def __init__(self, config, in_dim, num_classes):
+        super().__init__(config, in_dim, num_classes)
+        d = config.reduced_dim
+        self.reduce = nn.Linear(in_dim, d, bias=False)
+        self.res_blocks = nn.Sequential(*[ResidualBlock(d) for _ in range(config.num_res_blocks)])
+        self.attention1 = GatedAttention(d, config.attn_hidden)
+        self.drop1 = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.classifier1 = nn.Linear(d, num_classes)
+        self.attention2 = GatedAttention(d, config.attn_hidden)
+        self.drop2 = nn.Dropout(config.dropout_2) if config.dropout_2 > 0 else nn.Identity()
+        self.classifier2 = nn.Linear(d, num_classes)
+
+    def embed(self, h: Tensor) -> Tensor:
+        """The reduced features ``x = res(ReLU(h W_r))``."""
+        return self.res_blocks(torch.relu(self.reduce(h)))
+
+    def instance_logits(self, h: Tensor) -> Tensor:
+        """The bag logits of a one-instance bag: every tier passes ``x`` through, so ``W_2 x + b_2``."""
+        return self.classifier2(self.drop2(self.embed(h)))
+
+    def split(self, scores: Tensor, mask: Tensor) -> Tensor:
+        if self.training:
+            return random_split(mask, self.config.num_groups)
+        return stratified_split(scores, mask, self.config.num_groups)
+
+    def forward(self, h: Tensor, mask: Tensor) -> MILOutput:
+        Bn, N, _ = h.shape
+        M, k = self.config.num_groups, self.num_classes
+        x = self.embed(h) * mask.unsqueeze(-1)  # [B, N, d]
+        e = self.attention1(x)  # [B, N] tier-1 attention logits, computed once per bag
+        groups = self.split(e, mask)  # [B, N]
+        gmask = groups.unsqueeze(1) == torch.arange(M, device=h.device).view(1, M, 1)  # [B, M, N]
+        pmask = gmask.any(-1)  # [B, M] non-empty pseudo-bags
+        a = masked_softmax(e.unsqueeze(1).expand(Bn, M, N), gmask, dim=2)  # [B, M, N]
+        f = torch.bmm(a.to(x.dtype), x)  # [B, M, d]
+        t1_logits = self.classifier1(self.drop1(f))  # [B, M, k]
+
+        a_inst = a.sum(1)  # each instance sits in exactly one pseudo-bag
+        s = (a_inst.unsqueeze(-1) * x) @ self.classifier1.weight.t()  # [B, N, k], no bias
+        p = torch.softmax(s.detach().float(), dim=-1)
+
+        feats, fmask, dindex = self._distill(x, f, p, gmask, pmask, t1_logits, groups)
+        feats = feats.detach()  # tier 2 treats the distilled features as constants (3.3)
+        e2 = self.attention2(feats)
+        a2 = masked_softmax(e2, fmask)
+        z = attention_pool(a2, feats)
+        bag_logits = self.classifier2(self.drop2(z))
+
+        attention = masked_softmax(e, mask)  # whole-bag softmax, for localisation (3.6)
+        inst_logits = (attention.unsqueeze(-1) * x) @ self.classifier1.weight.t()
+        extras = {
+            "tier1_logits": t1_logits,
+            "pseudo_mask": pmask,
+            "pseudo_bag": groups,
+            "pseudo_attention": a_inst,
+            "inst_logits_pseudo": s * mask.unsqueeze(-1),
+            "attention_scores": e.masked_fill(~mask, 0.0),
+            "tier2_attention": a2,
+            "bag_feature": z,
+        }
+        if dindex is not None:
+            extras["distilled_index"] = dindex
+        return MILOutput(
+            bag_logits=bag_logits,
+            mask=mask,
+            inst_logits=inst_logits * mask.unsqueeze(-1),
+            attention=attention,
+            extras=extras,
+        )
+
+    def _distill(self, x, f, p, gmask, pmask, t1_logits, groups):
+        """The tier-2 input set ``[B, S, d]``, its mask ``[B, S]`` and, for MaxS/MaxMinS, the
+        picked instance indices ``[B, M, t or 2t]`` (-1 where a pseudo-bag has fewer instances)."""
+        if self.config.distill == "AFS":
+            return f, pmask, None
+        Bn, M, N = gmask.shape
+        if self.config.rank_class == "last":
+            r = p[..., -1]  # [B, N]
+        else:
+            pred = t1_logits.detach().argmax(-1)  # [B, M]
+            cls = pred.gather(1, groups.clamp_min(0))  # [B, N] predicted class of each instance's pseudo-bag
+            r = p.gather(-1, cls.unsqueeze(-1)).squeeze(-1)
+        rr = r.unsqueeze(1).expand(Bn, M, N)
+        t = min(self.config.distill_k, N)
+        valid = torch.arange(t, device=x.device).view(1, 1, t) < gmask.sum(-1, keepdim=True)  # [B, M, t]
+        top = rr.masked_fill(~gmask, float("-inf")).topk(t, dim=2).indices
+        idx, ok = [top], [valid]
+        if self.config.distill == "MaxMinS":
+            low = rr.masked_fill(~gmask, float("inf")).topk(t, dim=2, largest=False).indices
+            idx.append(low)
+            ok.append(valid)
+        idx, ok = torch.cat(idx, dim=2), torch.cat(ok, dim=2)  # [B, M, T]
+        flat = idx.reshape(Bn, -1)
+        feats = x.gather(1, flat.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        return feats, ok.reshape(Bn, -1), idx.masked_fill(~ok, -1)
