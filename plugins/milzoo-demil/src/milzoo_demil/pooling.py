@@ -1,0 +1,102 @@
+"""DEMIL pooling: disambiguated (label-space) gated attention (methods.md section 5.1).
+
+``A_V = tanh(H W_V^T + b_V)`` and ``A_U = sigm(H W_U^T + b_U)``, both ``n x L``
+where ``L`` defaults to ``k`` (the "value mapping" into the label space);
+``s = MLP(A_V * A_U)`` with the MLP Linear(L->128) -> ReLU -> Linear(128->1);
+``a = sigm(s)`` (a sigmoid, not a softmax); ``z = sum_i a_i h_i / sum_i a_i``
+over the bag's real instances.  Head ``sigmoid_softmax`` (DEMIPL code):
+``clamp(sigm(C z + b), eps, 1 - eps)`` is returned as ``bag_logits`` so that
+``softmax_k(bag_logits)`` is DEMIPL's ``p``; head ``linear``: ``C z + b``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from milzoo.components import ComponentConfig, Pooling
+from milzoo.masking import attention_pool
+from milzoo.output import MILOutput
+
+
+class DEMILPooling(Pooling):
+    """DEMIL / DEMIPL disambiguated attention embedding (Tang et al. 2023)."""
+
+    name = "demil"
+    default_loss = "demil"
+    #: the ``demil`` loss reads ``extras["sigmoid_attention"]`` for its entropy term
+    provides_sigmoid_attention: ClassVar[bool] = True
+
+    class Config(ComponentConfig):
+        attn_hidden: int | None = Field(
+            default=None,
+            gt=0,
+            description="hidden size of the gated attention; None = the number of classes k "
+            "(DEMIPL's label-space value mapping, methods.md 5.1)",
+        )
+        score_hidden: int = Field(
+            default=128, gt=0, description="hidden size of the score MLP Linear(L->m) -> ReLU -> Linear(m->1)"
+        )
+        share_uv: bool = Field(
+            default=False,
+            description="reuse W_V, b_V in the sigmoid (U) branch, as the official code does "
+            "(methods.md 5.6.1); False = separate W_U, b_U as in the paper (recommended)",
+        )
+        head: Literal["sigmoid_softmax", "linear"] = Field(
+            default="sigmoid_softmax",
+            description="sigmoid_softmax: clamp(sigmoid(Cz+b)) then softmax (DEMIPL-faithful); "
+            "linear: Cz+b then softmax (use when DEMIL is a PSMIL baseline, methods.md 5.6.2)",
+        )
+        clamp_eps: float = Field(
+            default=1e-5, ge=0.0, lt=0.5, description="sigmoid_softmax head: clamp to [eps, 1-eps]"
+        )
+
+    def __init__(self, config, in_dim, num_classes):
+        super().__init__(config, in_dim, num_classes)
+        hidden = config.attn_hidden or self.num_classes
+        self.attn_hidden = int(hidden)
+        self.attn_V = nn.Linear(in_dim, hidden)
+        self.attn_U = None if config.share_uv else nn.Linear(in_dim, hidden)
+        self.attn_score = nn.Sequential(
+            nn.Linear(hidden, config.score_hidden), nn.ReLU(), nn.Linear(config.score_hidden, 1)
+        )
+        self.classifier = nn.Linear(in_dim, num_classes)
+
+    def attention_scores(self, h: Tensor) -> Tensor:
+        """Pre-sigmoid scores ``s``: ``[B, N, d] -> [B, N]``."""
+        v = self.attn_V(h)
+        gate = torch.sigmoid(v if self.attn_U is None else self.attn_U(h))
+        return self.attn_score(torch.tanh(v) * gate).squeeze(-1)
+
+    def _head(self, logits: Tensor) -> Tensor:
+        if self.config.head == "linear":
+            return logits
+        eps = self.config.clamp_eps
+        return torch.sigmoid(logits).clamp(eps, 1.0 - eps)
+
+    def instance_logits(self, h: Tensor) -> Tensor:
+        """The bag head applied to single instances (softmax of this is the instance probability)."""
+        return self._head(self.classifier(h))
+
+    def forward(self, h: Tensor, mask: Tensor) -> MILOutput:
+        scores = self.attention_scores(h)
+        raw = torch.sigmoid(scores).masked_fill(~mask, 0.0)  # a_i in (0, 1), zero at padding
+        # The normaliser stays in the graph (methods.md 5.6.3); a_i > 0 so it is positive.
+        attention = raw / raw.sum(dim=1, keepdim=True).clamp_min(torch.finfo(raw.dtype).tiny)
+        z = attention_pool(attention, h)
+        bag_logits = self._head(self.classifier(z))
+        inst_logits = self.instance_logits(h).masked_fill(~mask.unsqueeze(-1), 0.0)
+        return MILOutput(
+            bag_logits=bag_logits,
+            mask=mask,
+            inst_logits=inst_logits,
+            attention=attention,
+            extras={
+                "sigmoid_attention": raw,
+                "attention_scores": scores.masked_fill(~mask, 0.0),
+                "bag_feature": z,
+            },
+        )
