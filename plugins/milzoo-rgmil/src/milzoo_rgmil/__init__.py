@@ -1,0 +1,1 @@
+"""RGMIL for milzoo: regressor-guided MIL pooling (Du et al., NeurIPS 2023)."""
