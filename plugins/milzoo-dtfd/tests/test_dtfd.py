@@ -1,0 +1,257 @@
+"""DTFD-MIL: pseudo-bag splits, hand-checked distillation and instance scores, masking, loss, training."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from milzoo.batch import Bag, MILBatch, collate_bags
+from milzoo.errors import ComponentError
+from milzoo.output import MILOutput, TrainState
+from milzoo_dtfd.loss import DTFDLoss
+from milzoo_dtfd.pooling import DTFDPooling, random_split, stratified_split
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: threads only add overhead on a shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make(k=2, d=6, **opts) -> DTFDPooling:
+    opts.setdefault("reduced_dim", 16)
+    opts.setdefault("attn_hidden", 8)
+    return DTFDPooling(DTFDPooling.Config(**opts), d, k).eval()
+
+
+def hand_set(p: DTFDPooling, w1: torch.Tensor, b1: torch.Tensor) -> None:
+    """x = ReLU(h) (identity reduction), constant tier-1 attention, classifier1 = (w1, b1)."""
+    with torch.no_grad():
+        p.reduce.weight.copy_(torch.eye(p.reduce.weight.shape[0], p.reduce.weight.shape[1]))
+        p.attention1.w.weight.zero_()
+        p.attention1.w.bias.fill_(0.3)
+        p.classifier1.weight.copy_(w1)
+        p.classifier1.bias.copy_(b1)
+
+
+def test_registered():
+    from milzoo.registry import get_entry
+
+    assert get_entry("pooling", "dtfd").obj is DTFDPooling
+    assert get_entry("loss", "dtfd").obj is DTFDLoss
+    assert DTFDPooling.default_loss == "dtfd"
+    assert DTFDPooling.Config().distill == "AFS" and DTFDPooling.Config().num_groups == 4
+
+
+def test_random_split_covers_every_real_instance_once():
+    torch.manual_seed(0)
+    mask = collate_bags([Bag(x=torch.zeros(n, 1), y=0) for n in (11, 4, 3, 1, 8)]).mask
+    g = random_split(mask, 4)
+    assert (g[~mask] == -1).all()
+    for b, n in enumerate((11, 4, 3, 1, 8)):
+        ids = g[b, :n]
+        m = min(4, n)
+        assert set(ids.tolist()) == set(range(m))  # every pseudo-bag non-empty, each instance in one
+        sizes = sorted(torch.bincount(ids, minlength=m).tolist(), reverse=True)
+        assert sizes == [n // m + (1 if j < n % m else 0) for j in range(m)]  # array_split sizes
+    # random (global RNG): a new split next time, the same one after re-seeding
+    torch.manual_seed(1)
+    a = random_split(mask, 4)
+    b = random_split(mask, 4)
+    torch.manual_seed(1)
+    assert torch.equal(random_split(mask, 4), a)
+    assert not torch.equal(a, b)
+
+
+def test_stratified_split_by_hand():
+    scores = torch.tensor([[5.0, 1.0, 3.0, 4.0, 2.0, 9.0]])
+    mask = torch.tensor([[True, True, True, True, True, False]])
+    # ranks (descending, padding ignored): 5->0, 4->1, 3->2, 2->3, 1->4; group = rank % 2
+    assert stratified_split(scores, mask, 2).tolist() == [[0, 0, 0, 1, 1, -1]]
+    assert stratified_split(scores, mask, 4).tolist() == [[0, 0, 2, 1, 3, -1]]
+    assert stratified_split(scores, mask, 8).tolist() == [[0, 4, 2, 1, 3, -1]]  # M = min(8, n) = 5
+
+
+def test_instance_probabilities_and_maxmin_selection_by_hand():
+    # 6 instances, 2 pseudo-bags (eval: constant attention -> ties keep index order -> group = i % 2),
+    # uniform attention 1/3 within each pseudo-bag.  classifier1 row 1 reads x_0, so
+    # s_i = a_i * W1 x_i = [0, x_i0 / 3] (the bias 0.7 must NOT enter), p_i1 = sigmoid(x_i0 / 3).
+    p = make(k=2, d=2, reduced_dim=2, num_groups=2, distill="MaxMinS")
+    hand_set(p, torch.tensor([[0.0, 0.0], [1.0, 0.0]]), torch.tensor([0.0, 0.7]))
+    x0 = [5.0, 1.0, 4.0, 2.0, 3.0, 6.0]
+    h = torch.tensor([[[v, 0.5] for v in x0]])
+    out = p(h, torch.ones(1, 6, dtype=torch.bool))
+    assert out.extras["pseudo_bag"].tolist() == [[0, 1, 0, 1, 0, 1]]
+    torch.testing.assert_close(out.extras["pseudo_attention"][0], torch.full((6,), 1 / 3))
+    want = torch.tensor([[0.0, v / 3] for v in x0])
+    torch.testing.assert_close(out.extras["inst_logits_pseudo"][0], want)
+    # pseudo-bag 0 = {0, 2, 4} (x0 5, 4, 3): max 0, min 4; pseudo-bag 1 = {1, 3, 5} (1, 2, 6): max 5, min 1
+    assert out.extras["distilled_index"].tolist() == [[[0, 4], [5, 1]]]
+    # tier-1 logits: W1 f_m + b1 with f_m the mean of the pseudo-bag
+    torch.testing.assert_close(out.extras["tier1_logits"][0], torch.tensor([[0.0, 4.0 + 0.7], [0.0, 3.0 + 0.7]]))
+    # whole-bag attention (localisation) is uniform over the bag, and inst_logits use it
+    torch.testing.assert_close(out.attention[0], torch.full((6,), 1 / 6))
+    torch.testing.assert_close(out.inst_logits[0], torch.tensor([[0.0, v / 6] for v in x0]))
+
+    # MaxS keeps only the top instance of each pseudo-bag
+    q = make(k=2, d=2, reduced_dim=2, num_groups=2, distill="MaxS")
+    q.load_state_dict(p.state_dict())
+    assert q(h, torch.ones(1, 6, dtype=torch.bool)).extras["distilled_index"].tolist() == [[[0], [5]]]
+
+
+def test_maxmin_selection_follows_random_training_split():
+    torch.manual_seed(3)
+    p = make(k=2, d=2, reduced_dim=2, num_groups=3, distill="MaxMinS", distill_k=2).train()
+    hand_set(p, torch.tensor([[0.0, 0.0], [1.0, 0.0]]), torch.zeros(2))
+    x0 = torch.randperm(12).float()
+    h = torch.stack([x0, torch.zeros(12)], -1).unsqueeze(0)
+    out = p(h, torch.ones(1, 12, dtype=torch.bool))
+    g = out.extras["pseudo_bag"][0]
+    for m in range(3):
+        members = torch.nonzero(g == m).squeeze(1)
+        order = members[x0[members].argsort(descending=True)]
+        want = order[:2].tolist() + order.flip(0)[:2].tolist()
+        assert out.extras["distilled_index"][0, m].tolist() == want
+
+
+def test_rank_class_pred_vs_last():
+    # one pseudo-bag, classifier1 = identity, uniform attention 1/3: s_i = x_i / 3.
+    # bias [0, 1, 0] makes the pseudo-bag predict class 1 (f = [0, 4/3, 4/3]).
+    h = torch.tensor([[[0.0, 3.0, 0.0], [0.0, 0.0, 3.0], [0.0, 1.0, 1.0]]])
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    picks = {}
+    for rank_class in ("last", "pred"):
+        p = make(k=3, d=3, reduced_dim=3, num_groups=1, distill="MaxMinS", rank_class=rank_class)
+        hand_set(p, torch.eye(3), torch.tensor([0.0, 1.0, 0.0]))
+        out = p(h, mask)
+        assert out.extras["tier1_logits"][0, 0].argmax().item() == 1
+        picks[rank_class] = out.extras["distilled_index"][0, 0].tolist()
+    assert picks["last"] == [1, 0]  # by p_{i,2}: highest instance 1, lowest instance 0
+    assert picks["pred"] == [0, 1]  # by p_{i,1}: highest instance 0, lowest instance 1
+
+
+@pytest.mark.parametrize("distill", ["AFS", "MaxMinS", "MaxS"])
+def test_padding_permutation_and_eval_determinism(distill):
+    torch.manual_seed(4)
+    p = make(k=3, distill=distill, distill_k=2, rank_class="pred", num_res_blocks=1)
+    bags = [Bag(x=torch.randn(n, 6), y=0) for n in (9, 2, 1, 6)]
+    batch = collate_bags(bags)
+    out = p(batch.x, batch.mask)
+    again = p(batch.x, batch.mask)
+    torch.testing.assert_close(out.bag_logits, again.bag_logits, atol=0, rtol=0)
+    for b, bag in enumerate(bags):
+        n = len(bag)
+        one = p(bag.x.unsqueeze(0), torch.ones(1, n, dtype=torch.bool))
+        torch.testing.assert_close(out.bag_logits[b : b + 1], one.bag_logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out.attention[b, :n], one.attention[0], atol=1e-6, rtol=1e-5)
+        assert out.attention[b, :n].sum().item() == pytest.approx(1.0, abs=1e-5)
+        assert (out.attention[b, n:] == 0).all() and (out.inst_logits[b, n:] == 0).all()
+        perm = torch.randperm(n)
+        pm = p(bag.x[perm].unsqueeze(0), torch.ones(1, n, dtype=torch.bool))
+        torch.testing.assert_close(pm.bag_logits, one.bag_logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(pm.inst_logits[0], one.inst_logits[0, perm], atol=1e-6, rtol=1e-5)
+    assert out.extras["pseudo_mask"].sum(1).tolist() == [4, 2, 1, 4]
+
+
+def test_training_split_is_random_and_tier2_input_detached():
+    torch.manual_seed(5)
+    p = make(k=2, distill="MaxMinS").train()
+    h, mask = torch.randn(1, 20, 6), torch.ones(1, 20, dtype=torch.bool)
+    g1 = p(h, mask).extras["pseudo_bag"]
+    out = p(h, mask)
+    assert not torch.equal(g1, out.extras["pseudo_bag"])
+    # L2 alone trains tier 2 only; L1 trains the reduction and tier 1
+    torch.nn.functional.cross_entropy(out.bag_logits, torch.tensor([1])).backward()
+    for name, prm in p.named_parameters():
+        tier2 = name.startswith(("attention2", "classifier2"))
+        assert (prm.grad is not None) == tier2, name
+    assert p.classifier2.weight.grad.abs().sum() > 0 and p.attention2.V.weight.grad.abs().sum() > 0
+
+
+def test_instance_logits_equal_one_instance_bags():
+    torch.manual_seed(6)
+    for distill in ("AFS", "MaxMinS"):
+        p = make(k=3, distill=distill)
+        h = torch.randn(4, 6)
+        per_bag = torch.cat([p(h[i].view(1, 1, 6), torch.ones(1, 1, dtype=torch.bool)).bag_logits for i in range(4)])
+        torch.testing.assert_close(p.instance_logits(h), per_bag, atol=1e-5, rtol=1e-5)
+
+
+def test_reduction_is_bias_free():
+    p = make(num_res_blocks=2)
+    assert p.reduce.bias is None
+    assert all(m.bias is None for m in p.res_blocks.modules() if isinstance(m, nn.Linear))
+
+
+def _batch(y):
+    y = torch.tensor(y)
+    return MILBatch(x=torch.zeros(len(y), 1, 1), mask=torch.ones(len(y), 1, dtype=torch.bool), y=y,
+                    index=torch.arange(len(y)), bag_ids=[str(i) for i in range(len(y))])
+
+
+def test_loss_by_hand():
+    t1 = torch.tensor([[[2.0, 0.0], [0.0, 0.0], [5.0, 5.0]], [[0.0, 1.0], [1.0, 0.0], [9.0, -9.0]]])
+    pmask = torch.tensor([[True, True, True], [True, True, False]])  # bag 1 has 2 pseudo-bags
+    out = MILOutput(bag_logits=torch.tensor([[0.0, 3.0], [1.0, 1.0]]), mask=torch.ones(2, 1, dtype=torch.bool),
+                    extras={"tier1_logits": t1, "pseudo_mask": pmask})
+    r = DTFDLoss(DTFDLoss.Config(), 2)(out, _batch([1, 0]), TrainState())
+
+    def ce(z, y):
+        return -z[y] + math.log(sum(math.exp(v) for v in z))
+
+    l1_b0 = (ce([2, 0], 1) + ce([0, 0], 1) + ce([5, 5], 1)) / 3
+    l1_b1 = (ce([0, 1], 0) + ce([1, 0], 0)) / 2  # the empty pseudo-bag is ignored
+    l1 = (l1_b0 + l1_b1) / 2
+    l2 = (ce([0, 3], 1) + ce([1, 1], 0)) / 2
+    assert r.parts["dtfd_tier1"].item() == pytest.approx(l1, abs=1e-6)
+    assert r.parts["dtfd_tier2"].item() == pytest.approx(l2, abs=1e-6)
+    assert r.total.item() == pytest.approx(l1 + l2, abs=1e-6)
+
+
+def test_bind_rejects_other_poolings():
+    loss = DTFDLoss(DTFDLoss.Config(), 2)
+    loss.bind(SimpleNamespace(pooling=make()), None)
+    with pytest.raises(ComponentError, match="dtfd"):
+        loss.bind(SimpleNamespace(pooling=nn.Identity()), None)
+
+
+def test_training_learns_toy_problem():
+    torch.manual_seed(7)
+    bags = []
+    for i in range(48):
+        n = 6 + i % 7
+        x = torch.randn(n, 8) * 0.5
+        y = i % 2
+        if y:
+            x[i % n, 0] += 3.0
+            x[(i + 1) % n, 0] += 3.0
+        bags.append(Bag(x=x, y=y))
+    p = DTFDPooling(DTFDPooling.Config(reduced_dim=32, attn_hidden=16), 8, 2)
+    loss = DTFDLoss(DTFDLoss.Config(), 2)
+    opt = torch.optim.Adam(p.parameters(), lr=1e-2)
+    full = collate_bags(bags)
+
+    def evaluate():
+        p.eval()
+        with torch.no_grad():
+            o = p(full.x, full.mask)
+            return loss(o, full, TrainState()).total.item(), (o.bag_probs.argmax(-1) == full.y).float().mean().item()
+
+    l0, _ = evaluate()
+    for step in range(40):
+        p.train()
+        b = collate_bags([bags[int(i)] for i in torch.randperm(48)[:12]])
+        r = loss(p(b.x, b.mask), b, TrainState(step=step))
+        opt.zero_grad()
+        r.total.backward()
+        opt.step()
+    l1, acc = evaluate()
+    assert l1 < 0.7 * l0
+    assert acc >= 0.9
