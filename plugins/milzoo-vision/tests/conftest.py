@@ -1,0 +1,13 @@
+"""Run this plugin's tests single-threaded: the convolutions are tiny and the CI
+machines are shared, where intra-op threads only add contention."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
