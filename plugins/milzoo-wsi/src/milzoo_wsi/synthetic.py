@@ -1,0 +1,148 @@
+"""A synthetic whole-slide feature set for benchmarks and tests (CAMELYON16-sized by default).
+
+Every slide is a blob of patches on a grid (coordinates in pixels of
+``patch_size``).  Features are standard normal noise plus a small per-slide
+offset (a "stain/batch" effect); in a positive slide a few spatially
+contiguous patches (0.5-5 %, a "tumour region") are shifted by ``signal``
+along one fixed random unit direction, so the class signal is weak and
+localised.  Patch labels are written as ``inst_labels`` (except in CSV).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+
+import fsspec
+import numpy as np
+from fsspec.implementations.local import LocalFileSystem
+
+from milzoo_wsi.stores import COORDS, FEATURES, INST_LABELS
+
+_EXT = {"safetensors": "safetensors", "h5": "h5", "pt": "pt", "csv": "csv"}
+
+
+def _slide_layout(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``[n, 2]`` integer grid cells forming one irregular tissue blob."""
+    side = int(math.ceil(math.sqrt(n / 0.55))) + 2
+    gy, gx = np.divmod(np.arange(side * side), side)
+    a, b = rng.uniform(0.35, 0.6, size=2) * side
+    cx, cy = side / 2, side / 2
+    score = ((gx - cx) / a) ** 2 + ((gy - cy) / b) ** 2 + rng.uniform(0, 0.6, size=side * side)
+    keep = np.argpartition(score, n - 1)[:n]
+    keep.sort()  # row-major order, like tiling a slide
+    return np.stack([gx[keep], gy[keep]], axis=1)
+
+
+def _write(fs, path: str, fmt: str, feats: np.ndarray, coords: np.ndarray, inst: np.ndarray) -> None:
+    if fmt == "safetensors":
+        from safetensors.numpy import save
+
+        blob = save({FEATURES: feats, COORDS: coords, INST_LABELS: inst}, metadata={"producer": "milzoo-wsi synthetic"})
+    elif fmt == "h5":
+        import h5py
+
+        buf = io.BytesIO()
+        with h5py.File(buf, "w") as f:
+            f.create_dataset(FEATURES, data=feats)
+            f.create_dataset(COORDS, data=coords)
+            f.create_dataset(INST_LABELS, data=inst)
+        blob = buf.getvalue()
+    elif fmt == "pt":
+        import torch
+
+        buf = io.BytesIO()
+        torch.save({FEATURES: torch.from_numpy(feats), COORDS: torch.from_numpy(coords),
+                    INST_LABELS: torch.from_numpy(inst)}, buf)
+        blob = buf.getvalue()
+    elif fmt == "csv":
+        buf = io.StringIO()
+        np.savetxt(buf, feats.astype(np.float32), fmt="%.4f", delimiter=",")
+        blob = buf.getvalue().encode()
+    else:
+        raise ValueError(f"unknown format {fmt!r}; use {', '.join(_EXT)}")
+    fs.pipe_file(path, blob)
+
+
+def make_synthetic_slides(
+    out_dir: str,
+    n_slides: int = 270,
+    mean_patches: int = 8000,
+    dim: int = 1024,
+    seed: int = 0,
+    fmt: str = "safetensors",
+    *,
+    n_test: int = 0,
+    positive_fraction: float = 0.41,
+    signal: float = 1.5,
+    patch_size: int = 256,
+    slides_per_patient: int = 1,
+) -> dict:
+    """Write ``out_dir/features/<slide_id>.<ext>`` (fp16) and the slide table ``out_dir/slides.csv``.
+
+    ``n_slides`` training slides plus ``n_test`` test slides (a ``split``
+    column is written when ``n_test > 0``); labels ``normal``/``tumor`` with
+    about ``positive_fraction`` tumour slides; patch counts vary log-normally
+    around ``mean_patches`` (between a tenth and 4x of it).  Patients group
+    ``slides_per_patient`` consecutive slides.  ``out_dir`` may be any fsspec
+    URL.  Returns ``{"features", "table", "n_slides", "n_patches", "dim"}``.
+    """
+    if fmt not in _EXT:
+        raise ValueError(f"unknown format {fmt!r}; use {', '.join(_EXT)}")
+    rng = np.random.default_rng(seed)
+    total = n_slides + n_test
+    fs, root = fsspec.core.url_to_fs(out_dir)
+    root = root.rstrip("/")
+    feat_dir = f"{root}/features"
+    fs.makedirs(feat_dir, exist_ok=True)
+
+    direction = rng.standard_normal(dim).astype(np.float32)
+    direction /= np.linalg.norm(direction)
+    labels = np.zeros(total, dtype=np.int64)
+    for lo, hi in ((0, n_slides), (n_slides, total)):  # same ratio in train and test
+        m = hi - lo
+        pos = rng.permutation(m)[: int(round(m * positive_fraction))]
+        labels[lo + pos] = 1
+    sigma = 0.5
+    sizes = np.round(mean_patches * np.exp(sigma * rng.standard_normal(total) - sigma**2 / 2)).astype(np.int64)
+    sizes = np.clip(sizes, max(1, mean_patches // 10), mean_patches * 4)
+
+    rows = []
+    for i in range(total):
+        n = int(sizes[i])
+        sid = f"slide_{i:04d}"
+        cells = _slide_layout(rng, n)
+        feats = rng.standard_normal((n, dim), dtype=np.float32)
+        feats += rng.normal(0.0, 0.1, size=dim).astype(np.float32)  # per-slide offset
+        inst = np.zeros(n, dtype=np.int64)
+        if labels[i] == 1:
+            k = max(1, int(round(n * rng.uniform(0.005, 0.05))))
+            centre = cells[rng.integers(n)]
+            d2 = ((cells - centre) ** 2).sum(axis=1)
+            tumour = np.argpartition(d2, k - 1)[:k]
+            inst[tumour] = 1
+            feats[tumour] += signal * direction
+        coords = (cells * patch_size).astype(np.int64)
+        _write(fs, f"{feat_dir}/{sid}.{_EXT[fmt]}", fmt, feats.astype(np.float16), coords, inst)
+        row = {"slide_id": sid, "label": "tumor" if labels[i] else "normal",
+               "patient_id": f"patient_{i // max(1, slides_per_patient):04d}"}
+        if n_test > 0:
+            row["split"] = "test" if i >= n_slides else "train"
+        rows.append(row)
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    table = f"{root}/slides.csv"
+    fs.pipe_file(table, buf.getvalue().encode())
+    local = isinstance(fs, LocalFileSystem)
+    unstrip = (lambda p: p) if local else fs.unstrip_protocol  # noqa: E731
+    return {
+        "features": unstrip(feat_dir),
+        "table": unstrip(table),
+        "n_slides": total,
+        "n_patches": int(sizes.sum()),
+        "dim": dim,
+    }
