@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from pydantic import Field
+from pydantic import Field, PositiveInt
 from torch import Tensor, nn
 
 from milzoo.components import ComponentConfig, Encoder
@@ -36,7 +36,7 @@ class MLPEncoder(Encoder):
     name = "mlp"
 
     class Config(ComponentConfig):
-        dims: list[int] = Field(default=[512, 512], min_length=1)
+        dims: list[PositiveInt] = Field(default=[512, 512], min_length=1)
         dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
 
     def __init__(self, config, in_shape):

@@ -1,0 +1,133 @@
+"""Evaluation protocols: which bags train, validate and test each fold.
+
+- ``holdout``: train on the dataset's ``train`` split; evaluate every other
+  split (``test``, ...).  ``val_fraction`` carves a stratified validation set
+  from the training bags unless the dataset has a ``val`` split.
+- ``cv``: stratified k-fold cross-validation over the ``all`` (or ``train``)
+  split; the held-out fold is the test set.  ``repeats`` > 1 repeats it with
+  other fold seeds.  Groups (e.g. patients) never straddle folds.
+- ``cv_ensemble``: k-fold CV on the ``train`` split where the held-out fold
+  *validates* (selection, threshold, early stopping) and the separate ``test``
+  split is predicted by every fold model, then combined by majority vote (the
+  DSMIL/PSMIL whole-slide protocol).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
+
+from milzoo.datasets.base import MILDataset
+from milzoo.errors import UserError
+from milzoo.trainer import FoldData
+
+
+def _stratify_ok(labels: np.ndarray, n_splits: int) -> bool:
+    _, counts = np.unique(labels, return_counts=True)
+    return counts.min() >= n_splits
+
+
+def kfold_indices(labels: np.ndarray, groups: np.ndarray | None, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified (and, with groups, grouped) k-fold splits; asserts no group leaks."""
+    n = len(labels)
+    if n < k:
+        raise UserError(f"protocol.folds = {k} but the dataset has only {n} bags; lower protocol.folds.")
+    X = np.zeros((n, 1))
+    if groups is not None and len(np.unique(groups)) < n:
+        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        folds = list(splitter.split(X, labels, groups))
+        assert_no_group_leak(folds, groups)
+    elif _stratify_ok(labels, k):
+        folds = list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(X, labels))
+    else:
+        from sklearn.model_selection import KFold
+
+        folds = list(KFold(n_splits=k, shuffle=True, random_state=seed).split(X))
+    return [(np.sort(tr), np.sort(te)) for tr, te in folds]
+
+
+def assert_no_group_leak(folds, groups: np.ndarray) -> None:
+    for tr, te in folds:
+        shared = set(groups[tr]) & set(groups[te])
+        if shared:
+            raise AssertionError(f"group leak between train and held-out fold: {sorted(shared)[:5]}")
+
+
+def carve_validation(ds: MILDataset, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``ds`` into (train, val) positions, stratified (grouped when groups exist)."""
+    n = len(ds)
+    labels = ds.labels
+    n_val = max(1, int(round(fraction * n)))
+    groups = ds.groups
+    if groups is not None and len(np.unique(groups)) < n:
+        k = max(2, int(round(1 / fraction)))
+        tr, va = kfold_indices(labels, groups, k, seed)[0]
+        return tr, va
+    strat = labels if _stratify_ok(labels, 2) and n_val >= len(np.unique(labels)) else None
+    tr, va = train_test_split(np.arange(n), test_size=n_val, stratify=strat, random_state=seed)
+    return np.sort(tr), np.sort(va)
+
+
+def _pool(splits: dict[str, MILDataset], *names: str) -> MILDataset:
+    for n in names:
+        if n in splits:
+            return splits[n]
+    raise UserError(
+        f"the dataset provides the splits {sorted(splits)} but this protocol needs one of {list(names)}; "
+        "choose another protocol.kind."
+    )
+
+
+def make_folds(protocol, splits: dict[str, MILDataset], seed: int) -> list[FoldData]:
+    """The folds a protocol defines over the dataset's splits."""
+    extra_eval = lambda used: {n: d for n, d in splits.items() if n not in used}  # noqa: E731
+    wanted = protocol.eval_splits
+
+    def pick(evals: dict[str, MILDataset]) -> dict[str, MILDataset]:
+        if wanted is None:
+            return evals
+        missing = [w for w in wanted if w not in evals]
+        if missing:
+            raise UserError(f"protocol.eval_splits names {missing}, which this protocol does not provide; "
+                            f"available: {sorted(evals)}.")
+        return {n: evals[n] for n in wanted if n in evals or n == "val"}
+
+    if protocol.kind == "holdout":
+        train = _pool(splits, "train", "all")
+        val = splits.get("val")
+        if val is None and protocol.val_fraction > 0:
+            tr, va = carve_validation(train, protocol.val_fraction, seed)
+            train, val = train.subset(tr), train.subset(va)
+        evals = {}
+        if val is not None:
+            evals["val"] = val
+        evals.update(extra_eval({"train", "all", "val"}))
+        return [FoldData(0, train, val, pick(evals))]
+
+    if protocol.kind == "cv":
+        pool = _pool(splits, "all", "train")
+        folds = []
+        for r in range(protocol.repeats):
+            for i, (tr, te) in enumerate(kfold_indices(pool.labels, pool.groups, protocol.folds, seed + r)):
+                train = pool.subset(tr)
+                val = None
+                if protocol.val_fraction > 0:
+                    a, b = carve_validation(train, protocol.val_fraction, seed + 7919 * (i + 1))
+                    train, val = pool.subset(tr[a]), pool.subset(tr[b])
+                evals = {"val": val} if val is not None else {}
+                evals["test"] = pool.subset(te)
+                evals.update(extra_eval({"all", "train", "test", "val"}))
+                folds.append(FoldData(r * protocol.folds + i, train, val, pick(evals)))
+        return folds
+
+    # cv_ensemble
+    pool = _pool(splits, "train")
+    test = splits.get("test")
+    folds = []
+    for i, (tr, va) in enumerate(kfold_indices(pool.labels, pool.groups, protocol.folds, seed)):
+        evals = {"val": pool.subset(va)}
+        if test is not None:
+            evals["test"] = test
+        evals.update(extra_eval({"train", "test", "val"}))
+        folds.append(FoldData(i, pool.subset(tr), pool.subset(va), pick(evals)))
+    return folds

@@ -1,0 +1,297 @@
+"""Recipes: TOML files that name components by registry name and set their options.
+
+Validation happens in two layers, and every problem of both layers is reported
+at once with its dotted path:
+
+1. the recipe's own sections (``train``, ``optim``, ``schedule``, ``protocol``)
+   against the pydantic models below;
+2. each component table (``data``, ``encoder``, ``pooling``, ``augment``,
+   ``loss[i]``) against the ``Config`` model of the component it names, so a
+   third-party component brings its own schema.  Unknown names get "did you
+   mean" suggestions.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import fsspec
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from milzoo import registry
+from milzoo.components import ComponentConfig
+from milzoo.errors import RecipeError, UnknownComponentError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ComponentTable(BaseModel):
+    """A component reference: ``name`` plus that component's own options."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class OptimConfig(_Section):
+    name: Literal["sgd", "adam", "adamw"] = "adam"
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1, description="SGD only")
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class ScheduleConfig(_Section):
+    name: Literal["constant", "step", "cosine"] = "constant"
+    milestones: list[int] = Field(default_factory=list, description="epochs at which step decay applies")
+    gamma: float = Field(default=0.1, gt=0, le=1)
+    min_lr: float = Field(default=0.0, ge=0, description="cosine floor")
+
+    @model_validator(mode="after")
+    def _milestones(self):
+        if self.name == "step" and not self.milestones:
+            raise ValueError("schedule 'step' needs `milestones`, e.g. [10]")
+        if any(m <= 0 for m in self.milestones) or self.milestones != sorted(self.milestones):
+            raise ValueError("milestones must be positive and increasing")
+        return self
+
+
+class EarlyStoppingConfig(_Section):
+    patience: int = Field(default=10, ge=1)
+    min_epochs: int = Field(default=0, ge=0)
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(default=20, gt=0)
+    batch_size: int = Field(default=1, gt=0, description="bags per optimiser step")
+    eval_batch_size: int | None = Field(default=None, gt=0)
+    device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N")
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False
+    grad_clip: float | None = Field(default=None, gt=0, description="clip total gradient norm")
+    freeze_encoder_epochs: int = Field(default=0, ge=0)
+    num_workers: int = Field(default=0, ge=0)
+    progress: bool = True
+    early_stopping: EarlyStoppingConfig | None = None
+    deterministic: bool = Field(default=False, description="torch.use_deterministic_algorithms")
+
+
+class ProtocolConfig(_Section):
+    kind: Literal["holdout", "cv", "cv_ensemble"] = "holdout"
+    folds: int = Field(default=10, ge=2)
+    repeats: int = Field(default=1, ge=1, description="repeated CV with different fold seeds")
+    val_fraction: float = Field(default=0.0, ge=0, lt=0.5, description="validation carved from training bags")
+    standardize: bool = Field(default=False, description="standardise features on each fold's training bags")
+    monitor: str = Field(default="loss", description="validation metric for model selection")
+    eval_splits: list[str] | None = Field(default=None, description="splits evaluated each epoch (default: all but train)")
+    threshold: Literal["argmax", "youden"] = Field(default="argmax", description="binary threshold rule (youden: chosen on validation)")
+
+
+class RecipeModel(_Section):
+    name: str = "run"
+    description: str = ""
+    seed: int = 0
+    data: ComponentTable
+    encoder: ComponentTable = ComponentTable(name="identity")
+    pooling: ComponentTable
+    augment: ComponentTable | None = None
+    loss: list[ComponentTable] = Field(default_factory=list)
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    train: TrainConfig = TrainConfig()
+    protocol: ProtocolConfig = ProtocolConfig()
+
+
+class Recipe:
+    """A validated recipe: the root sections plus each component's validated Config."""
+
+    def __init__(self, root: RecipeModel, components: dict[str, Any], source: str):
+        self.root = root
+        self.components = components  # "data"/"encoder"/"pooling"/"augment" -> Config; "loss" -> list
+        self.source = source
+
+    def __getattr__(self, item):
+        return getattr(self.root, item)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fully resolved recipe (defaults filled in), JSON/TOML-able."""
+        d = self.root.model_dump(mode="json", exclude_none=True)
+        for key in ("data", "encoder", "pooling", "augment"):
+            cfg = self.components.get(key)
+            if cfg is not None:
+                d[key] = {"name": getattr(self.root, key).name, **cfg.model_dump(mode="json", exclude_none=True)}
+        d["loss"] = [
+            {"name": t.name, **c.model_dump(mode="json", exclude_none=True)}
+            for t, c in zip(self.root.loss, self.components["loss"])
+        ]
+        return d
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _loc(path: tuple) -> str:
+    return ".".join(str(p) for p in path if p not in ("function-after",)) or "(root)"
+
+
+def _fields_at(model: type[BaseModel] | None, loc: list[str]) -> list[str]:
+    """Field names of the (nested) model that holds the key at ``loc``."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if model is not None else None
+        ann = getattr(field, "annotation", None)
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return list(model.model_fields) if model is not None else []
+
+
+def _pydantic_problems(
+    err: ValidationError, prefix: str = "", fields: list[str] | None = None, model: type[BaseModel] | None = None
+) -> list[str]:
+    out = []
+    for e in err.errors(include_url=False):
+        loc = [str(p) for p in e["loc"] if not str(p).startswith("function-")]
+        where = ".".join([prefix, *loc] if prefix else loc) or prefix or "(root)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (not an option here)"
+            options = fields if model is None else _fields_at(model, loc)
+            close = difflib.get_close_matches(str(loc[-1]) if loc else "", options or [], n=1)
+            if close:
+                msg += f"; did you mean {close[0]!r}?"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        out.append(f"{where}: {msg}")
+    return out
+
+
+def parse_value(text: str) -> Any:
+    """Parse an override value as a TOML value; fall back to a plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides (list items by index: ``loss.0.lam=0.1``)."""
+    data = copy.deepcopy(raw)
+    for item in overrides or []:
+        if "=" not in item:
+            raise RecipeError("overrides", [f"{item!r}: an override must look like key.path=value"])
+        key, value = item.split("=", 1)
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise RecipeError("overrides", [f"{item!r}: empty key"])
+        node: Any = data
+        for i, p in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                if not p.isdigit() or int(p) >= len(node):
+                    raise RecipeError("overrides", [f"{item!r}: {'.'.join(parts[: i + 1])} is not an item of the list"])
+                node = node[int(p)]
+            else:
+                node = node.setdefault(p, {})
+                if not isinstance(node, (dict, list)):
+                    raise RecipeError("overrides", [f"{item!r}: {'.'.join(parts[: i + 1])} is not a table"])
+        last = parts[-1]
+        if isinstance(node, list):
+            if not last.isdigit() or int(last) >= len(node):
+                raise RecipeError("overrides", [f"{item!r}: no list item {last}"])
+            node[int(last)] = parse_value(value)
+        else:
+            node[last] = parse_value(value)
+    return data
+
+
+def read_toml(source: str | Path) -> dict[str, Any]:
+    src = str(source)
+    try:
+        with fsspec.open(src, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise RecipeError(src, ["file not found; check the path (shipped recipes live in recipes/)"]) from None
+    except IsADirectoryError:
+        raise RecipeError(src, ["is a directory, not a recipe file"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(src, [f"TOML syntax error: {exc}"]) from None
+    except UnicodeDecodeError:
+        raise RecipeError(src, ["not a UTF-8 text file"]) from None
+
+
+def _validate_component(kind: str, table: ComponentTable, where: str, problems: list[str]) -> ComponentConfig | None:
+    try:
+        cls = registry.get_component(kind, table.name)
+    except UnknownComponentError as exc:
+        problems.append(f"{where}.name: {exc}")
+        return None
+    try:
+        return cls.Config.model_validate(table.options())
+    except ValidationError as exc:
+        problems.extend(_pydantic_problems(exc, where, list(cls.Config.model_fields)))
+        return None
+
+
+def validate_recipe(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
+    """Validate a recipe dictionary; raise :class:`RecipeError` listing every problem."""
+    problems: list[str] = []
+    try:
+        root = RecipeModel.model_validate(raw)
+    except ValidationError as exc:
+        problems.extend(_pydantic_problems(exc, model=RecipeModel))
+        # still validate the component tables we can read, to report everything at once
+        root = None
+    components: dict[str, Any] = {"loss": []}
+    tables: list[tuple[str, str, Any]] = []
+    if root is not None:
+        for key in ("data", "encoder", "pooling", "augment"):
+            t = getattr(root, key)
+            if t is not None:
+                tables.append((key, key, t))
+        for i, t in enumerate(root.loss):
+            tables.append(("loss", f"loss.{i}", t))
+    else:
+        for key in ("data", "encoder", "pooling", "augment"):
+            t = raw.get(key)
+            if isinstance(t, dict) and isinstance(t.get("name"), str):
+                tables.append((key, key, ComponentTable.model_validate(t)))
+        loss = raw.get("loss")
+        for i, t in enumerate(loss if isinstance(loss, list) else []):
+            if isinstance(t, dict) and isinstance(t.get("name"), str):
+                tables.append(("loss", f"loss.{i}", ComponentTable.model_validate(t)))
+    kind_of = {"data": "dataset", "encoder": "encoder", "pooling": "pooling", "augment": "augment", "loss": "loss"}
+    for key, where, table in tables:
+        cfg = _validate_component(kind_of[key], table, where, problems)
+        if key == "loss":
+            components["loss"].append(cfg)
+        else:
+            components[key] = cfg
+    if problems:
+        raise RecipeError(source, problems)
+    if "encoder" not in components:
+        components["encoder"] = registry.get_component("encoder", "identity").Config()
+    return Recipe(root, components, source)
+
+
+def load_recipe(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> Recipe:
+    """Read (a path/URL or an already-parsed dict), apply overrides, validate."""
+    if isinstance(source, dict):
+        raw, name = source, "<dict>"
+    else:
+        raw, name = read_toml(source), str(source)
+    return validate_recipe(apply_overrides(raw, overrides), name)
+
+
+def suggest_key(key: str, options: list[str]) -> str | None:
+    m = difflib.get_close_matches(key, options, n=1)
+    return m[0] if m else None

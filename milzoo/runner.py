@@ -1,0 +1,292 @@
+"""Running a recipe into a run directory, resuming it, and summarising it.
+
+Run directory layout::
+
+    RUN/
+      recipe.toml        the resolved recipe (every default filled in)
+      run.json           command, time, versions of milzoo, libraries and plugins
+      metrics.jsonl      one JSON object per evaluation (fold, epoch, split, metrics)
+      summary.json       final metrics: per fold, mean and std, ensemble
+      log.txt            the run's log
+      fold-00/
+        last/            model.safetensors + config.json (+ predictions-<split>.csv)
+        best/            the validation-selected model (when a validation split exists)
+        state.safetensors  everything --resume needs (model, optimiser, RNG, history)
+        result.json      the fold's final result (written when the fold is complete)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from milzoo import checkpoint as ckpt
+from milzoo.build import build_dataset
+from milzoo.ensemble import ensemble_metrics
+from milzoo.errors import RunDirError, UserError
+from milzoo.metrics import mean_std
+from milzoo.protocols import make_folds
+from milzoo.recipe import Recipe, load_recipe, read_toml, validate_recipe
+from milzoo.trainer import Trainer
+from milzoo.versions import environment
+
+log = logging.getLogger("milzoo")
+
+#: recipe keys that may differ between a run and its --resume
+RESUME_FREE_KEYS = {("train", "progress"), ("train", "num_workers"), ("train", "device")}
+
+
+def _fold_dir(run_dir: Path, fold: int) -> Path:
+    return run_dir / f"fold-{fold:02d}"
+
+
+def _strip_free(d: dict) -> dict:
+    d = json.loads(json.dumps(d))
+    for a, b in RESUME_FREE_KEYS:
+        d.get(a, {}).pop(b, None)
+    return d
+
+
+def _setup_logging(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / "log.txt", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    return handler
+
+
+def prepare_run_dir(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, fold: int | None,
+                    is_main: bool = True) -> None:
+    resolved = recipe.to_dict()
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if resume or (fold is not None and (run_dir / "recipe.toml").exists()):
+            if not (run_dir / "recipe.toml").exists():
+                raise RunDirError(f"{run_dir} is not a milzoo run directory (no recipe.toml); cannot resume it.")
+            stored = validate_recipe(read_toml(run_dir / "recipe.toml"), str(run_dir / "recipe.toml")).to_dict()
+            if _strip_free(stored) != _strip_free(resolved):
+                raise RunDirError(
+                    f"the recipe differs from the one {run_dir} was started with, so it cannot be resumed into it. "
+                    "Run the original recipe (it is saved as recipe.toml in the run directory: "
+                    f"`milzoo run {run_dir / 'recipe.toml'} --out {run_dir} --resume`) or use a new --out."
+                )
+            return
+        if not overwrite:
+            raise RunDirError(
+                f"the run directory {run_dir} exists already and holds results. Choose another --out, pass "
+                "--resume to continue that run, or --overwrite to replace it."
+            )
+        if is_main:
+            if not (run_dir / "recipe.toml").exists() and not (run_dir / "metrics.jsonl").exists():
+                raise RunDirError(
+                    f"{run_dir} is not empty and is not a milzoo run directory; refusing to --overwrite it. "
+                    "Choose another --out."
+                )
+            shutil.rmtree(run_dir)
+    elif resume:
+        raise RunDirError(f"nothing to resume: {run_dir} does not exist. Run without --resume to start it.")
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.atomic_write_text(run_dir / "recipe.toml", recipe.to_toml())
+
+
+def _trim_metrics(run_dir: Path, keep) -> None:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a half-written line from a killed run
+        if keep(rec):
+            kept.append(json.dumps(rec))
+    ckpt.atomic_write_text(path, "".join(l + "\n" for l in kept))
+
+
+class MetricsWriter:
+    def __init__(self, path: Path, enabled: bool = True):
+        self.path = path
+        self.enabled = enabled
+
+    def __call__(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()}
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(clean) + "\n")
+            fh.flush()
+
+
+def run(
+    recipe: Recipe | str | Path | dict,
+    out: str | Path | None = None,
+    overrides: list[str] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    fold: int | None = None,
+    progress: bool | None = None,
+    distributed=None,
+) -> dict[str, Any]:
+    """Run a recipe; return the summary (also written to ``RUN/summary.json``)."""
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe, overrides)
+    elif overrides:
+        raise UserError("pass overrides together with a recipe path or dict, not with a loaded Recipe")
+    run_dir = Path(out) if out is not None else Path("runs") / recipe.root.name
+    is_main = distributed is None or distributed.rank == 0
+    if distributed is not None:
+        distributed.barrier()
+    prepare_run_dir(recipe, run_dir, resume, overwrite, fold, is_main)
+    if distributed is not None:
+        distributed.barrier()
+    handler = _setup_logging(run_dir) if is_main else None
+    try:
+        if is_main:
+            info = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": sys.argv, "resume": resume,
+                    "fold": fold, "recipe_source": recipe.source, **environment()}
+            runs_path = run_dir / "run.json"
+            previous = json.loads(runs_path.read_text()) if runs_path.exists() else {}
+            info["history"] = previous.get("history", []) + [{"started": info["started"], "resume": resume, "fold": fold}]
+            ckpt.atomic_write_json(runs_path, info)
+        torch.manual_seed(recipe.root.seed)
+        splits = build_dataset(recipe)
+        folds = make_folds(recipe.root.protocol, splits, recipe.root.seed)
+        if fold is not None:
+            if not 0 <= fold < len(folds):
+                raise UserError(f"--fold {fold} is out of range; this recipe has folds 0..{len(folds) - 1}.")
+            todo = [folds[fold]]
+        else:
+            todo = folds
+        if is_main:
+            def keep(rec):
+                fd = _fold_dir(run_dir, rec.get("fold", 0))
+                if (fd / "result.json").exists():
+                    return True
+                if fold is not None and rec.get("fold") != fold:
+                    return True  # another job's fold: not ours to trim
+                st = fd / ckpt.STATE
+                if not st.exists():
+                    return False
+                done = ckpt.load_training_state(st)["epoch"]
+                return rec.get("epoch", -1) <= done
+            _trim_metrics(run_dir, keep)
+        writer = MetricsWriter(run_dir / "metrics.jsonl", enabled=is_main)
+        show = recipe.root.train.progress if progress is None else progress
+        for fd in todo:
+            fdir = _fold_dir(run_dir, fd.fold)
+            if (fdir / "result.json").exists():
+                log.info("fold %d already complete; skipping", fd.fold)
+                continue
+            if is_main:
+                fdir.mkdir(parents=True, exist_ok=True)
+            if distributed is not None:
+                distributed.barrier()
+            t0 = time.perf_counter()
+            trainer = Trainer(recipe, fd, fdir, writer, distributed=distributed)
+            result = trainer.fit(progress=show)
+            result["time_s"] = round(time.perf_counter() - t0, 3)
+            if is_main:
+                ckpt.atomic_write_json(fdir / "result.json", result)
+            log.info("fold %d done in %.1fs: %s", fd.fold, result["time_s"], json.dumps(result.get("last", {})))
+        if distributed is not None:
+            distributed.barrier()
+        if fold is not None and not all((_fold_dir(run_dir, f.fold) / "result.json").exists() for f in folds):
+            return {"fold": fold, "complete": False, "run_dir": str(run_dir)}
+        return summarize(run_dir, write=is_main, expected_folds=len(folds))
+    finally:
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
+
+
+def _aggregate(results: list[dict], section: str) -> dict[str, Any]:
+    per_split: dict[str, dict[str, list]] = {}
+    for r in results:
+        for split, metrics in (r.get(section) or {}).items():
+            if not isinstance(metrics, dict):
+                continue
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)):
+                    per_split.setdefault(split, {}).setdefault(k, []).append(v)
+    out = {}
+    for split, metrics in per_split.items():
+        out[split] = {}
+        for k, values in metrics.items():
+            m, s = mean_std(values)
+            out[split][k] = {"mean": m, "std": s, "values": values}
+    return out
+
+
+def _read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    ids = [r[0] for r in rows[1:]]
+    y = np.array([int(r[1]) for r in rows[1:]])
+    probs = np.array([[float(v) for v in r[2:]] for r in rows[1:]])
+    return ids, y, probs
+
+
+def summarize(run_dir: str | Path, write: bool = True, expected_folds: int | None = None) -> dict[str, Any]:
+    """Assemble ``summary.json`` from the folds' ``result.json`` files."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "recipe.toml").exists():
+        raise RunDirError(f"{run_dir} is not a milzoo run directory (no recipe.toml).")
+    recipe = validate_recipe(read_toml(run_dir / "recipe.toml"), str(run_dir / "recipe.toml"))
+    fold_dirs = sorted(run_dir.glob("fold-*"))
+    results = [json.loads((d / "result.json").read_text()) for d in fold_dirs if (d / "result.json").exists()]
+    if expected_folds is None:
+        from milzoo.protocols import make_folds as _mf  # noqa: F401 - count without loading data
+        proto = recipe.root.protocol
+        expected_folds = 1 if proto.kind == "holdout" else proto.folds * (proto.repeats if proto.kind == "cv" else 1)
+    missing = [i for i in range(expected_folds) if not (_fold_dir(run_dir, i) / "result.json").exists()]
+    if missing:
+        raise RunDirError(
+            f"{run_dir} is missing the results of folds {missing}; run them (`milzoo run RECIPE --out {run_dir} "
+            f"--fold I`) before summarising."
+        )
+    summary: dict[str, Any] = {
+        "name": recipe.root.name,
+        "protocol": recipe.root.protocol.kind,
+        "num_folds": len(results),
+        "last": _aggregate(results, "last"),
+    }
+    if any("selected" in r for r in results):
+        summary["selected"] = _aggregate(results, "selected")
+    if any("best_epoch_on_test" in r for r in results):
+        agg = _aggregate([{"best_epoch_on_test": {"test": r["best_epoch_on_test"]}} for r in results
+                          if "best_epoch_on_test" in r], "best_epoch_on_test")
+        summary["best_epoch_on_test"] = {
+            "note": "OPTIMISTIC: each fold's epoch chosen on its own test split (as some papers report)",
+            **agg.get("test", {}),
+        }
+    if recipe.root.protocol.kind == "cv_ensemble":
+        probs, thresholds, y_true = [], [], None
+        for i in range(len(results)):
+            fd = _fold_dir(run_dir, i)
+            src = fd / "best" / "predictions-test.csv"
+            if not src.exists():
+                src = fd / "last" / "predictions-test.csv"
+            if not src.exists():
+                break
+            _, y, p = _read_predictions(src)
+            probs.append(p)
+            sel = results[i].get("selected") or {}
+            thresholds.append(sel.get("threshold"))
+            y_true = y
+        if probs and len(probs) == len(results):
+            summary["ensemble"] = {"test": ensemble_metrics(probs, thresholds, y_true)}
+    summary["folds"] = results
+    if write:
+        ckpt.atomic_write_json(run_dir / "summary.json", summary)
+    return summary

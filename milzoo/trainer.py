@@ -1,0 +1,394 @@
+"""The training loop of one fold: epochs, evaluation, selection, checkpoints, resume."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from milzoo import checkpoint as ckpt
+from milzoo.batch import MILBatch, collate_bags
+from milzoo.build import build_losses, build_model
+from milzoo.datasets.base import MILDataset
+from milzoo.errors import TrainingDiverged, UserError
+from milzoo.metrics import bag_metrics, instance_accuracy, youden_threshold
+from milzoo.output import TrainState
+
+log = logging.getLogger("milzoo")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"train.device = {name!r} but CUDA is not available here; use device = \"auto\" or \"cpu\".")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"train.device = {name!r} is not a device; use auto, cpu, cuda or cuda:N.") from None
+
+
+def lr_factor(schedule, epoch: int, epochs: int) -> float:
+    if schedule.name == "step":
+        return schedule.gamma ** sum(1 for m in schedule.milestones if epoch >= m)
+    if schedule.name == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * epoch / max(1, epochs)))
+    return 1.0
+
+
+def make_optimizer(optim_cfg, params) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if optim_cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=optim_cfg.lr, momentum=optim_cfg.momentum,
+                               weight_decay=optim_cfg.weight_decay, nesterov=optim_cfg.nesterov)
+    if optim_cfg.name == "adam":
+        return torch.optim.Adam(params, lr=optim_cfg.lr, betas=optim_cfg.betas, weight_decay=optim_cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=optim_cfg.lr, betas=optim_cfg.betas, weight_decay=optim_cfg.weight_decay)
+
+
+def higher_is_better(metric: str) -> bool:
+    return metric not in ("loss",)
+
+
+@dataclass
+class FoldData:
+    """What one training run sees: the training bags, an optional validation set, and splits to evaluate."""
+
+    fold: int
+    train: MILDataset
+    val: MILDataset | None
+    evals: dict[str, MILDataset] = field(default_factory=dict)  # split name -> dataset (val included)
+
+
+def _batches(indices: list[int], size: int) -> list[list[int]]:
+    return [indices[i : i + size] for i in range(0, len(indices), size)]
+
+
+class Trainer:
+    """Trains one fold.  ``out_dir`` is the fold's folder in the run directory."""
+
+    def __init__(self, recipe, data: FoldData, out_dir: Path, emit: Callable[[dict], None],
+                 distributed=None):
+        self.recipe = recipe
+        self.data = data
+        self.out_dir = Path(out_dir)
+        self.emit = emit
+        self.dist = distributed
+        tc = recipe.root.train
+        self.device = resolve_device(tc.device) if distributed is None else distributed.device
+        self.epochs = tc.epochs
+        self.seed = recipe.root.seed
+        ds = data.train
+        torch.manual_seed(self.seed * 1000 + data.fold)
+        self.model = build_model(recipe, ds.instance_shape, ds.num_classes, ds.class_names)
+        if self.model.standardizer is not None:
+            self.model.standardizer.fit(ds.instance_matrix())
+        self.model.to(self.device)
+        self.losses = build_losses(recipe, self.model, ds.num_classes)
+        for loss in self.losses:
+            loss.bind(self.model, ds)
+            loss.to(self.device)
+        self.freeze_epochs = max([tc.freeze_encoder_epochs] + [int(getattr(l, "freeze_encoder_epochs", 0) or 0)
+                                                                 for l in self.losses])
+        self._encoder_trainable = [p.requires_grad for p in self.model.encoder.parameters()]
+        self.train_model = self.model if distributed is None else distributed.wrap(self.model)
+        self.optimizer = make_optimizer(recipe.root.optim, self.model.parameters())
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.precision)
+        self.scaler = torch.amp.GradScaler("cuda") if (tc.precision == "fp16" and self.device.type == "cuda") else None
+        self.history: list[dict[str, Any]] = []
+        self.start_epoch = 0
+        self.step = 0
+        self.best: dict[str, Any] | None = None  # {"epoch", "value"}
+        self.bad_epochs = 0
+        self.threshold: float | None = None
+        self.monitor = recipe.root.protocol.monitor
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def is_main(self) -> bool:
+        return self.dist is None or self.dist.rank == 0
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _set_encoder_frozen(self, frozen: bool) -> None:
+        for p, trainable in zip(self.model.encoder.parameters(), self._encoder_trainable):
+            p.requires_grad_(trainable and not frozen)
+
+    def _epoch_order(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.data.fold * 1009 + epoch)
+        return torch.randperm(len(self.data.train), generator=g).tolist()
+
+    def _loader(self, ds: MILDataset, batches: list[list[int]]) -> DataLoader:
+        nw = self.recipe.root.train.num_workers
+        return DataLoader(ds, batch_sampler=batches, collate_fn=collate_bags, num_workers=nw,
+                          pin_memory=self.device.type == "cuda", persistent_workers=False)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self, epoch: int) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "losses": [l.state_dict() for l in self.losses],
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "history": self.history,
+            "best": self.best,
+            "bad_epochs": self.bad_epochs,
+            "threshold": self.threshold,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+        }
+
+    def load_state(self, st: dict[str, Any]) -> None:
+        self.model.load_state_dict(st["model"])
+        self.optimizer.load_state_dict(ckpt.optimizer_state_from_json(st["optimizer"]))
+        for loss, sd in zip(self.losses, st["losses"]):
+            loss.load_state_dict(sd)
+        torch.set_rng_state(st["rng"])
+        if st.get("cuda_rng") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(st["cuda_rng"])
+        if self.scaler is not None and st.get("scaler"):
+            self.scaler.load_state_dict(st["scaler"])
+        self.history = st["history"]
+        self.best = st["best"]
+        self.bad_epochs = int(st["bad_epochs"])
+        self.threshold = st["threshold"]
+        self.step = int(st["step"])
+        self.start_epoch = int(st["epoch"]) + 1
+
+    def _checkpoint(self, epoch: int) -> None:
+        if not self.is_main:
+            return
+        ckpt.save_model(self.model, self.out_dir / "last", {"epoch": epoch, "threshold": self.threshold})
+        ckpt.save_training_state(self.out_dir / ckpt.STATE, self.state_dict(epoch))
+
+    # ------------------------------------------------------------------ train
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        tc = self.recipe.root.train
+        factor = lr_factor(self.recipe.root.schedule, epoch, self.epochs)
+        for g, base in zip(self.optimizer.param_groups, self.base_lrs):
+            g["lr"] = base * factor
+        self._set_encoder_frozen(epoch < self.freeze_epochs)
+        self.model.train()
+        order = self._epoch_order(epoch)
+        if self.dist is not None:
+            order = self.dist.shard(order)
+        batches = _batches(order, tc.batch_size)
+        state = TrainState(epoch=epoch, num_epochs=self.epochs, step=self.step, fold=self.data.fold)
+        sums: dict[str, float] = {}
+        count = 0
+        for batch in self._loader(self.data.train, batches):
+            batch = batch.to(self.device, non_blocking=True)
+            state.step = self.step
+            with self._autocast():
+                out = self.train_model(batch)
+            with torch.no_grad():
+                self.model.pooling.after_forward(out, batch)
+            total = None
+            parts: dict[str, float] = {}
+            for loss in self.losses:
+                res = loss(out, batch, state)
+                total = res.total if total is None else total + res.total
+                for k, v in res.parts.items():
+                    parts[k] = float(v)
+            if not torch.isfinite(total):
+                raise TrainingDiverged(
+                    f"the loss became non-finite ({float(total)}) at fold {self.data.fold}, epoch {epoch}, step "
+                    f"{self.step} (parts: {parts}). Training stopped; the last good checkpoint (end of epoch "
+                    f"{epoch - 1}) is kept in {self.out_dir}. Lower optim.lr, set train.grad_clip, or check the "
+                    "data for NaN/inf values."
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.scale(total).backward()
+                self.scaler.unscale_(self.optimizer)
+            else:
+                total.backward()
+            if tc.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.step += 1
+            n = batch.size
+            count += n
+            sums["loss"] = sums.get("loss", 0.0) + float(total.detach()) * n
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v * n
+        for loss in self.losses:
+            loss.end_epoch(state)
+        if self.dist is not None:
+            sums, count = self.dist.reduce_sums(sums, count)
+        return {k: v / max(count, 1) for k, v in sums.items()}
+
+    # ------------------------------------------------------------------ eval
+    @torch.no_grad()
+    def predict(self, ds: MILDataset) -> dict[str, Any]:
+        """Bag probabilities, labels and instance predictions of a whole split."""
+        self.model.eval()
+        bs = self.recipe.root.train.eval_batch_size or self.recipe.root.train.batch_size
+        indices = list(range(len(ds)))
+        if self.dist is not None:
+            indices = self.dist.shard(indices, pad=False)
+        probs, ys, ids, order = [], [], [], []
+        inst_true, inst_probs = [], []
+        for batch in self._loader(ds, _batches(indices, bs)):
+            batch = batch.to(self.device)
+            with self._autocast():
+                out = self.model(batch)
+            probs.append(out.bag_probs.float().cpu())
+            ys.append(batch.y.cpu())
+            ids.extend(batch.bag_ids)
+            if batch.inst_y is not None and out.inst_probs is not None:
+                inst_true.append(batch.inst_y[batch.mask].cpu())
+                inst_probs.append(out.inst_probs.float()[batch.mask].cpu())
+        res = {
+            "probs": torch.cat(probs).numpy() if probs else np.zeros((0, ds.num_classes)),
+            "y": torch.cat(ys).numpy() if ys else np.zeros(0, dtype=int),
+            "bag_ids": ids,
+            "inst_true": torch.cat(inst_true).numpy() if inst_true else None,
+            "inst_probs": torch.cat(inst_probs).numpy() if inst_probs else None,
+        }
+        if self.dist is not None:
+            res = self.dist.gather_predictions(res)
+        return res
+
+    def evaluate(self, preds: dict[str, Any], threshold: float | None) -> dict[str, float]:
+        probs, y = preds["probs"], preds["y"]
+        m = bag_metrics(y, probs, threshold)
+        eps = 1e-7
+        m["loss"] = float(-np.log(np.clip(probs[np.arange(len(y)), y], eps, 1.0)).mean()) if len(y) else math.nan
+        if preds["inst_true"] is not None:
+            m["inst_acc"] = instance_accuracy(preds["inst_true"], preds["inst_probs"])
+        return m
+
+    def eval_epoch(self, epoch: int) -> dict[str, dict[str, Any]]:
+        preds = {name: self.predict(ds) for name, ds in self.data.evals.items()}
+        proto = self.recipe.root.protocol
+        if proto.threshold == "youden" and "val" in preds and preds["val"]["probs"].shape[1] == 2:
+            self.threshold = youden_threshold(preds["val"]["y"], preds["val"]["probs"][:, 1])
+        return {name: {"metrics": self.evaluate(p, self.threshold), "preds": p} for name, p in preds.items()}
+
+    # ------------------------------------------------------------------ fit
+    def _improved(self, value: float) -> bool:
+        if self.best is None or math.isnan(self.best["value"]):
+            return not math.isnan(value)
+        if math.isnan(value):
+            return False
+        return value > self.best["value"] if higher_is_better(self.monitor) else value < self.best["value"]
+
+    def fit(self, progress: bool = True) -> dict[str, Any]:
+        tc = self.recipe.root.train
+        st = ckpt.load_training_state(self.out_dir / ckpt.STATE)
+        if st is not None:
+            self.load_state(st)
+            log.info("fold %d: resumed after epoch %d", self.data.fold, self.start_epoch - 1)
+        bar = None
+        if progress and self.is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.epochs, initial=self.start_epoch, desc=f"fold {self.data.fold}", leave=False,
+                       dynamic_ncols=True)
+        stopped_early = False
+        last_eval: dict[str, Any] = {}
+        epoch = self.start_epoch - 1
+        for epoch in range(self.start_epoch, self.epochs):
+            t0 = time.perf_counter()
+            train_stats = self.train_epoch(epoch)
+            t_train = time.perf_counter() - t0
+            results = self.eval_epoch(epoch)
+            last_eval = results
+            record_train = {"fold": self.data.fold, "epoch": epoch, "split": "train",
+                            "lr": self.optimizer.param_groups[0]["lr"], "time_s": round(t_train, 4), **train_stats}
+            self.emit(record_train)
+            epoch_rec = {"epoch": epoch, "train": train_stats, "splits": {}}
+            for name, r in results.items():
+                rec = {"fold": self.data.fold, "epoch": epoch, "split": name, **r["metrics"]}
+                if self.threshold is not None:
+                    rec["threshold"] = self.threshold
+                self.emit(rec)
+                epoch_rec["splits"][name] = r["metrics"]
+            self.history.append(epoch_rec)
+            if "val" in results:
+                value = results["val"]["metrics"].get(self.monitor, math.nan)
+                if self._improved(value):
+                    self.best = {"epoch": epoch, "value": value, "threshold": self.threshold}
+                    self.bad_epochs = 0
+                    if self.is_main:
+                        ckpt.save_model(self.model, self.out_dir / "best", {"epoch": epoch, "threshold": self.threshold})
+                        self._write_predictions("best", results)
+                else:
+                    self.bad_epochs += 1
+            self._checkpoint(epoch)
+            if bar is not None:
+                shown = {k: f"{v:.3f}" for k, v in (results.get("test") or results.get("val") or {"metrics": {}})["metrics"].items()
+                         if k in ("acc", "auc", "inst_acc")}
+                bar.set_postfix(loss=f"{train_stats.get('loss', float('nan')):.3f}", **shown)
+                bar.update(1)
+            es = tc.early_stopping
+            if es is not None and "val" in results and epoch + 1 >= es.min_epochs and self.bad_epochs >= es.patience:
+                stopped_early = True
+                log.info("fold %d: early stop at epoch %d (no val %s improvement for %d epochs)",
+                         self.data.fold, epoch, self.monitor, es.patience)
+                break
+        if bar is not None:
+            bar.close()
+        if not last_eval and self.is_main:  # resumed a finished fold: re-evaluate for predictions
+            last_eval = self.eval_epoch(epoch)
+        if self.is_main:
+            self._write_predictions("last", last_eval)
+        return self.result(stopped_early)
+
+    def _write_predictions(self, which: str, results: dict[str, Any]) -> None:
+        import csv
+        import io
+
+        for name, r in results.items():
+            p = r["preds"]
+            buf = io.StringIO()
+            w = csv.writer(buf)
+            w.writerow(["bag_id", "label", *[f"p_{c}" for c in self.data.train.class_names]])
+            for bid, y, pr in zip(p["bag_ids"], p["y"], p["probs"]):
+                w.writerow([bid, int(y), *[f"{v:.6g}" for v in pr]])
+            ckpt.atomic_write_text(self.out_dir / which / f"predictions-{name}.csv", buf.getvalue())
+
+    def result(self, stopped_early: bool) -> dict[str, Any]:
+        """The fold's summary: last epoch, validation-selected epoch, and (labelled) best epoch on test."""
+        if not self.history:
+            return {}
+        last = self.history[-1]
+        res: dict[str, Any] = {
+            "fold": self.data.fold,
+            "epochs_run": len(self.history),
+            "stopped_early": stopped_early,
+            "last": {"epoch": last["epoch"], **last["splits"]},
+        }
+        if self.best is not None:
+            sel = next(h for h in self.history if h["epoch"] == self.best["epoch"])
+            res["selected"] = {"epoch": sel["epoch"], "monitor": f"val/{self.monitor}",
+                               "threshold": self.best.get("threshold"), **sel["splits"]}
+        test_names = [n for n in self.data.evals if n != "val"]
+        if test_names:
+            primary = test_names[0]
+            key = "acc"
+            best_h = max(self.history, key=lambda h: h["splits"][primary].get(key, -1))
+            res["best_epoch_on_test"] = {
+                "note": "OPTIMISTIC: epoch chosen on the test split itself (as some papers report); not a fair estimate",
+                "split": primary, "epoch": best_h["epoch"], **best_h["splits"][primary],
+            }
+        return res
