@@ -201,7 +201,7 @@ def test_test_fraction_split_grouped_stratified(wr, tmp_path):
     assert again == te.bag_ids and other != te.bag_ids
     # the published split reads back as a table with a split column and reproduces the split
     te.write_split(f"{tmp_path}/split.csv")
-    back = dsmod.SlidesSource(dsmod.SlidesSource.Config(features=f"{tmp_path}/feats", table=f"{tmp_path}/split.csv"))
+    back = SlidesSource(SlidesSource.Config(features=f"{tmp_path}/feats", table=f"{tmp_path}/split.csv"))
     out2 = back.load()
     assert out2["test"].bag_ids == te.bag_ids and back.split_info["method"] == "table column"
     assert _source(tmp_path, test_fraction=0).load().keys() == {"train"}
@@ -217,3 +217,13 @@ def test_training_only_table(wr, tmp_path):
     _set(wr, tmp_path, "h5", split=False, patients=False)
     out = _source(tmp_path, test_fraction=0).load()
     assert list(out) == ["train"] and out["train"].groups.tolist() == [f"s{i}" for i in range(6)]
+
+
+def test_dataset_pickles_for_worker_processes(wr, tmp_path):
+    import pickle
+
+    _set(wr, tmp_path, "safetensors")
+    for cache in ("none", "memory"):
+        ds = _source(tmp_path, cache=cache).load()["train"]
+        back = pickle.loads(pickle.dumps(ds))
+        assert torch.equal(back[1].x, ds[1].x) and back.bag_ids == ds.bag_ids

@@ -198,3 +198,13 @@ def test_convert_memory_and_failures(wr, mem_root):
     data = read_slide(list_slide_files(f"{mem_root}/dst32")["big"])
     assert data.features.dtype == torch.float32
     torch.testing.assert_close(data.features, torch.from_numpy(f * 1e6))
+
+
+def test_count_nonfinite():
+    from milzoo_wsi.stores import count_nonfinite
+
+    x = torch.ones(5, 3)
+    assert count_nonfinite(x) == 0
+    assert count_nonfinite(torch.full((4, 2), 3e38)) == 0  # the column sum overflows, the values do not
+    x[1, 2], x[3, 0] = float("inf"), float("nan")
+    assert count_nonfinite(x) == 2 and count_nonfinite(x.half()) == 2

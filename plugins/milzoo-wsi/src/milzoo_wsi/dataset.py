@@ -21,6 +21,7 @@ from milzoo_wsi.stores import (
     SlideData,
     SlideFile,
     SlideInfo,
+    count_nonfinite,
     estimate_bytes,
     list_slide_files,
     probe_slide,
@@ -243,7 +244,7 @@ class SlidesSource(DatasetSource):
         def load(sf: SlideFile) -> SlideData:
             data = read_slide(sf, dim, expected_from=expected_from, csv_header=cfg.csv_header)
             x = data.features.to(target).contiguous()
-            if not bool(torch.isfinite(x).all()):
+            if x.dtype != data.features.dtype and count_nonfinite(x):
                 raise DataError(
                     f"slide {sf.slide_id!r}: feature values of {sf.url} overflow {cfg.dtype}; "
                     "set `dtype = \"float32\"` for the cache."
