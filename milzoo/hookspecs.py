@@ -54,6 +54,11 @@ def milzoo_register_pretrained(register):
     """Register pretrained-model entries (see :mod:`milzoo.pretrained`)."""
 
 
+@hookspec
+def milzoo_register_commands(cli):
+    """Add click commands or groups to the ``milzoo`` command line (``cli.add_command(...)``)."""
+
+
 #: hook name -> registry kind
 HOOK_KINDS = {
     "milzoo_register_encoders": "encoder",

@@ -10,6 +10,7 @@ returned in ``out.extras["view_features"]`` (``[V, M, d]``, rows in
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -29,10 +30,18 @@ class Standardize(nn.Module):
         self.register_buffer("std", torch.ones(dim))
 
     @torch.no_grad()
-    def fit(self, instances: Tensor) -> None:
-        x = instances.double().flatten(1)
-        self.mean.copy_(x.mean(0).to(self.mean.dtype))
-        std = x.std(0, unbiased=False)
+    def fit(self, instances: Tensor | Iterable[Tensor]) -> None:
+        """Fit on a ``[M, D]`` tensor or, streaming, on an iterable of per-bag tensors."""
+        chunks = [instances] if isinstance(instances, Tensor) else instances
+        n, s1, s2 = 0, None, None
+        for x in chunks:
+            x = x.double().flatten(1)
+            s1 = x.sum(0) if s1 is None else s1 + x.sum(0)
+            s2 = (x * x).sum(0) if s2 is None else s2 + (x * x).sum(0)
+            n += x.shape[0]
+        mean = s1 / n
+        std = (s2 / n - mean * mean).clamp_min(0).sqrt()
+        self.mean.copy_(mean.to(self.mean.dtype))
         self.std.copy_(torch.where(std > 1e-8, std, torch.ones_like(std)).to(self.std.dtype))
 
     def forward(self, x: Tensor) -> Tensor:

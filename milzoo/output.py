@@ -18,7 +18,7 @@ from torch import Tensor
 class MILOutput:
     """The common output of every pooling (methods.md section 0.3, batched).
 
-    bag_logits:  ``[B, k]`` (``[B, k-1]`` for DSMIL's multi-label mode; see ``bag_probs``).
+    bag_logits:  ``[B, k]`` (DSMIL's multi-label mode anchors the negative class at logit 0).
     inst_logits: ``[B, N, k]`` instance class scores where the method defines them.
     attention:   ``[B, N]`` or ``[B, N, k]``, normalised over the real instances of a bag.
     mask:        ``[B, N]`` bool, True for real instances.

@@ -81,6 +81,7 @@ class TrainConfig(_Section):
     grad_clip: float | None = Field(default=None, gt=0, description="clip total gradient norm")
     freeze_encoder_epochs: int = Field(default=0, ge=0)
     num_workers: int = Field(default=0, ge=0)
+    threads: int | None = Field(default=None, gt=0, description="torch CPU threads (small models run faster on 1)")
     progress: bool = True
     early_stopping: EarlyStoppingConfig | None = None
     deterministic: bool = Field(default=False, description="torch.use_deterministic_algorithms")

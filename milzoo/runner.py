@@ -43,7 +43,7 @@ from milzoo.versions import environment
 log = logging.getLogger("milzoo")
 
 #: recipe keys that may differ between a run and its --resume
-RESUME_FREE_KEYS = {("train", "progress"), ("train", "num_workers"), ("train", "device")}
+RESUME_FREE_KEYS = {("train", "progress"), ("train", "num_workers"), ("train", "device"), ("train", "threads")}
 
 
 def _fold_dir(run_dir: Path, fold: int) -> Path:
@@ -159,6 +159,8 @@ def run(
             previous = json.loads(runs_path.read_text()) if runs_path.exists() else {}
             info["history"] = previous.get("history", []) + [{"started": info["started"], "resume": resume, "fold": fold}]
             ckpt.atomic_write_json(runs_path, info)
+        if recipe.root.train.threads is not None:
+            torch.set_num_threads(recipe.root.train.threads)
         torch.manual_seed(recipe.root.seed)
         splits = build_dataset(recipe)
         folds = make_folds(recipe.root.protocol, splits, recipe.root.seed)

@@ -48,10 +48,12 @@ def make_optimizer(optim_cfg, params) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
     if optim_cfg.name == "sgd":
         return torch.optim.SGD(params, lr=optim_cfg.lr, momentum=optim_cfg.momentum,
-                               weight_decay=optim_cfg.weight_decay, nesterov=optim_cfg.nesterov)
+                               weight_decay=optim_cfg.weight_decay, nesterov=optim_cfg.nesterov, foreach=True)
     if optim_cfg.name == "adam":
-        return torch.optim.Adam(params, lr=optim_cfg.lr, betas=optim_cfg.betas, weight_decay=optim_cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=optim_cfg.lr, betas=optim_cfg.betas, weight_decay=optim_cfg.weight_decay)
+        return torch.optim.Adam(params, lr=optim_cfg.lr, betas=optim_cfg.betas, weight_decay=optim_cfg.weight_decay,
+                                foreach=True)
+    return torch.optim.AdamW(params, lr=optim_cfg.lr, betas=optim_cfg.betas, weight_decay=optim_cfg.weight_decay,
+                             foreach=True)
 
 
 def higher_is_better(metric: str) -> bool:
@@ -90,7 +92,7 @@ class Trainer:
         torch.manual_seed(self.seed * 1000 + data.fold)
         self.model = build_model(recipe, ds.instance_shape, ds.num_classes, ds.class_names)
         if self.model.standardizer is not None:
-            self.model.standardizer.fit(ds.instance_matrix())
+            self.model.standardizer.fit(ds.get_bag(i).x for i in range(len(ds)))
         self.model.to(self.device)
         self.losses = build_losses(recipe, self.model, ds.num_classes)
         for loss in self.losses:

@@ -54,7 +54,7 @@ class MILDataset(Dataset):
         return MILSubset(self, indices)
 
     def instance_matrix(self) -> torch.Tensor:
-        """All instances of all bags stacked (used to fit per-fold standardisation)."""
+        """All instances of all bags stacked (small datasets only: this holds them all in memory)."""
         return torch.cat([self.get_bag(i).x for i in range(len(self))], dim=0)
 
 
