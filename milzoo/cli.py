@@ -143,6 +143,23 @@ def summarize_cmd(run_dir):
     click.echo(format_summary(summarize(run_dir)))
 
 
+#: core command modules under milzoo/commands/, each exposing add_commands(cli)
+CORE_COMMAND_MODULES = ("hub", "report")
+
+
+def _add_core_commands() -> None:
+    import importlib
+
+    for name in CORE_COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"milzoo.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"milzoo.commands.{name}":
+                continue
+            raise
+        module.add_commands(cli)
+
+
 def _add_plugin_commands() -> None:
     from milzoo import plugins
 
@@ -154,8 +171,20 @@ def _add_plugin_commands() -> None:
             plugins.record_failure(impl.plugin_name, exc)
 
 
+_commands_added = False
+
+
+def add_all_commands() -> None:
+    """Attach the core command modules and the plugins' commands (once)."""
+    global _commands_added
+    if not _commands_added:
+        _commands_added = True
+        _add_core_commands()
+        _add_plugin_commands()
+
+
 def main(argv: list[str] | None = None) -> int:
-    _add_plugin_commands()
+    add_all_commands()
     try:
         cli.main(args=argv, prog_name="milzoo", standalone_mode=True)
     except SystemExit as exc:

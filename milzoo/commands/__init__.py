@@ -1,0 +1,1 @@
+"""Core CLI command modules; each exposes ``add_commands(cli)``."""
