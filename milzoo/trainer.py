@@ -101,7 +101,8 @@ class Trainer:
         self.freeze_epochs = max([tc.freeze_encoder_epochs] + [int(getattr(l, "freeze_encoder_epochs", 0) or 0)
                                                                  for l in self.losses])
         self._encoder_trainable = [p.requires_grad for p in self.model.encoder.parameters()]
-        self.train_model = self.model if distributed is None else distributed.wrap(self.model)
+        self.train_model = self.model if distributed is None else distributed.wrap(
+            self.model, find_unused=self.freeze_epochs > 0)  # frozen encoder params take no part in a step
         self.optimizer = make_optimizer(recipe.root.optim, self.model.parameters())
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.precision)
@@ -186,13 +187,15 @@ class Trainer:
         self._set_encoder_frozen(epoch < self.freeze_epochs)
         self.model.train()
         order = self._epoch_order(epoch)
-        if self.dist is not None:
-            order = self.dist.shard(order)
         batches = _batches(order, tc.batch_size)
+        weights = [1.0] * len(batches)
+        if self.dist is not None:  # this rank's slice of every global batch, and its own RNG stream
+            batches, weights = self.dist.shard_batches(batches, tc.batch_size)
+            self.dist.seed_epoch(self.seed, self.data.fold, epoch)
         state = TrainState(epoch=epoch, num_epochs=self.epochs, step=self.step, fold=self.data.fold)
         sums: dict[str, float] = {}
         count = 0
-        for batch in self._loader(self.data.train, batches):
+        for b_i, batch in enumerate(self._loader(self.data.train, batches)):
             batch = batch.to(self.device, non_blocking=True)
             state.step = self.step
             with self._autocast():
@@ -208,17 +211,19 @@ class Trainer:
                     parts[k] = float(v)
             if not torch.isfinite(total):
                 raise TrainingDiverged(
-                    f"the loss became non-finite ({float(total)}) at fold {self.data.fold}, epoch {epoch}, step "
+                    f"the loss became non-finite ({float(total.detach())}) at fold {self.data.fold}, epoch {epoch}, step "
                     f"{self.step} (parts: {parts}). Training stopped; the last good checkpoint (end of epoch "
                     f"{epoch - 1}) is kept in {self.out_dir}. Lower optim.lr, set train.grad_clip, or check the "
                     "data for NaN/inf values."
                 )
+            # distributed: weight by this rank's share of the global batch (DDP averages over ranks)
+            scaled = total if weights[b_i] == 1.0 else total * weights[b_i]
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
-                self.scaler.scale(total).backward()
+                self.scaler.scale(scaled).backward()
                 self.scaler.unscale_(self.optimizer)
             else:
-                total.backward()
+                scaled.backward()
             if tc.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
             if self.scaler is not None:
@@ -350,7 +355,7 @@ class Trainer:
                 break
         if bar is not None:
             bar.close()
-        if not last_eval and self.is_main:  # resumed a finished fold: re-evaluate for predictions
+        if not last_eval:  # resumed a finished fold: re-evaluate for predictions (collective when distributed)
             last_eval = self.eval_epoch(epoch)
         if self.is_main:
             self._write_predictions("last", last_eval)
