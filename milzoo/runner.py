@@ -145,11 +145,10 @@ def run(
         raise UserError("pass overrides together with a recipe path or dict, not with a loaded Recipe")
     run_dir = Path(out) if out is not None else Path("runs") / recipe.root.name
     is_main = distributed is None or distributed.rank == 0
-    if distributed is not None:
-        distributed.barrier()
-    prepare_run_dir(recipe, run_dir, resume, overwrite, fold, is_main)
-    if distributed is not None:
-        distributed.barrier()
+    if distributed is None:
+        prepare_run_dir(recipe, run_dir, resume, overwrite, fold)
+    else:  # rank 0 checks and prepares the directory; the others wait (or stop with its error)
+        distributed.on_main(lambda: prepare_run_dir(recipe, run_dir, resume, overwrite, fold))
     handler = _setup_logging(run_dir) if is_main else None
     try:
         if is_main:
