@@ -34,7 +34,19 @@ def kfold_indices(labels: np.ndarray, groups: np.ndarray | None, k: int, seed: i
         raise UserError(f"protocol.folds = {k} but the dataset has only {n} bags; lower protocol.folds.")
     X = np.zeros((n, 1))
     if groups is not None and len(np.unique(groups)) < n:
-        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        n_groups = len(np.unique(groups))
+        if n_groups < k:
+            raise UserError(
+                f"protocol.folds = {k} but the bags come from only {n_groups} groups (e.g. patients), and the "
+                "bags of a group never straddle folds; lower protocol.folds."
+            )
+        _, counts = np.unique(labels, return_counts=True)
+        if counts.max() >= k:
+            splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        else:  # no class has k bags: StratifiedGroupKFold refuses, so group without stratifying
+            from sklearn.model_selection import GroupKFold
+
+            splitter = GroupKFold(n_splits=k, shuffle=True, random_state=seed)
         folds = list(splitter.split(X, labels, groups))
         assert_no_group_leak(folds, groups)
     elif _stratify_ok(labels, k):
