@@ -28,6 +28,8 @@ class PSAliLoss(Loss):
     """Probability-space alignment: augmented views of an instance agree on one hard pseudo-label."""
 
     name = "psali"
+    #: the contract suite (milzoo.testing) builds its test model with augmented views
+    contract_needs_views = True
 
     class Config(ComponentConfig):
         lam: float = Field(default=0.01, ge=0.0, description="base weight lambda (ablation/logs: 0.01)")

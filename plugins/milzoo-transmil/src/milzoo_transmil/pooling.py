@@ -87,6 +87,8 @@ class TransMILPooling(Pooling):
 
     name = "transmil"
     permutation_invariant = False
+    #: small sizes for the contract suite (milzoo.testing); the defaults take seconds per check
+    contract_options = {"hidden_dim": 32, "heads": 2, "dim_head": 8, "num_landmarks": 8}
 
     class Config(ComponentConfig):
         hidden_dim: PositiveInt = Field(default=512, description="size of the FC+ReLU projection and of the tokens")

@@ -223,6 +223,8 @@ class MILViews(Augment):
     """
 
     name = "mil_views"
+    #: instance shape used by the contract suite (milzoo.testing): the rgb32 preset, RandAugment included
+    contract_in_shape = (3, 32, 32)
 
     class Config(ComponentConfig):
         preset: Literal["auto", "gray28", "rgb32"] = Field(

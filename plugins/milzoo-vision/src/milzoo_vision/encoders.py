@@ -100,6 +100,8 @@ class CNN2Encoder(_ImageEncoder):
     """
 
     name = "cnn2"
+    #: instance shape used by the contract suite (milzoo.testing)
+    contract_in_shape = (1, 28, 28)
 
     class Config(ComponentConfig):
         dim: PositiveInt = Field(default=512, description="output feature size d (512 in the paper)")
@@ -139,6 +141,8 @@ class ResNet18Encoder(_ImageEncoder):
     """
 
     name = "resnet18"
+    #: instance shape used by the contract suite (milzoo.testing)
+    contract_in_shape = (3, 32, 32)
 
     class Config(ComponentConfig):
         pretrained: bool = Field(
