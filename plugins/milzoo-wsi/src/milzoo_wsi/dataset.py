@@ -262,7 +262,8 @@ class SlidesSource(DatasetSource):
         cfg = self.config
         grouped_by = "patient_id" if table.patient_ids is not None else "slide_id"
         if table.splits is not None:
-            if "test_fraction" in cfg.model_fields_set:
+            # a resolved recipe (the run directory's recipe.toml) sets every field, so compare with the default
+            if cfg.test_fraction != type(cfg).model_fields["test_fraction"].default:
                 warnings.warn("the slide table has a split column; `test_fraction` is ignored", stacklevel=3)
             is_test = np.asarray([s == "test" for s in table.splits], dtype=bool)
             info = {"method": "table column", "source": table.source}

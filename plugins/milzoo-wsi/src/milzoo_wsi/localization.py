@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from milzoo.batch import Bag, collate_bags
+from milzoo.ensemble import fold_predictions
 from milzoo.errors import ComponentError
 
 _MAX_CELLS = 4_000_000  # heatmap grid cells before the grid is coarsened
@@ -39,11 +40,15 @@ def _colnames(prefix: str, k: int, class_names: Sequence[str]) -> list[str]:
     return [f"{prefix}_{i}" for i in range(k)]
 
 
-def instance_outputs(model, bag: Bag) -> dict[str, Any]:
-    """One eval forward of ``bag``: ``attention`` ([n] or [n, k]), ``scores`` ([n, k]) and ``bag_probs`` ([k]).
+def instance_outputs(model, bag: Bag, threshold: float | None = None) -> dict[str, Any]:
+    """One eval forward of ``bag``: ``attention`` ([n] or [n, k]), ``scores`` ([n, k]), ``bag_probs`` ([k])
+    and ``pred``.
 
-    Missing outputs are None.  Raises :class:`ComponentError` when the model
-    exports neither attention nor instance probabilities.
+    ``pred`` is the ensemble's vote when the model returns one (``extras["vote"]``
+    of :class:`milzoo.hub.Ensemble`), else ``p1 >= threshold`` for a binary
+    model given a threshold (its validation-chosen Youden threshold), else the
+    argmax.  Missing outputs are None.  Raises :class:`ComponentError` when the
+    model exports neither attention nor instance probabilities.
     """
     batch = collate_bags([bag]).to(_device(model))
     out = model.predict(batch)
@@ -56,7 +61,13 @@ def instance_outputs(model, bag: Bag) -> dict[str, Any]:
             f"pooling {getattr(model.pooling, 'name', '?')!r} exports neither attention nor instance scores, "
             "so it cannot localise; use a pooling that fills MILOutput.attention or inst_logits."
         )
-    return {"attention": att, "scores": scores, "bag_probs": out.bag_probs[0].detach().float().cpu().numpy()}
+    probs = out.bag_probs[0].detach().float().cpu().numpy()
+    vote = (out.extras or {}).get("vote")
+    if vote is not None:
+        pred = int(vote[0])
+    else:
+        pred = int(fold_predictions(probs[None].astype(np.float64), threshold)[0])
+    return {"attention": att, "scores": scores, "bag_probs": probs, "pred": pred}
 
 
 def _rows(bag: Bag, outs: dict[str, Any], class_names: Sequence[str]) -> list[dict[str, Any]]:
@@ -212,6 +223,7 @@ def write_localization(
     heatmap_class: int | None = None,
     patch_size: float | None = None,
     indices: Sequence[int] | None = None,
+    threshold: float | None = None,
 ) -> list[dict[str, Any]]:
     """Write ``<slide_id>.csv`` (see :func:`localization_table`) and ``<slide_id>.png`` per slide.
 
@@ -219,6 +231,8 @@ def write_localization(
     ``"auto"`` (attention when the model has it, else the score).  The class
     shown (for per-class attention and for scores) is ``heatmap_class``, or the
     slide's predicted class when None.  Slides without coordinates get no PNG.
+    ``threshold``: the binary decision threshold of the model (see
+    :func:`instance_outputs`; an ensemble's vote needs none).
     Returns one dict per slide: ``slide_id, label, pred, probs, csv, png``.
     """
     if heatmap_value not in ("auto", "attention", "score"):
@@ -231,7 +245,7 @@ def write_localization(
     used: set[str] = set()
     for i in idx:
         bag = dataset[int(i)]
-        outs = instance_outputs(model, bag)
+        outs = instance_outputs(model, bag, threshold)
         rows = _rows(bag, outs, model.class_names)
         sid = rows[0]["slide_id"]
         name = _safe_name(sid)
@@ -241,7 +255,7 @@ def write_localization(
         csv_url = f"{base}/{name}.csv"
         _write_bytes(csv_url, rows_to_csv(rows).encode("utf-8"))
         probs = outs["bag_probs"]
-        pred = int(np.argmax(probs))
+        pred = outs["pred"]
         png_url = None
         if heatmaps and bag.coords is not None:
             cls = pred if heatmap_class is None else int(heatmap_class)
