@@ -45,17 +45,6 @@ class UnpublishedModelError(UserError):
     """A pretrained entry whose weights are not on the Hub yet."""
 
 
-class _EntryDoc:
-    """``__doc__`` of an entry instance is its one-line summary (``milzoo list`` shows it);
-    the class keeps its own docstring."""
-
-    def __init__(self, doc: str | None):
-        self.doc = doc
-
-    def __get__(self, obj, cls=None):
-        return self.doc if obj is None else obj.summary
-
-
 class PretrainedEntry(BaseModel):
     """A named trained model: Hub repository, pinned revision, recipe, metrics and requirements."""
 
@@ -125,9 +114,6 @@ class PretrainedEntry(BaseModel):
             f"{self.repo_id.split('/')[0]!r} if you cannot write there) and pin the printed commit as this entry's "
             "`revision` with `published=True`."
         )
-
-
-PretrainedEntry.__doc__ = _EntryDoc(PretrainedEntry.__doc__)
 
 
 def _as_entry(obj: Any, name: str) -> PretrainedEntry:

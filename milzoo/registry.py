@@ -30,7 +30,8 @@ class Entry:
     aliases: list[str] = field(default_factory=list)
 
     def describe(self) -> dict[str, Any]:
-        doc = (getattr(self.obj, "__doc__", None) or "").strip().splitlines()
+        summary = getattr(self.obj, "summary", None)  # pretrained entries describe themselves
+        doc = (summary if isinstance(summary, str) else (getattr(self.obj, "__doc__", None) or "")).strip().splitlines()
         return {
             "kind": self.kind,
             "name": self.name,
