@@ -247,7 +247,6 @@ def summarize(run_dir: str | Path, write: bool = True, expected_folds: int | Non
     fold_dirs = sorted(run_dir.glob("fold-*"))
     results = [json.loads((d / "result.json").read_text()) for d in fold_dirs if (d / "result.json").exists()]
     if expected_folds is None:
-        from milzoo.protocols import make_folds as _mf  # noqa: F401 - count without loading data
         proto = recipe.root.protocol
         expected_folds = 1 if proto.kind == "holdout" else proto.folds * (proto.repeats if proto.kind == "cv" else 1)
     missing = [i for i in range(expected_folds) if not (_fold_dir(run_dir, i) / "result.json").exists()]

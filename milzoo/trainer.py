@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from milzoo import checkpoint as ckpt
-from milzoo.batch import MILBatch, collate_bags
+from milzoo.batch import collate_bags
 from milzoo.build import build_losses, build_model
 from milzoo.datasets.base import MILDataset
 from milzoo.errors import TrainingDiverged, UserError
@@ -252,7 +252,7 @@ class Trainer:
         indices = list(range(len(ds)))
         if self.dist is not None:
             indices = self.dist.shard(indices, pad=False)
-        probs, ys, ids, order = [], [], [], []
+        probs, ys, ids = [], [], []
         inst_true, inst_probs = [], []
         for batch in self._loader(ds, _batches(indices, bs)):
             batch = batch.to(self.device)
