@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import os
 import socket
 from typing import Any, Callable, Iterator
@@ -80,13 +81,38 @@ class TrainForward:
     """The callable the trainer uses for training forwards: DDP around the model, MILOutput out.
 
     The unwrapped model stays the trainer's ``self.model`` (checkpoints, evaluation,
-    ``pooling.after_forward``); its parameters are the ones DDP synchronises.
+    ``pooling.after_forward``); its parameters are the ones DDP synchronises.  DDP
+    covers the parameters that require gradients when it is built, so when that set
+    changes (an encoder frozen for the first epochs, then released) the DDP wrapper
+    is rebuilt at the next forward -- on every rank at the same step, since all ranks
+    freeze and release together -- instead of searching for unused parameters at
+    every step.
     """
 
-    def __init__(self, ddp: nn.parallel.DistributedDataParallel):
-        self.ddp = ddp
+    def __init__(self, model: nn.Module, device: torch.device, find_unused: bool = False):
+        self.model = model
+        self.device = device
+        self.find_unused = find_unused
+        self.ddp: nn.parallel.DistributedDataParallel | None = None
+        self._trainable: tuple[bool, ...] | None = None
+        self.builds = 0
+
+    def _build(self) -> None:
+        if self.ddp is not None:  # drop the old reducer and its gradient hooks first
+            self.ddp = None
+            gc.collect()
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self.ddp = nn.parallel.DistributedDataParallel(
+            _DictForward(self.model), device_ids=ids, output_device=ids[0] if ids else None,
+            find_unused_parameters=self.find_unused,
+        )
+        self.builds += 1
 
     def __call__(self, batch) -> MILOutput:
+        trainable = tuple(p.requires_grad for p in self.model.parameters())
+        if self.ddp is None or trainable != self._trainable:
+            self._trainable = trainable
+            self._build()
         return MILOutput(**self.ddp(batch))
 
 
@@ -142,22 +168,18 @@ class Distributed:
             dist.destroy_process_group()
 
     # ------------------------------------------------------------------ model
-    def wrap(self, model: nn.Module, find_unused: bool = False) -> TrainForward:
-        """DistributedDataParallel around ``model`` for the training forward.
+    def wrap(self, model: nn.Module) -> TrainForward:
+        """DistributedDataParallel around ``model`` for the training forward (see :class:`TrainForward`).
 
-        ``find_unused`` (or ``MILZOO_DDP_FIND_UNUSED=1``) is needed when some trainable
-        parameters take no part in a step, e.g. while the encoder is frozen.
-        Buffers (PSAtt prototypes, BatchNorm statistics) are broadcast from rank 0
-        at each forward, DDP's default; components still keep their own updates in
-        step (PSAtt gathers its statistics) so every rank holds the same values.
+        ``MILZOO_DDP_FIND_UNUSED=1`` turns on DDP's search for parameters a step left
+        unused, for component combinations that leave a trainable parameter out of
+        the loss.  Frozen parameters need no search (the wrapper follows
+        ``requires_grad``).
+        Buffers (PSAtt prototypes, BatchNorm statistics) are broadcast from rank 0 at
+        each forward, DDP's default; components still keep their own updates in step
+        (PSAtt gathers its statistics) so every rank holds the same values.
         """
-        find_unused = find_unused or os.environ.get(ENV_FIND_UNUSED, "") == "1"
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        ddp = nn.parallel.DistributedDataParallel(
-            _DictForward(model), device_ids=ids, output_device=ids[0] if ids else None,
-            find_unused_parameters=find_unused,
-        )
-        return TrainForward(ddp)
+        return TrainForward(model, self.device, os.environ.get(ENV_FIND_UNUSED, "") == "1")
 
     # ------------------------------------------------------------------ data
     def shard(self, indices: list[int], pad: bool = False) -> list[int]:

@@ -101,8 +101,8 @@ class Trainer:
         self.freeze_epochs = max([tc.freeze_encoder_epochs] + [int(getattr(l, "freeze_encoder_epochs", 0) or 0)
                                                                  for l in self.losses])
         self._encoder_trainable = [p.requires_grad for p in self.model.encoder.parameters()]
-        self.train_model = self.model if distributed is None else distributed.wrap(
-            self.model, find_unused=self.freeze_epochs > 0)  # frozen encoder params take no part in a step
+        # DDP for training forwards (it follows the encoder's freezing by itself); self.model stays unwrapped
+        self.train_model = self.model if distributed is None else distributed.wrap(self.model)
         self.optimizer = make_optimizer(recipe.root.optim, self.model.parameters())
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.precision)

@@ -269,3 +269,43 @@ def test_eval_shards_partition_in_order_and_gather_back(monkeypatch):
     # a rank with nothing to predict (split smaller than the world) is fine
     few = [d.shard([5, 6], pad=False) for d in world]
     assert [i for p in few for i in p] == [5, 6] and any(len(p) == 0 for p in few)
+
+
+def test_ddp_wrapper_follows_frozen_parameters():
+    """Freezing the encoder (PSAli's epoch 0) rebuilds DDP over the trainable parameters instead of
+    searching for unused ones every step; stale gradient hooks would fail the later backwards."""
+    import torch.distributed as dist
+    from torch import nn
+
+    from milzoo.distributed import free_port
+    from milzoo.output import MILOutput
+
+    class Toy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder, self.head = nn.Linear(3, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return MILOutput(bag_logits=self.head(self.encoder(x)), mask=torch.ones(len(x), 1, dtype=torch.bool))
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        model, x = Toy(), torch.randn(5, 3)
+        fwd = Distributed(0, 1, 0, torch.device("cpu"), "gloo").wrap(model)
+
+        def grads(frozen: bool):
+            model.encoder.requires_grad_(not frozen)
+            model.zero_grad(set_to_none=True)
+            fwd(x).bag_logits.pow(2).sum().backward()
+            return {k: None if p.grad is None else p.grad.clone() for k, p in model.named_parameters()}
+
+        first = grads(False)
+        frozen = grads(True)
+        again = grads(False)
+        assert fwd.builds == 3
+        assert frozen["encoder.weight"] is None and torch.allclose(frozen["head.weight"], first["head.weight"])
+        assert all(torch.allclose(first[k], again[k]) for k in first)
+        assert fwd(x).bag_logits.shape == (5, 2) and fwd.builds == 3  # no rebuild while nothing changes
+    finally:
+        dist.destroy_process_group()
