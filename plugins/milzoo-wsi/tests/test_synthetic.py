@@ -58,7 +58,7 @@ def test_signal_is_in_the_tumour_patches(tmp_path):
 def test_tiny_training_on_synthetic_slides(tmp_path):
     """The data side feeds a model correctly: max pooling learns the (strong) tumour signal."""
 
-    info = make_synthetic_slides(str(tmp_path), n_slides=24, mean_patches=30, dim=8, seed=2, signal=6.0,
+    info = make_synthetic_slides(str(tmp_path), n_slides=24, mean_patches=30, dim=8, seed=2, signal=8.0,
                                  positive_fraction=0.5)
     src = SlidesSource(SlidesSource.Config(features=info["features"], table=info["table"], test_fraction=0))
     ds = src.load()["train"]
@@ -88,3 +88,23 @@ def test_tiny_training_on_synthetic_slides(tmp_path):
     assert losses[-1] < 0.5 * losses[0]
     assert acc() >= 0.9 and acc() > before
     np.testing.assert_array_equal(batch.y.numpy(), ds.labels)
+
+
+def test_generation_resumes_with_the_same_set(tmp_path):
+    kw = dict(n_slides=5, mean_patches=20, dim=4, seed=7, n_test=2)
+    info = make_synthetic_slides(str(tmp_path / "a"), **kw)
+    ref = {sid: read_slide(sf).features for sid, sf in list_slide_files(info["features"]).items()}
+    # an interrupted run: two slides missing and no table yet
+    part = make_synthetic_slides(str(tmp_path / "b"), **kw)
+    feats = tmp_path / "b" / "features"
+    (feats / "slide_0001.safetensors").unlink()
+    (feats / "slide_0005.safetensors").unlink()
+    (tmp_path / "b" / "slides.csv").unlink()
+    stamp = (feats / "slide_0002.safetensors").stat().st_mtime_ns
+    again = make_synthetic_slides(str(tmp_path / "b"), **kw, skip_existing=True)
+    assert (feats / "slide_0002.safetensors").stat().st_mtime_ns == stamp  # not written again
+    got = {sid: read_slide(sf).features for sid, sf in list_slide_files(again["features"]).items()}
+    assert got.keys() == ref.keys() and all(torch.equal(got[k], ref[k]) for k in ref)
+    assert (tmp_path / "b" / "slides.csv").read_text() == (tmp_path / "a" / "slides.csv").read_text()
+    assert again["n_patches"] == part["n_patches"] == info["n_patches"]
+    assert not [p for p in feats.iterdir() if p.name.startswith(".")]  # no temporary files left

@@ -78,6 +78,7 @@ def make_synthetic_slides(
     signal: float = 1.5,
     patch_size: int = 256,
     slides_per_patient: int = 1,
+    skip_existing: bool = False,
 ) -> dict:
     """Write ``out_dir/features/<slide_id>.<ext>`` (fp16) and the slide table ``out_dir/slides.csv``.
 
@@ -87,6 +88,13 @@ def make_synthetic_slides(
     around ``mean_patches`` (between a tenth and 4x of it).  Patients group
     ``slides_per_patient`` consecutive slides.  ``out_dir`` may be any fsspec
     URL.  Returns ``{"features", "table", "n_slides", "n_patches", "dim"}``.
+
+    Labels, sizes and the signal direction come from ``seed``; each slide's
+    content from its own generator seeded by ``(seed, i)``, so with
+    ``skip_existing`` an interrupted generation resumes where it stopped (slides
+    whose file exists are not generated again) and gives the same set.  Files
+    are written under a temporary name and renamed, and the table is written
+    last.
     """
     if fmt not in _EXT:
         raise ValueError(f"unknown format {fmt!r}; use {', '.join(_EXT)}")
@@ -112,24 +120,30 @@ def make_synthetic_slides(
     for i in range(total):
         n = int(sizes[i])
         sid = f"slide_{i:04d}"
-        cells = _slide_layout(rng, n)
-        feats = rng.standard_normal((n, dim), dtype=np.float32)
-        feats += rng.normal(0.0, 0.1, size=dim).astype(np.float32)  # per-slide offset
-        inst = np.zeros(n, dtype=np.int64)
-        if labels[i] == 1:
-            k = max(1, int(round(n * rng.uniform(0.005, 0.05))))
-            centre = cells[rng.integers(n)]
-            d2 = ((cells - centre) ** 2).sum(axis=1)
-            tumour = np.argpartition(d2, k - 1)[:k]
-            inst[tumour] = 1
-            feats[tumour] += signal * direction
-        coords = (cells * patch_size).astype(np.int64)
-        _write(fs, f"{feat_dir}/{sid}.{_EXT[fmt]}", fmt, feats.astype(np.float16), coords, inst)
         row = {"slide_id": sid, "label": "tumor" if labels[i] else "normal",
                "patient_id": f"patient_{i // max(1, slides_per_patient):04d}"}
         if n_test > 0:
             row["split"] = "test" if i >= n_slides else "train"
         rows.append(row)
+        path = f"{feat_dir}/{sid}.{_EXT[fmt]}"
+        if skip_existing and fs.exists(path):
+            continue
+        srng = np.random.default_rng([seed, i])
+        cells = _slide_layout(srng, n)
+        feats = srng.standard_normal((n, dim), dtype=np.float32)
+        feats += srng.normal(0.0, 0.1, size=dim).astype(np.float32)  # per-slide offset
+        inst = np.zeros(n, dtype=np.int64)
+        if labels[i] == 1:
+            k = max(1, int(round(n * srng.uniform(0.005, 0.05))))
+            centre = cells[srng.integers(n)]
+            d2 = ((cells - centre) ** 2).sum(axis=1)
+            tumour = np.argpartition(d2, k - 1)[:k]
+            inst[tumour] = 1
+            feats[tumour] += signal * direction
+        coords = (cells * patch_size).astype(np.int64)
+        tmp = f"{feat_dir}/.{sid}.tmp"
+        _write(fs, tmp, fmt, feats.astype(np.float16), coords, inst)
+        fs.mv(tmp, path)
 
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()), lineterminator="\n")
