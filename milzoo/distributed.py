@@ -28,6 +28,8 @@ import dataclasses
 import gc
 import os
 import socket
+import time
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -307,6 +309,29 @@ class Distributed:
             raise error
         if status[0] is not None:
             raise SystemExit(status[0])
+
+    def require_shared(self, path: Path, seconds: float = 30.0) -> None:
+        """Check that every rank sees ``path``, which rank 0 has just written.
+
+        Ranks read the run directory (``--resume`` loads the checkpoint on every rank;
+        the summary reads every fold's result), so on several machines it must be on a
+        filesystem they share.  A network filesystem may show a new file late, hence
+        the wait.
+        """
+        deadline = time.monotonic() + seconds
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        seen = self.all_gather_object((socket.gethostname(), path.exists()))
+        blind = sorted({host for host, ok in seen if not ok})
+        if not blind:
+            return
+        if self.rank != 0:
+            raise SystemExit(UserError.exit_code)
+        raise UserError(
+            f"the ranks on {', '.join(blind)} cannot see {path}, which rank 0 wrote: the run directory must be on "
+            "a filesystem shared by all machines of the job (every rank reads checkpoints and results). Put --out "
+            "on the shared filesystem."
+        )
 
 
 def free_port() -> int:

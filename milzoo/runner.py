@@ -65,10 +65,21 @@ def _setup_logging(run_dir: Path) -> logging.Handler:
     return handler
 
 
+def _await_recipe(run_dir: Path, seconds: float = 30.0) -> None:
+    """Per-fold jobs (a Slurm array) may start together: wait while another one is writing recipe.toml."""
+    deadline = time.monotonic() + seconds
+    while not (run_dir / "recipe.toml").exists() and time.monotonic() < deadline:
+        if not any(p.name.startswith(".recipe.toml.") for p in run_dir.iterdir()):
+            return  # nobody is writing it
+        time.sleep(0.1)
+
+
 def prepare_run_dir(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, fold: int | None,
                     is_main: bool = True) -> None:
     resolved = recipe.to_dict()
     if run_dir.exists() and any(run_dir.iterdir()):
+        if fold is not None and not resume:
+            _await_recipe(run_dir)
         if resume or (fold is not None and (run_dir / "recipe.toml").exists()):
             if not (run_dir / "recipe.toml").exists():
                 raise RunDirError(f"{run_dir} is not a milzoo run directory (no recipe.toml); cannot resume it.")
@@ -104,13 +115,16 @@ def _trim_metrics(run_dir: Path, keep) -> None:
     if not path.exists():
         return
     kept = []
-    for line in path.read_text().splitlines():
+    lines = path.read_text().splitlines()
+    for line in lines:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue  # a half-written line from a killed run
         if keep(rec):
             kept.append(json.dumps(rec))
+    if len(kept) == len(lines):
+        return  # nothing to drop: do not rewrite under concurrent per-fold jobs that append to it
     ckpt.atomic_write_text(path, "".join(l + "\n" for l in kept))
 
 
@@ -149,6 +163,7 @@ def run(
         prepare_run_dir(recipe, run_dir, resume, overwrite, fold)
     else:  # rank 0 checks and prepares the directory; the others wait (or stop with its error)
         distributed.on_main(lambda: prepare_run_dir(recipe, run_dir, resume, overwrite, fold))
+        distributed.require_shared(run_dir / "recipe.toml")
     handler = _setup_logging(run_dir) if is_main else None
     try:
         if is_main:

@@ -309,3 +309,47 @@ def test_ddp_wrapper_follows_frozen_parameters():
         assert fwd(x).bag_logits.shape == (5, 2) and fwd.builds == 3  # no rebuild while nothing changes
     finally:
         dist.destroy_process_group()
+
+
+def test_fold_jobs_starting_together_share_the_run_directory(tmp_path):
+    """A fold job that finds the run directory while another job is still writing recipe.toml waits for it
+    (instead of refusing the directory as 'exists already')."""
+    import threading
+    import time
+
+    from milzoo.recipe import load_recipe
+    from milzoo.runner import prepare_run_dir
+
+    recipe = load_recipe(recipe_dict(write_csv(tmp_path / "t.csv"), {"name": "abmil"}))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    partial = run_dir / ".recipe.toml.x1y2"  # the other job's atomic write in flight
+    partial.write_text("name = ")
+
+    def other_job():
+        time.sleep(0.5)
+        (run_dir / "recipe.toml").write_text(recipe.to_toml())
+        partial.unlink()
+
+    t = threading.Thread(target=other_job)
+    t.start()
+    prepare_run_dir(recipe, run_dir, resume=False, overwrite=False, fold=1)
+    t.join()
+    # a foreign, non-empty directory is still refused at once
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="exists already"):
+        prepare_run_dir(recipe, tmp_path / "foreign", resume=False, overwrite=False, fold=1)
+
+
+def test_run_directory_must_be_shared_by_all_machines(tmp_path, monkeypatch):
+    seen = [("node-a", True), ("node-b", False)]
+    monkeypatch.setattr(Distributed, "all_gather_object", lambda self, obj: seen)
+    main, other = ranks(2)
+    with pytest.raises(UserError, match="node-b cannot see .*shared by all machines"):
+        main.require_shared(tmp_path / "recipe.toml", seconds=0)
+    with pytest.raises(SystemExit) as info:  # the others stop quietly; rank 0 prints the message
+        other.require_shared(tmp_path / "recipe.toml", seconds=0)
+    assert info.value.code == 2
+    seen[1] = ("node-b", True)
+    main.require_shared(tmp_path / "recipe.toml", seconds=0)
