@@ -1,0 +1,20 @@
+"""Pictures of runs: curves, representation maps, attention views and the HTML report.
+
+- :func:`write_report` / :func:`build_report`: one self-contained HTML page
+  for one or several run directories (``milzoo report``);
+- :func:`run_embedding`: the representation map of a fold's model
+  (``milzoo embed``);
+- :func:`run_attention`: one bag's attention view (``milzoo attention``).
+
+All figures are drawn with matplotlib's Agg canvas: no display, no network.
+"""
+
+from milzoo.report.attention import run_attention
+from milzoo.report.common import RunData, load_run
+from milzoo.report.context import RunContext
+from milzoo.report.curves import curve_figures
+from milzoo.report.embedding import run_embedding
+from milzoo.report.html import build_report, write_report
+
+__all__ = ["RunContext", "RunData", "build_report", "curve_figures", "load_run", "run_attention", "run_embedding",
+           "write_report"]

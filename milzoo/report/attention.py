@@ -1,0 +1,303 @@
+"""Attention views of one bag.
+
+- image bags (instances ``[C, H, W]``): a grid of the instances, each titled
+  with its attention weight and instance prediction (and the true instance
+  label when known), framed in a colour that grows with the attention;
+- feature bags: a bar chart of attention per instance, coloured by the
+  instance prediction;
+- slides (bags with ``coords``): the WSI plugin's heatmap
+  (``milzoo_wsi.localization.draw_heatmap``) when it is installed, else a
+  simple scatter of the patches.
+
+Numbers come from one eval-mode forward of the bag alone.  Per-class
+attention (``[N, k]``) is shown for the bag's predicted class.  A pooling
+without attention is shown through its instance probability of the predicted
+class.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from milzoo.batch import Bag, collate_bags
+from milzoo.errors import ComponentError, UserError
+from milzoo.report.common import figure_png, new_figure
+from milzoo.report.embedding import class_colors
+
+_OK, _WRONG = "#1a7f37", "#c62828"
+
+
+@dataclass
+class BagView:
+    bag: Bag
+    position: int  # index of the bag in its split
+    values: np.ndarray  # [n] attention (or instance score)
+    value_name: str  # "attention" or "p(<class>)"
+    inst_pred: np.ndarray | None  # [n] argmax of inst_probs
+    inst_conf: np.ndarray | None  # [n] probability of that class
+    bag_pred: int
+    bag_prob: float
+    class_names: list[str]
+
+    @property
+    def inst_true(self) -> np.ndarray | None:
+        if self.bag.inst_y is None:
+            return None
+        t = self.bag.inst_y.long().numpy()
+        return t if (t >= 0).any() else None
+
+    def name(self, c: int) -> str:
+        return self.class_names[c] if 0 <= c < len(self.class_names) else str(c)
+
+
+def choose_bag(ds, bag_id: str | None = None, index: int | None = None) -> int:
+    """Position of the bag to show: by id, by position, or the first bag not of class 0 (else the first)."""
+    if bag_id is not None and index is not None:
+        raise UserError("give either --bag or --index, not both.")
+    if bag_id is not None:
+        ids = list(ds.bag_ids)
+        if str(bag_id) in ids:
+            return ids.index(str(bag_id))
+        shown = ", ".join(ids[:8]) + (", ..." if len(ids) > 8 else "")
+        raise UserError(f"no bag {bag_id!r} in this split ({len(ids)} bags: {shown}); use --index I or another --split.")
+    if index is not None:
+        if not -len(ds) <= index < len(ds):
+            raise UserError(f"--index {index} is out of range; the split has {len(ds)} bags (0..{len(ds) - 1}).")
+        return index % len(ds)
+    labels = np.asarray(ds.labels)
+    nonzero = np.flatnonzero(labels != 0)
+    return int(nonzero[0]) if len(nonzero) else 0
+
+
+@torch.no_grad()
+def bag_view(model, ds, position: int) -> BagView:
+    bag = ds[position]
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    out = model.predict(collate_bags([bag]).to(device))
+    n = len(bag)
+    probs = out.bag_probs[0].float().cpu().numpy()
+    pred = int(probs.argmax())
+    ip = out.inst_probs
+    inst_pred = inst_conf = None
+    if ip is not None:
+        p = ip[0, :n].float().cpu().numpy()
+        inst_pred = p.argmax(1)
+        inst_conf = p[np.arange(n), inst_pred]
+    att = out.attention
+    if att is not None:
+        a = att[0, :n].float().cpu().numpy()
+        if a.ndim == 2:
+            a = a[:, pred] if a.shape[1] > pred else a[:, -1]
+        values, name = a, "attention"
+    elif ip is not None:
+        values, name = ip[0, :n, pred].float().cpu().numpy(), f"p({model.class_names[pred]})"
+    else:
+        raise ComponentError(
+            f"pooling {getattr(model.pooling, 'name', '?')!r} exports neither attention nor instance scores, so "
+            "there is nothing to show per instance; use a pooling that fills MILOutput.attention or inst_logits."
+        )
+    return BagView(bag=bag, position=position, values=values, value_name=name, inst_pred=inst_pred,
+                   inst_conf=inst_conf, bag_pred=pred, bag_prob=float(probs[pred]),
+                   class_names=list(getattr(ds, "class_names", None) or model.class_names))
+
+
+def _header(v: BagView) -> str:
+    mark = "✓" if v.bag_pred == int(v.bag.y) else "✗"
+    return (f"bag {v.bag.bag_id or v.position!s} · label {v.name(int(v.bag.y))} · predicted {v.name(v.bag_pred)} "
+            f"(p = {v.bag_prob:.2f}) {mark} · {len(v.bag)} instances")
+
+
+def _image(x: torch.Tensor) -> tuple[np.ndarray, str | None]:
+    """``[C, H, W]`` -> something imshow draws (values brought to [0, 1])."""
+    a = x.float().cpu().numpy()
+    lo, hi = float(a.min()), float(a.max())
+    if lo < -1e-3 or hi > 1 + 1e-3:  # not in [0, 1] pixel space: stretch per image
+        a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+    a = np.clip(a, 0, 1)
+    if a.shape[0] == 3:
+        return a.transpose(1, 2, 0), None
+    return a[0], "gray"
+
+
+def plot_image_grid(v: BagView, max_show: int = 64, order: str = "attention", title: str = ""):
+    import matplotlib
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    n = len(v.bag)
+    idx = np.argsort(-v.values, kind="stable") if order == "attention" else np.arange(n)
+    shown = idx[:max_show]
+    m = len(shown)
+    ncols = min(8, m) if m > 4 else m
+    nrows = math.ceil(m / ncols)
+    cell_w, cell_h = 1.4, 1.85
+    fig = new_figure(cell_w * ncols + 1.0, cell_h * nrows + 0.9)
+    vmax = float(v.values.max()) if n else 1.0
+    cmap = matplotlib.colormaps["Reds"]
+    norm = Normalize(0.0, vmax if vmax > 0 else 1.0)
+    true = v.inst_true
+    grid = fig.add_gridspec(nrows, ncols + 1, width_ratios=[1] * ncols + [0.12], hspace=0.55, wspace=0.15)
+    for k, i in enumerate(shown.tolist()):
+        ax = fig.add_subplot(grid[k // ncols, k % ncols])
+        img, cm = _image(v.bag.x[i])
+        ax.imshow(img, cmap=cm, vmin=0, vmax=1, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        edge = cmap(0.15 + 0.85 * norm(float(v.values[i])))
+        for s in ax.spines.values():
+            s.set_edgecolor(edge)
+            s.set_linewidth(3.5)
+        lines = [f"#{i}  {'a' if v.value_name == 'attention' else 's'} = {v.values[i]:.3f}"]
+        color = "black"
+        known = true is not None and true[i] >= 0
+        if v.inst_pred is not None:
+            p = int(v.inst_pred[i])
+            mark = ""
+            if known:
+                ok = p == int(true[i])
+                color, mark = (_OK, " ✓") if ok else (_WRONG, " ✗")
+            lines.append(f"pred {_short(v.name(p))}{mark}")
+        if known:
+            lines.append(f"true {_short(v.name(int(true[i])))}")
+        ax.set_title("\n".join(lines), fontsize=6.5, color=color, pad=2, linespacing=1.15)
+    cax = fig.add_subplot(grid[:, ncols])
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax).set_label(v.value_name, fontsize=8)
+    cax.tick_params(labelsize=7)
+    sub = ("sorted by " + v.value_name if order == "attention" else "in bag order")
+    if m < n:
+        sub += f"; the top {m} of {n} shown"
+    legend = "frame colour: attention" + (" · pred: instance prediction (✓ right, ✗ wrong)" if v.inst_pred is not None
+                                          else " · no instance predictions from this pooling")
+    fig.suptitle(f"{title + ' · ' if title else ''}{_header(v)}\n{sub} · {legend}", fontsize=9)
+    return fig
+
+
+def _short(s: str, n: int = 14) -> str:
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def plot_bars(v: BagView, max_show: int = 300, order: str = "bag", title: str = ""):
+    from matplotlib.patches import Patch
+
+    n = len(v.bag)
+    if n > max_show or order == "attention":
+        idx = np.argsort(-v.values, kind="stable")[:max_show]
+        sub = (f"the {max_show} highest of {n} instances" if n > max_show else "instances") + \
+            f", sorted by {v.value_name}"
+    else:
+        idx = np.arange(n)
+        sub = "instances in bag order"
+    m = len(idx)
+    fig = new_figure(float(np.clip(0.22 * m + 2.5, 6.5, 16.0)), 4.2)
+    ax = fig.add_subplot(1, 1, 1)
+    xs = np.arange(m)
+    k = len(v.class_names)
+    colors = class_colors(max(k, 1))
+    true = v.inst_true
+    if v.inst_pred is not None:
+        bar_colors = [colors[int(v.inst_pred[i]) % len(colors)] for i in idx]
+    else:
+        bar_colors = ["#4c72b0"] * m
+    edge = ["none"] * m
+    if true is not None and v.inst_pred is not None:
+        edge = ["black" if true[i] >= 0 and int(v.inst_pred[i]) != int(true[i]) else "none" for i in idx]
+    ax.bar(xs, v.values[idx], color=bar_colors, edgecolor=edge, linewidth=1.2, width=0.8)
+    if v.value_name == "attention" and n > 0:
+        ax.axhline(1.0 / n, color="#555555", ls="--", lw=1)
+    top = float(v.values[idx].max()) if m else 1.0
+    handles = []
+    if true is not None:
+        ys = np.full(m, -0.06 * top)
+        tc = [colors[int(true[i]) % len(colors)] if true[i] >= 0 else "#b0b0b0" for i in idx]
+        ax.scatter(xs, ys, marker="s", s=max(6, min(40, 2000 / max(m, 1))), c=tc, clip_on=False)
+        ax.set_ylim(-0.1 * top, top * 1.12)
+        ax.axhline(0, color="black", lw=0.6)
+    present = sorted(set(int(c) for c in v.inst_pred[idx])) if v.inst_pred is not None else []
+    if true is not None:
+        present = sorted(set(present) | {int(t) for t in true[idx] if t >= 0})
+    for c in present:
+        handles.append(Patch(color=colors[c % len(colors)], label=v.name(c)))
+    from matplotlib.lines import Line2D
+
+    if v.value_name == "attention" and n > 0:
+        handles.append(Line2D([], [], color="#555555", ls="--", label="uniform 1/n"))
+    if true is not None and v.inst_pred is not None:
+        handles.append(Patch(facecolor="white", edgecolor="black", label="prediction wrong"))
+    if handles:
+        ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
+                  title="class", title_fontsize=8)
+    ax.set_ylabel(v.value_name, fontsize=9)
+    if m <= 60:
+        ax.set_xticks(xs)
+        ax.set_xticklabels([str(i) for i in idx], fontsize=7, rotation=90 if m > 30 else 0)
+    ax.set_xlabel("instance" + (" (squares below the axis: true instance label)" if true is not None else ""),
+                  fontsize=9)
+    ax.set_xlim(-0.7, m - 0.3)
+    ax.tick_params(axis="y", labelsize=8)
+    ax.grid(True, axis="y", alpha=0.3)
+    colour_note = "bar colour: instance prediction" if v.inst_pred is not None else "no instance predictions"
+    ax.set_title(f"{title + ' · ' if title else ''}{_header(v)}\n{sub} · {colour_note}", fontsize=9, loc="left")
+    fig.tight_layout()
+    return fig
+
+
+def heatmap_png(v: BagView, title: str = "") -> bytes:
+    """The slide heatmap: the WSI plugin's ``draw_heatmap`` when installed, else a patch scatter."""
+    coords = v.bag.coords.float().cpu().numpy()
+    head = f"{title + ' · ' if title else ''}{_header(v)} · {v.value_name}"
+    try:
+        from milzoo_wsi.localization import draw_heatmap
+    except ImportError:
+        draw_heatmap = None
+    if draw_heatmap is not None:
+        fd, tmp = tempfile.mkstemp(suffix=".png")
+        os.close(fd)
+        try:
+            draw_heatmap(coords, v.values, tmp, title=head)
+            with open(tmp, "rb") as fh:
+                return fh.read()
+        finally:
+            os.unlink(tmp)
+    fig = new_figure(8.0, 6.5)
+    ax = fig.add_subplot(1, 1, 1)
+    sc = ax.scatter(coords[:, 0], coords[:, 1], c=v.values, cmap="coolwarm", marker="s", s=8, linewidths=0)
+    ax.invert_yaxis()
+    ax.set_aspect("equal")
+    ax.set_axis_off()
+    fig.colorbar(sc, ax=ax, fraction=0.046, pad=0.02)
+    ax.set_title(head + "\n(install milzoo-wsi for the slide heatmap)", fontsize=9)
+    return figure_png(fig)
+
+
+def attention_png(v: BagView, title: str = "", max_show: int | None = None,
+                  order: str | None = None) -> tuple[bytes, str]:
+    """``(PNG bytes, kind)`` with kind ``images``, ``bars`` or ``heatmap``.
+
+    ``order``: ``attention`` (highest first) or ``bag``; by default images are
+    sorted by attention and bars keep the bag order.
+    """
+    if order not in (None, "attention", "bag"):
+        raise UserError(f"order {order!r} is not known; use attention or bag.")
+    if v.bag.coords is not None:
+        return heatmap_png(v, title), "heatmap"
+    if v.bag.x.dim() == 4:
+        return figure_png(plot_image_grid(v, max_show or 64, order or "attention", title)), "images"
+    return figure_png(plot_bars(v, max_show or 300, order or "bag", title)), "bars"
+
+
+def run_attention(ctx, fold: int = 0, split: str = "test", bag_id: str | None = None, index: int | None = None,
+                  max_show: int | None = None, order: str | None = None, label: str | None = None):
+    """``(PNG bytes, kind, BagView)`` for one bag of one fold of a run (a :class:`RunContext`)."""
+    model, which = ctx.model(fold)
+    ds = ctx.dataset(fold, split)
+    pos = choose_bag(ds, bag_id, index)
+    v = bag_view(model, ds, pos)
+    title = f"{label or ctx.display_name} · fold {fold} ({which}) · '{split}'"
+    png, kind = attention_png(v, title, max_show, order)
+    return png, kind, v
