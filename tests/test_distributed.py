@@ -212,7 +212,12 @@ def test_folds_as_separate_jobs_then_summarize(work):
     assert not (out / "summary.json").exists()
     assert main(["summarize", str(out)]) == 2  # fold 0 missing: a clear error, exit code 2
     assert main(["run", recipe, "--out", str(out), "--fold", "0", "--no-progress"]) == 0
+    first = json.loads((out / "summary.json").read_text())  # written by the job that completed the folds
     assert main(["summarize", str(out)]) == 0
+    assert json.loads((out / "summary.json").read_text()) == first
+    # a fold job started again on a finished fold changes nothing
+    assert main(["run", recipe, "--out", str(out), "--fold", "1", "--no-progress"]) == 0
+    assert json.loads((out / "summary.json").read_text()) == first
     together = run(recipe, out=work / "together")
     s = json.loads((out / "summary.json").read_text())
     assert s["num_folds"] == 2 and s["last"] == together["last"]
