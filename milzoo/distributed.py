@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import inspect
 import os
 import socket
 import time
@@ -136,7 +137,6 @@ class Distributed:
 
         if not dist.is_available():
             raise UserError("this PyTorch build has no torch.distributed; run without torchrun.")
-        rank = _env_int("RANK", 0)
         world = _env_int("WORLD_SIZE", 1)
         local_rank = _env_int("LOCAL_RANK", 0)
         if torch.cuda.is_available():
@@ -157,8 +157,8 @@ class Distributed:
             if world != 1:
                 raise UserError("WORLD_SIZE > 1 but MASTER_ADDR is not set; launch with torchrun.")
             kwargs.update(init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
-        if backend == "nccl":
-            kwargs["device_id"] = device
+        if backend == "nccl" and "device_id" in inspect.signature(dist.init_process_group).parameters:
+            kwargs["device_id"] = device  # binds the NCCL communicator to this rank's GPU (torch >= 2.3)
         if not dist.is_initialized():
             dist.init_process_group(**kwargs)
         return cls(dist.get_rank(), dist.get_world_size(), local_rank, device, backend)
