@@ -75,7 +75,7 @@ def _build() -> dict[str, dict[str, Entry]]:
     table: dict[str, dict[str, Entry]] = {k: {} for k in ALL_KINDS}
     for hook_name, kind in hookspecs.HOOK_KINDS.items():
         hook = getattr(pm.hook, hook_name)
-        for impl in reversed(hook.get_hookimpls()):  # registration order
+        for impl in hook.get_hookimpls():  # registration order: built-ins first, so the first name wins
             dist, version = plugins.plugin_distribution(impl.plugin_name)
             staged: list[Entry] = []
 

@@ -265,12 +265,6 @@ def test_fake_distributions_are_discovered_and_failures_isolated(fake_plugins):
     assert {r.name for r in plugins.failed_plugins()} == {"fake_broken", "fake_hook", "fake_noncomp", "fake_typo"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: milzoo.registry._build walks reversed(hook.get_hookimpls()), i.e. the LAST registered "
-    "plugin first (pluggy already returns registration order), so a third-party plugin that registers 'mean' "
-    "shadows the built-in, and milzoo.builtin is the one marked failed",
-)
 def test_duplicate_name_keeps_the_first_registration(fake_plugins):
     from milzoo.builtin.poolings import MeanPooling
 
