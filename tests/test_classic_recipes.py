@@ -1,0 +1,76 @@
+"""The classic-benchmark recipes (recipes/classic/) validate, follow the protocol, and one of them runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from milzoo.recipe import load_recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+CLASSIC = ROOT / "recipes" / "classic"
+MODELS = ["abmil", "abmil_gated", "dsmil", "dtfd", "transmil", "demil", "rgmil", "psatt"]
+DATASETS = ["musk1", "musk2", "elephant"]
+ALL = [f"{m}_{d}" for m in MODELS for d in DATASETS]
+
+
+def _table_module():
+    spec = importlib.util.spec_from_file_location("classic_table", ROOT / "benchmarks" / "classic_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_every_model_and_dataset_has_a_recipe():
+    assert sorted(p.stem for p in CLASSIC.glob("*.toml")) == sorted(ALL)
+
+
+@pytest.mark.parametrize("stem", ALL)
+def test_recipe_validates_and_follows_the_protocol(stem):
+    model, dataset = stem.rsplit("_", 1)
+    recipe = load_recipe(CLASSIC / f"{stem}.toml")
+    root = recipe.root
+    assert root.name == stem
+    assert root.data.name == "classic" and recipe.components["data"].dataset == dataset
+    p = root.protocol
+    assert p.kind == "cv" and p.folds == 10 and p.standardize
+    assert p.val_fraction == 0.0 or p.monitor != "acc" or p.eval_splits is None  # never selects on test
+    assert root.train.early_stopping is None  # early stopping would need a validation split, not the test fold
+    assert root.train.threads == 1
+    assert root.pooling.name == ("abmil" if model.startswith("abmil") else model)
+    assert recipe.components["pooling"].model_dump().get("gated", False) == (model == "abmil_gated")
+    raw = tomllib.loads((CLASSIC / f"{stem}.toml").read_text())
+    assert raw["loss"], "each classic recipe names its model's loss explicitly"
+
+
+def test_one_recipe_runs_and_the_table_renders(tmp_path):
+    from milzoo.runner import run
+
+    out_root = tmp_path / "classic"
+    summary = run(CLASSIC / "abmil_musk1.toml", out=out_root / "abmil_musk1", progress=False,
+                  overrides=["protocol.folds=2", "protocol.repeats=1", "train.epochs=2"])
+    assert summary["num_folds"] == 2
+    acc = summary["last"]["test"]["acc"]
+    assert 0.0 <= acc["mean"] <= 1.0 and len(acc["values"]) == 2
+
+    table = _table_module()
+    paths = table.recipe_paths(None)
+    assert [p.stem for p in table.recipe_paths(["abmil_gated"])] == [f"abmil_gated_{d}" for d in DATASETS]
+    assert {p.stem for p in table.recipe_paths(["musk2"])} == {f"{m}_musk2" for m in MODELS}
+    rows = table.collect(out_root, paths)
+    assert list(rows) == [("abmil", "musk1")]
+    text = table.render(rows, paths, out_root, "python benchmarks/classic_table.py")
+    assert text.startswith(table.START) and text.rstrip().endswith(table.END)
+    line = next(l for l in text.splitlines() if l.startswith("| `abmil` | 2-fold"))
+    assert f"{acc['mean']:.3f} ± {acc['std']:.3f}" in line
+    assert "0.892 ± 0.040" in line  # the published number beside it
+    assert "| `dsmil` | not run yet |" in text
+    doc = tmp_path / "results.md"
+    doc.write_text("# hand-written intro\n\n" + table.START + "\nSTALE-TABLE\n" + table.END + "\n\nhand-written notes\n")
+    table.write_doc(doc, text)
+    written = doc.read_text()
+    assert written.startswith("# hand-written intro") and written.rstrip().endswith("hand-written notes")
+    assert "STALE-TABLE" not in written and written.count(table.START) == 1
