@@ -74,8 +74,8 @@ def _await_recipe(run_dir: Path, seconds: float = 30.0) -> None:
         time.sleep(0.1)
 
 
-def prepare_run_dir(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, fold: int | None,
-                    is_main: bool = True) -> None:
+def prepare_run_dir(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, fold: int | None) -> None:
+    """Check and create the run directory (rank 0 only when distributed)."""
     resolved = recipe.to_dict()
     if run_dir.exists() and any(run_dir.iterdir()):
         if fold is not None and not resume:
@@ -96,18 +96,16 @@ def prepare_run_dir(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool
                 f"the run directory {run_dir} exists already and holds results. Choose another --out, pass "
                 "--resume to continue that run, or --overwrite to replace it."
             )
-        if is_main:
-            if not (run_dir / "recipe.toml").exists() and not (run_dir / "metrics.jsonl").exists():
-                raise RunDirError(
-                    f"{run_dir} is not empty and is not a milzoo run directory; refusing to --overwrite it. "
-                    "Choose another --out."
-                )
-            shutil.rmtree(run_dir)
+        if not (run_dir / "recipe.toml").exists() and not (run_dir / "metrics.jsonl").exists():
+            raise RunDirError(
+                f"{run_dir} is not empty and is not a milzoo run directory; refusing to --overwrite it. "
+                "Choose another --out."
+            )
+        shutil.rmtree(run_dir)
     elif resume:
         raise RunDirError(f"nothing to resume: {run_dir} does not exist. Run without --resume to start it.")
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.atomic_write_text(run_dir / "recipe.toml", recipe.to_toml())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt.atomic_write_text(run_dir / "recipe.toml", recipe.to_toml())
 
 
 def _trim_metrics(run_dir: Path, keep) -> None:
