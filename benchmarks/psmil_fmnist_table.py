@@ -1,0 +1,131 @@
+"""Summarise the FMNIST reproduction runs (runs/fmnist/*) into docs/results-psmil.md's table.
+
+Reads each run directory's ``metrics.jsonl`` (complete epochs only: a run that is
+still going or was interrupted shows the epochs it finished) and prints a
+Markdown table: epochs completed, last-epoch and best-epoch (optimistic: chosen
+on the test split itself) single-instance test accuracy, the paper's number,
+and the exact command.  It never extrapolates.
+
+    .venv/bin/python benchmarks/psmil_fmnist_table.py                  # print
+    .venv/bin/python benchmarks/psmil_fmnist_table.py --write          # also replace the table in the doc
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BEGIN, END = "<!-- table:begin -->", "<!-- table:end -->"
+
+#: (run dir under runs/fmnist, label, recipe, paper's Table 2 FMNIST number)
+ROWS = [
+    ("psmil", "PSMIL", "recipes/psmil_fmnist.toml", "77.62"),
+    ("supervised", "supervised ceiling (same CNN)", "recipes/psmil/fmnist/supervised.toml", "-"),
+    ("abmil", "ABMIL", "recipes/psmil/fmnist/abmil.toml", "80.81"),
+    ("demil", "DEMIL", "recipes/psmil/fmnist/demil.toml", "80.48"),
+    ("transmil", "TransMIL", "recipes/psmil/fmnist/transmil.toml", "74.14"),
+    ("dtfd", "DTFD-MIL", "recipes/psmil/fmnist/dtfd.toml", "81.27"),
+    ("psmil_lam0", "ablation: lambda_T = 0 (PSAtt only)", "recipes/psmil/fmnist/psmil_lam0.toml", "-"),
+    ("psmil_lam001", "ablation: lambda_T = 0.01", "recipes/psmil/fmnist/psmil_lam001.toml", "-"),
+    ("psmil_lam01", "ablation: lambda_T = 0.1", "recipes/psmil/fmnist/psmil_lam01.toml", "-"),
+    ("abmil_pp", "ablation: ABMIL++ (ABMIL + PSAli)", "recipes/psmil/fmnist/abmil_pp.toml", "-"),
+    ("demil_pp", "ablation: DEMIL++ (DEMIL + PSAli)", "recipes/psmil/fmnist/demil_pp.toml", "-"),
+]
+
+
+def read_run(run_dir: Path, split: str = "test_instances", key: str = "acc") -> dict | None:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return None
+    per_epoch: dict[int, float] = {}
+    train_s = 0.0
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a half-written line of a killed run
+        if rec.get("split") == split and rec.get(key) is not None:
+            per_epoch[int(rec["epoch"])] = float(rec[key])
+        if rec.get("split") == "train":
+            train_s += float(rec.get("time_s") or 0.0)
+    if not per_epoch:
+        return {"epochs": 0, "train_s": train_s}
+    last = max(per_epoch)
+    best = max(per_epoch, key=lambda e: per_epoch[e])
+    recipe = run_dir / "recipe.toml"
+    total = None
+    if recipe.exists():
+        import tomllib
+
+        total = tomllib.loads(recipe.read_text()).get("train", {}).get("epochs")
+    return {"epochs": len(per_epoch), "of": total, "last_epoch": last, "last": per_epoch[last],
+            "best_epoch": best, "best": per_epoch[best], "train_s": train_s}
+
+
+def table(runs: Path) -> str:
+    head = ("| model | epochs done | test acc, last epoch | test acc, best epoch (optimistic) | paper | "
+            "train time | command |\n|---|---|---|---|---|---|---|\n")
+    lines = []
+    for sub, label, recipe, paper in ROWS:
+        r = read_run(runs / sub)
+        cmd = f"`milzoo run {recipe} --out runs/fmnist/{sub}`"
+        if r is None:
+            lines.append(f"| {label} | not started | - | - | {paper} | - | {cmd} |")
+            continue
+        done = f"{r['epochs']}/{r.get('of') or '?'}"
+        t = f"{r['train_s'] / 60:.0f} min"
+        if r["epochs"] == 0:
+            lines.append(f"| {label} | 0/{r.get('of') or '?'} (running or interrupted) | - | - | {paper} | {t} | {cmd} |")
+            continue
+        lines.append(f"| {label} | {done} | {100 * r['last']:.2f} (epoch {r['last_epoch']}) | "
+                     f"{100 * r['best']:.2f} (epoch {r['best_epoch']}) | {paper} | {t} | {cmd} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def lr_table(lr_runs: Path) -> str:
+    """The learning-rate selection runs (``lr/<model>-<lr>``): validation single-instance accuracy per epoch."""
+    out = ["| model | lr | epochs done | val_instances acc per epoch | last |", "|---|---|---|---|---|"]
+    for d in sorted(p for p in lr_runs.glob("*-*") if p.is_dir()):
+        model, lr = d.name.rsplit("-", 1)
+        accs = {}
+        for line in (d / "metrics.jsonl").read_text().splitlines() if (d / "metrics.jsonl").exists() else []:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if rec.get("split") == "val_instances":
+                accs[int(rec["epoch"])] = 100 * float(rec["acc"])
+        seq = ", ".join(f"{accs[e]:.1f}" for e in sorted(accs)) or "-"
+        last = f"{accs[max(accs)]:.2f}" if accs else "-"
+        out.append(f"| {model} | {lr} | {len(accs)} | {seq} | {last} |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=Path, default=ROOT / "runs" / "fmnist")
+    p.add_argument("--write", action="store_true", help="replace the table between the markers in --doc")
+    p.add_argument("--doc", type=Path, default=ROOT / "docs" / "results-psmil.md")
+    p.add_argument("--lr", action="store_true", help="print the learning-rate selection table (runs/fmnist/lr)")
+    args = p.parse_args(argv)
+    if args.lr:
+        print(lr_table(args.runs / "lr"), end="")
+        return 0
+    text = table(args.runs)
+    print(text, end="")
+    if args.write:
+        doc = args.doc.read_text()
+        if BEGIN not in doc or END not in doc:
+            print(f"{args.doc} has no {BEGIN} ... {END} markers", file=sys.stderr)
+            return 1
+        a, rest = doc.split(BEGIN, 1)
+        _, b = rest.split(END, 1)
+        args.doc.write_text(a + BEGIN + "\n" + text + END + b)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
