@@ -268,6 +268,25 @@ def test_incomplete_run_and_unrebuildable_data(feature_runs, tmp_path):
         assert float(cell["mean"]) == pytest.approx(value)
 
 
+def test_final_rows_with_an_ensemble(feature_runs, tmp_path):
+    from milzoo.report.html import final_rows, final_table
+
+    run_data = load_run(feature_runs[1])
+    run_data.label = "x"
+    run_data.summary = {
+        "num_folds": 5,
+        "last": {"test": {"acc": {"mean": 0.8, "std": 0.1, "values": [0.7, 0.9]}}},
+        "ensemble": {"test": {"acc": 0.875, "auc": 0.9, "f1": 0.5}},
+    }
+    rows = final_rows(run_data)
+    assert [(r["section"], r["folds"]) for r in rows] == [("last", 2), ("ensemble", 5)]
+    page = _Page()
+    page.feed(final_table([run_data]))
+    ens = {c["metric"]: c for c in page.cells if c["section"] == "ensemble"}
+    assert float(ens["acc"]["mean"]) == 0.875 and ens["acc"]["text"] == "0.875"
+    assert "vote" in "".join(page.text)
+
+
 def test_not_a_run_directory_is_a_clean_error(tmp_path):
     res = CliRunner().invoke(cli, ["report", str(tmp_path)])
     assert res.exit_code == 2

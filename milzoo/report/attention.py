@@ -65,7 +65,9 @@ def choose_bag(ds, bag_id: str | None = None, index: int | None = None) -> int:
         if str(bag_id) in ids:
             return ids.index(str(bag_id))
         shown = ", ".join(ids[:8]) + (", ..." if len(ids) > 8 else "")
-        raise UserError(f"no bag {bag_id!r} in this split ({len(ids)} bags: {shown}); use --index I or another --split.")
+        raise UserError(
+            f"no bag {bag_id!r} in this split ({len(ids)} bags: {shown}); use --index I or another --split."
+        )
     if index is not None:
         if not -len(ds) <= index < len(ds):
             raise UserError(f"--index {index} is out of range; the split has {len(ds)} bags (0..{len(ds) - 1}).")
@@ -172,8 +174,10 @@ def plot_image_grid(v: BagView, max_show: int = 64, order: str = "attention", ti
     sub = ("sorted by " + v.value_name if order == "attention" else "in bag order")
     if m < n:
         sub += f"; the top {m} of {n} shown"
-    legend = "frame colour: attention" + (" · pred: instance prediction (✓ right, ✗ wrong)" if v.inst_pred is not None
-                                          else " · no instance predictions from this pooling")
+    if v.inst_pred is not None:
+        legend = "frame colour: attention · pred: instance prediction (✓ right, ✗ wrong)"
+    else:
+        legend = "frame colour: attention · no instance predictions from this pooling"
     fig.suptitle(f"{title + ' · ' if title else ''}{_header(v)}\n{sub} · {legend}", fontsize=9)
     return fig
 
@@ -231,7 +235,7 @@ def plot_bars(v: BagView, max_show: int = 300, order: str = "bag", title: str = 
         handles.append(Patch(facecolor="white", edgecolor="black", label="prediction wrong"))
     if handles:
         ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
-                  title="class", title_fontsize=8)
+                  title="instance class" if v.inst_pred is not None else None, title_fontsize=8)
     ax.set_ylabel(v.value_name, fontsize=9)
     if m <= 60:
         ax.set_xticks(xs)

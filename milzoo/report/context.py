@@ -20,7 +20,8 @@ class RunContext:
         self.run_dir = Path(run_dir)
         if not (self.run_dir / "recipe.toml").exists():
             raise RunDirError(
-                f"{self.run_dir} is not a milzoo run directory (no recipe.toml); pass the --out folder of a `milzoo run`."
+                f"{self.run_dir} is not a milzoo run directory (no recipe.toml); "
+                "pass the --out folder of a `milzoo run`."
             )
         self._models: dict[int, tuple[object, str]] = {}
 

@@ -185,7 +185,7 @@ def plot_embedding(emb: EmbeddingMap, title: str = ""):
     fig = new_figure(7.8, 6.0)
     ax = fig.add_subplot(1, 1, 1)
     n = len(emb.xy)
-    size = float(np.clip(3000.0 / max(n, 1), 4, 40))
+    size = float(np.clip(4000.0 / max(n, 1), 6, 40))
     present = [c for c in range(k) if (emb.labels == c).any()]
     # draw large classes first so that rare (key) classes stay visible on top
     for c in sorted(present, key=lambda c: -(emb.labels == c).sum()):

@@ -124,8 +124,10 @@ def final_rows(run: RunData) -> list[dict[str, Any]]:
             stats = {k: s for k, s in stats.items() if s is not None}
             if not stats:
                 continue
+            ns = {st["n"] for st in stats.values() if st.get("n")}
+            folds = summary.get("num_folds") if key == "ensemble" else (max(ns) if ns else None)
             rows.append({"section": key, "label": label, "note": note, "split": split, "metrics": stats,
-                         "epoch": _stat(metrics.get("epoch"))})
+                         "epoch": _stat(metrics.get("epoch")), "folds": folds})
     monitors = {str((f.get("selected") or {}).get("monitor"))
                 for f in (run.summary or {}).get("folds") or [] if f.get("selected")}
     if len(monitors) == 1:
@@ -167,8 +169,7 @@ def final_table(runs: list[RunData]) -> str:
         title = f' title="{esc(r["note"])}"' if r["note"] else ""
         cells.append(f'<td class="section"{title}>{esc(r["label"])}</td>')
         cells.append(f"<td>{esc(r['split'])}</td>")
-        ns = {s["n"] for s in r["metrics"].values() if s.get("n")}
-        cells.append(f'<td class="num">{esc(max(ns)) if ns else "–"}</td>')
+        cells.append(f'<td class="num">{esc(r["folds"]) if r["folds"] else "–"}</td>')
         for m in metrics:
             cells.append(_cell(r["metrics"].get(m), {"run": run.label, "section": r["section"], "split": r["split"],
                                                       "metric": m}))
@@ -293,6 +294,15 @@ def _try(what: str, fn: Callable[[], str]) -> str:
         return f'<p class="note warn">{esc(what)} skipped: {esc(type(exc).__name__)}: {esc(exc)}</p>'
 
 
+def _report_split(ctx, fold: int, split: str) -> str:
+    """``split`` when the fold has it, else its first evaluated split other than val, else val or train."""
+    names = ctx.split_names(fold)
+    if split in names:
+        return split
+    others = [n for n in names if n not in ("train", "val")]
+    return (others or [n for n in names if n == "val"] or ["train"])[0]
+
+
 def build_report(
     run_dirs: list[str | Path],
     labels: list[str] | None = None,
@@ -347,8 +357,9 @@ def build_report(
                          "run has it, else the last. Same command: <code>milzoo embed RUN_DIR</code>.</p>")
             for run in runs:
                 def one(run=run):
-                    fig, _ = run_embedding(ctx(run), fold=fold, split=split, max_instances=max_instances,
-                                           method=method, label=run.label)
+                    c = ctx(run)
+                    fig, _ = run_embedding(c, fold=fold, split=_report_split(c, fold, split),
+                                           max_instances=max_instances, method=method, label=run.label)
                     return png_tag(figure_png(fig), f"representation map of {run.label}")
                 parts.append(f"<h3>{esc(run.label)}</h3>" + _try("the representation map", one))
         if attention:
@@ -359,14 +370,16 @@ def build_report(
                          "<code>milzoo attention RUN_DIR --bag ID</code>.</p>")
             for run in runs:
                 def one(run=run):
-                    png, _, _ = run_attention(ctx(run), fold=fold, split=split, label=run.label)
+                    c = ctx(run)
+                    png, _, _ = run_attention(c, fold=fold, split=_report_split(c, fold, split), label=run.label)
                     return png_tag(png, f"attention view of {run.label}")
                 parts.append(f"<h3>{esc(run.label)}</h3>" + _try("the attention view", one))
 
     parts.append('<h2 id="details">Recipes and versions</h2>')
     for run in runs:
         parts.append(f"<h3>{esc(run.label)}</h3>")
-        parts.append(f"<details{' open' if len(runs) == 1 else ''}><summary>resolved recipe ({esc(run.path / 'recipe.toml')})</summary>"
+        parts.append(f"<details{' open' if len(runs) == 1 else ''}><summary>resolved recipe "
+                     f"({esc(run.path / 'recipe.toml')})</summary>"
                      f"<pre>{esc(run.recipe_text)}</pre></details>")
         parts.append(f"<details><summary>versions (run.json)</summary>{versions_table(run)}</details>")
         ft = fold_table(run)
