@@ -383,9 +383,9 @@ def test_attention_bars_for_feature_bags(feature_runs, tmp_path):
         check_png(out.read_bytes())
 
 
-def _slide_view(model):
+def _slide_view(model, inst_y=None):
     g = torch.stack(torch.meshgrid(torch.arange(6), torch.arange(5), indexing="ij"), -1).reshape(-1, 2) * 256
-    bag = Bag(x=torch.randn(30, 166), y=1, bag_id="slide_0", coords=g)
+    bag = Bag(x=torch.randn(30, 166), y=1, bag_id="slide_0", coords=g, inst_y=inst_y)
     return att.bag_view(model, BagListDataset([bag], ["normal", "tumor"]), 0)
 
 
@@ -404,7 +404,13 @@ def test_slides_use_the_wsi_heatmap(feature_runs, monkeypatch):
     monkeypatch.setattr(loc, "draw_heatmap", spy)
     png, kind = att.attention_png(view)
     assert kind == "heatmap" and calls == [((30, 2), (30,))]
-    check_png(png)
+    one = check_png(png)
+    # with patch labels, the true-label map is drawn beside the attention
+    labelled = _slide_view(model, inst_y=(torch.arange(30) % 7 == 0).long())
+    png, kind = att.attention_png(labelled)
+    assert len(calls) == 3
+    two = check_png(png)
+    assert two.shape[1] > 1.8 * one.shape[1]
     monkeypatch.setitem(sys.modules, "milzoo_wsi.localization", None)  # not installed: own scatter
     png, kind = att.attention_png(view)
     assert kind == "heatmap"

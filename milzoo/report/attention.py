@@ -251,32 +251,62 @@ def plot_bars(v: BagView, max_show: int = 300, order: str = "bag", title: str = 
     return fig
 
 
+def _side_by_side(pngs: list[bytes]) -> bytes:
+    """PNG images next to each other on white (top-aligned)."""
+    import io
+
+    from PIL import Image
+
+    imgs = [Image.open(io.BytesIO(p)).convert("RGB") for p in pngs]
+    out = Image.new("RGB", (sum(i.width for i in imgs), max(i.height for i in imgs)), "white")
+    x = 0
+    for i in imgs:
+        out.paste(i, (x, 0))
+        x += i.width
+    buf = io.BytesIO()
+    out.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
 def heatmap_png(v: BagView, title: str = "") -> bytes:
-    """The slide heatmap: the WSI plugin's ``draw_heatmap`` when installed, else a patch scatter."""
+    """The slide heatmap: the WSI plugin's ``draw_heatmap`` when installed, else a patch scatter.
+
+    With known patch labels, a second map of the true labels is drawn beside it.
+    """
     coords = v.bag.coords.float().cpu().numpy()
-    head = f"{title + ' · ' if title else ''}{_header(v)} · {v.value_name}"
+    head = f"{title}\n{_header(v)}\ncolour: {v.value_name}" if title else f"{_header(v)}\ncolour: {v.value_name}"
+    true = v.inst_true
+    panels = [(v.values, head, "viridis")]  # sequential: no value looks like the grey of empty cells
+    if true is not None:
+        labels = np.where(true >= 0, true, np.nan).astype(np.float64)
+        names = ", ".join(f"{c} = {v.name(c)}" for c in sorted({int(t) for t in true if t >= 0}))
+        panels.append((labels, f"true patch labels ({names})\n(grey: no patch or unknown)\n", "coolwarm"))
     try:
         from milzoo_wsi.localization import draw_heatmap
     except ImportError:
         draw_heatmap = None
-    if draw_heatmap is not None:
-        fd, tmp = tempfile.mkstemp(suffix=".png")
-        os.close(fd)
-        try:
-            draw_heatmap(coords, v.values, tmp, title=head)
-            with open(tmp, "rb") as fh:
-                return fh.read()
-        finally:
-            os.unlink(tmp)
-    fig = new_figure(8.0, 6.5)
-    ax = fig.add_subplot(1, 1, 1)
-    sc = ax.scatter(coords[:, 0], coords[:, 1], c=v.values, cmap="coolwarm", marker="s", s=8, linewidths=0)
-    ax.invert_yaxis()
-    ax.set_aspect("equal")
-    ax.set_axis_off()
-    fig.colorbar(sc, ax=ax, fraction=0.046, pad=0.02)
-    ax.set_title(head + "\n(install milzoo-wsi for the slide heatmap)", fontsize=9)
-    return figure_png(fig)
+    pngs = []
+    for values, text, cmap in panels:
+        if draw_heatmap is not None:
+            fd, tmp = tempfile.mkstemp(suffix=".png")
+            os.close(fd)
+            try:
+                draw_heatmap(coords, values, tmp, title=text, cmap=cmap)
+                with open(tmp, "rb") as fh:
+                    pngs.append(fh.read())
+            finally:
+                os.unlink(tmp)
+            continue
+        fig = new_figure(8.0, 6.5)
+        ax = fig.add_subplot(1, 1, 1)
+        sc = ax.scatter(coords[:, 0], coords[:, 1], c=values, cmap=cmap, marker="s", s=8, linewidths=0)
+        ax.invert_yaxis()
+        ax.set_aspect("equal")
+        ax.set_axis_off()
+        fig.colorbar(sc, ax=ax, fraction=0.046, pad=0.02)
+        ax.set_title(text + "\n(install milzoo-wsi for the slide heatmap)", fontsize=9)
+        pngs.append(figure_png(fig))
+    return pngs[0] if len(pngs) == 1 else _side_by_side(pngs)
 
 
 def attention_png(v: BagView, title: str = "", max_show: int | None = None,
