@@ -19,6 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- table:begin -->", "<!-- table:end -->"
+LR_BEGIN, LR_END = "<!-- lr:begin -->", "<!-- lr:end -->"
 
 #: (run dir under runs/fmnist, label, recipe, paper's Table 2 FMNIST number)
 ROWS = [
@@ -38,8 +39,10 @@ ROWS = [
 
 def read_run(run_dir: Path, split: str = "test_instances", key: str = "acc") -> dict | None:
     path = run_dir / "metrics.jsonl"
-    if not path.exists():
+    if not run_dir.is_dir():
         return None
+    if not path.exists():
+        return {"epochs": 0, "train_s": 0.0}
     per_epoch: dict[int, float] = {}
     train_s = 0.0
     for line in path.read_text().splitlines():
@@ -78,7 +81,7 @@ def table(runs: Path) -> str:
         done = f"{r['epochs']}/{r.get('of') or '?'}"
         t = f"{r['train_s'] / 60:.0f} min"
         if r["epochs"] == 0:
-            lines.append(f"| {label} | 0/{r.get('of') or '?'} (running or interrupted) | - | - | {paper} | {t} | {cmd} |")
+            lines.append(f"| {label} | 0/20 (started; no epoch finished) | - | - | {paper} | - | {cmd} |")
             continue
         lines.append(f"| {label} | {done} | {100 * r['last']:.2f} (epoch {r['last_epoch']}) | "
                      f"{100 * r['best']:.2f} (epoch {r['best_epoch']}) | {paper} | {t} | {cmd} |")
@@ -121,10 +124,17 @@ def main(argv=None) -> int:
         if BEGIN not in doc or END not in doc:
             print(f"{args.doc} has no {BEGIN} ... {END} markers", file=sys.stderr)
             return 1
-        a, rest = doc.split(BEGIN, 1)
-        _, b = rest.split(END, 1)
-        args.doc.write_text(a + BEGIN + "\n" + text + END + b)
+        doc = _replace(doc, BEGIN, END, text)
+        if LR_BEGIN in doc and LR_END in doc and (args.runs / "lr").is_dir():
+            doc = _replace(doc, LR_BEGIN, LR_END, lr_table(args.runs / "lr"))
+        args.doc.write_text(doc)
     return 0
+
+
+def _replace(doc: str, begin: str, end: str, text: str) -> str:
+    a, rest = doc.split(begin, 1)
+    _, b = rest.split(end, 1)
+    return a + begin + "\n" + text + end + b
 
 
 if __name__ == "__main__":

@@ -106,7 +106,9 @@ def recipe(ds: str, model: str, *, views: int, psali: dict | None, frozen: bool 
     if frozen:
         train["freeze_encoder_epochs"] = 20  # = epochs: the encoder never trains ("pre-extracted features")
     r["train"] = train
-    r["protocol"] = {"kind": "holdout", "eval_splits": ["test_instances", "test"]}
+    # the supervised model is scored on single images only; mean-pooled test bags say nothing about it
+    splits = ["test_instances"] if model == "supervised" else ["test_instances", "test"]
+    r["protocol"] = {"kind": "holdout", "eval_splits": splits}
     return r
 
 
