@@ -111,7 +111,9 @@ def plot_split(runs: list[RunData], split: str, ncols: int | None = None, panel_
     elif handles:
         axes.flat[0].legend(fontsize=8, loc="best")
     nfolds = sorted({len(c.get(m, {})) for _, _, c in data for m in metrics} - {0})
-    sub = ("" if many else f"{runs[0].label or runs[0].name} · ") + f"split '{split}'" + (" · thin lines: folds, thick: mean" if nfolds and max(nfolds) > 1 else "")
+    sub = ("" if many else f"{runs[0].label or runs[0].name} · ") + f"split '{split}'"
+    if nfolds and max(nfolds) > 1:
+        sub += " · thin lines: folds, thick: mean"
     fig.suptitle(sub, fontsize=11, y=1.06 if many else 1.0)
     fig.tight_layout()
     return fig
