@@ -165,11 +165,13 @@ def _run(path: str, root: Path, out: Path, extra=(), epochs=1):
 
     raw = read_toml(ROOT / path)
     raw["encoder"].pop("resize", None)
-    if raw["encoder"]["name"] == "resnet18":  # no download in tests: random weights, 32-px stem
-        raw["encoder"].update(pretrained=False, small_input=True)
+    if raw["encoder"]["name"] == "resnet18":  # no download in tests: random weights, 32-px input (cheap)
+        raw["encoder"]["pretrained"] = False
     raw["data"]["download"] = False
     if raw["data"]["name"] == "fmnist_bags":
         raw["encoder"]["dim"] = 16
+    if raw["pooling"]["name"] == "transmil":  # tiny transformer
+        raw["pooling"].update(hidden_dim=16, heads=2, dim_head=8, num_landmarks=4)
     over = SMALL + [f"data.root={json.dumps(str(root))}", f"train.epochs={epochs}", *extra]
     summary = run(raw, out=out, overrides=over, progress=False)
     recs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
@@ -212,7 +214,7 @@ def test_small_cifar10_psmil_and_frozen_baseline(cifar_root, tmp_path):
     saved = load_file(str(tmp_path / "frozen" / "fold-00" / "last" / "model.safetensors"))
     raw = read_toml(ROOT / "recipes/psmil/cifar10/abmil_frozen.toml")
     raw["encoder"].pop("resize")
-    raw["encoder"].update(pretrained=False, small_input=True)
+    raw["encoder"]["pretrained"] = False
     torch.manual_seed(0)
     fresh = build_model(load_recipe(raw), (3, 32, 32), 10).state_dict()
     enc = [k for k in saved if k.startswith("encoder.")]
