@@ -72,6 +72,10 @@ def _args(argv=None):
     ap.add_argument("--no-naive", action="store_true", help="skip the naive loop")
     ap.add_argument("--naive-cold", action="store_true",
                     help="also run the naive loop with each file evicted from the page cache before it is read")
+    ap.add_argument("--read-formats", default="", metavar="FMT[,...]",
+                    help="also time reading a slide in these formats (h5, pt, csv) against safetensors, on "
+                         "--read-slides slides rewritten in each format")
+    ap.add_argument("--read-slides", type=int, default=3)
     ap.add_argument("--big-bag", type=int, default=0, metavar="N", help="also measure memory on one N-patch slide")
     ap.add_argument("--big-models", default="abmil,psatt,dsmil,dtfd,transmil", help="models of the memory check")
     ap.add_argument("--json", default=None, help="write the results to this JSON file")
@@ -194,6 +198,36 @@ def naive_epoch(ds, encoder: str, threads: int | None, cold: bool = False) -> di
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"epoch_s": round(dt, 2), "cpu_s": round(cpu, 2), "ms_per_1k_patches": round(1000 * dt / (patches / 1000), 1),
             "loss": round(total / len(ds), 4)}
+
+
+def read_costs(ds, root: str, formats: list[str], n: int) -> dict:
+    """Read time (milzoo's readers, fp16 -> fp32 included) per 1k patches of ``n`` slides in each format."""
+    import numpy as np
+
+    from milzoo_wsi.stores import read_slide, slide_file
+    from milzoo_wsi.synthetic import _write
+
+    import fsspec
+
+    fs = fsspec.filesystem("file")
+    out = Path(root) / "formats"
+    out.mkdir(parents=True, exist_ok=True)
+    res = {}
+    for fmt in ["safetensors", *formats]:
+        total, patches = 0.0, 0
+        for i in range(n):
+            d = ds.slide(i)
+            path = ds.records[i].file.local_path if fmt == "safetensors" else str(out / f"{ds.records[i].slide_id}.{fmt}")
+            if not os.path.exists(path):
+                _write(fs, path, fmt, d.features.numpy(), d.coords.numpy(), d.inst_labels.numpy())
+            read_slide(slide_file(path))  # warm the page cache
+            t0 = time.perf_counter()
+            x = read_slide(slide_file(path)).features.float()
+            total += time.perf_counter() - t0
+            patches += len(x)
+        res[fmt] = round(1000 * total / (patches / 1000), 2)
+        print(f"  read {fmt:<12} {res[fmt]:8.2f} ms per 1k patches (page-cached file, to fp32)", flush=True)
+    return res
 
 
 # --------------------------------------------------------------------------- memory check
@@ -338,6 +372,15 @@ def main(argv=None) -> dict:
             if "abmil" in res["epoch"]:
                 res["speedup_vs_naive_cold"] = round(r["epoch_s"] / res["epoch"]["abmil"]["epoch_s"], 2)
                 print(f"  trainer path vs cold naive loop (ABMIL): {res['speedup_vs_naive_cold']}x wall", flush=True)
+    if args.read_formats:
+        res["read_ms_per_1k_patches"] = read_costs(ds, args.root, args.read_formats.split(","), args.read_slides)
+        if "naive_abmil" in res:
+            base = res["read_ms_per_1k_patches"]["safetensors"]
+            res["naive_abmil_estimated_by_format"] = {
+                f: round(res["naive_abmil"]["epoch_s"] + (v - base) * res["data"]["n_patches"] / 1e6, 1)
+                for f, v in res["read_ms_per_1k_patches"].items()
+            }
+            print(f"  naive ABMIL epoch estimated per file format: {res['naive_abmil_estimated_by_format']}", flush=True)
     del ds
     if args.big_bag:
         res["big_bag"] = big_bag_check(args)
