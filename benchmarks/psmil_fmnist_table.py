@@ -70,11 +70,16 @@ def read_run(run_dir: Path, split: str = "test_instances", key: str = "acc") -> 
 
 def table(runs: Path) -> str:
     head = ("| model | epochs done | test acc, last epoch | test acc, best epoch (optimistic) | paper | "
-            "train time | command |\n|---|---|---|---|---|---|---|\n")
+            "train time | command (latest invocation) |\n|---|---|---|---|---|---|---|\n")
     lines = []
     for sub, label, recipe, paper in ROWS:
         r = read_run(runs / sub)
         cmd = f"`milzoo run {recipe} --out runs/fmnist/{sub}`"
+        info = runs / sub / "run.json"
+        if info.exists():  # the exact command line of the run's latest invocation
+            argv = json.loads(info.read_text()).get("command") or []
+            if argv:
+                cmd = "`milzoo " + " ".join(argv[1:]) + "`"
         if r is None:
             lines.append(f"| {label} | not started | - | - | {paper} | - | {cmd} |")
             continue
