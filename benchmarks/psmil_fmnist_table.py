@@ -129,7 +129,10 @@ def main(argv=None) -> int:
         if BEGIN not in doc or END not in doc:
             print(f"{args.doc} has no {BEGIN} ... {END} markers", file=sys.stderr)
             return 1
-        doc = _replace(doc, BEGIN, END, text)
+        import time
+
+        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        doc = _replace(doc, BEGIN, END, text + f"\nRefreshed {stamp} from `runs/fmnist/` (runs may still be going).\n")
         if LR_BEGIN in doc and LR_END in doc and (args.runs / "lr").is_dir():
             doc = _replace(doc, LR_BEGIN, LR_END, lr_table(args.runs / "lr"))
         args.doc.write_text(doc)
