@@ -10,14 +10,6 @@ pays: dataset loading, model building, training, per-epoch evaluation and
 checkpoints.  Both wall time and process CPU time are reported; on a busy
 machine the CPU-time ratio is the steadier of the two.
 
-``--prototype-bucketing K`` measures a *proposed* trainer option, not the
-shipped path: for the batched run only, each epoch's shuffled order is cut into
-windows of ``K * B`` bags, each window is sorted by bag length and cut into
-batches, and the batches are shuffled (seeded).  Batches stay random samples
-of the training set but hold bags of similar length, so there is far less
-padding (MUSK2: bags of 1 to 1044 instances).  It is patched into
-``Trainer._loader`` from here because the recipe schema has no field for it.
-
 Learning rate: with ``B`` bags per step there are ``B`` times fewer Adam steps
 per epoch, so by default the batched run uses ``lr * sqrt(B)`` (Adam's usual
 square-root scaling); ``--lr-batched`` overrides it.
@@ -68,34 +60,6 @@ def warm_up() -> None:
     registry.get_component("pooling", "abmil")
 
 
-def install_prototype_bucketing(window_batches: int) -> None:
-    """Patch length-bucketed training batches into the trainer (see the module docstring)."""
-    from milzoo import trainer as T
-
-    original = T.Trainer._loader
-    lengths_cache: dict[int, list[int]] = {}
-
-    def _loader(self, ds, batches):
-        size = self.recipe.root.train.batch_size
-        if not self.model.training or size == 1 or ds is not self.data.train:
-            return original(self, ds, batches)
-        key = id(ds)
-        if key not in lengths_cache:
-            lengths_cache[key] = [len(ds.get_bag(i)) for i in range(len(ds))]
-        lengths = lengths_cache[key]
-        order = [i for b in batches for i in b]
-        window = size * window_batches
-        out = []
-        for w in range(0, len(order), window):
-            chunk = sorted(order[w : w + window], key=lambda i: lengths[i])
-            out += [chunk[j : j + size] for j in range(0, len(chunk), size)]
-        g = torch.Generator().manual_seed(len(order) * 7919 + sum(order[:3]) + self.step)
-        out = [out[i] for i in torch.randperm(len(out), generator=g).tolist()]
-        return original(self, ds, out)
-
-    T.Trainer._loader = _loader
-
-
 def bench_dataset(dataset: str, args, out_root: Path) -> dict:
     from milzoo.runner import run
 
@@ -143,21 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out-root", default="/tmp/milzoo-bvs")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
-    ap.add_argument("--prototype-bucketing", type=int, default=0, metavar="K",
-                    help="batched run only: length-bucketed batches in windows of K batches (a proposed option)")
     args = ap.parse_args(argv)
 
     out_root = Path(args.out_root)
     out_root.mkdir(parents=True, exist_ok=True)
     warm_up()
-    if args.prototype_bucketing:
-        install_prototype_bucketing(args.prototype_bucketing)
     results = [bench_dataset(d, args, out_root) for d in args.datasets]
 
     print(f"ABMIL, {args.folds}-fold CV, {args.epochs} epochs, torch {torch.__version__}, "
-          f"{platform.machine()} with {torch.get_num_threads()} torch thread(s)"
-          + (f"; batched run with PROTOTYPE length bucketing (windows of {args.prototype_bucketing} batches)"
-             if args.prototype_bucketing else ""))
+          f"{platform.machine()} with {torch.get_num_threads()} torch thread(s)")
     print("| dataset | mode | bags/step | lr | wall s | CPU s | acc (last epoch) | AUC |")
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
