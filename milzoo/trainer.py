@@ -36,12 +36,14 @@ def resolve_device(name: str) -> torch.device:
         raise UserError(f"train.device = {name!r} is not a device; use auto, cpu, cuda or cuda:N.") from None
 
 
-def lr_factor(schedule, epoch: int, epochs: int) -> float:
+def lr_at(schedule, base_lr: float, epoch: int, epochs: int) -> float:
+    """The learning rate of an epoch under the recipe's schedule."""
     if schedule.name == "step":
-        return schedule.gamma ** sum(1 for m in schedule.milestones if epoch >= m)
+        return base_lr * schedule.gamma ** sum(1 for m in schedule.milestones if epoch >= m)
     if schedule.name == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * epoch / max(1, epochs)))
-    return 1.0
+        floor = min(schedule.min_lr, base_lr)
+        return floor + (base_lr - floor) * 0.5 * (1 + math.cos(math.pi * epoch / max(1, epochs)))
+    return base_lr
 
 
 def make_optimizer(optim_cfg, params) -> torch.optim.Optimizer:
@@ -181,9 +183,8 @@ class Trainer:
     # ------------------------------------------------------------------ train
     def train_epoch(self, epoch: int) -> dict[str, float]:
         tc = self.recipe.root.train
-        factor = lr_factor(self.recipe.root.schedule, epoch, self.epochs)
         for g, base in zip(self.optimizer.param_groups, self.base_lrs):
-            g["lr"] = base * factor
+            g["lr"] = lr_at(self.recipe.root.schedule, base, epoch, self.epochs)
         self._set_encoder_frozen(epoch < self.freeze_epochs)
         self.model.train()
         order = self._epoch_order(epoch)

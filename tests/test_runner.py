@@ -199,3 +199,14 @@ def test_batch_of_one_equals_padded_batches(tmp_path, recipe_factory):
     batched = model.predict(collate_bags(bags)).bag_probs
     single = torch.cat([model.predict(collate_bags([b])).bag_probs for b in bags])
     assert torch.allclose(batched, single, atol=1e-6)
+
+
+def test_schedules():
+    from milzoo.recipe import ScheduleConfig
+    from milzoo.trainer import lr_at
+
+    step = ScheduleConfig(name="step", milestones=[2, 4], gamma=0.1)
+    assert [round(lr_at(step, 1.0, e, 6), 6) for e in range(6)] == [1, 1, 0.1, 0.1, 0.01, 0.01]
+    cos = ScheduleConfig(name="cosine", min_lr=0.1)
+    assert lr_at(cos, 1.0, 0, 10) == 1.0 and abs(lr_at(cos, 1.0, 10, 10) - 0.1) < 1e-12
+    assert abs(lr_at(cos, 1.0, 5, 10) - 0.55) < 1e-12
