@@ -84,7 +84,11 @@ class MILModel(nn.Module):
 
     def encode(self, batch: MILBatch) -> tuple[Tensor, Tensor | None]:
         mask = batch.mask
-        inst = batch.x[mask]  # [M, *s]
+        b, n = mask.shape
+        # Without padding (one bag, or bags of equal length) the flat instances and
+        # the per-bag features are views: no gather, no zero-filled scatter.
+        full = bool(mask.all())
+        inst = batch.x.flatten(0, 1) if full else batch.x[mask]  # [M, *s]
         if inst.is_floating_point() is False:
             inst = inst.float()
         view_feats = None
@@ -100,7 +104,8 @@ class MILModel(nn.Module):
             h_flat = view_feats[0]
         else:
             h_flat = self.encode_instances(inst)
-        b, n = mask.shape
+        if full:
+            return h_flat.reshape(b, n, h_flat.shape[-1]), view_feats
         h = h_flat.new_zeros(b, n, h_flat.shape[-1])
         h[mask] = h_flat
         return h, view_feats

@@ -53,6 +53,29 @@ def test_collate_pads_and_masks():
     assert one.x.shape == (1, 2, 3) and one.bag_ids == ["a"]
 
 
+def test_unpadded_batches_skip_copies_and_training_leaves_bags_intact():
+    from milzoo.build import build_components
+
+    one = Bag(torch.randn(5, 4), 1)
+    b = collate_bags([one])
+    assert b.x.data_ptr() == one.x.data_ptr() and b.mask.all()  # a view: no copy of a whole-slide bag
+    same = collate_bags([Bag(torch.randn(3, 4), 0), Bag(torch.randn(3, 4), 1)])
+    assert same.mask.all() and same.x.shape == (2, 3, 4)
+
+    torch.manual_seed(0)
+    model = build_components({"name": "identity"}, {"name": "abmil"}, (4,), 2).train()
+    before = one.x.clone()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    out = model(b)
+    torch.nn.functional.cross_entropy(out.bag_logits, b.y).backward()
+    opt.step()
+    assert torch.equal(one.x, before)  # the dataset's tensor was neither written nor stepped
+    # the copy-free path gives the padded path's result
+    padded = collate_bags([one, Bag(torch.randn(7, 4), 0)])
+    model.eval()
+    assert torch.allclose(model(b).bag_logits[0], model(padded).bag_logits[0], atol=1e-6)
+
+
 @pytest.mark.parametrize("pooling", ["mean", "max", "abmil"])
 def test_padding_never_changes_a_bag(pooling):
     from milzoo.build import build_components

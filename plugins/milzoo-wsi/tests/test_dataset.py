@@ -111,6 +111,9 @@ def test_cache_modes_and_dtypes(wr, tmp_path):
     torch.testing.assert_close(full[2].x, ref)
     half = _source(tmp_path, bag_dtype="float16").load()["train"]
     assert half.slide(2).features.dtype == torch.float16 and half[2].x.dtype == torch.float16
+    bf = _source(tmp_path, dtype="bfloat16", bag_dtype="bfloat16").load()["train"]
+    assert bf.slide(2).features.dtype == torch.bfloat16 and bf[2].x.dtype == torch.bfloat16
+    torch.testing.assert_close(bf[2].x.float(), ref, rtol=1e-2, atol=1e-2)  # 8 mantissa bits
     none = _source(tmp_path, cache="none").load()["train"]
     assert not none.cached and torch.equal(none[2].x, lazy[2].x)
     src = _source(tmp_path)

@@ -147,7 +147,9 @@ class DTFDPooling(Pooling):
     def forward(self, h: Tensor, mask: Tensor) -> MILOutput:
         Bn, N, _ = h.shape
         M, k = self.config.num_groups, self.num_classes
-        x = self.embed(h) * mask.unsqueeze(-1)  # [B, N, d]
+        x = self.embed(h)  # [B, N, d]
+        if not bool(mask.all()):  # without padding the product would only copy x (100 MB at 50k x 512)
+            x = x * mask.unsqueeze(-1)
         e = self.attention1(x)  # [B, N] tier-1 attention logits, computed once per bag
         groups = self.split(e, mask)  # [B, N]
         gmask = groups.unsqueeze(1) == torch.arange(M, device=h.device).view(1, M, 1)  # [B, M, N]
@@ -157,7 +159,10 @@ class DTFDPooling(Pooling):
         t1_logits = self.classifier1(self.drop1(f))  # [B, M, k]
 
         a_inst = a.sum(1)  # each instance sits in exactly one pseudo-bag
-        s = (a_inst.unsqueeze(-1) * x) @ self.classifier1.weight.t()  # [B, N, k], no bias
+        # W_1 (a_i x_i) = a_i (W_1 x_i): project first, so no [B, N, d] product is built or kept
+        # for backward (it cost 2 x 100 MB at 50k instances).
+        xw = x @ self.classifier1.weight.t()  # [B, N, k]
+        s = a_inst.unsqueeze(-1) * xw  # [B, N, k], no bias
         p = torch.softmax(s.detach().float(), dim=-1)
 
         feats, fmask, dindex = self._distill(x, f, p, gmask, pmask, t1_logits, groups)
@@ -168,7 +173,7 @@ class DTFDPooling(Pooling):
         bag_logits = self.classifier2(self.drop2(z))
 
         attention = masked_softmax(e, mask)  # whole-bag softmax, for localisation (3.6)
-        inst_logits = (attention.unsqueeze(-1) * x) @ self.classifier1.weight.t()
+        inst_logits = attention.unsqueeze(-1) * xw
         extras = {
             "tier1_logits": t1_logits,
             "pseudo_mask": pmask,

@@ -8,7 +8,7 @@ landmark count ``m``) and per-head queries/keys/values ``q, k, v``:
 - landmarks ``q~, k~`` are the means of ``m`` consecutive groups of ``L / m`` tokens;
 - ``A1 = softmax(q k~^T)`` ``[L, m]``, ``A2 = softmax(q~ k~^T)`` ``[m, m]``,
   ``A3 = softmax(q~ k^T)`` ``[m, L]``;
-- output ``(A1 pinv(A2)) (A3 v)`` plus a depthwise convolution of ``v`` along the
+- output ``(A1 pinv(A2)) (A3 v)``, evaluated as ``A1 (pinv(A2) (A3 v))``, plus a depthwise convolution of ``v`` along the
   sequence (kernel 33, one filter per head, no bias), then the output projection
   and dropout, then the front padding is stripped.
 
@@ -107,8 +107,10 @@ class NystromAttention(nn.Module):
         n = x.shape[1]
         f = self.factors(x)
         a1, a2_inv, a3, v, pad = f["a1"], f["a2_inv"], f["a3"], f["v"], f["pad"]
-        left = a1 @ a2_inv  # [B, H, L, m]
-        out = left @ (a3 @ v)  # [B, H, L, dh]
+        # (A1 pinv(A2)) (A3 v) evaluated right to left: A1 (pinv(A2) (A3 v)).  The same product,
+        # but the [B, H, L, m] matrix A1 pinv(A2) is never built (nor kept for backward), and the
+        # L x m x m product becomes L x m x dh.
+        out = a1 @ (a2_inv @ (a3 @ v))  # [B, H, L, dh]
         if self.res_conv is not None:
             out = out + self.res_conv(v)
         b, h, length, dh = out.shape
@@ -116,6 +118,6 @@ class NystromAttention(nn.Module):
         row = None
         if query_index is not None:
             qi = pad + query_index
-            row = (left[:, :, qi : qi + 1] @ a3).squeeze(2)[:, :, pad:]  # [B, H, n]
+            row = ((a1[:, :, qi : qi + 1] @ a2_inv) @ a3).squeeze(2)[:, :, pad:]  # [B, H, n]
         assert out.shape[1] == n
         return out, row
