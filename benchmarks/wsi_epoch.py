@@ -8,16 +8,21 @@
    ``milzoo_wsi.synthetic.make_synthetic_slides``: ``--slides`` slides, patch counts log-normal around
    ``--patches`` (a tenth to 4x of it), ``--dim``-d fp16 features in safetensors files, under
    ``--root`` (default /tmp/milzoo-bench; the full set is about 4.4 GB).
-2. Loads it with the ``slides`` dataset (in-memory fp16 cache, float32 bags), as a recipe would.
+2. Loads it with the ``slides`` dataset (in-memory cache, float32 bags), as a recipe would.  The cache is
+   float32 by default (``--cache-dtype``; what ``dtype = "auto"`` picks when the set fits in
+   ``cache_max_gb``: 9.2 GB at full scale) or float16 (half the memory, one conversion per step).
 3. Times one training epoch of ABMIL, DSMIL, DTFD-MIL and TransMIL through ``milzoo.trainer.Trainer``
    (the code ``milzoo run`` uses: DataLoader, collation, forward, loss, backward, optimiser step), one
    slide per step, the models' default options on the raw features (identity encoder; ``--encoder mlp``
    adds the recipes' 512-d adapter), Adam.  Models named in ``--subset`` (default TransMIL, seconds per
    slide on a CPU) are timed on N random slides and scaled to the epoch by patch count (labelled).
-4. Times the naive loop in the same process: every epoch it reads each slide's safetensors file again,
-   converts it to fp32, and trains the same ABMIL model (same initial weights, same optimiser) one slide
-   per step.  The files are in the OS page cache after the first pass, which favours the naive loop;
-   ``--naive-cold`` also runs it with every file evicted from the page cache before it is read.
+4. Times the naive loop in the same process: every epoch it reads each slide's file again, in fp32, and
+   trains the same ABMIL model (same initial weights, same optimiser) one slide per step.  Two kinds of
+   file (``--naive-formats``): the fp16 safetensors files milzoo trains from (converted to fp32 after
+   reading: the naive loop's lower bound), and fp32 TRIDENT/CLAM-layout ``.h5`` copies read with h5py, the
+   files a feature extractor gives a user and what those projects' loaders read every epoch.  The files
+   are in the OS page cache after the first pass, which favours the naive loop; ``--naive-cold`` also
+   runs it with every file evicted from the page cache before it is read.
 
 Wall and CPU seconds (``time.process_time``, all threads) are both reported: on a shared machine the
 wall time depends on the other processes, the CPU time much less.  ``--threads`` sets torch's CPU
@@ -63,6 +68,9 @@ def _args(argv=None):
                     help=f"comma list of {','.join(MODELS)} ('none': only the --big-bag check)")
     ap.add_argument("--encoder", default="identity", choices=["identity", "mlp"],
                     help="identity (default) or the two-layer 512-d adapter of the WSI recipes")
+    ap.add_argument("--cache-dtype", default="float32", choices=["float32", "float16"],
+                    help="dtype of the in-memory cache the trainer reads (float32: what dtype='auto' picks when the "
+                         "set fits in cache_max_gb; float16: half the memory, one conversion per step)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--default-threads-too", action="store_true",
                     help="with --threads: also time ABMIL with torch's default thread count")
@@ -70,6 +78,9 @@ def _args(argv=None):
                     help="time these models on N random slides and scale to the epoch by patch count "
                          "(TransMIL takes seconds per slide on a CPU); '' for none")
     ap.add_argument("--no-naive", action="store_true", help="skip the naive loop")
+    ap.add_argument("--naive-formats", default="safetensors,h5",
+                    help="files the naive loop reads: safetensors (the fp16 files milzoo trains from) and/or h5 "
+                         "(fp32 TRIDENT/CLAM-layout copies, written once next to the set)")
     ap.add_argument("--naive-cold", action="store_true",
                     help="also run the naive loop with each file evicted from the page cache before it is read")
     ap.add_argument("--read-formats", default="", metavar="FMT[,...]",
@@ -103,11 +114,11 @@ def ensure_data(root: str, slides: int, patches: int, dim: int, seed: int) -> di
     return info
 
 
-def load_slides(info: dict, workers: int = 2):
+def load_slides(info: dict, workers: int = 2, dtype: str = "float16"):
     from milzoo_wsi.dataset import SlidesSource
 
-    cfg = SlidesSource.Config(features=info["features"], table=info["table"], cache="memory", dtype="float16",
-                              bag_dtype="float32", test_fraction=0.0, load_workers=workers)
+    cfg = SlidesSource.Config(features=info["features"], table=info["table"], cache="memory", dtype=dtype,
+                              cache_max_gb=1e4, bag_dtype="float32", test_fraction=0.0, load_workers=workers)
     return SlidesSource(cfg).load()["train"]
 
 
@@ -157,12 +168,38 @@ def trainer_epoch(model: str, ds, encoder: str, threads: int | None, sample: int
     return out
 
 
-def naive_epoch(ds, encoder: str, threads: int | None, cold: bool = False) -> dict:
+def ensure_fp32_h5(ds, root: str) -> list[str]:
+    """fp32 TRIDENT/CLAM-layout ``.h5`` copies of every slide (``features`` [n, D] float32, ``coords``):
+    the files a feature extractor hands a user, and what a naive loop reads every epoch.  Resumable."""
+    import h5py
+    import numpy as np
+
+    out = Path(root) / "naive-h5-fp32"
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(len(ds)):
+        path = out / f"{ds.records[i].slide_id}.h5"
+        if not path.exists():
+            d = ds.slide(i)
+            tmp = path.with_suffix(".h5.part")
+            with h5py.File(tmp, "w") as f:
+                f.create_dataset("features", data=d.features.float().numpy())
+                f.create_dataset("coords", data=d.coords.numpy().astype(np.int64))
+            tmp.rename(path)
+        paths.append(str(path))
+    return paths
+
+
+def naive_epoch(ds, encoder: str, threads: int | None, cold: bool = False, fmt: str = "safetensors",
+                root: str = "/tmp/milzoo-bench") -> dict:
     """Read every slide's file again, fp32, one bag per step: the same ABMIL model and optimiser.
 
+    ``fmt = "safetensors"``: the fp16 safetensors files milzoo trains from (``load_file``, then fp32);
+    ``fmt = "h5"``: fp32 TRIDENT/CLAM ``.h5`` files read with h5py, as those projects' loaders do.
     ``cold``: evict each file from the OS page cache right before reading it (a set that does not stay
     in memory, or network storage, is read like this every epoch).
     """
+    import h5py
     import torch
     import torch.nn.functional as F
     from safetensors.torch import load_file
@@ -177,7 +214,13 @@ def naive_epoch(ds, encoder: str, threads: int | None, cold: bool = False) -> di
     opt = make_optimizer(recipe.root.optim, model.parameters())
     model.train()
     order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0)).tolist()
-    paths = [r.file.local_path for r in ds.records]
+    paths = [r.file.local_path for r in ds.records] if fmt == "safetensors" else ensure_fp32_h5(ds, root)
+
+    def read(path: str):
+        if fmt == "safetensors":
+            return load_file(path)["features"].float()
+        with h5py.File(path, "r") as f:
+            return torch.from_numpy(f["features"][:])
     labels = ds.labels
     total, patches = 0.0, 0
     t0, c0 = time.perf_counter(), time.process_time()
@@ -186,7 +229,7 @@ def naive_epoch(ds, encoder: str, threads: int | None, cold: bool = False) -> di
             fd = os.open(paths[i], os.O_RDONLY)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             os.close(fd)
-        x = load_file(paths[i])["features"].float()
+        x = read(paths[i])
         batch = collate_bags([Bag(x=x, y=int(labels[i]))])
         out = model(batch)
         loss = F.cross_entropy(out.bag_logits, batch.y)
@@ -197,7 +240,7 @@ def naive_epoch(ds, encoder: str, threads: int | None, cold: bool = False) -> di
         patches += len(x)
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"epoch_s": round(dt, 2), "cpu_s": round(cpu, 2), "ms_per_1k_patches": round(1000 * dt / (patches / 1000), 1),
-            "loss": round(total / len(ds), 4)}
+            "loss": round(total / len(ds), 4), "format": fmt}
 
 
 def read_costs(ds, root: str, formats: list[str], n: int) -> dict:
@@ -331,9 +374,10 @@ def main(argv=None) -> dict:
     res["data"] = {k: info[k] for k in ("n_slides", "n_patches", "dim", "generated_s")}
     res["data"]["disk_gb"] = round(info["bytes"] / 1e9, 2)
     t0 = time.perf_counter()
-    ds = load_slides(info)
+    ds = load_slides(info, dtype=args.cache_dtype)
     res["data"]["load_s"] = round(time.perf_counter() - t0, 1)
-    res["data"]["cache_gb"] = round(res["data"]["n_patches"] * args.dim * 2 / 1e9, 2)
+    res["data"]["cache_dtype"] = args.cache_dtype
+    res["data"]["cache_gb"] = round(res["data"]["n_patches"] * args.dim * ds.slide(0).features.element_size() / 1e9, 2)
     print(f"data: {res['data']}", flush=True)
     subset = dict((m, int(n)) for m, n in (item.split(":") for item in args.subset.split(",") if item))
     res["epoch"] = {}
@@ -343,6 +387,9 @@ def main(argv=None) -> dict:
         print(f"  {label:<34} epoch {r['epoch_s']:8.2f} s wall, {r['cpu_s']:8.2f} s CPU, "
               f"{r['ms_per_1k_patches']:6.1f} ms per 1k patches{est}", flush=True)
 
+    # warm-up, not timed: the first optimiser step imports torch._dynamo (seconds), and the first steps
+    # grow the process's memory; neither belongs to the first model's epoch
+    trainer_epoch("abmil", ds, args.encoder, args.threads, sample=min(5, len(ds)))
     for m in args.models.split(","):
         r = trainer_epoch(m, ds, args.encoder, args.threads, subset.get(m, 0), args.seed)
         res["epoch"][m] = r
@@ -357,27 +404,30 @@ def main(argv=None) -> dict:
         show(f"abmil (trainer, {n} threads)", r)
         torch.set_num_threads(args.threads)
     if not args.no_naive:
-        r = naive_epoch(ds, args.encoder, args.threads)
-        res["naive_abmil"] = r
-        show("naive ABMIL loop", r)
-        if "abmil" in res["epoch"]:
-            res["speedup_vs_naive"] = round(r["epoch_s"] / res["epoch"]["abmil"]["epoch_s"], 2)
-            res["cpu_ratio_vs_naive"] = round(r["cpu_s"] / res["epoch"]["abmil"]["cpu_s"], 2)
-            print(f"  trainer path vs naive loop (ABMIL): {res['speedup_vs_naive']}x wall, "
-                  f"{res['cpu_ratio_vs_naive']}x CPU", flush=True)
-        if args.naive_cold:
-            r = naive_epoch(ds, args.encoder, args.threads, cold=True)
-            res["naive_abmil_cold"] = r
-            show("naive ABMIL loop, cold files", r)
-            if "abmil" in res["epoch"]:
-                res["speedup_vs_naive_cold"] = round(r["epoch_s"] / res["epoch"]["abmil"]["epoch_s"], 2)
-                print(f"  trainer path vs cold naive loop (ABMIL): {res['speedup_vs_naive_cold']}x wall", flush=True)
+        for fmt in args.naive_formats.split(","):
+            if fmt == "h5":
+                t0 = time.perf_counter()
+                ensure_fp32_h5(ds, str(Path(info["features"]).parent))
+                print(f"  fp32 .h5 copies ready ({time.perf_counter() - t0:.0f} s)", flush=True)
+            for cold in [False, True] if args.naive_cold else [False]:
+                key = f"naive_abmil_{fmt}" + ("_cold" if cold else "")
+                r = naive_epoch(ds, args.encoder, args.threads, cold=cold, fmt=fmt,
+                                root=str(Path(info["features"]).parent))
+                res[key] = r
+                label = f"naive ABMIL loop, {'fp16 safetensors' if fmt == 'safetensors' else 'fp32 .h5'}"
+                show(label + (", cold" if cold else ""), r)
+                if "abmil" in res["epoch"]:
+                    ab = res["epoch"]["abmil"]
+                    res[f"speedup_vs_{key}"] = round(r["epoch_s"] / ab["epoch_s"], 2)
+                    res[f"cpu_ratio_vs_{key}"] = round(r["cpu_s"] / ab["cpu_s"], 2)
+                    print(f"  trainer path vs {label}{', cold' if cold else ''}: {res[f'speedup_vs_{key}']}x wall, "
+                          f"{res[f'cpu_ratio_vs_{key}']}x CPU", flush=True)
     if args.read_formats:
         res["read_ms_per_1k_patches"] = read_costs(ds, args.root, args.read_formats.split(","), args.read_slides)
-        if "naive_abmil" in res:
+        if "naive_abmil_safetensors" in res:
             base = res["read_ms_per_1k_patches"]["safetensors"]
             res["naive_abmil_estimated_by_format"] = {
-                f: round(res["naive_abmil"]["epoch_s"] + (v - base) * res["data"]["n_patches"] / 1e6, 1)
+                f: round(res["naive_abmil_safetensors"]["epoch_s"] + (v - base) * res["data"]["n_patches"] / 1e6, 1)
                 for f, v in res["read_ms_per_1k_patches"].items()
             }
             print(f"  naive ABMIL epoch estimated per file format: {res['naive_abmil_estimated_by_format']}", flush=True)

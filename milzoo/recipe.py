@@ -76,7 +76,11 @@ class TrainConfig(_Section):
     batch_size: int = Field(default=1, gt=0, description="bags per optimiser step")
     eval_batch_size: int | None = Field(default=None, gt=0)
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N")
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
+        default="fp32",
+        description="autocast dtype; auto: bf16 on a GPU with bf16 or a CPU with AVX-512, else fp32 (bf16 is "
+        "emulated, so slower, on AVX2-only CPUs)",
+    )
     channels_last: bool = False
     grad_clip: float | None = Field(default=None, gt=0, description="clip total gradient norm")
     freeze_encoder_epochs: int = Field(default=0, ge=0)

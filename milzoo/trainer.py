@@ -36,6 +36,26 @@ def resolve_device(name: str) -> torch.device:
         raise UserError(f"train.device = {name!r} is not a device; use auto, cpu, cuda or cuda:N.") from None
 
 
+def has_native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matrix maths is fast on ``device``: a CUDA GPU with bf16 support, or a CPU with
+    AVX-512 (oneDNN's bf16 kernels).  On an AVX2-only CPU bf16 is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` where :func:`has_native_bf16`, else ``fp32``; other values unchanged."""
+    if precision != "auto":
+        return precision
+    return "bf16" if has_native_bf16(device) else "fp32"
+
+
 def lr_at(schedule, base_lr: float, epoch: int, epochs: int) -> float:
     """The learning rate of an epoch under the recipe's schedule."""
     if schedule.name == "step":
@@ -107,8 +127,11 @@ class Trainer:
         self.train_model = self.model if distributed is None else distributed.wrap(self.model)
         self.optimizer = make_optimizer(recipe.root.optim, self.model.parameters())
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.precision)
-        self.scaler = torch.amp.GradScaler("cuda") if (tc.precision == "fp16" and self.device.type == "cuda") else None
+        self.precision = resolve_precision(tc.precision, self.device)
+        if tc.precision == "auto":
+            log.info("train.precision = auto: %s on %s", self.precision, self.device)
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        self.scaler = torch.amp.GradScaler("cuda") if (self.precision == "fp16" and self.device.type == "cuda") else None
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
         self.step = 0

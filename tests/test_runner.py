@@ -210,3 +210,28 @@ def test_schedules():
     cos = ScheduleConfig(name="cosine", min_lr=0.1)
     assert lr_at(cos, 1.0, 0, 10) == 1.0 and abs(lr_at(cos, 1.0, 10, 10) - 0.1) < 1e-12
     assert abs(lr_at(cos, 1.0, 5, 10) - 0.55) < 1e-12
+
+
+def test_precision_auto_picks_bf16_only_where_it_is_native(monkeypatch, tmp_path, recipe_factory):
+    import torch
+
+    import milzoo
+    from milzoo import trainer
+
+    cpu = torch.device("cpu")
+    assert trainer.resolve_precision("fp16", cpu) == "fp16" and trainer.resolve_precision("fp32", cpu) == "fp32"
+    monkeypatch.setattr(trainer, "has_native_bf16", lambda device: True)
+    assert trainer.resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.setattr(trainer, "has_native_bf16", lambda device: False)
+    assert trainer.resolve_precision("auto", cpu) == "fp32"
+    seen = []
+    real = trainer.Trainer.__init__
+
+    def spy(self, *a, **k):
+        real(self, *a, **k)
+        seen.append((self.precision, self.amp_dtype))
+
+    monkeypatch.setattr(trainer.Trainer, "__init__", spy)
+    recipe = recipe_factory(train={"epochs": 1, "precision": "auto", "device": "cpu"}, protocol={"kind": "holdout"})
+    milzoo.run(recipe, out=str(tmp_path / "run"))
+    assert seen == [("fp32", None)]

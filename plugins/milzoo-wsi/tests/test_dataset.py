@@ -90,7 +90,7 @@ def test_load_every_format(wr, mem_root, ext):
     f, c = feats["s5"]
     assert bag.x.dtype == torch.float32 and bag.y == 1 and bag.bag_id == "s5" and bag.index == 1
     assert bag.meta == {"slide_id": "s5"}
-    torch.testing.assert_close(bag.x, torch.from_numpy(f).half().float())  # fp16 cache
+    torch.testing.assert_close(bag.x, torch.from_numpy(f).float())  # dtype auto: a small set is cached in fp32
     if ext == "csv":
         assert bag.coords is None
     else:
@@ -117,8 +117,15 @@ def test_cache_modes_and_dtypes(wr, tmp_path):
     none = _source(tmp_path, cache="none").load()["train"]
     assert not none.cached and torch.equal(none[2].x, lazy[2].x)
     src = _source(tmp_path)
-    src.load()
+    src.load()  # dtype auto: the small set fits in float32
+    assert src.cache_dtype == "float32" and src.cache_bytes_estimate == sum(n * 4 * 4 for n in range(3, 9))
+    src = _source(tmp_path, cache_max_gb=sum(n * 4 * 3 for n in range(3, 9)) / 1e9)  # fits only in fp16
+    tr = src.load()["train"]
+    assert src.cache_dtype == "float16" and tr.cached and tr[2].x.dtype == torch.float32
     assert src.cache_bytes_estimate == sum(n * 4 * 2 for n in range(3, 9))  # from the headers, fp16
+    src = _source(tmp_path, bag_dtype="float16")
+    src.load()
+    assert src.cache_dtype == "float16"  # float16 bags: a float32 cache would only be converted back
 
 
 def test_properties_need_no_features(wr, tmp_path, monkeypatch):
