@@ -68,14 +68,39 @@ def read_run(run_dir: Path, split: str = "test_instances", key: str = "acc") -> 
             "best_epoch": best, "best": per_epoch[best], "train_s": train_s}
 
 
-def table(runs: Path) -> str:
+#: the small text files of a run directory that are committed (checkpoints are not: tens of MB each)
+SNAPSHOT_FILES = ("metrics.jsonl", "run.json", "recipe.toml", "summary.json")
+
+
+def snapshot(runs: Path, snap: Path) -> list[str]:
+    """Copy each run's small text files to ``snap/<run>/`` (committed to git, so the numbers outlive the
+    machine the run was on; a run directory itself is git-ignored and cannot be resumed elsewhere)."""
+    import shutil
+
+    copied = []
+    for sub, *_ in ROWS:
+        src = runs / sub
+        if not (src / "metrics.jsonl").exists():
+            continue
+        (snap / sub).mkdir(parents=True, exist_ok=True)
+        for name in SNAPSHOT_FILES:
+            if (src / name).exists():
+                shutil.copy2(src / name, snap / sub / name)
+        copied.append(sub)
+    return copied
+
+
+def table(runs: Path, snap: Path | None = None) -> str:
     head = ("| model | epochs done | test acc, last epoch | test acc, best epoch (optimistic) | paper | "
             "train time | command (latest invocation) |\n|---|---|---|---|---|---|---|\n")
     lines = []
     for sub, label, recipe, paper in ROWS:
-        r = read_run(runs / sub)
+        where = runs / sub
+        if not where.is_dir() and snap is not None and (snap / sub).is_dir():
+            where = snap / sub  # the committed copy of a run that finished (or stopped) on another machine
+        r = read_run(where)
         cmd = f"`milzoo run {recipe} --out runs/fmnist/{sub}`"
-        info = runs / sub / "run.json"
+        info = where / "run.json"
         if info.exists():  # the exact command line of the run's latest invocation
             argv = json.loads(info.read_text()).get("command") or []
             if argv:
@@ -115,14 +140,19 @@ def lr_table(lr_runs: Path) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "fmnist")
-    p.add_argument("--write", action="store_true", help="replace the table between the markers in --doc")
+    p.add_argument("--write", action="store_true",
+                   help="replace the table between the markers in --doc and copy each run's metrics to --snapshot")
+    p.add_argument("--snapshot", type=Path, default=ROOT / "benchmarks" / "results" / "fmnist",
+                   help="committed copies of the runs' metrics, read when runs/fmnist/<run> is absent")
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "results-psmil.md")
     p.add_argument("--lr", action="store_true", help="print the learning-rate selection table (runs/fmnist/lr)")
     args = p.parse_args(argv)
     if args.lr:
         print(lr_table(args.runs / "lr"), end="")
         return 0
-    text = table(args.runs)
+    if args.write:
+        snapshot(args.runs, args.snapshot)
+    text = table(args.runs, args.snapshot)
     print(text, end="")
     if args.write:
         doc = args.doc.read_text()
@@ -132,7 +162,8 @@ def main(argv=None) -> int:
         import time
 
         stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        doc = _replace(doc, BEGIN, END, text + f"\nRefreshed {stamp} from `runs/fmnist/` (runs may still be going).\n")
+        doc = _replace(doc, BEGIN, END, text + f"\nRefreshed {stamp} from `runs/fmnist/` and its committed copy "
+                       "`benchmarks/results/fmnist/` (runs may still be going).\n")
         if LR_BEGIN in doc and LR_END in doc and (args.runs / "lr").is_dir():
             doc = _replace(doc, LR_BEGIN, LR_END, lr_table(args.runs / "lr"))
         args.doc.write_text(doc)

@@ -103,7 +103,7 @@ def recipe(ds: str, model: str, *, views: int, psali: dict | None, frozen: bool 
     r["schedule"] = {"name": "step", "milestones": [10], "gamma": 0.1}
     train = {"epochs": 20, "batch_size": 64 if model == "supervised" else 1,
              "eval_batch_size": spec["eval_batch_size"] * (4 if model == "supervised" else 1),
-             "device": "auto", "precision": "bf16", "channels_last": True, "grad_clip": 5.0}
+             "device": "auto", "precision": "auto", "channels_last": True, "grad_clip": 5.0}
     if frozen:
         train["freeze_encoder_epochs"] = 20  # = epochs: the encoder never trains ("pre-extracted features")
     r["train"] = train
@@ -120,8 +120,9 @@ HEADER = """\
 #   (interrupted: the same command with --resume; a quick try: --set data.max_bags_per_class=20 --set train.epochs=2)
 # Data: {where}.
 # Settings (seed paper, methods.md 7.7): SGD momentum 0.9, weight decay 1e-4, lr x0.1 at epoch 10, 20 epochs,
-# one bag of 64 instances per step, gradient norm clipped at 5 (methods.md 7.5), bf16 autocast + channels_last
-# on any device (train.device = "auto"). Bags per step: 1 is the paper's; on a large GPU 4 is the faster
+# one bag of 64 instances per step, gradient norm clipped at 5 (methods.md 7.5), channels_last, and bf16 autocast
+# where it is native (precision = "auto": a GPU, or an AVX-512 CPU; fp32 on AVX2-only CPUs, where bf16 is ~14x
+# slower - docs/psmil.md). train.device = "auto". Bags per step: 1 is the paper's; on a large GPU 4 is the faster
 # default we recommend (docs/psmil.md) - set train.batch_size.
 # Metric (the paper's): single-instance accuracy on the original test images = split `test_instances`, key `acc`.
 {extra}"""

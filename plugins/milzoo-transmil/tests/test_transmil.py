@@ -130,6 +130,13 @@ def test_class_token_row_equals_row_of_full_nystrom_matrix():
     o = full @ f["v"] + att.res_conv(f["v"])
     ref = att.to_out(o.transpose(1, 2).reshape(2, 12, 8))[:, 1:]
     assert torch.allclose(out, ref, atol=1e-10)
+    # float32 at a realistic size: right-to-left (milzoo) vs the reference's left-to-right order
+    att32 = NystromAttention(32, heads=4, dim_head=8, num_landmarks=16, residual_kernel=0, dropout=0)
+    x32 = torch.randn(1, 500, 32)
+    f32 = att32.factors(x32)
+    left_to_right = (f32["a1"] @ f32["a2_inv"]) @ (f32["a3"] @ f32["v"])
+    ref32 = att32.to_out(left_to_right.transpose(1, 2).reshape(1, -1, 32))[:, f32["pad"]:]
+    torch.testing.assert_close(att32(x32)[0], ref32, rtol=1e-4, atol=1e-5)
     # rows of the approximate attention sum to ~1 (softmax factors, pinv of a stochastic matrix)
     assert torch.allclose(full.sum(-1), torch.ones(2, 2, 12, dtype=torch.float64), atol=1e-2)
 
