@@ -126,6 +126,8 @@ def test_cache_modes_and_dtypes(wr, tmp_path):
     src = _source(tmp_path, bag_dtype="float16")
     src.load()
     assert src.cache_dtype == "float16"  # float16 bags: a float32 cache would only be converted back
+    src = _source(tmp_path, bag_dtype="bfloat16")
+    assert src.load()["train"][2].x.dtype == torch.bfloat16 and src.cache_dtype == "bfloat16"
 
 
 def test_properties_need_no_features(wr, tmp_path, monkeypatch):

@@ -178,9 +178,9 @@ class SlidesSource(DatasetSource):
         cache_max_gb: float = Field(default=8.0, gt=0, description="largest in-memory cache for cache='auto' (GB)")
         dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
             default="auto",
-            description="dtype of the in-memory cache. auto: float32 when the whole set fits in cache_max_gb in "
-            "float32 and bags are float32 (no conversion per step), else float16. bfloat16: fp32's range, 3 fewer "
-            "mantissa bits than float16",
+            description="dtype of the in-memory cache. auto: with float32 bags, float32 when the whole set fits in "
+            "cache_max_gb in float32 (no conversion per step), else float16; with float16/bfloat16 bags, the bag "
+            "dtype. bfloat16: fp32's range, 3 fewer mantissa bits than float16",
         )
         bag_dtype: Literal["float32", "float16", "bfloat16"] = Field(
             default="float32",
@@ -324,7 +324,10 @@ class SlidesSource(DatasetSource):
             # float32 saves a conversion (and a fresh bag-sized buffer) per step: ~20% of an ABMIL epoch on
             # a CPU (docs/wsi.md); float16 halves the memory when float32 does not fit.
             fits32 = cfg.cache != "none" and sum(estimate_bytes(sf, info, 4) for sf, info in zip(sfs, infos)) <= limit
-            dtype = "float32" if fits32 and cfg.bag_dtype == "float32" else "float16"
+            if cfg.bag_dtype == "float32":
+                dtype = "float32" if fits32 else "float16"
+            else:  # half-precision bags: cache them as they are returned, nothing to convert
+                dtype = cfg.bag_dtype
         self.cache_dtype = dtype
         itemsize = 2 if dtype in ("float16", "bfloat16") else 4
         use_cache = False
