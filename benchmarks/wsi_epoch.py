@@ -191,11 +191,12 @@ def ensure_fp32_h5(ds, root: str) -> list[str]:
 
 
 def naive_epoch(ds, encoder: str, threads: int | None, cold: bool = False, fmt: str = "safetensors",
-                root: str = "/tmp/milzoo-bench") -> dict:
+                h5_paths: list[str] | None = None) -> dict:
     """Read every slide's file again, fp32, one bag per step: the same ABMIL model and optimiser.
 
     ``fmt = "safetensors"``: the fp16 safetensors files milzoo trains from (``load_file``, then fp32);
-    ``fmt = "h5"``: fp32 TRIDENT/CLAM ``.h5`` files read with h5py, as those projects' loaders do.
+    ``fmt = "h5"``: the fp32 TRIDENT/CLAM ``.h5`` files ``h5_paths`` (from :func:`ensure_fp32_h5`) read with
+    h5py, as those projects' loaders do.
     ``cold``: evict each file from the OS page cache right before reading it (a set that does not stay
     in memory, or network storage, is read like this every epoch).
     """
@@ -214,7 +215,7 @@ def naive_epoch(ds, encoder: str, threads: int | None, cold: bool = False, fmt: 
     opt = make_optimizer(recipe.root.optim, model.parameters())
     model.train()
     order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0)).tolist()
-    paths = [r.file.local_path for r in ds.records] if fmt == "safetensors" else ensure_fp32_h5(ds, root)
+    paths = [r.file.local_path for r in ds.records] if fmt == "safetensors" else h5_paths
 
     def read(path: str):
         if fmt == "safetensors":
@@ -405,14 +406,14 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     if not args.no_naive:
         for fmt in args.naive_formats.split(","):
+            h5_paths = None
             if fmt == "h5":
                 t0 = time.perf_counter()
-                ensure_fp32_h5(ds, str(Path(info["features"]).parent))
+                h5_paths = ensure_fp32_h5(ds, str(Path(info["features"]).parent))
                 print(f"  fp32 .h5 copies ready ({time.perf_counter() - t0:.0f} s)", flush=True)
             for cold in [False, True] if args.naive_cold else [False]:
                 key = f"naive_abmil_{fmt}" + ("_cold" if cold else "")
-                r = naive_epoch(ds, args.encoder, args.threads, cold=cold, fmt=fmt,
-                                root=str(Path(info["features"]).parent))
+                r = naive_epoch(ds, args.encoder, args.threads, cold=cold, fmt=fmt, h5_paths=h5_paths)
                 res[key] = r
                 label = f"naive ABMIL loop, {'fp16 safetensors' if fmt == 'safetensors' else 'fp32 .h5'}"
                 show(label + (", cold" if cold else ""), r)

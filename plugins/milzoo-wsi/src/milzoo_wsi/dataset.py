@@ -319,20 +319,22 @@ class SlidesSource(DatasetSource):
                                  "Fix or re-extract these files, or remove the slides from the table.")
         dim, expected_from = self._dimension(sfs, infos)
         limit = cfg.cache_max_gb * 1e9
+        # estimated feature values of the whole set (estimate_bytes is linear in itemsize; without a header
+        # it may stat the file, so it runs once)
+        values = sum(estimate_bytes(sf, info, 1) for sf, info in zip(sfs, infos)) if cfg.cache != "none" else 0
         dtype = cfg.dtype
         if dtype == "auto":
-            # float32 saves a conversion (and a fresh bag-sized buffer) per step: ~20% of an ABMIL epoch on
+            # float32 saves a conversion (and a fresh bag-sized buffer) per step: 14% of an ABMIL epoch on
             # a CPU (docs/wsi.md); float16 halves the memory when float32 does not fit.
-            fits32 = cfg.cache != "none" and sum(estimate_bytes(sf, info, 4) for sf, info in zip(sfs, infos)) <= limit
             if cfg.bag_dtype == "float32":
-                dtype = "float32" if fits32 else "float16"
+                dtype = "float32" if cfg.cache != "none" and values * 4 <= limit else "float16"
             else:  # half-precision bags: cache them as they are returned, nothing to convert
                 dtype = cfg.bag_dtype
         self.cache_dtype = dtype
         itemsize = 2 if dtype in ("float16", "bfloat16") else 4
         use_cache = False
         if cfg.cache != "none":
-            total = sum(estimate_bytes(sf, info, itemsize) for sf, info in zip(sfs, infos))
+            total = values * itemsize
             use_cache = cfg.cache == "memory" or total <= limit
             if cfg.cache == "memory" and total > limit:
                 warnings.warn(
