@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import difflib
 import tomllib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -71,6 +72,20 @@ class EarlyStoppingConfig(_Section):
     min_epochs: int = Field(default=0, ge=0)
 
 
+class AverageConfig(_Section):
+    kind: Literal["swa", "ema"] = "swa"
+    start: float = Field(default=0.75, ge=0, lt=1,
+                         description="fraction of the epochs after which averaging starts (swa default 0.75, ema 0)")
+    decay: float = Field(default=0.99, gt=0, lt=1, description="ema only: weight of the old average per step")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ema_starts_at_zero(cls, data):
+        if isinstance(data, dict) and data.get("kind") == "ema" and "start" not in data:
+            return {**data, "start": 0.0}
+        return data
+
+
 class TrainConfig(_Section):
     epochs: int = Field(default=20, gt=0)
     batch_size: int = Field(default=1, gt=0, description="bags per optimiser step")
@@ -88,6 +103,8 @@ class TrainConfig(_Section):
     threads: int | None = Field(default=None, gt=0, description="torch CPU threads (small models run faster on 1)")
     progress: bool = True
     early_stopping: EarlyStoppingConfig | None = None
+    average: AverageConfig | None = Field(
+        default=None, description="evaluate and save an average of the weights (swa or ema) instead of the last ones")
     deterministic: bool = Field(default=False, description="torch.use_deterministic_algorithms")
 
 
@@ -157,7 +174,9 @@ def _fields_at(model: type[BaseModel] | None, loc: list[str]) -> list[str]:
     for part in loc[:-1]:
         field = model.model_fields.get(part) if model is not None else None
         ann = getattr(field, "annotation", None)
-        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        # ``Section | None`` (an optional sub-table): look inside the union
+        candidates = [ann, *typing.get_args(ann)]
+        model = next((a for a in candidates if isinstance(a, type) and issubclass(a, BaseModel)), None)
     return list(model.model_fields) if model is not None else []
 
 

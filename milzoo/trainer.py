@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from milzoo import checkpoint as ckpt
+from milzoo.averaging import WeightAverager
 from milzoo.batch import collate_bags
 from milzoo.build import build_losses, build_model
 from milzoo.datasets.base import MILDataset
@@ -126,6 +127,7 @@ class Trainer:
         # DDP for training forwards (it follows the encoder's freezing by itself); self.model stays unwrapped
         self.train_model = self.model if distributed is None else distributed.wrap(self.model)
         self.optimizer = make_optimizer(recipe.root.optim, self.model.parameters())
+        self.averager = WeightAverager(tc.average, self.model, self.epochs) if tc.average is not None else None
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.precision = resolve_precision(tc.precision, self.device)
         if tc.precision == "auto":
@@ -149,6 +151,13 @@ class Trainer:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    @property
+    def eval_model(self):
+        """The model that is evaluated and saved: the averaged weights once they exist, else the live ones."""
+        if self.averager is not None and self.averager.active:
+            return self.averager.module
+        return self.model
 
     def _set_encoder_frozen(self, frozen: bool) -> None:
         for p, trainable in zip(self.model.encoder.parameters(), self._encoder_trainable):
@@ -178,6 +187,7 @@ class Trainer:
             "bad_epochs": self.bad_epochs,
             "threshold": self.threshold,
             "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+            "averaged": self.averager.state_dict() if self.averager is not None else {},
         }
 
     def load_state(self, st: dict[str, Any]) -> None:
@@ -190,6 +200,8 @@ class Trainer:
             torch.cuda.set_rng_state_all(st["cuda_rng"])
         if self.scaler is not None and st.get("scaler"):
             self.scaler.load_state_dict(st["scaler"])
+        if self.averager is not None and st.get("averaged"):
+            self.averager.load_state_dict(st["averaged"])
         self.history = st["history"]
         self.best = st["best"]
         self.bad_epochs = int(st["bad_epochs"])
@@ -200,7 +212,7 @@ class Trainer:
     def _checkpoint(self, epoch: int) -> None:
         if not self.is_main:
             return
-        ckpt.save_model(self.model, self.out_dir / "last", {"epoch": epoch, "threshold": self.threshold})
+        ckpt.save_model(self.eval_model, self.out_dir / "last", {"epoch": epoch, "threshold": self.threshold})
         ckpt.save_training_state(self.out_dir / ckpt.STATE, self.state_dict(epoch))
 
     # ------------------------------------------------------------------ train
@@ -256,6 +268,8 @@ class Trainer:
             else:
                 self.optimizer.step()
             self.step += 1
+            if self.averager is not None:
+                self.averager.after_step(self.model, epoch)
             n = batch.size
             count += n
             sums["loss"] = sums.get("loss", 0.0) + float(total.detach()) * n
@@ -263,6 +277,8 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + v * n
         for loss in self.losses:
             loss.end_epoch(state)
+        if self.averager is not None:
+            self.averager.after_epoch(self.model, epoch)
         if self.dist is not None:
             sums, count = self.dist.reduce_sums(sums, count)
         return {k: v / max(count, 1) for k, v in sums.items()}
@@ -271,7 +287,8 @@ class Trainer:
     @torch.no_grad()
     def predict(self, ds: MILDataset) -> dict[str, Any]:
         """Bag probabilities, labels and instance predictions of a whole split."""
-        self.model.eval()
+        model = self.eval_model
+        model.eval()
         bs = self.recipe.root.train.eval_batch_size or self.recipe.root.train.batch_size
         indices = list(range(len(ds)))
         if self.dist is not None:
@@ -281,7 +298,7 @@ class Trainer:
         for batch in self._loader(ds, _batches(indices, bs)):
             batch = batch.to(self.device)
             with self._autocast():
-                out = self.model(batch)
+                out = model(batch)
             probs.append(out.bag_probs.float().cpu())
             ys.append(batch.y.cpu())
             ids.extend(batch.bag_ids)
@@ -361,7 +378,7 @@ class Trainer:
                     self.best = {"epoch": epoch, "value": value, "threshold": self.threshold}
                     self.bad_epochs = 0
                     if self.is_main:
-                        ckpt.save_model(self.model, self.out_dir / "best", {"epoch": epoch, "threshold": self.threshold})
+                        ckpt.save_model(self.eval_model, self.out_dir / "best", {"epoch": epoch, "threshold": self.threshold})
                         self._write_predictions("best", results)
                 else:
                     self.bad_epochs += 1
