@@ -60,8 +60,15 @@ def test_one_recipe_runs_and_the_table_renders(tmp_path):
     paths = table.recipe_paths(None)
     assert [p.stem for p in table.recipe_paths(["abmil_gated"])] == [f"abmil_gated_{d}" for d in DATASETS]
     assert {p.stem for p in table.recipe_paths(["musk2"])} == {f"{m}_musk2" for m in MODELS}
-    rows = table.collect(out_root, paths)
+    rows = table.collect(out_root, paths, saved=tmp_path / "saved")
     assert list(rows) == [("abmil", "musk1")]
+    # a finished run's table files are copied out (no weights), and the table can be rebuilt from the copies
+    table.save_results(out_root / "abmil_musk1", tmp_path / "saved" / "abmil_musk1")
+    assert sorted(f.name for f in (tmp_path / "saved" / "abmil_musk1").iterdir()) == [
+        "recipe.toml", "run.json", "summary.json"]
+    from_copies = table.collect(tmp_path / "gone", paths, saved=tmp_path / "saved")
+    assert list(from_copies) == [("abmil", "musk1")]
+    assert from_copies[("abmil", "musk1")]["summary"]["last"] == rows[("abmil", "musk1")]["summary"]["last"]
     text = table.render(rows, paths, out_root, "python benchmarks/classic_table.py")
     assert text.startswith(table.START) and text.rstrip().endswith(table.END)
     line = next(l for l in text.splitlines() if l.startswith("| `abmil` | 2-fold"))
