@@ -237,6 +237,11 @@ def test_bind_checks_and_auto_pos_weight():
     torch.testing.assert_close(loss.pos_weight, torch.tensor([5.0, 2.0]))
     with pytest.raises(ComponentError, match="dsmil"):
         loss.bind(SimpleNamespace(pooling=nn.Identity()), ds)
+    # pos_weight has no effect on a softmax: a recipe that sets it with multiclass mode is told so
+    mc = DSMILPooling(DSMILPooling.Config(mode="multiclass"), 2, 3)
+    with pytest.raises(ComponentError, match="pos_weight.*multiclass"):
+        loss.bind(SimpleNamespace(pooling=mc), ds)
+    DSMILLoss(DSMILLoss.Config(), 3).bind(SimpleNamespace(pooling=mc), ds)  # without pos_weight: fine
     with pytest.raises(ComponentError):
         loss(MILOutput(bag_logits=torch.zeros(1, 3), mask=torch.ones(1, 1, dtype=torch.bool)),
              _batch([0]), TrainState())

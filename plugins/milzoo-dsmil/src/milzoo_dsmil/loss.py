@@ -61,6 +61,12 @@ class DSMILLoss(Loss):
                 f"loss 'dsmil' was built for {self.num_classes} classes but the pooling has "
                 f"{pooling.num_classes}; build both from the same dataset."
             )
+        if self.config.pos_weight is not None and not pooling.multilabel:
+            raise ComponentError(
+                "loss 'dsmil' option pos_weight weights the sigmoid outputs of mode = \"multilabel\", but the "
+                "pooling uses mode = \"multiclass\" (a softmax), where it would do nothing; remove pos_weight "
+                "from the [[loss]] table, or set [pooling] mode = \"multilabel\"."
+            )
         if self.config.pos_weight == "auto" and pooling.multilabel:
             y = torch.as_tensor(dataset.labels, dtype=torch.long)
             pos = torch.stack([(y == j).sum() for j in range(1, self.num_classes)]).float()
