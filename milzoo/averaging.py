@@ -1,11 +1,11 @@
 """Weight averaging (SWA or EMA) of the model being trained, evaluated in its place.
 
 Small MIL benchmarks (MUSK1 has 92 bags) make the weights after the last
-epoch a noisy draw: the test accuracy of one fold jumps between epochs by a bag
-or two.  Averaging the weights over the end of training (stochastic weight
-averaging, Izmailov et al. 2018) or along it (an exponential moving average)
-gives a model that does not depend on where the last step happened to land,
-with no selection on any split.  The averaging itself is torch's
+epoch a noisy draw: one fold's validation accuracy still changes by a bag in
+one of five consecutive epoch pairs late in training (docs/recipes.md).
+Averaging the weights over the end of training (stochastic weight averaging,
+Izmailov et al. 2018) or along it (an exponential moving average) depends less
+on where the last step happened to land, with no selection on any split.  The averaging itself is torch's
 :class:`torch.optim.swa_utils.AveragedModel`; this module decides when to
 update it and keeps its buffers in step with the live model.
 

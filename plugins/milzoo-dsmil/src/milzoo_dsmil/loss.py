@@ -67,7 +67,7 @@ class DSMILLoss(Loss):
                 "pooling uses mode = \"multiclass\" (a softmax), where it would do nothing; remove pos_weight "
                 "from the [[loss]] table, or set [pooling] mode = \"multilabel\"."
             )
-        if self.config.pos_weight == "auto" and pooling.multilabel:
+        if self.config.pos_weight == "auto":  # multilabel here: any pos_weight with multiclass was refused above
             y = torch.as_tensor(dataset.labels, dtype=torch.long)
             pos = torch.stack([(y == j).sum() for j in range(1, self.num_classes)]).float()
             neg = float(len(y)) - pos
