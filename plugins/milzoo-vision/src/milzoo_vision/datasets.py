@@ -180,7 +180,9 @@ class ImageBagsConfig(ComponentConfig):
     )
     seed: int = Field(default=0, description="seed of the bag construction and the validation split")
     instance_bags: bool = Field(
-        default=False, description="train on every training image as a bag of one (the supervised ceiling)"
+        default=False,
+        description="train on every image of the training bags as a bag of one with its own label (the "
+        "supervised ceiling; with max_bags_per_class, only the images of the capped bags)",
     )
     val_fraction: float = Field(
         default=0.0, ge=0.0, lt=1.0,
@@ -245,7 +247,10 @@ class _ImageBagsSource(DatasetSource):
             if len(val_pool) == 0 or len(train_pool) == 0:
                 raise DataError(f"val_fraction = {cfg.val_fraction} leaves an empty split; choose another value.")
         if cfg.instance_bags:
-            out["train"] = singles(data.train_x, data.train_y, train_pool, "train-img")
+            # the images of the training bags the MIL recipes would build (same seed, caps and validation
+            # split), each as a bag of one: the supervised ceiling sees exactly the MIL models' images
+            bag_images = np.unique(bags(data.train_x, data.train_y, train_pool, 1, "train-").index)
+            out["train"] = singles(data.train_x, data.train_y, bag_images, "train-img")
         else:
             out["train"] = bags(data.train_x, data.train_y, train_pool, 1, "train-")
         if cfg.val_fraction > 0:

@@ -1,0 +1,188 @@
+"""Run the reduced-scale FMNIST reproduction (docs/results-psmil.md) one run after another, and commit each
+finished run's small files (metrics.jsonl, run.json, recipe.toml, summary.json, machine.json) as soon as it
+ends, so that a session that stops mid-table loses at most the run in flight.
+
+    .venv/bin/python benchmarks/psmil_fmnist_queue.py --list                 # every job and its state
+    .venv/bin/python benchmarks/psmil_fmnist_queue.py select                 # the learning-rate selection grid
+    .venv/bin/python benchmarks/psmil_fmnist_queue.py final                  # the table's rows
+    .venv/bin/python benchmarks/psmil_fmnist_queue.py --only abmil,psmil     # named jobs
+    ... --no-commit    (copy the files, but leave the commit to you)
+
+A job is done when its committed copy under ``benchmarks/results/fmnist/<job>/`` (or ``runs/fmnist/<job>/``)
+holds ``summary.json``; done jobs are skipped, an interrupted run directory on this machine is resumed.
+Jobs run in the order listed below; each is exactly ``milzoo run RECIPE --out runs/fmnist/JOB --no-progress
+--set ...`` (recorded in its run.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "runs" / "fmnist"
+SNAP = ROOT / "benchmarks" / "results" / "fmnist"
+FILES = ("metrics.jsonl", "run.json", "recipe.toml", "summary.json")
+R = "recipes/psmil/fmnist/"
+
+#: the selection runs: 5 epochs of the reduced protocol (3,000 bag steps), scored on the validation images
+#: only; the test split is not even evaluated.  "plain" = the pooling view not augmented (flip and crop off).
+SELECT_SETTINGS = ["train.epochs=5", 'protocol.eval_splits=["val_instances"]']
+PLAIN = ["augment.flip=false", "augment.pad=0"]
+
+
+def _select_jobs() -> dict[str, tuple[str, list[str]]]:
+    jobs: dict[str, tuple[str, list[str]]] = {}
+    for model in ("abmil", "demil", "dtfd", "transmil"):
+        for view, extra in (("weak", []), ("plain", PLAIN)):
+            for lr in ("0.01", "0.001"):
+                jobs[f"select/{model}-{view}-lr{lr}"] = (f"{R}{model}.toml", [*SELECT_SETTINGS, *extra, f"optim.lr={lr}"])
+    for model in ("psmil", "psmil_code"):
+        for lr in ("0.01", "0.001"):
+            jobs[f"select/{model}-lr{lr}"] = (f"{R}{model}.toml", [*SELECT_SETTINGS, f"optim.lr={lr}"])
+    return jobs
+
+
+#: the table's rows, at the learning rates the selection chose (written into the recipes by generate.py)
+FINAL = {
+    "supervised": (f"{R}supervised.toml", []),
+    "abmil": (f"{R}abmil.toml", []),
+    "psmil": (f"{R}psmil.toml", []),
+    "demil": (f"{R}demil.toml", []),
+    "dtfd": (f"{R}dtfd.toml", []),
+    "transmil": (f"{R}transmil.toml", []),
+    "psmil_code": (f"{R}psmil_code.toml", []),
+    "psmil-seed1": (f"{R}psmil.toml", ["seed=1"]),
+    "abmil-seed1": (f"{R}abmil.toml", ["seed=1"]),
+    "psmil-seed2": (f"{R}psmil.toml", ["seed=2"]),
+    "abmil-seed2": (f"{R}abmil.toml", ["seed=2"]),
+    "psmil_lam0": (f"{R}psmil_lam0.toml", []),
+    "psmil_lam001": (f"{R}psmil_lam001.toml", []),
+    "psmil_lam01": (f"{R}psmil_lam01.toml", []),
+    "abmil_pp": (f"{R}abmil_pp.toml", []),
+    "demil_pp": (f"{R}demil_pp.toml", []),
+}
+GROUPS = {"select": _select_jobs(), "final": FINAL}
+JOBS = {k: v for g in GROUPS.values() for k, v in g.items()}
+
+
+def state(job: str) -> str:
+    if (SNAP / job / "summary.json").exists() or (RUNS / job / "summary.json").exists():
+        return "done"
+    if (RUNS / job / "metrics.jsonl").exists():
+        return "interrupted"
+    return "pending"
+
+
+def machine() -> dict:
+    info = {"cpu": platform.processor() or "", "cores": os.cpu_count(), "avx512": False}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        names = [ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")]
+        info["cpu"] = names[0] if names else info["cpu"]
+        info["avx512"] = "avx512f" in text
+        info["avx512_bf16"] = "avx512_bf16" in text
+    except OSError:
+        pass
+    return info
+
+
+def snapshot(job: str, extra: dict) -> Path:
+    dst = SNAP / job
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in FILES:
+        if (RUNS / job / name).exists():
+            shutil.copy2(RUNS / job / name, dst / name)
+    prev = json.loads((dst / "machine.json").read_text()) if (dst / "machine.json").exists() else {}
+    sessions = prev.get("sessions", []) + [extra]
+    (dst / "machine.json").write_text(json.dumps({"sessions": sessions}, indent=2) + "\n")
+    return dst
+
+
+def commit(path: Path, message: str) -> None:
+    rel = str(path.relative_to(ROOT))
+    for attempt in range(20):  # other people commit in the same checkout: wait out their index lock
+        subprocess.run(["git", "add", rel], cwd=ROOT, capture_output=True)
+        r = subprocess.run(["git", "commit", "-q", "-m", message, "--", rel], cwd=ROOT, capture_output=True, text=True)
+        if r.returncode == 0 or "nothing to commit" in (r.stdout + r.stderr):
+            return
+        time.sleep(3 + attempt)
+    print(f"[queue] could not commit {rel}: {r.stderr.strip()}", file=sys.stderr)
+
+
+def last_line(job: str) -> str:
+    path = RUNS / job / "metrics.jsonl"
+    accs = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if rec.get("split") in ("val_instances", "test_instances"):
+            accs.append(f"{rec['split']} {100 * rec['acc']:.2f}")
+    return ", ".join(accs[-2:])
+
+
+def run(job: str, *, do_commit: bool, threads: int | None) -> int:
+    recipe, overrides = JOBS[job]
+    st = state(job)
+    if st == "done":
+        print(f"[queue] {job}: done, skipped", flush=True)
+        return 0
+    out = RUNS / job
+    cmd = [str(ROOT / ".venv" / "bin" / "milzoo"), "run", recipe, "--out", str(out.relative_to(ROOT)), "--no-progress"]
+    cmd += ["--resume"] if st == "interrupted" else (["--overwrite"] if out.exists() else [])
+    sets = list(overrides) + ([f"train.threads={threads}"] if threads else [])
+    for s in sets:
+        cmd += ["--set", s]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    print(f"[queue] {job}: {' '.join(cmd[1:])}", flush=True)
+    t0 = time.time()
+    load0 = os.getloadavg()[0]
+    with open(str(out) + ".log", "a") as log:
+        rc = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    wall = time.time() - t0
+    extra = {**machine(), "wall_s": round(wall, 1), "load_start": round(load0, 2),
+             "load_end": round(os.getloadavg()[0], 2), "rc": rc, "ended": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+             "command": cmd[1:]}
+    if (out / "metrics.jsonl").exists():
+        dst = snapshot(job, extra)
+        if do_commit:
+            what = "finished" if (out / "summary.json").exists() else f"stopped (rc {rc})"
+            commit(dst, f"FMNIST reduced scale: {job} {what} in {wall / 60:.0f} min ({last_line(job)}); metrics committed")
+    print(f"[queue] {job}: rc {rc} after {wall / 60:.1f} min; {last_line(job)}", flush=True)
+    return rc
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("group", nargs="?", choices=sorted(GROUPS))
+    p.add_argument("--only", help="comma-separated job names")
+    p.add_argument("--list", action="store_true")
+    p.add_argument("--no-commit", action="store_true")
+    p.add_argument("--threads", type=int, help="train.threads for every run (default: the recipe's)")
+    args = p.parse_args(argv)
+    names = list(GROUPS[args.group]) if args.group else []
+    if args.only:
+        names += [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in JOBS]
+    if unknown:
+        p.error(f"unknown jobs {unknown}; see --list")
+    if args.list or not names:
+        for n in names or JOBS:
+            print(f"{state(n):12s} {n:32s} {JOBS[n][0]} {' '.join(JOBS[n][1])}")
+        return 0
+    for n in names:
+        run(n, do_commit=not args.no_commit, threads=args.threads)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
