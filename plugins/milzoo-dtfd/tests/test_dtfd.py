@@ -13,7 +13,7 @@ from milzoo.batch import Bag, MILBatch, collate_bags
 from milzoo.errors import ComponentError
 from milzoo.output import MILOutput, TrainState
 from milzoo_dtfd.loss import DTFDLoss
-from milzoo_dtfd.pooling import DTFDPooling, random_split, stratified_split
+from milzoo_dtfd.pooling import DTFDPooling, random_split, seeded_split, stratified_split
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -83,7 +83,7 @@ def test_instance_probabilities_and_maxmin_selection_by_hand():
     # 6 instances, 2 pseudo-bags (eval: constant attention -> ties keep index order -> group = i % 2),
     # uniform attention 1/3 within each pseudo-bag.  classifier1 row 1 reads x_0, so
     # s_i = a_i * W1 x_i = [0, x_i0 / 3] (the bias 0.7 must NOT enter), p_i1 = sigmoid(x_i0 / 3).
-    p = make(k=2, d=2, reduced_dim=2, num_groups=2, distill="MaxMinS")
+    p = make(k=2, d=2, reduced_dim=2, num_groups=2, distill="MaxMinS", eval_split="stratified")
     hand_set(p, torch.tensor([[0.0, 0.0], [1.0, 0.0]]), torch.tensor([0.0, 0.7]))
     x0 = [5.0, 1.0, 4.0, 2.0, 3.0, 6.0]
     h = torch.tensor([[[v, 0.5] for v in x0]])
@@ -101,7 +101,7 @@ def test_instance_probabilities_and_maxmin_selection_by_hand():
     torch.testing.assert_close(out.inst_logits[0], torch.tensor([[0.0, v / 6] for v in x0]))
 
     # MaxS keeps only the top instance of each pseudo-bag
-    q = make(k=2, d=2, reduced_dim=2, num_groups=2, distill="MaxS")
+    q = make(k=2, d=2, reduced_dim=2, num_groups=2, distill="MaxS", eval_split="stratified")
     q.load_state_dict(p.state_dict())
     assert q(h, torch.ones(1, 6, dtype=torch.bool)).extras["distilled_index"].tolist() == [[[0], [5]]]
 
@@ -137,10 +137,13 @@ def test_rank_class_pred_vs_last():
     assert picks["pred"] == [0, 1]  # by p_{i,1}: highest instance 0, lowest instance 1
 
 
-@pytest.mark.parametrize("distill", ["AFS", "MaxMinS", "MaxS"])
-def test_padding_permutation_and_eval_determinism(distill):
+@pytest.mark.parametrize("distill,eval_split,draws", [("AFS", "random", 1), ("MaxMinS", "random", 3),
+                                                      ("MaxS", "random", 1), ("AFS", "stratified", 1),
+                                                      ("MaxMinS", "stratified", 1)])
+def test_padding_permutation_and_eval_determinism(distill, eval_split, draws):
     torch.manual_seed(4)
-    p = make(k=3, distill=distill, distill_k=2, rank_class="pred", num_res_blocks=1)
+    p = make(k=3, distill=distill, distill_k=2, rank_class="pred", num_res_blocks=1, eval_split=eval_split,
+             eval_draws=draws)
     bags = [Bag(x=torch.randn(n, 6), y=0) for n in (9, 2, 1, 6)]
     batch = collate_bags(bags)
     out = p(batch.x, batch.mask)
@@ -158,6 +161,89 @@ def test_padding_permutation_and_eval_determinism(distill):
         torch.testing.assert_close(pm.bag_logits, one.bag_logits, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(pm.inst_logits[0], one.inst_logits[0, perm], atol=1e-6, rtol=1e-5)
     assert out.extras["pseudo_mask"].sum(1).tolist() == [4, 2, 1, 4]
+
+
+def test_eval_split_default_is_the_official_random_split():
+    assert DTFDPooling.Config().eval_split == "random" and DTFDPooling.Config().eval_draws == 1
+    assert DTFDPooling.Config().instance_tier == "tier2"
+
+
+def test_seeded_split_is_random_uniform_and_deterministic():
+    scores = torch.randn(3, 11)
+    mask = torch.ones(3, 11, dtype=torch.bool)
+    mask[1, 7:] = False
+    mask[2, 3:] = False
+    rng = torch.get_rng_state()
+    g = seeded_split(scores, mask, 4, seed=5)
+    assert torch.equal(torch.get_rng_state(), rng)  # evaluation leaves the training RNG alone
+    assert torch.equal(seeded_split(scores, mask, 4, seed=5), g)  # deterministic for a seed
+    assert (g[~mask] == -1).all()
+    for b, n in enumerate((11, 7, 3)):
+        m = min(4, n)
+        sizes = sorted(torch.bincount(g[b, :n], minlength=m).tolist(), reverse=True)
+        assert sizes == [n // m + (1 if j < n % m else 0) for j in range(m)]  # array_split sizes
+    # a function of the attention ranks: reordering the instances moves their ids with them
+    perm = torch.randperm(11)
+    assert torch.equal(seeded_split(scores[:1, perm], mask[:1], 4, seed=5)[0], g[0, perm])
+    assert any(not torch.equal(seeded_split(scores, mask, 4, seed=s)[0], g[0]) for s in range(6, 9))
+
+
+def test_random_eval_split_spreads_top_instances_like_training():
+    # 5 top-attended instances among 2,000, 4 pseudo-bags of 500: the stratified split puts one into every
+    # pseudo-bag every time; a uniformly random partition (training, the official test) does so with
+    # probability 4 C(500,2) 500^3 / C(2000,5) = 0.2351.
+    n, top = 2000, 5
+    scores = torch.zeros(1, n)
+    scores[0, :top] = 10.0 + torch.arange(top, dtype=torch.float)
+    mask = torch.ones(1, n, dtype=torch.bool)
+    assert len(set(stratified_split(scores, mask, 4)[0, :top].tolist())) == 4
+    want = 4 * math.comb(500, 2) * 500**3 / math.comb(n, top)
+    hits = [len(set(seeded_split(scores, mask, 4, seed=s)[0, :top].tolist())) == 4 for s in range(600)]
+    assert abs(sum(hits) / len(hits) - want) < 0.06  # 3.4 standard errors
+    torch.manual_seed(0)
+    train = [len(set(random_split(mask, 4)[0, :top].tolist())) == 4 for _ in range(600)]
+    assert abs(sum(train) / len(train) - want) < 0.06
+
+
+def test_eval_draws_average_bag_probabilities():
+    torch.manual_seed(8)
+    p = make(k=2, eval_draws=3, eval_seed=10)
+    h, mask = torch.randn(2, 13, 6), torch.ones(2, 13, dtype=torch.bool)
+    with torch.no_grad():
+        out = p(h, mask)
+        singles = []
+        for j in range(3):
+            q = make(k=2, eval_seed=10 + j)
+            q.load_state_dict(p.state_dict())
+            singles.append(q(h, mask).bag_probs)
+    torch.testing.assert_close(out.bag_probs, torch.stack(singles).mean(0))
+    torch.testing.assert_close(torch.softmax(out.bag_logits, -1), out.bag_probs)
+    assert not torch.allclose(singles[0], singles[1])  # the draws do differ
+    p.train()  # training: one random split, no averaging
+    assert p(h, mask).probs is None
+
+
+def test_instance_tier_tier1_scores_single_instances_with_tier1():
+    torch.manual_seed(9)
+    p = make(k=3, instance_tier="tier1")
+    q = make(k=3)
+    q.load_state_dict(p.state_dict())
+    h = torch.randn(4, 6)
+    with torch.no_grad():
+        x = torch.relu(p.reduce(h))
+        w1x = x @ p.classifier1.weight.t()  # the official instance score: tier-1 weight, no bias
+        torch.testing.assert_close(p.instance_logits(h), w1x)
+        torch.testing.assert_close(q.instance_logits(h), p.classifier2(x))  # tier2: through both tiers
+        ones = torch.cat([p(h[i].view(1, 1, 6), torch.ones(1, 1, dtype=torch.bool)).bag_logits for i in range(4)])
+        torch.testing.assert_close(ones, w1x)
+        # a padded batch: the one-instance bag is scored by tier 1, the 4-instance bag by tier 2 as before
+        batch = collate_bags([Bag(x=h[:1], y=0), Bag(x=h, y=0)])
+        out, ref = p(batch.x, batch.mask), q(batch.x, batch.mask)
+        torch.testing.assert_close(out.bag_logits[0], w1x[0])
+        torch.testing.assert_close(out.bag_logits[1], ref.bag_logits[1])
+        p.train()
+        torch.testing.assert_close(p(h[:1].view(1, 1, 6), torch.ones(1, 1, dtype=torch.bool)).bag_logits[0],
+                                   p.classifier2(x[0]))  # training never swaps the tier
 
 
 def test_training_split_is_random_and_tier2_input_detached():

@@ -4,8 +4,10 @@
    (no bias either).
 2. Pseudo-bags: the real instances are split into ``M = min(num_groups, n)``
    nearly equal pseudo-bags.  Training: a fresh random split per bag and forward
-   (torch's global RNG, ``array_split`` sizes).  Evaluation: a deterministic split
-   (see :func:`stratified_split`), because milzoo requires a deterministic eval.
+   (torch's global RNG, ``array_split`` sizes).  Evaluation (``eval_split``): the
+   official seeded random split (:func:`seeded_split`), its bag probabilities averaged
+   over ``eval_draws`` draws (``num_MeanInference``), or the rank-stratified split
+   (:func:`stratified_split`); both are deterministic, as milzoo requires of an eval.
 3. Tier 1 per pseudo-bag ``m``: gated attention ``a^m`` (softmax within the
    pseudo-bag), ``f_m = sum_i a^m_i x_i``, logits ``W_1 f_m + b_1``.  Instance
    scores ``s_i = W_1 (a^m_i x_i)`` (weight only, no bias), ``p_i = softmax_k(s_i)``.
@@ -15,6 +17,10 @@
    or by the probability of the class predicted by the pseudo-bag's tier-1 logits.
 5. Tier 2 on the *detached* distilled set: gated attention, pooled vector, Linear.
    Its logits are the bag logits.
+6. Single instances (``instance_tier``): ``tier2`` scores a one-instance bag through
+   both tiers (``W_2 x + b_2``, what the forward gives); ``tier1`` with the official
+   instance score ``W_1 x`` (tier-1 weight, no bias), which then also scores
+   one-instance bags at evaluation (the single-instance metric).
 """
 
 from __future__ import annotations
@@ -48,6 +54,35 @@ def random_split(mask: Tensor, num_groups: int) -> Tensor:
         perm = torch.randperm(n)
         real = torch.nonzero(mask[b].cpu(), as_tuple=False).squeeze(1)
         groups[b, real[perm]] = ids
+    return groups.to(mask.device)
+
+
+def seeded_split(scores: Tensor, mask: Tensor, num_groups: int, seed: int) -> Tensor:
+    """The official test-time random split, made deterministic: pseudo-bag ids ``[B, N]``.
+
+    The real instances are ranked by ``scores`` (descending) and the ranks are dealt
+    into ``min(num_groups, n)`` ``array_split``-sized pseudo-bags along ``randperm(n)``
+    drawn from a generator seeded with ``(seed, n)``.  Each bag's partition is thus
+    uniformly random (as in training and in the official test), yet the same for a
+    given seed whatever the instance order, padding or batch.  Bags of equal size share
+    the draw's rank-to-pseudo-bag pattern; average several draws (``eval_draws``) to
+    smooth that.
+    """
+    groups = torch.full(mask.shape, -1, dtype=torch.long)
+    filled = scores.detach().float().masked_fill(~mask, float("-inf")).cpu()
+    order = torch.sort(filled, dim=1, descending=True, stable=True).indices
+    patterns: dict[int, Tensor] = {}
+    for b, n in enumerate(mask.sum(1).tolist()):
+        n = int(n)
+        if n == 0:
+            continue
+        if n not in patterns:
+            m = min(num_groups, n)
+            sizes = torch.tensor([n // m + (1 if j < n % m else 0) for j in range(m)])
+            ids = torch.repeat_interleave(torch.arange(m), sizes)
+            gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + n)
+            patterns[n] = ids[torch.randperm(n, generator=gen)]  # pseudo-bag of each attention rank
+        groups[b, order[b, :n]] = patterns[n]
     return groups.to(mask.device)
 
 
@@ -116,6 +151,20 @@ class DTFDPooling(Pooling):
             description="rank instances by the last class (faithful, binary) or by the pseudo-bag's "
             "predicted class",
         )
+        eval_split: Literal["random", "stratified"] = Field(
+            default="random",
+            description="evaluation split: the official seeded random split (averaged over eval_draws) or "
+            "attention ranks dealt round-robin",
+        )
+        eval_draws: int = Field(
+            default=1, gt=0, description="random eval splits whose bag probabilities are averaged (num_MeanInference)"
+        )
+        eval_seed: int = Field(default=0, ge=0, description="seed of the random eval splits (draw j uses eval_seed + j)")
+        instance_tier: Literal["tier2", "tier1"] = Field(
+            default="tier2",
+            description="how single instances are scored: through both tiers (W_2 x + b_2) or by the official "
+            "tier-1 instance score (W_1 x, no bias; also one-instance bags at evaluation)",
+        )
         dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="dropout before the tier-1 classifier")
         dropout_2: float = Field(default=0.0, ge=0.0, lt=1.0, description="dropout before the tier-2 classifier")
 
@@ -136,32 +185,57 @@ class DTFDPooling(Pooling):
         return self.res_blocks(torch.relu(self.reduce(h)))
 
     def instance_logits(self, h: Tensor) -> Tensor:
-        """The bag logits of a one-instance bag: every tier passes ``x`` through, so ``W_2 x + b_2``."""
-        return self.classifier2(self.drop2(self.embed(h)))
+        """Single-instance logits (``instance_tier``): ``tier2``, the bag logits of a one-instance bag
+        (every tier passes ``x`` through, so ``W_2 x + b_2``); ``tier1``, the official instance score
+        ``W_1 x`` (a one-instance bag's attention is 1; no bias)."""
+        x = self.embed(h)
+        if self.config.instance_tier == "tier1":
+            return x @ self.classifier1.weight.t()
+        return self.classifier2(self.drop2(x))
 
-    def split(self, scores: Tensor, mask: Tensor) -> Tensor:
+    def split(self, scores: Tensor, mask: Tensor, draw: int = 0) -> Tensor:
         if self.training:
             return random_split(mask, self.config.num_groups)
-        return stratified_split(scores, mask, self.config.num_groups)
+        if self.config.eval_split == "stratified":
+            return stratified_split(scores, mask, self.config.num_groups)
+        return seeded_split(scores, mask, self.config.num_groups, self.config.eval_seed + draw)
 
     def forward(self, h: Tensor, mask: Tensor) -> MILOutput:
-        Bn, N, _ = h.shape
-        M, k = self.config.num_groups, self.num_classes
         x = self.embed(h)  # [B, N, d]
         if not bool(mask.all()):  # without padding the product would only copy x (100 MB at 50k x 512)
             x = x * mask.unsqueeze(-1)
         e = self.attention1(x)  # [B, N] tier-1 attention logits, computed once per bag
-        groups = self.split(e, mask)  # [B, N]
-        gmask = groups.unsqueeze(1) == torch.arange(M, device=h.device).view(1, M, 1)  # [B, M, N]
+        # W_1 (a_i x_i) = a_i (W_1 x_i): project first, so no [B, N, d] product is built or kept
+        # for backward (it cost 2 x 100 MB at 50k instances).
+        xw = x @ self.classifier1.weight.t()  # [B, N, k]
+        out = self._tiers(x, e, xw, mask, self.split(e, mask))
+        draws = 1 if self.training or self.config.eval_split == "stratified" else self.config.eval_draws
+        if draws > 1:  # the official num_MeanInference: average the bag probabilities of several splits
+            probs = out.bag_probs
+            for j in range(1, draws):
+                probs = probs + self._tiers(x, e, xw, mask, self.split(e, mask, j)).bag_probs
+            out.probs = probs / draws
+            out.bag_logits = torch.log(out.probs.clamp_min(1e-12)).to(out.bag_logits.dtype)
+        if not self.training and self.config.instance_tier == "tier1":
+            one = mask.sum(1) == 1  # single instances are scored by tier 1, as the official code does
+            if bool(one.any()):
+                s1 = (xw * mask.unsqueeze(-1)).sum(1).to(out.bag_logits.dtype)  # W_1 x of the one instance
+                out.bag_logits = torch.where(one.unsqueeze(-1), s1, out.bag_logits)
+                if out.probs is not None:
+                    out.probs = torch.where(one.unsqueeze(-1), torch.softmax(s1.float(), -1), out.probs)
+        return out
+
+    def _tiers(self, x: Tensor, e: Tensor, xw: Tensor, mask: Tensor, groups: Tensor) -> MILOutput:
+        """Tier 1, distillation and tier 2 for one pseudo-bag split ``groups`` ``[B, N]``."""
+        Bn, N, _ = x.shape
+        M = self.config.num_groups
+        gmask = groups.unsqueeze(1) == torch.arange(M, device=x.device).view(1, M, 1)  # [B, M, N]
         pmask = gmask.any(-1)  # [B, M] non-empty pseudo-bags
         a = masked_softmax(e.unsqueeze(1).expand(Bn, M, N), gmask, dim=2)  # [B, M, N]
         f = torch.bmm(a.to(x.dtype), x)  # [B, M, d]
         t1_logits = self.classifier1(self.drop1(f))  # [B, M, k]
 
         a_inst = a.sum(1)  # each instance sits in exactly one pseudo-bag
-        # W_1 (a_i x_i) = a_i (W_1 x_i): project first, so no [B, N, d] product is built or kept
-        # for backward (it cost 2 x 100 MB at 50k instances).
-        xw = x @ self.classifier1.weight.t()  # [B, N, k]
         s = a_inst.unsqueeze(-1) * xw  # [B, N, k], no bias
         p = torch.softmax(s.detach().float(), dim=-1)
 
