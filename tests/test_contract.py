@@ -52,6 +52,7 @@ VARIANTS = [
                       "distill": "MaxMinS", "rank_class": "pred", "eval_split": "stratified"}),
     ("pooling:dtfd", {"reduced_dim": 16, "attn_hidden": 8, "eval_draws": 2, "instance_tier": "tier1"}),
     ("pooling:psatt", {"proto_update": "all", "onehot_mix": True, "tau_p": 0.5}),
+    ("pooling:psatt", {"onehot_mix": True, "classifier": "kaiming_nobias"}),  # the official code's form
     ("pooling:rgmil", {"train_regressor": True, "init": "kaiming_normal"}),
     ("pooling:demil", {"head": "linear", "share_uv": True}),
     ("pooling:transmil", {"hidden_dim": 32, "heads": 2, "dim_head": 8, "num_landmarks": 4,
@@ -59,6 +60,7 @@ VARIANTS = [
     ("loss:dsmil", {"pos_weight": "auto"}),
     ("loss:demil", {"disambiguate": False, "entropy_weight": 0.0}),
     ("loss:psali", {"schedule": "constant", "lam": 0.1}),
+    ("loss:psali", {"ce_input": "probabilities"}),
     ("encoder:mlp", {"dims": [16, 8], "dropout": 0.2}),
     ("augment:mil_views", {"num_views": 2, "pad_mode": "reflect"}),
 ]

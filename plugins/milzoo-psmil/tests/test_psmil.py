@@ -505,3 +505,75 @@ def test_distributed_ranks_apply_identical_update(tmp_path):
         for _ in range(2):
             pool.after_forward(fake_out(h, att, mask), fake_batch(y.tolist(), mask))
         assert torch.allclose(q0, pool.Q, atol=1e-6) and not torch.allclose(pool.Q, start)
+
+
+# --- the official code's configuration (docs/models/psmil.md) ----------------------------------------------
+@pytest.mark.parametrize("k", [2, 10])
+def test_ce_on_probabilities_gradient_is_one_kth_at_uniform_logits(k):
+    """At equal logits p = 1/k, softmax(p) is uniform again, and the softmax Jacobian J = I/k - 11^T/k^2
+    maps (1/k - e_c) to (1/k - e_c)/k: the official form's gradient is exactly 1/k of the paper's."""
+    mask = torch.ones(1, 1, dtype=torch.bool)
+    grads = {}
+    for form in ("logits", "probabilities"):
+        z = torch.zeros(1, 1, k, requires_grad=True)
+        PSAliLoss.alignment(z, mask, ce_input=form).backward()
+        grads[form] = z.grad.flatten()
+    expect_paper = torch.full((k,), 1.0 / k)
+    expect_paper[0] -= 1.0  # the tie resolves to class 0
+    assert torch.allclose(grads["logits"], expect_paper, atol=1e-7)
+    assert torch.allclose(grads["probabilities"], expect_paper / k, atol=1e-7)
+
+
+def test_ce_on_probabilities_value_and_chain_rule():
+    torch.manual_seed(3)
+    logits = torch.randn(3, 4, 5, requires_grad=True)
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    raw = PSAliLoss.alignment(logits, mask, ce_input="probabilities")
+    raw.backward()
+    z = logits.detach()
+    target = F.log_softmax(z, -1).sum(0).argmax(-1)  # the same target as the paper's form
+    p = torch.softmax(z, -1)
+    value = -F.log_softmax(p, -1).gather(-1, target.view(1, -1, 1).expand(3, -1, 1)).mean()
+    assert raw.item() == pytest.approx(value.item(), rel=1e-6)
+    outer = torch.softmax(p, -1) - F.one_hot(target, 5)  # d loss / d p, per view and instance
+    jac = torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)  # d p / d z
+    expect = (jac @ outer.unsqueeze(-1)).squeeze(-1) / (3 * 4)
+    assert torch.allclose(logits.grad, expect, atol=1e-6)
+
+
+def test_psali_config_ce_input_reaches_the_loss():
+    model, loss = make_model(), None
+    loss = PSAliLoss(PSAliLoss.Config(ce_input="probabilities", lam=1.0, schedule="constant"), 3)
+    loss.bind(model, None)
+    torch.manual_seed(0)
+    batch = collate_bags([Bag(x=torch.randn(5, 6), y=1), Bag(x=torch.randn(3, 6), y=2)])
+    model.train()
+    out = model(batch)
+    got = loss(out, batch, TrainState(epoch=0)).parts["psali_raw"]
+    views = out.extras["view_features"]
+    want = PSAliLoss.alignment(model.pooling.instance_logits(views), batch.mask, ce_input="probabilities")
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    assert got.item() != pytest.approx(PSAliLoss.alignment(model.pooling.instance_logits(views), batch.mask).item())
+
+
+def test_kaiming_nobias_classifier_bound():
+    from milzoo.heads import kaiming_nobias_bound
+
+    # PyTorch's kaiming_uniform_ on a [d, k] tensor: fan_in = k, gain sqrt(2) -> bound sqrt(2) * sqrt(3 / k)
+    assert kaiming_nobias_bound(10) == pytest.approx(math.sqrt(2) * math.sqrt(3 / 10))
+    assert kaiming_nobias_bound(10) == pytest.approx(0.7746, abs=1e-4)
+    ref = torch.empty(512, 10)
+    torch.nn.init.kaiming_uniform_(ref)
+    assert ref.abs().max().item() <= kaiming_nobias_bound(10) and ref.abs().max().item() > 0.75
+    torch.manual_seed(0)
+    code = make_pool(d=512, k=10, classifier="kaiming_nobias")
+    paper = make_pool(d=512, k=10)
+    assert code.classifier.bias is None and paper.classifier.bias is not None
+    w = code.classifier.weight
+    assert w.shape == (10, 512)
+    assert 0.75 < w.abs().max().item() <= kaiming_nobias_bound(10)
+    assert w.std().item() == pytest.approx(kaiming_nobias_bound(10) / math.sqrt(3), rel=0.05)
+    assert paper.classifier.weight.abs().max().item() <= 1 / math.sqrt(512) + 1e-7  # nn.Linear: 0.044
+    # the forward is the same function of (W, b): instance logits are h @ W^T without a bias
+    h = torch.randn(2, 4, 512)
+    assert torch.allclose(code.instance_logits(h), h @ w.t(), atol=1e-5)

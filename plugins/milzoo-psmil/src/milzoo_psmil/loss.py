@@ -46,6 +46,12 @@ class PSAliLoss(Loss):
         freeze_encoder_epochs: int = Field(
             default=1, ge=0, description="epochs (from 0) during which the trainer freezes the encoder"
         )
+        ce_input: Literal["logits", "probabilities"] = Field(
+            default="logits",
+            description="'logits': -log softmax(C h + b)_c, the paper's formula; 'probabilities': the official "
+            "main.py, whose CrossEntropyLoss is applied to softmax outputs (softmax twice: a gradient "
+            "0.18-0.31x as large for 10 classes, docs/models/psmil.md)",
+        )
 
     def __init__(self, config, num_classes):
         super().__init__(config, num_classes)
@@ -104,7 +110,7 @@ class PSAliLoss(Loss):
         param = next(pooling.parameters(), None)
         if param is not None and views.is_floating_point() and views.dtype != param.dtype:
             views = views.to(param.dtype)
-        raw = self.alignment(pooling.instance_logits(views), mask)
+        raw = self.alignment(pooling.instance_logits(views), mask, ce_input=self.config.ce_input)
         lam_t = self.lambda_at(state.epoch)
         total = lam_t * raw
         return LossResult(
@@ -123,13 +129,18 @@ class PSAliLoss(Loss):
             return F.log_softmax(logits.detach().float(), dim=-1).sum(0).argmax(-1)
 
     @classmethod
-    def alignment(cls, logits: Tensor, mask: Tensor) -> Tensor:
+    def alignment(cls, logits: Tensor, mask: Tensor, ce_input: str = "logits") -> Tensor:
         """Unweighted ``L_ins`` from view logits ``[V, M, k]`` (rows in ``mask`` order).
 
-        Averaged over views and over each bag's instances, then over the bags.
+        Averaged over views and over each bag's instances, then over the bags.  With
+        ``ce_input = "probabilities"`` the cross-entropy is taken of ``softmax(logits)`` used as
+        logits, as the official code does; the target is the same in both forms.
         """
-        logp = F.log_softmax(logits.float(), dim=-1)
         target = cls.targets(logits)
+        scores = logits.float()
+        if ce_input == "probabilities":
+            scores = torch.softmax(scores, dim=-1)
+        logp = F.log_softmax(scores, dim=-1)
         nll = -logp.gather(-1, target.view(1, -1, 1).expand(logp.shape[0], -1, 1)).squeeze(-1)  # [V, M]
         per_inst = nll.mean(0)  # [M]
         bag_of_row = mask.nonzero(as_tuple=True)[0].to(per_inst.device)  # [M]

@@ -23,6 +23,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from milzoo.components import ComponentConfig, Pooling
+from milzoo.heads import bag_classifier
 from milzoo.masking import attention_pool, masked_softmax
 from milzoo.output import MILOutput
 
@@ -54,11 +55,17 @@ class PSAttPooling(Pooling):
             description="'first_bag': all columns = mean feature of the first training bag (code); "
             "'random': random unit columns; 'auto': first_bag for label mode, random for all mode",
         )
+        classifier: Literal["linear", "kaiming_nobias"] = Field(
+            default="linear",
+            description="bag classifier C: 'linear' = nn.Linear with bias b (the paper's C h + b, weights "
+            "U(+-1/sqrt(d))); 'kaiming_nobias' = the official code's bias-free d x k parameter, "
+            "kaiming_uniform_ with fan_in = k (bound sqrt(6/k): 0.77 for 10 classes)",
+        )
 
     def __init__(self, config, in_dim, num_classes):
         super().__init__(config, in_dim, num_classes)
         self.attn = nn.Linear(num_classes, 1)  # w, b_w
-        self.classifier = nn.Linear(in_dim, num_classes)  # C, b
+        self.classifier = bag_classifier(in_dim, num_classes, config.classifier)  # C (, b)
         init = config.proto_init
         if init == "auto":
             init = "first_bag" if config.proto_update == "label" else "random"
