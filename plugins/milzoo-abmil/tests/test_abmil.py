@@ -90,3 +90,58 @@ def test_learns_a_toy_problem():
     # the positive bags attend to their key instance
     att = pool(batch.x, batch.mask).attention
     assert (att[1::2].argmax(1) == 0).float().mean() >= 0.9
+
+
+def test_sigmoid_head_is_one_logit_with_a_bernoulli_loss():
+    from milzoo.errors import ComponentError
+    from milzoo.output import TrainState
+    from milzoo.registry import get_entry
+
+    assert ABMILPooling.Config().head == "softmax"
+    torch.manual_seed(2)
+    pool = ABMILPooling(ABMILPooling.Config(attn_hidden=4, head="sigmoid"), 3, 2)
+    assert pool.classifier.weight.shape == (1, 3)  # one logit, as the official Linear(M*K, 1)
+    bags = [Bag(torch.randn(n, 3), n % 2) for n in (4, 1, 6)]
+    b = collate_bags(bags)
+    out = pool(b.x, b.mask)
+    z = out.extras["bag_feature"]
+    t = z @ pool.classifier.weight[0] + pool.classifier.bias[0]
+    torch.testing.assert_close(out.bag_logits, torch.stack([torch.zeros_like(t), t], -1))
+    torch.testing.assert_close(out.bag_probs[:, 1], torch.sigmoid(t))  # P(Y=1) = sigm(t)
+    # bag_ce on [0, t] is the Bernoulli NLL -[y log p + (1-y) log(1-p)], gradients included
+    loss = get_entry("loss", "bag_ce").obj
+    ce = loss(loss.Config(), 2)(out, b, TrainState()).total
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(t, b.y.float())
+    torch.testing.assert_close(ce, bce)
+    g_ce = torch.autograd.grad(ce, pool.classifier.weight, retain_graph=True)[0]
+    g_bce = torch.autograd.grad(bce, pool.classifier.weight)[0]
+    torch.testing.assert_close(g_ce, g_bce)
+    inst = pool.instance_logits(bags[0].x)
+    torch.testing.assert_close(inst[:, 1], bags[0].x @ pool.classifier.weight[0] + pool.classifier.bias[0])
+    assert (inst[:, 0] == 0).all()
+    try:
+        ABMILPooling(ABMILPooling.Config(head="sigmoid"), 3, 4)
+    except ComponentError as err:
+        assert "binary" in str(err) and "softmax" in str(err)
+    else:
+        raise AssertionError("a sigmoid head with 4 classes must be refused")
+
+
+def test_sigmoid_head_learns_a_toy_problem():
+    torch.manual_seed(0)
+    pool = ABMILPooling(ABMILPooling.Config(attn_hidden=8, head="sigmoid"), 4, 2)
+    opt = torch.optim.Adam(pool.parameters(), lr=0.05)
+    g = torch.Generator().manual_seed(1)
+    bags = []
+    for i in range(40):
+        x = torch.randn(6, 4, generator=g)
+        if i % 2:
+            x[0, 0] += 5
+        bags.append(Bag(x, i % 2))
+    batch = collate_bags(bags)
+    for _ in range(60):
+        loss = torch.nn.functional.cross_entropy(pool(batch.x, batch.mask).bag_logits, batch.y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert (pool(batch.x, batch.mask).bag_logits.argmax(1) == batch.y).float().mean() >= 0.95

@@ -4,17 +4,23 @@
 ``e_i = w^T (tanh(V h_i + b_V) * sigm(U h_i + b_U)) + b_w`` (gated);
 ``a = softmax_n(e)``; ``z = sum_i a_i h_i``; bag logits ``C z + b``.
 Multi-class uses a k-way softmax classifier with one attention branch (1.4);
-for k = 2 the two-logit softmax is the binary head.  Instance logits
-``C h_i + b`` are exported for localisation and for PSAli ("ABMIL++").
+for k = 2 the two-logit softmax is the default binary head, and ``head =
+"sigmoid"`` is the official one: one logit ``t = c^T z + b``, ``P(Y=1) =
+sigm(t)``, exported as the logits ``[0, t]`` so that ``bag_ce`` is its Bernoulli
+NLL.  Instance logits ``C h_i + b`` (``[0, c^T h_i + b]``) are exported for
+localisation and for PSAli ("ABMIL++").
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 
 from milzoo.components import ComponentConfig, Pooling
+from milzoo.errors import ComponentError
 from milzoo.masking import attention_pool, masked_softmax
 from milzoo.output import MILOutput
 
@@ -28,6 +34,11 @@ class ABMILPooling(Pooling):
         attn_hidden: int = Field(default=128, gt=0, description="L, the attention hidden size")
         gated: bool = Field(default=False, description="gated attention (tanh * sigmoid)")
         dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="dropout on the pooled feature")
+        head: Literal["softmax", "sigmoid"] = Field(
+            default="softmax",
+            description="bag classifier: k logits and a softmax, or (binary only) the official single logit "
+            "with a sigmoid, exported as logits [0, t]",
+        )
 
     def __init__(self, config, in_dim, num_classes):
         super().__init__(config, in_dim, num_classes)
@@ -36,7 +47,12 @@ class ABMILPooling(Pooling):
         self.attn_U = nn.Linear(in_dim, L) if config.gated else None
         self.attn_w = nn.Linear(L, 1)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
-        self.classifier = nn.Linear(in_dim, num_classes)
+        if config.head == "sigmoid" and num_classes != 2:
+            raise ComponentError(
+                f"pooling 'abmil' with head = \"sigmoid\" is the official binary head (one logit), but the data "
+                f"has {num_classes} classes; use head = \"softmax\" (the default) for k > 2."
+            )
+        self.classifier = nn.Linear(in_dim, 1 if config.head == "sigmoid" else num_classes)
 
     def attention_scores(self, h: Tensor) -> Tensor:
         """Unnormalised scores ``e``: ``[B, N, d] -> [B, N]``."""
@@ -45,15 +61,23 @@ class ABMILPooling(Pooling):
             a = a * torch.sigmoid(self.attn_U(h))
         return self.attn_w(a).squeeze(-1)
 
+    def classify(self, z: Tensor) -> Tensor:
+        """Class logits ``[..., k]``; the sigmoid head's single logit ``t`` becomes ``[0, t]``
+        (``softmax([0, t])[1] = sigm(t)``, and the cross-entropy is the Bernoulli NLL)."""
+        t = self.classifier(z)
+        if self.config.head == "sigmoid":
+            return torch.cat([torch.zeros_like(t), t], dim=-1)
+        return t
+
     def instance_logits(self, h: Tensor) -> Tensor:
-        return self.classifier(h)
+        return self.classify(h)
 
     def forward(self, h: Tensor, mask: Tensor) -> MILOutput:
         scores = self.attention_scores(h)
         attention = masked_softmax(scores, mask)
         z = attention_pool(attention, h)
-        bag_logits = self.classifier(self.dropout(z))
-        inst_logits = self.classifier(h) * mask.unsqueeze(-1)
+        bag_logits = self.classify(self.dropout(z))
+        inst_logits = self.classify(h) * mask.unsqueeze(-1)
         return MILOutput(
             bag_logits=bag_logits,
             mask=mask,
