@@ -42,6 +42,9 @@ class MILBatch:
     candidates: Tensor | None = None  # [B, k]
     coords: Tensor | None = None  # [B, N, 2]
     meta: list[dict[str, Any]] = field(default_factory=list)
+    #: True when every bag fills all N rows (no padding), known without reading ``mask``; None: look at it.
+    #: Lets the model skip ``mask.all()``, a host sync per step on a GPU.
+    unpadded: bool | None = None
 
     @property
     def size(self) -> int:
@@ -86,6 +89,7 @@ class MILBatch:
             candidates=one(self.candidates, trim=False),
             coords=one(self.coords),
             meta=[self.meta[b]] if self.meta else [],
+            unpadded=True,
         )
 
 
@@ -138,4 +142,5 @@ def collate_bags(bags: list[Bag]) -> MILBatch:
         candidates=candidates,
         coords=coords,
         meta=[b.meta for b in bags],
+        unpadded=all(n == n_max for n in lengths),
     )

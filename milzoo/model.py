@@ -87,7 +87,7 @@ class MILModel(nn.Module):
         b, n = mask.shape
         # Without padding (one bag, or bags of equal length) the flat instances and
         # the per-bag features are views: no gather, no zero-filled scatter.
-        full = bool(mask.all())
+        full = batch.unpadded if batch.unpadded is not None else bool(mask.all())
         inst = batch.x.flatten(0, 1) if full else batch.x[mask]  # [M, *s]
         if inst.is_floating_point() is False:
             inst = inst.float()

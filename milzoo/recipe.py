@@ -106,6 +106,13 @@ class TrainConfig(_Section):
     average: AverageConfig | None = Field(
         default=None, description="evaluate and save an average of the weights (swa or ema) instead of the last ones")
     deterministic: bool = Field(default=False, description="torch.use_deterministic_algorithms")
+    data_on_device: bool | Literal["auto"] = Field(
+        default="auto",
+        description="keep datasets that support it (image bags, cached slides) on the training device and build "
+        "batches there; auto: when they take at most half of the device's free memory (always on a CPU); "
+        "false: the DataLoader path (docs/performance.md)",
+    )
+    compile: bool = Field(default=False, description="torch.compile the encoder (opt-in; docs/performance.md)")
 
 
 class ProtocolConfig(_Section):

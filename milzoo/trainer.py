@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from milzoo import checkpoint as ckpt
+from milzoo import resident
 from milzoo.averaging import WeightAverager
 from milzoo.batch import collate_bags
 from milzoo.build import build_losses, build_model
@@ -141,6 +142,10 @@ class Trainer:
         self.bad_epochs = 0
         self.threshold: float | None = None
         self.monitor = recipe.root.protocol.monitor
+        self._moved = resident.Moved(self.device)
+        self._resident: dict[int, resident.ResidentSplit | None] = {}
+        for split_ds in [data.train, *data.evals.values()]:
+            self._resident_split(split_ds)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -171,6 +176,41 @@ class Trainer:
         nw = self.recipe.root.train.num_workers
         return DataLoader(ds, batch_sampler=batches, collate_fn=collate_bags, num_workers=nw,
                           pin_memory=self.device.type == "cuda", persistent_workers=False)
+
+    def _resident_split(self, ds: MILDataset) -> resident.ResidentSplit | None:
+        """``ds`` on the training device (milzoo.resident) when ``train.data_on_device`` allows it, else None."""
+        key = id(ds)
+        if key in self._resident:
+            return self._resident[key]
+        mode = self.recipe.root.train.data_on_device
+        split = None
+        if mode is not False and resident.supports(ds):
+            need = resident.nbytes(ds, self._moved.host_ids())
+            fits = True
+            if self.device.type == "cuda":
+                free, _ = torch.cuda.mem_get_info(self.device)
+                fits = need <= free // 2
+            if fits or mode is True:
+                split = resident.make_resident(ds, self._moved)
+                if self.device.type != "cpu":
+                    log.info("data on %s: %.1f MB more", self.device, need / 1e6)
+            else:
+                log.info("data_on_device = auto: %.1f MB do not fit in half the free memory of %s; DataLoader path",
+                         need / 1e6, self.device)
+        self._resident[key] = split
+        return split
+
+    def _iter_batches(self, ds: MILDataset, batches: list[list[int]]):
+        """The batches of ``ds`` on the training device, from its resident copy or a DataLoader."""
+        split = self._resident_split(ds)
+        if split is None:
+            for batch in self._loader(ds, batches):
+                yield batch.to(self.device, non_blocking=True)
+            return
+        # a DataLoader iterator draws its base seed from torch's global RNG; draw it too, so that the
+        # augmentations and dropout that follow see the same random stream on both paths
+        torch.empty((), dtype=torch.int64).random_()
+        yield from resident.iterate(split, batches, self.device)
 
     # ------------------------------------------------------------------ state
     def state_dict(self, epoch: int) -> dict[str, Any]:
@@ -231,8 +271,7 @@ class Trainer:
         state = TrainState(epoch=epoch, num_epochs=self.epochs, step=self.step, fold=self.data.fold)
         sums: dict[str, float] = {}
         count = 0
-        for b_i, batch in enumerate(self._loader(self.data.train, batches)):
-            batch = batch.to(self.device, non_blocking=True)
+        for b_i, batch in enumerate(self._iter_batches(self.data.train, batches)):
             state.step = self.step
             with self._autocast():
                 out = self.train_model(batch)
@@ -295,8 +334,7 @@ class Trainer:
             indices = self.dist.shard(indices, pad=False)
         probs, ys, ids = [], [], []
         inst_true, inst_probs = [], []
-        for batch in self._loader(ds, _batches(indices, bs)):
-            batch = batch.to(self.device)
+        for batch in self._iter_batches(ds, _batches(indices, bs)):
             with self._autocast():
                 out = model(batch)
             probs.append(out.bag_probs.float().cpu())

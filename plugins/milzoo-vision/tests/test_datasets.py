@@ -199,10 +199,12 @@ def test_instance_bags(fmnist_root):
     root, (_, tr_y, _, _) = fmnist_root
     splits = load_fmnist(root, instance_bags=True)
     train = splits["train"]
-    assert len(train) == len(tr_y)
-    assert train.index.shape == (len(tr_y), 1)
-    assert train.labels.tolist() == tr_y.astype(int).tolist()
-    assert train[5].inst_y.tolist() == [int(tr_y[5])]
+    # the supervised ceiling sees exactly the images of the training bags the MIL recipes build
+    bag_images = np.unique(load_fmnist(root)["train"].index)
+    assert train.index[:, 0].tolist() == bag_images.tolist()
+    assert 0 < len(train) < len(tr_y)  # class-0 images not drawn as background are in no bag
+    assert train.labels.tolist() == tr_y[bag_images].astype(int).tolist()
+    assert train[5].inst_y.tolist() == [int(tr_y[bag_images[5]])]
     assert len(splits["test"]) == 14 + 9  # the test bags are unchanged
 
 
@@ -221,7 +223,9 @@ def test_validation_split(fmnist_root):
     # with instance_bags the training singletons exclude the validation images too
     inst = load_fmnist(root, val_fraction=0.5, instance_bags=True)
     assert not (set(inst["train"].index[:, 0].tolist()) & set(inst["val_instances"].index[:, 0].tolist()))
-    assert len(inst["train"]) + len(inst["val_instances"]) == len(tr_y)
+    assert len(inst["val_instances"]) == len(val_images)
+    assert set(inst["train"].index[:, 0].tolist()) == set(
+        load_fmnist(root, val_fraction=0.5)["train"].index.flatten().tolist())
 
 
 def test_image_bag_dataset_shares_the_image_tensor(fmnist_root):

@@ -31,10 +31,11 @@ import numpy as np
 import torch
 from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
 
-from milzoo.batch import Bag
+from milzoo.batch import Bag, MILBatch
 from milzoo.components import ComponentConfig, DatasetSource
 from milzoo.datasets.base import MILDataset
 from milzoo.errors import DataError
+from milzoo.resident import Moved, ResidentSplit, tensor_nbytes
 from milzoo_vision import readers
 
 
@@ -90,6 +91,40 @@ class ImageBagDataset(MILDataset):
     def instance_matrix(self) -> torch.Tensor:
         uniq = torch.from_numpy(np.unique(self.index))
         return self.images[uniq].to(torch.float32).div_(255.0)
+
+    # device-resident batches (milzoo.resident): the uint8 images move once, shared by the splits using them
+    def resident_nbytes(self, seen: set[int]) -> int:
+        return tensor_nbytes(self.images, seen) + self.index.nbytes * 2 + self._labels.nbytes * 2
+
+    def to_resident(self, device, moved: Moved) -> ResidentSplit:
+        return ResidentImageBags(self, moved)
+
+
+class ResidentImageBags(ResidentSplit):
+    """An :class:`ImageBagDataset` on the device: a step's batch is one gather of uint8 images and one
+    conversion to float there, the same values as ``get_bag`` + ``collate_bags``."""
+
+    def __init__(self, ds: ImageBagDataset, moved: Moved):
+        self.images = moved(ds.images)
+        self.index = moved.index(ds.index)
+        self.inst_labels = moved.index(ds.inst_labels)
+        self.labels = moved.index(ds.labels)
+        self.bag_ids = ds.bag_ids
+        self.device = moved.device
+
+    def batch(self, rows: list[int], rows_dev: torch.Tensor) -> MILBatch:
+        ix = self.index[rows_dev]  # [B, n]
+        x = self.images[ix].to(torch.float32).div_(255.0)  # [B, n, C, H, W]
+        return MILBatch(
+            x=x,
+            mask=torch.ones(ix.shape, dtype=torch.bool, device=self.device),
+            y=self.labels[rows_dev],
+            index=rows_dev,
+            bag_ids=[self.bag_ids[r] for r in rows],
+            inst_y=self.inst_labels[rows_dev],
+            meta=[{} for _ in rows],
+            unpadded=True,
+        )
 
 
 # --------------------------------------------------------------------------- bag construction
