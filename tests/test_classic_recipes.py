@@ -46,6 +46,19 @@ def test_recipe_validates_and_follows_the_protocol(stem):
     assert raw["loss"], "each classic recipe names its model's loss explicitly"
 
 
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_rgmil_recipes_take_the_official_steps(dataset):
+    # official benchmark.py: Adam lr 5e-5, no weight decay, 40 epochs, one bag per step
+    root = load_recipe(CLASSIC / f"rgmil_{dataset}.toml").root
+    assert (root.optim.name, root.optim.lr, root.train.epochs, root.train.batch_size) == ("adam", 5e-5, 40, 1)
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_demil_recipes_say_how_to_reproduce_the_official_numbers(dataset):
+    text = (CLASSIC / f"demil_{dataset}.toml").read_text()
+    assert "share_uv = true" in text and "published" in text
+
+
 def test_one_recipe_runs_and_the_table_renders(tmp_path):
     from milzoo.runner import run
 
