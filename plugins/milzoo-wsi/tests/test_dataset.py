@@ -46,8 +46,12 @@ def test_table_labels_and_classes(wr, mem_root):
     t = read_slide_table(f"{mem_root}/t.csv", class_names=["tumor", "normal"])
     assert t.labels.tolist() == [0, 1]
     wr.table(f"{mem_root}/i.csv", [{"slide_id": "a", "label": 2}, {"slide_id": "b", "label": 0}])
-    t = read_slide_table(f"{mem_root}/i.csv")
-    assert t.class_names == ["0", "1", "2"] and t.labels.tolist() == [2, 0]
+    # integer labels {0, 2} without class_names: class 1 would be empty, so refused (class_names decides)
+    with pytest.raises(DataError, match=r"labels \{0, 2\}.*renumber the classes 0..k-1"):
+        read_slide_table(f"{mem_root}/i.csv")
+    wr.table(f"{mem_root}/j.csv", [{"slide_id": "a", "label": 1}, {"slide_id": "b", "label": 0}])
+    t = read_slide_table(f"{mem_root}/j.csv")
+    assert t.class_names == ["0", "1"] and t.labels.tolist() == [1, 0]
     assert read_slide_table(f"{mem_root}/i.csv", ["x", "y", "z"]).labels.tolist() == [2, 0]
     with pytest.raises(DataError, match=r"labels \['2'\] that are not among"):
         read_slide_table(f"{mem_root}/i.csv", ["x", "y"])

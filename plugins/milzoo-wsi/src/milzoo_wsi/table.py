@@ -16,6 +16,7 @@ from typing import Sequence
 import fsspec
 import numpy as np
 
+from milzoo.datasets.checks import class_indices
 from milzoo.errors import DataError
 
 SPLITS = ("train", "test")
@@ -74,8 +75,9 @@ def _class_index(labels: list[str], class_names: Sequence[str] | None, source: s
             raise DataError(
                 f"slide table {source} has negative integer labels; use class indices 0..k-1 or class names."
             )
-        k = max(2, max(ints) + 1)
-        return np.asarray(ints, dtype=np.int64), [str(i) for i in range(k)]
+        # 0..k-1 with every class present (labels {1, 2} must not become three classes with class 0 empty)
+        y, k = class_indices(np.asarray(ints), f"slide table {source} (column `label`)")
+        return y, [str(i) for i in range(k)]
     names = sorted(set(labels))
     if len(names) < 2:
         raise DataError(
