@@ -20,9 +20,10 @@ import safetensors.torch
 import torch
 from pydantic import ValidationError
 
-from milzoo import registry
+from milzoo import loading
 from milzoo.errors import CheckpointError, UnknownComponentError
 from milzoo.model import MILModel
+from milzoo.untrusted import read_json
 from milzoo.versions import milzoo_version
 
 FORMAT = "milzoo-model"
@@ -117,117 +118,81 @@ def save_model(model: MILModel, directory: str | Path, extra_config: dict[str, A
     return directory
 
 
-def build_model_from_config(cfg: dict[str, Any]) -> MILModel:
-    """Rebuild an (untrained) model from a checkpoint's config.json."""
+def build_model_from_config(cfg: dict[str, Any], weights: str | Path | None = None) -> MILModel:
+    """Rebuild an (untrained) model from a checkpoint's config.json.
+
+    The config is checked first (types, ranges, recorded providers; see
+    :mod:`milzoo.loading`).  With ``weights``, the model is built on the meta
+    device and compared with that safetensors file's header before anything
+    is allocated.
+    """
     from milzoo.build import build_components
 
-    if cfg.get("format") != FORMAT:
-        raise CheckpointError(f"config.json is not a milzoo model config (format={cfg.get('format')!r}).")
-    if int(cfg.get("format_version", 0)) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"this checkpoint uses format version {cfg['format_version']}, newer than this milzoo supports "
-            f"({FORMAT_VERSION}); upgrade milzoo (`pip install -U milzoo`)."
-        )
-    comps = cfg.get("components", {})
-    try:
+    spec = loading.validate_spec(cfg)
+    tables = loading.resolve_components(spec)
+
+    def build() -> MILModel:
         return build_components(
-            encoder=cfg["encoder"],
-            pooling=cfg["pooling"],
-            augment=cfg.get("augment"),
-            in_shape=tuple(cfg["in_shape"]),
-            num_classes=int(cfg["num_classes"]),
-            class_names=cfg.get("class_names"),
-            standardize=bool(cfg.get("standardize", False)),
-            channels_last=bool(cfg.get("channels_last", False)),
+            encoder=tables["encoder"], pooling=tables["pooling"], augment=tables["augment"],
+            in_shape=tuple(spec.in_shape), num_classes=spec.num_classes, class_names=spec.class_names,
+            standardize=spec.standardize, channels_last=spec.channels_last,
         )
+
+    try:
+        if weights is not None:
+            meta = loading.build_on_meta(build)
+            if meta is not None:
+                loading.check_against_header(meta, Path(weights))
+        return build()
     except UnknownComponentError as exc:
-        missing = []
-        for kind in ("encoder", "pooling", "augment"):
-            info = comps.get(kind) or {}
-            spec = cfg.get(kind) or {}
-            try:
-                if spec:
-                    registry.get_component(kind, spec["name"])
-            except UnknownComponentError:
-                dist = info.get("distribution")
-                if dist:
-                    missing.append(f"{kind} {spec['name']!r} comes from the distribution {dist} {info.get('version', '')}".strip())
-        if missing:
-            raise CheckpointError(
-                "this checkpoint needs a plugin that is not installed: "
-                + "; ".join(missing)
-                + ". Install it with `pip install "
-                + " ".join(sorted({(comps.get(k) or {}).get("distribution", "") for k in comps} - {"", "milzoo"}))
-                + "` and load again."
-            ) from None
         raise CheckpointError(str(exc)) from None
     except ValidationError as exc:
         raise CheckpointError(
             "the checkpoint's component options do not validate against the installed components (their options "
             f"changed incompatibly): {exc.errors(include_url=False)}. Install the versions recorded in config.json "
-            f"({cfg.get('distributions', {})})."
+            f"({loading.shown(cfg.get('distributions', {}), 200)})."
         ) from None
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"config.json is incomplete or invalid ({type(exc).__name__}: {exc}).") from None
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:
+    """config.json of a checkpoint or Hub folder: a JSON object of bounded size and depth."""
     path = Path(directory) / CONFIG
     if not path.exists():
         raise CheckpointError(f"{path} does not exist; is {directory} a milzoo checkpoint or run directory?")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc}); the checkpoint is corrupted.") from None
+    cfg = read_json(path, "checkpoint config", CheckpointError)
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(cfg).__name__}, not an object; it is not a milzoo "
+                              "checkpoint config.")
+    return cfg
 
 
 def load_state_into(model: torch.nn.Module, weights: str | Path) -> None:
-    """Strictly load a safetensors file into ``model`` (clear errors on any mismatch)."""
+    """Strictly load a safetensors file into ``model`` (clear errors on any mismatch, before reading tensors)."""
     weights = Path(weights)
-    if not weights.exists():
-        raise CheckpointError(f"{weights} does not exist; the checkpoint is incomplete.")
+    loading.check_against_header(model, weights)
     try:
         state = safetensors.torch.load_file(str(weights), device="cpu")
     except (safetensors.SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(
             f"{weights} is truncated or corrupted ({exc}); re-download or re-save the checkpoint."
         ) from None
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    # tied tensors are saved once: fill the aliases from their twin
-    if missing:
-        by_ptr = {}
-        for k, v in expected.items():
-            if v.numel():
-                by_ptr.setdefault((v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape)), []).append(k)
-        for names in by_ptr.values():
-            have = [n for n in names if n in state]
-            for n in names:
-                if n not in state and have:
-                    state[n] = state[have[0]]
-        missing = sorted(set(expected) - set(state))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{weights} does not match the model built from config.json: missing keys {missing[:8]}, "
-            f"unexpected keys {unexpected[:8]}. The checkpoint and the installed components disagree; "
-            "install the versions recorded in config.json."
-        )
-    bad = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-           for k, v in expected.items() if tuple(state[k].shape) != tuple(v.shape)]
-    if bad:
-        raise CheckpointError(
-            f"{weights} has tensors of the wrong shape ({'; '.join(bad[:5])}); it was trained with different "
-            "options or input size than config.json says."
-        )
+    for group in loading._tied_groups(model):  # tied tensors are saved once: fill the aliases from their twin
+        present = [n for n in group if n in state]
+        for n in group:
+            if n not in state and present:
+                state[n] = state[present[0]]
     model.load_state_dict(state, strict=True)
+    loading.check_finite(model, weights)
 
 
 def load_model(directory: str | Path) -> MILModel:
     """Rebuild a model from a checkpoint directory and load its weights (eval mode)."""
     cfg = read_config(directory)
-    model = build_model_from_config(cfg)
-    load_state_into(model, Path(directory) / WEIGHTS)
+    weights = Path(directory) / WEIGHTS
+    model = build_model_from_config(cfg, weights)
+    load_state_into(model, weights)
     model.eval()
     return model
 

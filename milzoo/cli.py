@@ -109,17 +109,15 @@ def list_cmd(kind, as_json):
     if as_json:
         click.echo(json.dumps(items, indent=2))
         return
-    if not items:
-        click.echo("(nothing registered)")
-    for it in items:
-        aliases = f" (aliases: {', '.join(it['aliases'])})" if it["aliases"] else ""
-        click.echo(f"{it['kind']:<10} {it['name']:<22} {it['distribution']:<18} {it['summary']}{aliases}")
+    from milzoo.listing import format_components
+
+    click.echo(format_components(items))
 
 
 @cli.command("plugins")
 @click.option("--json", "as_json", is_flag=True)
 def plugins_cmd(as_json):
-    """Show every plugin: name, distribution, version, status and error."""
+    """Show every plugin: name, distribution, version, status and error, and every contested component name."""
     from milzoo import plugins, registry
 
     registry.list_components()  # run the hooks so registration failures are recorded too
@@ -127,11 +125,9 @@ def plugins_cmd(as_json):
     if as_json:
         click.echo(json.dumps(recs, indent=2))
         return
-    for r in recs:
-        line = f"{r['name']:<18} {r['distribution']:<20} {r['version']:<10} {r['status']}"
-        if r["error"]:
-            line += f"  {r['error']}"
-        click.echo(line)
+    from milzoo.listing import format_plugins
+
+    click.echo(format_plugins(recs))
 
 
 @cli.command("summarize")

@@ -34,7 +34,11 @@ class RecipeError(UserError):
 
 
 class UnknownComponentError(UserError):
-    """A registry name that nothing registered."""
+    """A registry name that resolves to no single component (nothing, or several providers, registered it)."""
+
+
+class AmbiguousComponentError(UnknownComponentError):
+    """A bare registry name that more than one distribution registers; qualify it as ``distribution:name``."""
 
 
 class ComponentError(UserError):

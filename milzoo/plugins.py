@@ -7,6 +7,12 @@ group.  Each entry point is loaded in its own ``try``: a plugin that fails to
 import is recorded with its distribution, version and error, and everything
 else keeps working.
 
+Every entry point is loaded or recorded, keyed by (distribution, entry-point
+name): two distributions that happen to use the same entry-point name are two
+plugins, and neither hides the other.  The plugin manager knows each one under
+its ``key``, ``"distribution:entry-point"`` (``milzoo.builtin`` for the
+built-ins).
+
 Environment variables:
 
 - ``MILZOO_LOAD_PLUGINS``: unset loads every entry point; empty loads none;
@@ -20,9 +26,10 @@ from __future__ import annotations
 import importlib
 import importlib.metadata as md
 import os
+import re
 import sys
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import pluggy
 
@@ -40,6 +47,17 @@ class PluginRecord:
     status: str  # "ok", "failed", "disabled"
     error: str = ""
     module: str = ""
+    #: the plugin manager's name for it: "distribution:entry-point" (the module name for built-ins)
+    key: str = ""
+    #: "kind:name" of every component it registered (run.json keeps these, so that a run whose
+    #: plugin was uninstalled can say which distribution to install)
+    components: list[str] = field(default_factory=list)
+    #: "kind:name" of its components that another distribution registers too
+    conflicts: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.key:
+            self.key = self.name
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -68,33 +86,54 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def canonical_distribution(name: str) -> str:
+    """PEP 503 normalised form of a distribution name (``Milzoo_ABMIL`` -> ``milzoo-abmil``)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _selected(names: set[str], ep_name: str, dist: str) -> bool:
+    return ep_name in names or canonical_distribution(dist) in {canonical_distribution(n) for n in names}
+
+
 def _load_entry_points(pm: pluggy.PluginManager) -> None:
     wanted = _csv_env("MILZOO_LOAD_PLUGINS")
     blocked = _csv_env("MILZOO_DISABLE_PLUGINS") or set()
-    seen: set[str] = set()
-    for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-        dist = ep.dist.name if ep.dist is not None else "?"
+    seen: set[tuple[str, str]] = set()
+    eps = md.entry_points(group=ENTRY_POINT_GROUP)
+    dist_of = lambda ep: ep.dist.name if ep.dist is not None else "?"  # noqa: E731
+    for ep in sorted(eps, key=lambda e: (e.name, canonical_distribution(dist_of(e)))):
+        dist = dist_of(ep)
         version = ep.dist.version if ep.dist is not None else "?"
-        if ep.name in seen:  # the same distribution seen twice on sys.path
+        ident = (canonical_distribution(dist), ep.name)
+        if ident in seen:  # the same distribution seen twice on sys.path
             continue
-        seen.add(ep.name)
-        rec = PluginRecord(ep.name, dist, version, "ok", module=ep.value)
-        if (wanted is not None and ep.name not in wanted and dist not in wanted) or (
-            ep.name in blocked or dist in blocked
-        ):
+        seen.add(ident)
+        key = f"{dist}:{ep.name}"
+        rec = PluginRecord(ep.name, dist, version, "ok", module=ep.value, key=key)
+        if (wanted is not None and not _selected(wanted, ep.name, dist)) or _selected(blocked, ep.name, dist):
             rec.status = "disabled"
             _records.append(rec)
             continue
         try:
             plugin = ep.load()
-            pm.register(plugin, name=ep.name)
+            other = pm.get_name(plugin)
+            if other is not None:
+                raise PluginConflictError(
+                    f"its entry point loads {ep.value}, which the plugin {other} already registered; "
+                    "one module cannot be two plugins"
+                )
+            pm.register(plugin, name=key)
         except Exception as exc:  # noqa: BLE001 - isolation is the point
             rec.status, rec.error = "failed", _describe(exc)
             try:
-                pm.unregister(name=ep.name)
+                pm.unregister(name=key)
             except Exception:  # noqa: BLE001
                 pass
         _records.append(rec)
+
+
+class PluginConflictError(Exception):
+    """Two entry points that load the same module."""
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
@@ -115,7 +154,7 @@ def get_plugin_manager() -> pluggy.PluginManager:
         except pluggy.PluginValidationError as exc:
             name = pm.get_name(exc.plugin) or "?"
             for rec in _records:
-                if rec.name == name:
+                if rec.key == name:
                     rec.status, rec.error = "failed", _describe(exc)
             pm.unregister(exc.plugin)
         if os.environ.get("MILZOO_TRACE_PLUGINS"):
@@ -136,20 +175,26 @@ def plugin_records() -> list[PluginRecord]:
     return list(_records)
 
 
-def record_failure(plugin_name: str, exc: BaseException) -> None:
+def record_for(key: str) -> PluginRecord | None:
+    """The record of the plugin the plugin manager knows as ``key``."""
+    for rec in _records:
+        if rec.key == key:
+            return rec
+    return None
+
+
+def record_failure(plugin_key: str, exc: BaseException) -> None:
     """Mark a plugin failed after it loaded (e.g. its hook raised while registering)."""
-    for rec in _records:
-        if rec.name == plugin_name:
-            rec.status, rec.error = "failed", _describe(exc)
-            return
-    _records.append(PluginRecord(plugin_name, "?", "?", "failed", _describe(exc)))
+    rec = record_for(plugin_key)
+    if rec is not None:
+        rec.status, rec.error = "failed", _describe(exc)
+        return
+    _records.append(PluginRecord(plugin_key, "?", "?", "failed", _describe(exc)))
 
 
-def plugin_distribution(plugin_name: str) -> tuple[str, str]:
-    for rec in _records:
-        if rec.name == plugin_name:
-            return rec.distribution, rec.version
-    return "?", "?"
+def plugin_distribution(plugin_key: str) -> tuple[str, str]:
+    rec = record_for(plugin_key)
+    return (rec.distribution, rec.version) if rec is not None else ("?", "?")
 
 
 def failed_plugins() -> list[PluginRecord]:

@@ -24,7 +24,7 @@ import fsspec
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from milzoo import registry
+from milzoo import provenance, registry
 from milzoo.components import ComponentConfig
 from milzoo.errors import RecipeError, UnknownComponentError
 
@@ -301,8 +301,11 @@ def validate_recipe(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
             if isinstance(t, dict) and isinstance(t.get("name"), str):
                 tables.append(("loss", f"loss.{i}", ComponentTable.model_validate(t)))
     kind_of = {"data": "dataset", "encoder": "encoder", "pooling": "pooling", "augment": "augment", "loss": "loss"}
+    # a recipe.toml inside a run directory: unknown names say which recorded distribution to install
+    recorded = provenance.from_recipe_source(source)
     for key, where, table in tables:
-        cfg = _validate_component(kind_of[key], table, where, problems)
+        with registry.recorded_providers(recorded):
+            cfg = _validate_component(kind_of[key], table, where, problems)
         if key == "loss":
             components["loss"].append(cfg)
         else:

@@ -152,7 +152,12 @@ def run(
 ) -> dict[str, Any]:
     """Run a recipe; return the summary (also written to ``RUN/summary.json``)."""
     if not isinstance(recipe, Recipe):
-        recipe = load_recipe(recipe, overrides)
+        from milzoo import provenance, registry
+
+        # resuming into a run whose plugin was uninstalled: name the distribution it recorded
+        recorded = provenance.from_run_dir(out) if resume and out is not None else {}
+        with registry.recorded_providers(recorded):
+            recipe = load_recipe(recipe, overrides)
     elif overrides:
         raise UserError("pass overrides together with a recipe path or dict, not with a loaded Recipe")
     run_dir = Path(out) if out is not None else Path("runs") / recipe.root.name

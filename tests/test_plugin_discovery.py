@@ -5,7 +5,8 @@ template plugin in ``plugins/``).  The others put fake distributions
 (``*.dist-info`` folders with ``METADATA`` and ``entry_points.txt``, plus their
 modules) on ``sys.path``: one good, one that fails to import, one whose hook
 raises, one that registers something that is not a component, one with a
-misspelt hook, and (in its own test) one that registers a name already taken.
+misspelt hook, and (in their own tests) one that registers a name the built-ins use and one
+that registers a name twice.
 """
 
 from __future__ import annotations
@@ -265,21 +266,65 @@ def test_fake_distributions_are_discovered_and_failures_isolated(fake_plugins):
     assert {r.name for r in plugins.failed_plugins()} == {"fake_broken", "fake_hook", "fake_noncomp", "fake_typo"}
 
 
-def test_duplicate_name_keeps_the_first_registration(fake_plugins):
+def test_a_name_taken_by_the_builtins_is_contested_not_decided(fake_plugins):
     from milzoo.builtin.poolings import MeanPooling
+    from milzoo.errors import AmbiguousComponentError
 
     ep_name, dist, module, source = DUPLICATE
     _write_fake_dist(fake_plugins, ep_name, dist, module, source)
     importlib.invalidate_caches()
     plugins.reset_plugins()
     registry.list_components()
-    # the plugin's free name still registers; the taken one is refused and reported
     assert registry.get_component("pooling", "fake_dup_ok").provenance["distribution"] == dist
+    # neither registration wins by order: the bare name is an error that names both providers
+    with pytest.raises(AmbiguousComponentError) as info:
+        registry.get_component("pooling", "mean")
+    msg = str(info.value)
+    assert "milzoo 0" in msg and f"{dist} 0.1" in msg and '"milzoo:mean"' in msg and f'"{dist}:mean"' in msg
+    # the qualified names always work
+    assert registry.get_component("pooling", "milzoo:mean") is MeanPooling
+    other = registry.get_component("pooling", f"{dist}:mean")
+    assert other is not MeanPooling and other.provenance["distribution"] == dist
     dup = _record(ep_name)
-    assert (dup.distribution, dup.version, dup.status) == (dist, "0.1", "failed")
-    assert "'mean' is already registered by milzoo.builtin" in dup.error
-    assert registry.get_component("pooling", "mean") is MeanPooling
-    assert _record("milzoo.builtin").status == "ok"
+    assert (dup.status, dup.conflicts) == ("ok", ["pooling:mean"])
+    assert _record("milzoo.builtin").conflicts == ["pooling:mean"]
+
+
+_SAME_DIST_TWICE = """
+    from milzoo import hookimpl
+
+
+    @hookimpl
+    def milzoo_register_poolings(register):
+        from milzoo.builtin.poolings import MaxPooling, MeanPooling
+
+        class A(MeanPooling):
+            '''First.'''
+
+            name = "fake_twice"
+
+        class B(MaxPooling):
+            '''Second, same name, same plugin.'''
+
+            name = "fake_twice"
+
+        register(A)
+        register(B)
+"""
+
+
+def test_one_distribution_registering_a_name_twice_is_its_own_failure(fake_plugins):
+    _write_fake_dist(fake_plugins, "fake_twice", "milzoo-fake-twice", "milzoo_fake_twice", _SAME_DIST_TWICE)
+    importlib.invalidate_caches()
+    plugins.reset_plugins()
+    try:
+        registry.list_components()
+        rec = _record("fake_twice")
+        assert rec.status == "failed" and "'fake_twice' is already registered by fake_twice" in rec.error
+        assert registry.get_component("pooling", "fake_twice").__doc__ == "First."
+        assert not registry.conflicts()
+    finally:
+        sys.modules.pop("milzoo_fake_twice", None)
 
 
 def test_missing_component_names_the_failed_plugins(fake_plugins):

@@ -63,7 +63,7 @@ def resolve_normalization(spec: str | Normalization, channels: int) -> tuple[Ten
                 "give one value or one per channel."
             )
         out.append(torch.tensor(vals, dtype=torch.float32).view(1, channels, 1, 1))
-    if bool((out[1] <= 0).any()):
+    if any(float(v) <= 0 for v in std):  # on the config values: the model also builds on the meta device
         raise ComponentError("normalize std values must be positive.")
     return out[0], out[1]
 
