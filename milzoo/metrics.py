@@ -8,6 +8,8 @@ import warnings
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
+from milzoo.errors import DataError
+
 
 def bag_metrics(y_true: np.ndarray, probs: np.ndarray, threshold: float | None = None) -> dict[str, float]:
     """Accuracy, AUC and F1 of bag predictions.
@@ -19,6 +21,13 @@ def bag_metrics(y_true: np.ndarray, probs: np.ndarray, threshold: float | None =
     y_true = np.asarray(y_true).astype(int)
     probs = np.asarray(probs, dtype=np.float64)
     k = probs.shape[1]
+    bad = np.flatnonzero(~np.isfinite(probs).all(axis=1))
+    if bad.size:
+        raise DataError(
+            f"the model's predictions of {bad.size} of {len(probs)} bags are NaN/inf (bags at positions "
+            f"{bad[:5].tolist()}{' ...' if bad.size > 5 else ''} of the split): their features hold NaN/inf "
+            "values, or the weights diverged. Check the data (or lower optim.lr / set train.grad_clip)."
+        )
     if k == 2 and threshold is not None:
         pred = (probs[:, 1] >= threshold).astype(int)
     else:
@@ -60,6 +69,20 @@ def youden_threshold(y_true: np.ndarray, p_pos: np.ndarray) -> float:
     i = int(np.argmax(tpr - fpr))
     t = float(thr[i])
     return min(max(t, 0.0), 1.0) if math.isfinite(t) else 0.5
+
+
+def json_safe(obj):
+    """``obj`` with every NaN/inf float replaced by None, so ``json.dumps(..., allow_nan=False)`` works
+    (bare ``NaN`` is not JSON: other tools refuse such files)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return json_safe(obj.item())
+    return obj
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

@@ -14,12 +14,16 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from milzoo.datasets.base import MILDataset
 from milzoo.errors import UserError
 from milzoo.trainer import FoldData
+
+log = logging.getLogger("milzoo")
 
 
 def _stratify_ok(labels: np.ndarray, n_splits: int) -> bool:
@@ -58,6 +62,34 @@ def kfold_indices(labels: np.ndarray, groups: np.ndarray | None, k: int, seed: i
     return [(np.sort(tr), np.sort(te)) for tr, te in folds]
 
 
+def warn_unstratified(labels: np.ndarray, k: int) -> None:
+    """Say why some held-out folds cannot hold every class (so their AUC is undefined)."""
+    classes, counts = np.unique(labels, return_counts=True)
+    smallest = int(counts.min())
+    if k >= len(labels):
+        what = (f"protocol.folds = {k} is leave-one-out ({len(labels)} bags): every held-out fold holds one bag, "
+                "so per-fold AUC is undefined and only accuracy is reported per fold")
+    else:
+        what = (f"protocol.folds = {k} but class {int(classes[counts.argmin()])} has only {smallest} bag(s): the "
+                "folds cannot be stratified, and held-out folds without both classes have an undefined AUC "
+                "(the summary counts them)")
+    log.warning("%s. Use protocol.folds <= %d for stratified folds with an AUC in every fold.", what, smallest)
+
+
+def check_trainable(folds: list[FoldData]) -> None:
+    """Refuse folds whose training bags hold a single class: such a model predicts it everywhere and its
+    accuracy on a test split of that class would read as perfect."""
+    for fd in folds:
+        present = np.unique(fd.train.labels)
+        if len(present) < 2:
+            name = fd.train.class_names[int(present[0])] if len(present) else "?"
+            raise UserError(
+                f"the training bags of fold {fd.fold} all have the class {name!r} ({len(fd.train)} bags); a "
+                "model trained on one class learns nothing. Check the data's labels, or lower protocol.folds "
+                "(or protocol.val_fraction) so every training set holds every class."
+            )
+
+
 def assert_no_group_leak(folds, groups: np.ndarray) -> None:
     for tr, te in folds:
         shared = set(groups[tr]) & set(groups[te])
@@ -91,7 +123,13 @@ def _pool(splits: dict[str, MILDataset], *names: str) -> MILDataset:
 
 
 def make_folds(protocol, splits: dict[str, MILDataset], seed: int) -> list[FoldData]:
-    """The folds a protocol defines over the dataset's splits."""
+    """The folds a protocol defines over the dataset's splits (refused when a training set has one class)."""
+    folds = _make_folds(protocol, splits, seed)
+    check_trainable(folds)
+    return folds
+
+
+def _make_folds(protocol, splits: dict[str, MILDataset], seed: int) -> list[FoldData]:
     extra_eval = lambda used: {n: d for n, d in splits.items() if n not in used}  # noqa: E731
     wanted = protocol.eval_splits
 
@@ -118,6 +156,8 @@ def make_folds(protocol, splits: dict[str, MILDataset], seed: int) -> list[FoldD
 
     if protocol.kind == "cv":
         pool = _pool(splits, "all", "train")
+        if not _stratify_ok(pool.labels, protocol.folds) and len(pool) >= protocol.folds:
+            warn_unstratified(pool.labels, protocol.folds)
         folds = []
         for r in range(protocol.repeats):
             for i, (tr, te) in enumerate(kfold_indices(pool.labels, pool.groups, protocol.folds, seed + r)):
@@ -134,6 +174,8 @@ def make_folds(protocol, splits: dict[str, MILDataset], seed: int) -> list[FoldD
 
     # cv_ensemble
     pool = _pool(splits, "train")
+    if not _stratify_ok(pool.labels, protocol.folds) and len(pool) >= protocol.folds:
+        warn_unstratified(pool.labels, protocol.folds)
     test = splits.get("test")
     folds = []
     for i, (tr, va) in enumerate(kfold_indices(pool.labels, pool.groups, protocol.folds, seed)):
