@@ -235,3 +235,17 @@ def test_precision_auto_picks_bf16_only_where_it_is_native(monkeypatch, tmp_path
     recipe = recipe_factory(train={"epochs": 1, "precision": "auto", "device": "cpu"}, protocol={"kind": "holdout"})
     milzoo.run(recipe, out=str(tmp_path / "run"))
     assert seen == [("fp32", None)]
+
+
+def test_atomic_files_respect_the_umask(tmp_path):
+    import os
+    import stat
+
+    from milzoo.checkpoint import atomic_write_text
+
+    old = os.umask(0o002)  # a group-shared run directory
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o664
