@@ -40,7 +40,9 @@ from milzoo.trainer import FoldData, Trainer
 
 def default_bags_per_step(device: torch.device) -> int:
     """The per-device default we recommend (docs/psmil.md): 1 bag (192 images) on CPU, 4 on a GPU."""
-    return 4 if device.type == "cuda" else 1
+    from milzoo.trainer import resolve_batch_size
+
+    return resolve_batch_size("auto", device)
 
 
 def make_dataset(n_bags: int, bag_size: int, shape: tuple[int, ...], k: int, seed: int = 0):

@@ -18,7 +18,7 @@ import difflib
 import tomllib
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import fsspec
 import tomli_w
@@ -88,7 +88,8 @@ class AverageConfig(_Section):
 
 class TrainConfig(_Section):
     epochs: int = Field(default=20, gt=0)
-    batch_size: int = Field(default=1, gt=0, description="bags per optimiser step")
+    batch_size: Annotated[int, Field(gt=0)] | Literal["auto"] = Field(
+        default=1, description="bags per optimiser step; auto: the per-device default (1 on a CPU, 4 on a GPU)")
     eval_batch_size: int | None = Field(default=None, gt=0)
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N")
     precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(

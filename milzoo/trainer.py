@@ -68,16 +68,40 @@ def lr_at(schedule, base_lr: float, epoch: int, epochs: int) -> float:
     return base_lr
 
 
-def make_optimizer(optim_cfg, params) -> torch.optim.Optimizer:
+#: bags per optimiser step for ``train.batch_size = "auto"``: one bag of 64 images x 3 views already fills a
+#: CPU's cores; a GPU needs more images per call to be busy (docs/performance.md)
+DEFAULT_BAGS_PER_STEP = {"cpu": 1, "cuda": 4}
+
+
+def resolve_batch_size(batch_size: int | str, device: torch.device) -> int:
+    if batch_size != "auto":
+        return int(batch_size)
+    return DEFAULT_BAGS_PER_STEP.get(device.type, 1)
+
+
+def optimizer_kernels(cls: type, device: torch.device) -> dict[str, bool]:
+    """``fused=True`` on a GPU where the optimiser has a fused kernel (one kernel for all parameters),
+    else ``foreach=True``.  A CPU keeps foreach: its fused kernels round differently, and CPU results
+    must not change."""
+    import inspect
+
+    if device.type == "cuda" and "fused" in inspect.signature(cls).parameters:
+        return {"fused": True, "foreach": False}
+    return {"foreach": True}
+
+
+def make_optimizer(optim_cfg, params, device: torch.device | None = None) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
+    device = torch.device("cpu") if device is None else torch.device(device)
     if optim_cfg.name == "sgd":
         return torch.optim.SGD(params, lr=optim_cfg.lr, momentum=optim_cfg.momentum,
-                               weight_decay=optim_cfg.weight_decay, nesterov=optim_cfg.nesterov, foreach=True)
+                               weight_decay=optim_cfg.weight_decay, nesterov=optim_cfg.nesterov,
+                               **optimizer_kernels(torch.optim.SGD, device))
     if optim_cfg.name == "adam":
         return torch.optim.Adam(params, lr=optim_cfg.lr, betas=optim_cfg.betas, weight_decay=optim_cfg.weight_decay,
-                                foreach=True)
+                                **optimizer_kernels(torch.optim.Adam, device))
     return torch.optim.AdamW(params, lr=optim_cfg.lr, betas=optim_cfg.betas, weight_decay=optim_cfg.weight_decay,
-                             foreach=True)
+                             **optimizer_kernels(torch.optim.AdamW, device))
 
 
 def higher_is_better(metric: str) -> bool:
@@ -92,6 +116,41 @@ class FoldData:
     train: MILDataset
     val: MILDataset | None
     evals: dict[str, MILDataset] = field(default_factory=dict)  # split name -> dataset (val included)
+
+
+class LossSums:
+    """Per-epoch sums of the training loss and its parts, times the bags of each step, kept on the device.
+
+    Nothing here reads a value back per step (a host sync on a GPU); :meth:`read` does, once per epoch.  The
+    sums are float64, the same arithmetic as summing Python floats, so the epoch means are unchanged.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.sums: dict[str, torch.Tensor | float] = {}
+        self._first_bad: torch.Tensor | None = None  # step of the first non-finite total, -1 while none
+
+    def add(self, total: torch.Tensor, parts: dict[str, Any], n: int, step: int) -> None:
+        t = total.detach()
+        bad = ~torch.isfinite(t)
+        first = torch.full((), -1, dtype=torch.long, device=t.device) if self._first_bad is None else self._first_bad
+        self._first_bad = torch.where((first < 0) & bad, step, first)
+        for k, v in (("loss", t), *parts.items()):
+            value = v.detach().to(torch.float64) * n if isinstance(v, torch.Tensor) else float(v) * n
+            self.sums[k] = value if k not in self.sums else self.sums[k] + value
+
+    def diverged_at(self) -> int | None:
+        """The step whose loss was non-finite (a host read), or None."""
+        if self._first_bad is None:
+            return None
+        step = int(self._first_bad)
+        return None if step < 0 else step
+
+    def read(self) -> dict[str, float]:
+        """The sums as Python floats: one device-to-host copy for all of them."""
+        keys = [k for k, v in self.sums.items() if isinstance(v, torch.Tensor)]
+        read = dict(zip(keys, torch.stack([self.sums[k].reshape(()) for k in keys]).tolist())) if keys else {}
+        return {k: float(read.get(k, v)) for k, v in self.sums.items()}
 
 
 def _batches(indices: list[int], size: int) -> list[list[int]]:
@@ -127,7 +186,15 @@ class Trainer:
         self._encoder_trainable = [p.requires_grad for p in self.model.encoder.parameters()]
         # DDP for training forwards (it follows the encoder's freezing by itself); self.model stays unwrapped
         self.train_model = self.model if distributed is None else distributed.wrap(self.model)
-        self.optimizer = make_optimizer(recipe.root.optim, self.model.parameters())
+        self.optimizer = make_optimizer(recipe.root.optim, self.model.parameters(), self.device)
+        self._kernels = optimizer_kernels(type(self.optimizer), self.device)
+        self.batch_size = resolve_batch_size(tc.batch_size, self.device)
+        if tc.batch_size == "auto":
+            log.info("train.batch_size = auto: %d bags per step on %s", self.batch_size, self.device)
+        if self.device.type == "cuda" and not tc.deterministic:
+            torch.backends.cudnn.benchmark = True  # fixed image shapes: let cuDNN time its algorithms once
+        if tc.compile:
+            self.model.encoder.compile()  # in place: parameter names and checkpoints stay the same
         self.averager = WeightAverager(tc.average, self.model, self.epochs) if tc.average is not None else None
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.precision = resolve_precision(tc.precision, self.device)
@@ -233,6 +300,8 @@ class Trainer:
     def load_state(self, st: dict[str, Any]) -> None:
         self.model.load_state_dict(st["model"])
         self.optimizer.load_state_dict(ckpt.optimizer_state_from_json(st["optimizer"]))
+        for g in self.optimizer.param_groups:  # the saved groups carry the saving device's kernel choice
+            g.update({"fused": None, "foreach": None, **self._kernels})
         for loss, sd in zip(self.losses, st["losses"]):
             loss.load_state_dict(sd)
         torch.set_rng_state(st["rng"])
@@ -263,13 +332,13 @@ class Trainer:
         self._set_encoder_frozen(epoch < self.freeze_epochs)
         self.model.train()
         order = self._epoch_order(epoch)
-        batches = _batches(order, tc.batch_size)
+        batches = _batches(order, self.batch_size)
         weights = [1.0] * len(batches)
         if self.dist is not None:  # this rank's slice of every global batch, and its own RNG stream
-            batches, weights = self.dist.shard_batches(batches, tc.batch_size)
+            batches, weights = self.dist.shard_batches(batches, self.batch_size)
             self.dist.seed_epoch(self.seed, self.data.fold, epoch)
         state = TrainState(epoch=epoch, num_epochs=self.epochs, step=self.step, fold=self.data.fold)
-        sums: dict[str, float] = {}
+        sums = LossSums(self.device)
         count = 0
         for b_i, batch in enumerate(self._iter_batches(self.data.train, batches)):
             state.step = self.step
@@ -278,19 +347,19 @@ class Trainer:
             with torch.no_grad():
                 self.model.pooling.after_forward(out, batch)
             total = None
-            parts: dict[str, float] = {}
+            parts: dict[str, Any] = {}
             for loss in self.losses:
                 res = loss(out, batch, state)
                 total = res.total if total is None else total + res.total
                 for k, v in res.parts.items():
-                    parts[k] = float(v)
-            if not torch.isfinite(total):
-                raise TrainingDiverged(
-                    f"the loss became non-finite ({float(total.detach())}) at fold {self.data.fold}, epoch {epoch}, step "
-                    f"{self.step} (parts: {parts}). Training stopped; the last good checkpoint (end of epoch "
-                    f"{epoch - 1}) is kept in {self.out_dir}. Lower optim.lr, set train.grad_clip, or check the "
-                    "data for NaN/inf values."
-                )
+                    parts[k] = v
+            n = batch.size
+            sums.add(total, parts, n, self.step)
+            # reading the flag is free on a CPU (no queue to wait for): stop before the bad update there;
+            # on a GPU it would wait for the step's kernels, so the check happens once, at the epoch's end
+            if self.device.type == "cpu" and sums.diverged_at() is not None:
+                self._diverged(epoch, self.step, float(total.detach()),
+                               {k: float(v) for k, v in parts.items()})
             # distributed: weight by this rank's share of the global batch (DDP averages over ranks)
             scaled = total if weights[b_i] == 1.0 else total * weights[b_i]
             self.optimizer.zero_grad(set_to_none=True)
@@ -309,18 +378,27 @@ class Trainer:
             self.step += 1
             if self.averager is not None:
                 self.averager.after_step(self.model, epoch)
-            n = batch.size
             count += n
-            sums["loss"] = sums.get("loss", 0.0) + float(total.detach()) * n
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v * n
+        bad = sums.diverged_at()
+        if bad is not None:
+            self._diverged(epoch, bad, math.nan, {})
         for loss in self.losses:
             loss.end_epoch(state)
         if self.averager is not None:
             self.averager.after_epoch(self.model, epoch)
+        totals = sums.read()
         if self.dist is not None:
-            sums, count = self.dist.reduce_sums(sums, count)
-        return {k: v / max(count, 1) for k, v in sums.items()}
+            totals, count = self.dist.reduce_sums(totals, count)
+        return {k: v / max(count, 1) for k, v in totals.items()}
+
+    def _diverged(self, epoch: int, step: int, value: float, parts: dict[str, float]):
+        shown = f" ({value})" if not math.isnan(value) or parts else ""
+        raise TrainingDiverged(
+            f"the loss became non-finite{shown} at fold {self.data.fold}, epoch {epoch}, step {step}"
+            f"{f' (parts: {parts})' if parts else ''}. Training stopped; the last good checkpoint (end of epoch "
+            f"{epoch - 1}) is kept in {self.out_dir}. Lower optim.lr, set train.grad_clip, or check the "
+            "data for NaN/inf values."
+        )
 
     # ------------------------------------------------------------------ eval
     @torch.no_grad()
@@ -328,7 +406,7 @@ class Trainer:
         """Bag probabilities, labels and instance predictions of a whole split."""
         model = self.eval_model
         model.eval()
-        bs = self.recipe.root.train.eval_batch_size or self.recipe.root.train.batch_size
+        bs = self.recipe.root.train.eval_batch_size or self.batch_size
         indices = list(range(len(ds)))
         if self.dist is not None:
             indices = self.dist.shard(indices, pad=False)

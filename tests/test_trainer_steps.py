@@ -1,0 +1,98 @@
+"""The trainer's step machinery: loss sums kept on the device, kernel choice, bags per step, compile."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from milzoo.recipe import load_recipe
+from milzoo.trainer import (
+    DEFAULT_BAGS_PER_STEP,
+    LossSums,
+    make_optimizer,
+    optimizer_kernels,
+    resolve_batch_size,
+)
+
+
+def test_loss_sums_match_python_float_sums_exactly():
+    g = torch.Generator().manual_seed(0)
+    sums = LossSums(torch.device("cpu"))
+    want: dict[str, float] = {}
+    for step, n in enumerate([1, 3, 2, 3]):
+        total = torch.rand((), generator=g) * 3
+        parts = {"ce": torch.rand((), generator=g, dtype=torch.float32).to(torch.bfloat16), "lam": 0.25 * step}
+        sums.add(total, parts, n, step)
+        want["loss"] = want.get("loss", 0.0) + float(total) * n  # what the trainer summed before
+        for k, v in parts.items():
+            want[k] = want.get(k, 0.0) + float(v) * n
+    got = sums.read()
+    assert list(got) == ["loss", "ce", "lam"]
+    assert got == want  # exact: float64 on the device is the same arithmetic as Python floats
+    assert sums.diverged_at() is None
+
+
+def test_loss_sums_remember_the_first_non_finite_step():
+    sums = LossSums(torch.device("cpu"))
+    sums.add(torch.tensor(1.0), {}, 1, 10)
+    sums.add(torch.tensor(float("nan")), {}, 1, 11)
+    sums.add(torch.tensor(float("inf")), {}, 1, 12)
+    assert sums.diverged_at() == 11
+    assert math.isnan(sums.read()["loss"])
+
+
+def test_bags_per_step_auto_is_per_device():
+    assert resolve_batch_size("auto", torch.device("cpu")) == DEFAULT_BAGS_PER_STEP["cpu"] == 1
+    assert resolve_batch_size("auto", torch.device("cuda", 0)) == DEFAULT_BAGS_PER_STEP["cuda"] == 4
+    assert resolve_batch_size(3, torch.device("cuda", 0)) == 3
+    rec = load_recipe({"data": {"name": "classic", "dataset": "musk1"}, "pooling": {"name": "mean"},
+                       "train": {"batch_size": "auto"}})
+    assert rec.root.train.batch_size == "auto"
+
+
+def test_optimizer_kernels_cpu_keeps_foreach_gpu_fuses():
+    assert optimizer_kernels(torch.optim.SGD, torch.device("cpu")) == {"foreach": True}
+    for cls in (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW):
+        assert optimizer_kernels(cls, torch.device("cuda")) == {"fused": True, "foreach": False}
+    cfg = load_recipe({"data": {"name": "classic", "dataset": "musk1"}, "pooling": {"name": "mean"},
+                       "optim": {"name": "sgd"}}).root.optim
+    opt = make_optimizer(cfg, [torch.nn.Parameter(torch.zeros(2))])
+    assert opt.param_groups[0]["foreach"] is True and not opt.param_groups[0]["fused"]
+
+
+def test_compile_is_in_place(tmp_path):
+    """train.compile wraps the encoder's call; parameter names (and so checkpoints) do not change."""
+    from milzoo.batch import Bag
+    from milzoo.datasets.base import BagListDataset
+    from milzoo.trainer import FoldData, Trainer
+
+    ds = BagListDataset([Bag(torch.randn(4, 3), i % 2) for i in range(4)], ["a", "b"])
+    raw = {"data": {"name": "classic", "dataset": "musk1"}, "encoder": {"name": "mlp", "dims": [4]},
+           "pooling": {"name": "mean"}, "loss": [{"name": "bag_ce"}],
+           "train": {"device": "cpu", "progress": False}}
+    plain = Trainer(load_recipe(raw), FoldData(0, ds, None, {}), tmp_path, emit=lambda r: None)
+    raw["train"]["compile"] = True
+    compiled = Trainer(load_recipe(raw), FoldData(0, ds, None, {}), tmp_path, emit=lambda r: None)
+    assert compiled.model.encoder._compiled_call_impl is not None
+    assert plain.model.encoder._compiled_call_impl is None
+    assert list(compiled.model.state_dict()) == list(plain.model.state_dict())
+
+
+@pytest.mark.cuda
+def test_gpu_trainer_uses_fused_optimizer_and_cudnn_benchmark(tmp_path):
+    from milzoo.batch import Bag
+    from milzoo.datasets.base import BagListDataset
+    from milzoo.trainer import FoldData, Trainer
+
+    ds = BagListDataset([Bag(torch.randn(4, 3), i % 2) for i in range(4)], ["a", "b"])
+    raw = {"data": {"name": "classic", "dataset": "musk1"}, "encoder": {"name": "mlp", "dims": [4]},
+           "pooling": {"name": "mean"}, "loss": [{"name": "bag_ce"}],
+           "train": {"device": "cuda", "progress": False, "batch_size": "auto", "epochs": 2}}
+    tr = Trainer(load_recipe(raw), FoldData(0, ds, None, {"test": ds}), tmp_path, emit=lambda r: None)
+    assert tr.optimizer.param_groups[0]["fused"] is True
+    assert torch.backends.cudnn.benchmark is True
+    assert tr.batch_size == 4
+    res = tr.fit(progress=False)
+    assert res["epochs_run"] == 2
