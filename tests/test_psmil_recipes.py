@@ -64,8 +64,16 @@ def test_recipe_validates_with_the_papers_settings(path):
     assert (root.optim.name, root.optim.momentum, root.optim.weight_decay) == ("sgd", 0.9, 1e-4)
     assert root.optim.lr in (0.01, 0.001)
     assert (root.schedule.name, root.schedule.milestones, root.schedule.gamma) == ("step", [10], 0.1)
-    assert root.train.epochs == 20 and root.train.grad_clip == 5.0 and root.train.device == "auto"
-    assert root.protocol.eval_splits[0] == "test_instances"  # the paper's metric comes first
+    code = path.stem == "psmil_code"  # the authors' code: gradient norm clipped at 1 (docs/models/psmil.md)
+    assert root.train.epochs == 20 and root.train.grad_clip == (1.0 if code else 5.0) and root.train.device == "auto"
+    if path.parent.name == "fmnist":  # the reduced-scale protocol (docs/results-psmil.md): selection on val
+        assert (d["data"]["max_bags_per_class"], d["data"]["val_fraction"]) == (60, 0.1)
+        assert root.protocol.eval_splits == ["val_instances", "test_instances"]
+    else:
+        assert root.protocol.eval_splits[0] == "test_instances"  # the paper's metric comes first
+    if code:
+        assert (d["pooling"]["classifier"], d["pooling"]["onehot_mix"]) == ("kaiming_nobias", True)
+        assert d["loss"][1]["ce_input"] == "probabilities"
     losses = [l.name for l in root.loss]
     enc = d["encoder"]
     if d["data"]["name"] != "fmnist_bags":
@@ -200,7 +208,26 @@ def test_small_fmnist_runs(path, epochs, fmnist_root, tmp_path):
 def test_small_fmnist_supervised_trains_on_single_images(fmnist_root, tmp_path):
     summary, recs = _run("recipes/psmil/fmnist/supervised.toml", fmnist_root, tmp_path / "run",
                          extra=["data.max_bags_per_class=8", "train.batch_size=16"])
-    assert [r["split"] for r in recs] == ["train", "test_instances"]
+    assert [r["split"] for r in recs] == ["train", "val_instances", "test_instances"]
+
+
+def test_supervised_ceiling_sees_exactly_the_images_of_the_training_bags(fmnist_root):
+    """instance_bags = the distinct images of the bags the MIL recipes build (same seed, caps, val split)."""
+    from milzoo.registry import get_component
+
+    cls = get_component("dataset", "fmnist_bags")
+    opts = dict(root=str(fmnist_root), bag_size=8, num_key=2, max_bags_per_class=2, val_fraction=0.2)
+    mil = cls(cls.Config(**opts)).load()
+    sup = cls(cls.Config(**opts, instance_bags=True)).load()
+    bag_images = np.unique(mil["train"].index)
+    assert np.array_equal(sup["train"].index[:, 0], bag_images)
+    assert np.array_equal(sup["train"].labels, sup["train"].inst_labels[:, 0])
+    uncapped = cls(cls.Config(**{**opts, "max_bags_per_class": None}, instance_bags=True)).load()
+    assert len(bag_images) < len(uncapped["train"])  # capped bags hold only some of the images
+    assert not set(bag_images) & set(mil["val_instances"].index[:, 0])  # validation images stay out
+    # uncapped (every class's images divisible into key groups) the set is every non-validation image
+    full = cls(cls.Config(root=str(fmnist_root), bag_size=8, num_key=2, instance_bags=True)).load()
+    assert len(full["train"]) == 40 + 8 * 9
 
 
 def test_small_cifar10_psmil_and_frozen_baseline(cifar_root, tmp_path):
