@@ -94,30 +94,31 @@ class MILBatch:
 
 
 def collate_bags(bags: list[Bag]) -> MILBatch:
-    """Pad bags to the longest one and stack them into a :class:`MILBatch`."""
+    """Pad bags to the longest one and stack them into a :class:`MILBatch` (on the bags' device)."""
     if not bags:
         raise ValueError("collate_bags needs at least one bag")
     lengths = [len(b) for b in bags]
     n_max = max(lengths)
     first = bags[0].x
+    dev = first.device
     if len(bags) == 1:
         # A single bag needs no padding: a view, not a copy (a whole-slide bag is
         # hundreds of MB, and copying it was a third of an ABMIL step).
         x = first.unsqueeze(0)
-        mask = torch.ones(1, n_max, dtype=torch.bool)
+        mask = torch.ones(1, n_max, dtype=torch.bool, device=dev)
     elif all(n == n_max for n in lengths):
         x = torch.stack([b.x for b in bags])
-        mask = torch.ones(len(bags), n_max, dtype=torch.bool)
+        mask = torch.ones(len(bags), n_max, dtype=torch.bool, device=dev)
     else:
         x = first.new_zeros((len(bags), n_max, *first.shape[1:]))
-        mask = torch.zeros(len(bags), n_max, dtype=torch.bool)
+        mask = torch.zeros(len(bags), n_max, dtype=torch.bool, device=dev)
         for i, bag in enumerate(bags):
             x[i, : lengths[i]] = bag.x
             mask[i, : lengths[i]] = True
 
     inst_y = None
     if any(b.inst_y is not None for b in bags):
-        inst_y = torch.full((len(bags), n_max), -1, dtype=torch.long)
+        inst_y = torch.full((len(bags), n_max), -1, dtype=torch.long, device=dev)
         for i, bag in enumerate(bags):
             if bag.inst_y is not None:
                 inst_y[i, : lengths[i]] = bag.inst_y.long()
@@ -128,15 +129,15 @@ def collate_bags(bags: list[Bag]) -> MILBatch:
 
     coords = None
     if all(b.coords is not None for b in bags):
-        coords = torch.zeros(len(bags), n_max, 2, dtype=bags[0].coords.dtype)
+        coords = torch.zeros(len(bags), n_max, 2, dtype=bags[0].coords.dtype, device=dev)
         for i, bag in enumerate(bags):
             coords[i, : lengths[i]] = bag.coords
 
     return MILBatch(
         x=x,
         mask=mask,
-        y=torch.tensor([int(b.y) for b in bags], dtype=torch.long),
-        index=torch.tensor([int(b.index) for b in bags], dtype=torch.long),
+        y=torch.tensor([int(b.y) for b in bags], dtype=torch.long, device=dev),
+        index=torch.tensor([int(b.index) for b in bags], dtype=torch.long, device=dev),
         bag_ids=[b.bag_id for b in bags],
         inst_y=inst_y,
         candidates=candidates,

@@ -3,7 +3,8 @@
 A dataset that can hand its tensors to the training device once implements two
 methods (duck-typed, like the rest of :class:`~milzoo.datasets.base.MILDataset`)::
 
-    def resident_nbytes(self, seen: set[int]) -> int      # bytes still to move (tensors in ``seen`` are shared)
+    def resident_nbytes(self, seen: set[int]) -> int | None   # bytes still to move (``seen``: shared tensors
+                                                              # counted already); None: not possible now
     def to_resident(self, device, moved: Moved) -> ResidentSplit
 
 and the trainer then builds every step's :class:`~milzoo.batch.MILBatch` with a
@@ -86,10 +87,21 @@ def supports(ds) -> bool:
     return callable(getattr(root, "to_resident", None)) and callable(getattr(root, "resident_nbytes", None))
 
 
-def nbytes(ds, seen: set[int]) -> int:
+def nbytes(ds, seen: set[int]) -> int | None:
+    """Bytes ``ds`` would add on the device, or None when it cannot be resident (e.g. slides without a cache)."""
     root, positions = _root(ds)
-    extra = 0 if positions is None else positions.nbytes
-    return int(root.resident_nbytes(seen)) + extra
+    need = root.resident_nbytes(seen)
+    if need is None:
+        return None
+    return int(need) + (0 if positions is None else positions.nbytes)
+
+
+def pin_host_memory(ds) -> None:
+    """Pin the host memory of ``ds`` (or of the dataset under its subsets) when it offers ``pin_memory()``."""
+    root, _ = _root(ds)
+    pin = getattr(root, "pin_memory", None)
+    if callable(pin):
+        pin()
 
 
 class _SubsetSplit(ResidentSplit):

@@ -249,21 +249,25 @@ class Trainer:
         key = id(ds)
         if key in self._resident:
             return self._resident[key]
-        mode = self.recipe.root.train.data_on_device
+        tc = self.recipe.root.train
+        mode = tc.data_on_device
         split = None
-        if mode is not False and resident.supports(ds):
-            need = resident.nbytes(ds, self._moved.host_ids())
+        need = resident.nbytes(ds, self._moved.host_ids()) if resident.supports(ds) else None
+        if mode is not False and need is not None:
             fits = True
             if self.device.type == "cuda":
                 free, _ = torch.cuda.mem_get_info(self.device)
                 fits = need <= free // 2
+            elif mode == "auto" and tc.num_workers > 0:
+                fits = False  # on a CPU the data is in memory already; the workers asked for run in parallel
             if fits or mode is True:
                 split = resident.make_resident(ds, self._moved)
                 if self.device.type != "cpu":
                     log.info("data on %s: %.1f MB more", self.device, need / 1e6)
             else:
-                log.info("data_on_device = auto: %.1f MB do not fit in half the free memory of %s; DataLoader path",
-                         need / 1e6, self.device)
+                log.info("data_on_device = auto: DataLoader path for %.1f MB of data on %s", need / 1e6, self.device)
+        if split is None and self.device.type == "cuda":
+            resident.pin_host_memory(ds)  # non-blocking copies of each batch
         self._resident[key] = split
         return split
 

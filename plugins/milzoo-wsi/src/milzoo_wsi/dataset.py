@@ -11,10 +11,11 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from milzoo.batch import Bag
+from milzoo.batch import Bag, MILBatch, collate_bags
 from milzoo.components import ComponentConfig, DatasetSource
 from milzoo.datasets.base import MILDataset
 from milzoo.errors import DataError
+from milzoo.resident import Moved, ResidentSplit, tensor_nbytes
 from milzoo_wsi.stores import (
     CsvHeader,
     FormatName,
@@ -155,6 +156,56 @@ class SlideDataset(MILDataset):
     def write_split(self, url: str) -> None:
         """Publish the train/test split as a slide table with a ``split`` column."""
         write_split_table(self.split_rows, url)
+
+    # the cache on the training device (milzoo.resident, train.data_on_device), or pinned for fast copies
+    def _cached_tensors(self):
+        for rec in self.records:
+            d = self._cache[rec.slide_id]
+            yield from (t for t in (d.features, d.coords, d.inst_labels) if t is not None)
+
+    def resident_nbytes(self, seen: set[int]) -> int | None:
+        """Bytes the cache takes on the device; None without a cache (slides read on access stay on the host)."""
+        if self._cache is None:
+            return None
+        return sum(tensor_nbytes(t, seen) for t in self._cached_tensors())
+
+    def to_resident(self, device, moved: Moved) -> ResidentSplit:
+        return ResidentSlides(self, moved)
+
+    def pin_memory(self) -> None:
+        """Pin the cache's host memory (CUDA training without a device copy), so that the copy of each
+        bag to the GPU is a non-blocking DMA; bags of the cache's dtype are views, and stay pinned."""
+        if self._cache is None:
+            return
+        for sid, d in self._cache.items():
+            if not d.features.is_pinned():
+                self._cache[sid] = SlideData(
+                    features=d.features.pin_memory(),
+                    coords=None if d.coords is None else d.coords.pin_memory(),
+                    inst_labels=None if d.inst_labels is None else d.inst_labels.pin_memory(),
+                )
+
+
+class ResidentSlides(ResidentSplit):
+    """A cached :class:`SlideDataset` on the device: the bags of a step are collated there."""
+
+    def __init__(self, ds: SlideDataset, moved: Moved):
+        self.bag_ids = ds.bag_ids
+        self.labels = [int(r.label) for r in ds.records]
+        self.bag_dtype = ds.bag_dtype
+        self.slides = []
+        for rec in ds.records:
+            d = ds._cache[rec.slide_id]
+            self.slides.append(tuple(None if t is None else moved(t) for t in (d.features, d.coords, d.inst_labels)))
+
+    def batch(self, rows: list[int], rows_dev: torch.Tensor) -> MILBatch:
+        bags = []
+        for r in rows:
+            feats, coords, inst = self.slides[r]
+            sid = self.bag_ids[r]
+            bags.append(Bag(x=feats.to(self.bag_dtype), y=self.labels[r], bag_id=sid, index=r, inst_y=inst,
+                            coords=coords, meta={"slide_id": sid}))
+        return collate_bags(bags)
 
 
 class SlidesSource(DatasetSource):
