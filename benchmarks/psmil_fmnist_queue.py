@@ -134,6 +134,11 @@ def run(job: str, *, do_commit: bool, threads: int | None) -> int:
     recipe, overrides = JOBS[job]
     st = state(job)
     if st == "done":
+        if (RUNS / job / "summary.json").exists() and not (SNAP / job / "summary.json").exists():
+            # finished here while no queue was watching it (e.g. the queue was restarted): copy and commit now
+            dst = snapshot(job, {**machine(), "note": "snapshot taken after the run, by a later queue"})
+            if do_commit:
+                commit(dst, f"FMNIST reduced scale: {job} finished ({last_line(job)}); metrics committed")
         print(f"[queue] {job}: done, skipped", flush=True)
         return 0
     out = RUNS / job
