@@ -18,8 +18,10 @@ install: $(BIN)/python
 quickstart: install
 	$(BIN)/milzoo run recipes/quickstart.toml --out runs/quickstart --overwrite
 
+# the tests, then the CPU dry run of the prepared GPU check (tiny sizes, about a minute; docs/performance.md)
 test: install
 	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/gpu_check.py --dry-run
 
 clean:
 	rm -rf runs build *.egg-info

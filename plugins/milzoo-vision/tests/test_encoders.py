@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from pydantic import ValidationError
@@ -176,3 +178,38 @@ def test_gradients_reach_every_parameter(make, shape):
     enc(torch.rand(3, *shape)).sum().backward()
     for name, p in enc.named_parameters():
         assert p.grad is not None and bool(torch.isfinite(p.grad).all()), name
+
+
+def test_resnet18_pretrained_loads_from_the_torch_hub_cache(tmp_path, monkeypatch):
+    """pretrained = true goes through torchvision's weights API, which reads $TORCH_HOME/hub/checkpoints when
+    the file is there (a locally saved state dict here: the test downloads nothing)."""
+    import torch.hub
+    from torchvision.models import ResNet18_Weights, resnet18
+
+    torch.manual_seed(1)
+    src = resnet18(weights=None)
+    name = Path(ResNet18_Weights.IMAGENET1K_V1.url).name
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(src.state_dict(), cache / name)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)  # follow TORCH_HOME even if set_dir was called
+    monkeypatch.setattr(torch.hub, "download_url_to_file",
+                        lambda *a, **k: pytest.fail("tried to download the weights"))
+    enc = resnet(pretrained=True)
+    torch.testing.assert_close(enc.net.layer4[1].conv2.weight, src.layer4[1].conv2.weight)
+    (cache / name).unlink()
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    with pytest.raises(ComponentError, match="TORCH_HOME.*weights_path"):
+        resnet(pretrained=True)
+
+
+@pytest.mark.cuda
+def test_resnet18_channels_last_bf16_on_cuda():
+    enc = resnet(small_input=True).cuda().train()
+    x = torch.rand(8, 3, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = enc(x)
+    assert out.shape == (8, 512) and out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert enc.net.conv1.weight.grad is not None
