@@ -67,7 +67,8 @@ def recipe_for(args, precision: str, channels_last: bool, bps: int):
         "loss": [{"name": "bag_ce"}, {"name": "psali", "freeze_encoder_epochs": 0}],
         "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4},
         "train": {"epochs": 20, "batch_size": bps, "device": args.device, "precision": precision,
-                  "channels_last": channels_last, "grad_clip": 5.0, "progress": False},
+                  "channels_last": channels_last, "grad_clip": 5.0, "progress": False,
+                  "compile": bool(getattr(args, "compile", False))},
     }
     return load_recipe(raw)
 
@@ -176,6 +177,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--compile", action="store_true", help="train.compile = true on the MIL side (torch.compile)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
