@@ -116,3 +116,22 @@ def test_cli_reports_hostile_configs_without_traceback(tmp_path):
     (d / "config.json").write_text("[" * 100_000 + "]" * 100_000)
     res = CliRunner().invoke(cli, ["export", str(d), str(tmp_path / "out")])
     assert res.exit_code == 2 and "nested too deeply" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("ensemble, match", [
+    ("members", "without a list of member folders"),
+    ({"members": [1, 2]}, "without a list of member folders"),
+    ({"members": ["m"], "folds": "zz"}, "one fold per member"),
+    ({"members": ["m"], "thresholds": [0.5, 0.5]}, "one value per member"),
+    ({"members": ["../m"]}, "leaves the model folder"),
+])
+def test_hostile_ensemble_folder(tmp_path, ensemble, match):
+    import milzoo
+
+    _saved(tmp_path)
+    folder = tmp_path / "ens"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"format": "milzoo-ensemble", "format_version": 1,
+                                                    "ensemble": ensemble}))
+    with pytest.raises(CheckpointError, match=match):
+        milzoo.load_pretrained(str(folder))
