@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 import tomllib
 import typing
 from pathlib import Path
@@ -188,12 +189,25 @@ def _fields_at(model: type[BaseModel] | None, loc: list[str]) -> list[str]:
     return list(model.model_fields) if model is not None else []
 
 
+#: how pydantic names the member of a union in an error's location ("constrained-int", "literal['auto']")
+_UNION_MEMBER = re.compile(r"^(constrained-\w+|literal\[.*\]|(int|float|str|bool|list|dict|tuple)(\[.*\])?)$")
+
+
 def _pydantic_problems(
     err: ValidationError, prefix: str = "", fields: list[str] | None = None, model: type[BaseModel] | None = None
 ) -> list[str]:
-    out = []
+    out: list[str] = []
+    union_at: dict[str, int] = {}  # a value that fits no member of a union: one problem, every member's reason
     for e in err.errors(include_url=False):
         loc = [str(p) for p in e["loc"] if not str(p).startswith("function-")]
+        if len(loc) > 1 and _UNION_MEMBER.match(loc[-1]) and e["type"] not in ("extra_forbidden", "missing"):
+            where = ".".join([prefix, *loc[:-1]] if prefix else loc[:-1])
+            if where in union_at:
+                out[union_at[where]] += f"; or {e['msg'][0].lower()}{e['msg'][1:]}"
+            else:
+                union_at[where] = len(out)
+                out.append(f"{where}: {e['msg']}")
+            continue
         where = ".".join([prefix, *loc] if prefix else loc) or prefix or "(root)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":

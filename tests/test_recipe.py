@@ -42,7 +42,8 @@ def problems(tmp_path, text, overrides=None) -> list[str]:
 def test_good_recipe_resolves_defaults(tmp_path):
     r = load_recipe(write(tmp_path, GOOD))
     d = r.to_dict()
-    assert d["pooling"] == {"name": "abmil", "attn_hidden": 128, "gated": True, "dropout": 0.0}
+    given_and_defaults = {"name": "abmil", "attn_hidden": 128, "gated": True, "dropout": 0.0, "head": "softmax"}
+    assert {k: d["pooling"][k] for k in given_and_defaults} == given_and_defaults
     assert d["train"]["batch_size"] == 1 and d["optim"]["name"] == "adam"
     # the resolved TOML parses back to the same recipe
     again = validate_recipe(tomllib.loads(r.to_toml()))
@@ -68,6 +69,9 @@ def test_wrong_type_and_out_of_range_reported_together(tmp_path):
     ps = problems(tmp_path, text)
     paths = sorted(p.split(":")[0] for p in ps)
     assert paths == ["encoder.dims.0", "train.batch_size", "train.epochs"]
+    # batch_size is `int > 0 | "auto"`: one problem that gives both members' reasons
+    (bs,) = [p for p in ps if p.startswith("train.batch_size")]
+    assert "valid integer" in bs and "'auto'" in bs
 
 
 def test_unknown_component_suggests(tmp_path):
