@@ -8,6 +8,7 @@ and exit with code 2 -- never a traceback.  Plugins add commands through the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 
@@ -44,16 +45,34 @@ def cli():
 @click.option("--overwrite", is_flag=True, help="replace an existing run directory")
 @click.option("--fold", type=int, default=None, help="run only this fold (for independent per-fold jobs)")
 @click.option("--no-progress", is_flag=True, help="hide the progress bar")
-def run_cmd(recipe, out, overrides, resume, overwrite, fold, no_progress):
+@click.option("--jobs", "-j", type=int, default=1, show_default=True,
+              help="train the folds in N worker processes (train.threads threads each, default 1)")
+def run_cmd(recipe, out, overrides, resume, overwrite, fold, no_progress, jobs):
     """Train and evaluate RECIPE (a TOML file) into a run directory."""
     from milzoo.distributed import maybe_distributed
     from milzoo.runner import run
 
-    with maybe_distributed() as dist:
+    with maybe_distributed() as dist, warnings_to_stderr():
         summary = run(recipe, out=out, overrides=list(overrides), resume=resume, overwrite=overwrite, fold=fold,
-                      progress=False if no_progress else None, distributed=dist)
+                      progress=False if no_progress else None, distributed=dist, jobs=jobs)
         if dist is None or dist.rank == 0:
             click.echo(format_summary(summary))
+
+
+@contextlib.contextmanager
+def warnings_to_stderr():
+    """Show the ``milzoo`` logger's warnings (e.g. folds that cannot hold both classes) as ``warning: ...``."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("warning: %(message)s"))
+    logger = logging.getLogger("milzoo")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 def format_summary(summary: dict) -> str:
@@ -70,14 +89,24 @@ def format_summary(summary: dict) -> str:
         for split, metrics in block.items():
             if split == "val" or not isinstance(metrics, dict):
                 continue
-            shown = "  ".join(
-                f"{k} {v['mean']:.3f}±{v['std']:.3f}" for k, v in metrics.items()
-                if isinstance(v, dict) and k in ("acc", "auc", "f1", "inst_acc") and v["mean"] == v["mean"]
-            )
+            shown = "  ".join(filter(None, (_metric_text(k, v) for k, v in metrics.items()
+                                             if isinstance(v, dict) and k in ("acc", "auc", "f1", "inst_acc"))))
             lines.append(f"  {label:<32} {split:<16} {shown}")
     for split, m in (summary.get("ensemble") or {}).items():
-        lines.append(f"  {'ensemble (vote)':<32} {split:<16} acc {m['acc']:.3f}  auc {m['auc']:.3f}  f1 {m['f1']:.3f}")
+        auc = "auc undefined (one class)" if m.get("auc") is None or m["auc"] != m["auc"] else f"auc {m['auc']:.3f}"
+        lines.append(f"  {'ensemble (vote)':<32} {split:<16} acc {m['acc']:.3f}  {auc}  f1 {m['f1']:.3f}")
     return "\n".join(lines)
+
+
+def _metric_text(name: str, m: dict) -> str | None:
+    """``auc 0.912±0.041``; an undefined AUC is said, never left out (an accuracy alone can mislead)."""
+    mean, n = m.get("mean"), len(m.get("values") or [])
+    if mean is None or mean != mean:
+        return "auc undefined (no held-out split with both classes)" if name == "auc" else None
+    text = f"{name} {mean:.3f}±{m['std']:.3f}"
+    if m.get("undefined_in"):
+        text += f" (undefined in {m['undefined_in']} of {n} folds, which hold one class)"
+    return text
 
 
 @cli.command("validate")

@@ -21,6 +21,7 @@ import csv
 import json
 import logging
 import math
+import re
 import shutil
 import sys
 import time
@@ -31,12 +32,13 @@ import numpy as np
 import torch
 
 from milzoo import checkpoint as ckpt
-from milzoo.build import build_dataset
+from milzoo.build import build_dataset, build_model
 from milzoo.ensemble import ensemble_metrics
 from milzoo.errors import RunDirError, UserError
-from milzoo.metrics import mean_std
+from milzoo.metrics import json_safe, mean_std
 from milzoo.protocols import make_folds
 from milzoo.recipe import Recipe, load_recipe, read_toml, validate_recipe
+from milzoo.sizing import check_model_size
 from milzoo.trainer import Trainer
 from milzoo.versions import environment
 
@@ -74,36 +76,105 @@ def _await_recipe(run_dir: Path, seconds: float = 30.0) -> None:
         time.sleep(0.1)
 
 
-def prepare_run_dir(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, fold: int | None) -> None:
-    """Check and create the run directory (rank 0 only when distributed)."""
+#: what a fold folder holds once it has trained anything
+_FOLD_RESULTS = (ckpt.STATE, "result.json", "last", "best")
+#: files written atomically in a run directory (a kill mid-write leaves ``.<name>.<random>`` beside them)
+_ATOMIC_NAMES = re.compile(r"^\.(recipe\.toml|run\.json|summary\.json|metrics\.jsonl|result\.json|"
+                           r"state\.safetensors|model\.safetensors|config\.json|predictions-.+\.csv)\.[A-Za-z0-9_]{8}$")
+
+
+def holds_results(run_dir: Path) -> bool:
+    """Whether a run directory holds anything a run produced (a checkpoint, a result, a metric line)."""
+    if (run_dir / "summary.json").exists():
+        return True
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.exists() and metrics.stat().st_size > 0:
+        return True
+    return any((fd / name).exists() for fd in run_dir.glob("fold-*") for name in _FOLD_RESULTS)
+
+
+def remove_orphaned_temp_files(directory: Path) -> list[Path]:
+    """Delete the temp files of atomic writes interrupted by a kill (``.state.safetensors.ab12cd34``...)."""
+    removed = []
+    if not directory.is_dir():
+        return removed
+    for sub in (directory, *(p for p in directory.iterdir() if p.is_dir())):
+        for p in sub.iterdir():
+            if p.is_file() and _ATOMIC_NAMES.match(p.name):
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    for p in removed:
+        log.info("removed %s, left by a write that was interrupted (the file it was replacing is intact)", p)
+    return removed
+
+
+def _check_out_path(run_dir: Path) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"--out {run_dir} is a file, not a directory; give a directory for the run (new or "
+                          "existing).")
+    for parent in run_dir.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise RunDirError(f"--out {run_dir} cannot be created: {parent} is a file. Choose another --out.")
+            break
+
+
+def check_run_dir(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, fold: int | None) -> str:
+    """Decide, without changing anything, what the run does with its directory.
+
+    Returns ``"new"`` (create it), ``"continue"`` (``--resume``, or a per-fold job joining a run) or
+    ``"replace"`` (``--overwrite`` of a run, or a failed start that holds no results).  Raises
+    :class:`RunDirError` with the fix otherwise.
+    """
+    if resume and overwrite:
+        raise RunDirError("--resume and --overwrite contradict each other: --resume continues the run in --out, "
+                          "--overwrite replaces it. Pass one of them.")
+    _check_out_path(run_dir)
     resolved = recipe.to_dict()
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if fold is not None and not resume:
-            _await_recipe(run_dir)
-        if resume or (fold is not None and (run_dir / "recipe.toml").exists()):
-            if not (run_dir / "recipe.toml").exists():
-                raise RunDirError(f"{run_dir} is not a milzoo run directory (no recipe.toml); cannot resume it.")
-            stored = validate_recipe(read_toml(run_dir / "recipe.toml"), str(run_dir / "recipe.toml")).to_dict()
-            if _strip_free(stored) != _strip_free(resolved):
-                raise RunDirError(
-                    f"the recipe differs from the one {run_dir} was started with, so it cannot be resumed into it. "
-                    "Run the original recipe (it is saved as recipe.toml in the run directory: "
-                    f"`milzoo run {run_dir / 'recipe.toml'} --out {run_dir} --resume`) or use a new --out."
-                )
-            return
+    if not (run_dir.exists() and any(run_dir.iterdir())):
+        if resume:
+            raise RunDirError(f"nothing to resume: {run_dir} does not exist. Run without --resume to start it.")
+        return "new"
+    if fold is not None and not resume:
+        _await_recipe(run_dir)
+    is_run = (run_dir / "recipe.toml").exists() or (run_dir / "metrics.jsonl").exists()
+    if resume or (fold is not None and (run_dir / "recipe.toml").exists()):
+        if not (run_dir / "recipe.toml").exists():
+            raise RunDirError(f"{run_dir} is not a milzoo run directory (no recipe.toml); cannot resume it.")
+        stored = validate_recipe(read_toml(run_dir / "recipe.toml"), str(run_dir / "recipe.toml")).to_dict()
+        if _strip_free(stored) != _strip_free(resolved):
+            raise RunDirError(
+                f"the recipe differs from the one {run_dir} was started with, so it cannot be resumed into it. "
+                "Run the original recipe (it is saved as recipe.toml in the run directory: "
+                f"`milzoo run {run_dir / 'recipe.toml'} --out {run_dir} --resume`) or use a new --out."
+            )
+        return "continue"
+    if not is_run:
+        raise RunDirError(
+            f"{run_dir} is not empty and is not a milzoo run directory; refusing to "
+            f"{'--overwrite' if overwrite else 'write into'} it. Choose another --out."
+        )
+    if not overwrite and holds_results(run_dir):
+        raise RunDirError(
+            f"the run directory {run_dir} exists already and holds results. Choose another --out, pass "
+            "--resume to continue that run, or --overwrite to replace it."
+        )
+    return "replace"  # --overwrite, or a start that failed before any result (only its log is replaced)
+
+
+def prepare_run_dir(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, fold: int | None,
+                    action: str | None = None) -> None:
+    """Create, continue or replace the run directory (rank 0 only when distributed).
+
+    Call it once the data has loaded: ``--overwrite`` removes the old run only here.
+    """
+    action = action or check_run_dir(recipe, run_dir, resume, overwrite, fold)
+    if action == "continue":
+        return
+    if action == "replace":
         if not overwrite:
-            raise RunDirError(
-                f"the run directory {run_dir} exists already and holds results. Choose another --out, pass "
-                "--resume to continue that run, or --overwrite to replace it."
-            )
-        if not (run_dir / "recipe.toml").exists() and not (run_dir / "metrics.jsonl").exists():
-            raise RunDirError(
-                f"{run_dir} is not empty and is not a milzoo run directory; refusing to --overwrite it. "
-                "Choose another --out."
-            )
+            log.info("replacing %s: an earlier start there failed before writing any result", run_dir)
         shutil.rmtree(run_dir)
-    elif resume:
-        raise RunDirError(f"nothing to resume: {run_dir} does not exist. Run without --resume to start it.")
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt.atomic_write_text(run_dir / "recipe.toml", recipe.to_toml())
 
@@ -149,8 +220,16 @@ def run(
     fold: int | None = None,
     progress: bool | None = None,
     distributed=None,
+    jobs: int | None = None,
 ) -> dict[str, Any]:
-    """Run a recipe; return the summary (also written to ``RUN/summary.json``)."""
+    """Run a recipe; return the summary (also written to ``RUN/summary.json``).
+
+    ``jobs``: train the folds in that many worker processes (``milzoo.jobs``), each with
+    ``train.threads`` torch threads (1 when unset); the results equal a sequential run's.
+    """
+    from milzoo.jobs import check_jobs
+
+    jobs = check_jobs(jobs, fold, distributed)
     if not isinstance(recipe, Recipe):
         from milzoo import provenance, registry
 
@@ -162,6 +241,26 @@ def run(
         raise UserError("pass overrides together with a recipe path or dict, not with a loaded Recipe")
     run_dir = Path(out) if out is not None else Path("runs") / recipe.root.name
     is_main = distributed is None or distributed.rank == 0
+    # Nothing on disk changes until the data has loaded and the model is known to fit: a missing data
+    # file, NaN features or too many folds must not cost the finished run that --overwrite would replace.
+    if is_main:
+        check_run_dir(recipe, run_dir, resume, overwrite, fold)
+    if jobs > 1:  # the parent only forks: no thread pool of its own for the workers to inherit
+        torch.set_num_threads(1)
+    elif recipe.root.train.threads is not None:
+        torch.set_num_threads(recipe.root.train.threads)
+    torch.manual_seed(recipe.root.seed)
+    splits = build_dataset(recipe)
+    folds = make_folds(recipe.root.protocol, splits, recipe.root.seed)
+    if fold is not None:
+        if not 0 <= fold < len(folds):
+            raise UserError(f"--fold {fold} is out of range; this recipe has folds 0..{len(folds) - 1}.")
+        todo = [folds[fold]]
+    else:
+        todo = folds
+    first = todo[0].train
+    check_model_size(lambda: build_model(recipe, first.instance_shape, first.num_classes, first.class_names),
+                     f"recipe {recipe.source}")
     if distributed is None:
         prepare_run_dir(recipe, run_dir, resume, overwrite, fold)
     else:  # rank 0 checks and prepares the directory; the others wait (or stop with its error)
@@ -170,23 +269,16 @@ def run(
     handler = _setup_logging(run_dir) if is_main else None
     try:
         if is_main:
+            for fd in todo:  # temp files of writes a kill interrupted (only our folds': others may be writing)
+                remove_orphaned_temp_files(_fold_dir(run_dir, fd.fold))
+            if fold is None:
+                remove_orphaned_temp_files(run_dir)
             info = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": sys.argv, "resume": resume,
                     "fold": fold, "recipe_source": recipe.source, **environment()}
             runs_path = run_dir / "run.json"
             previous = json.loads(runs_path.read_text()) if runs_path.exists() else {}
             info["history"] = previous.get("history", []) + [{"started": info["started"], "resume": resume, "fold": fold}]
             ckpt.atomic_write_json(runs_path, info)
-        if recipe.root.train.threads is not None:
-            torch.set_num_threads(recipe.root.train.threads)
-        torch.manual_seed(recipe.root.seed)
-        splits = build_dataset(recipe)
-        folds = make_folds(recipe.root.protocol, splits, recipe.root.seed)
-        if fold is not None:
-            if not 0 <= fold < len(folds):
-                raise UserError(f"--fold {fold} is out of range; this recipe has folds 0..{len(folds) - 1}.")
-            todo = [folds[fold]]
-        else:
-            todo = folds
         if is_main:
             def keep(rec):
                 fd = _fold_dir(run_dir, rec.get("fold", 0))
@@ -202,22 +294,19 @@ def run(
             _trim_metrics(run_dir, keep)
         writer = MetricsWriter(run_dir / "metrics.jsonl", enabled=is_main)
         show = recipe.root.train.progress if progress is None else progress
+        pending = []
         for fd in todo:
-            fdir = _fold_dir(run_dir, fd.fold)
-            if (fdir / "result.json").exists():
+            if (_fold_dir(run_dir, fd.fold) / "result.json").exists():
                 log.info("fold %d already complete; skipping", fd.fold)
-                continue
-            if is_main:
-                fdir.mkdir(parents=True, exist_ok=True)
-            if distributed is not None:
-                distributed.barrier()
-            t0 = time.perf_counter()
-            trainer = Trainer(recipe, fd, fdir, writer, distributed=distributed)
-            result = trainer.fit(progress=show)
-            result["time_s"] = round(time.perf_counter() - t0, 3)
-            if is_main:
-                ckpt.atomic_write_json(fdir / "result.json", result)
-            log.info("fold %d done in %.1fs: %s", fd.fold, result["time_s"], json.dumps(result.get("last", {})))
+            else:
+                pending.append(fd)
+        if jobs > 1 and len(pending) > 1:
+            from milzoo.jobs import train_folds_parallel
+
+            train_folds_parallel(recipe, run_dir, pending, jobs)
+            pending = []
+        for fd in pending:
+            train_fold(recipe, fd, run_dir, writer, show, distributed, is_main)
         if distributed is not None:
             distributed.barrier()
         if fold is not None and not all((_fold_dir(run_dir, f.fold) / "result.json").exists() for f in folds):
@@ -229,6 +318,22 @@ def run(
             handler.close()
 
 
+def train_fold(recipe: Recipe, fd, run_dir: Path, writer, show: bool, distributed=None, is_main: bool = True) -> None:
+    """Train one fold into ``RUN/fold-NN`` (resuming from its state) and write its ``result.json``."""
+    fdir = _fold_dir(run_dir, fd.fold)
+    if is_main:
+        fdir.mkdir(parents=True, exist_ok=True)
+    if distributed is not None:
+        distributed.barrier()
+    t0 = time.perf_counter()
+    trainer = Trainer(recipe, fd, fdir, writer, distributed=distributed)
+    result = trainer.fit(progress=show)
+    result["time_s"] = round(time.perf_counter() - t0, 3)
+    if is_main:
+        ckpt.atomic_write_json(fdir / "result.json", json_safe(result))
+    log.info("fold %d done in %.1fs: %s", fd.fold, result["time_s"], json.dumps(result.get("last", {})))
+
+
 def _aggregate(results: list[dict], section: str) -> dict[str, Any]:
     per_split: dict[str, dict[str, list]] = {}
     for r in results:
@@ -236,14 +341,19 @@ def _aggregate(results: list[dict], section: str) -> dict[str, Any]:
             if not isinstance(metrics, dict):
                 continue
             for k, v in metrics.items():
-                if isinstance(v, (int, float)):
+                if isinstance(v, (int, float)) or v is None:
+                    v = math.nan if v is None else v
                     per_split.setdefault(split, {}).setdefault(k, []).append(v)
     out = {}
     for split, metrics in per_split.items():
         out[split] = {}
         for k, values in metrics.items():
             m, s = mean_std(values)
-            out[split][k] = {"mean": m, "std": s, "values": values}
+            entry = {"mean": m, "std": s, "values": [v if math.isfinite(v) else None for v in values]}
+            undefined = sum(1 for v in values if not math.isfinite(v))
+            if undefined:  # e.g. AUC of a held-out fold with one class: said, never silently averaged away
+                entry["undefined_in"] = undefined
+            out[split][k] = entry
     return out
 
 
@@ -305,6 +415,7 @@ def summarize(run_dir: str | Path, write: bool = True, expected_folds: int | Non
         if probs and len(probs) == len(results):
             summary["ensemble"] = {"test": ensemble_metrics(probs, thresholds, y_true)}
     summary["folds"] = results
+    summary = json_safe(summary)  # standard JSON: undefined metrics are null, never a bare NaN
     if write:
         ckpt.atomic_write_json(run_dir / "summary.json", summary)
     return summary

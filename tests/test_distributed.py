@@ -343,7 +343,7 @@ def test_fold_jobs_starting_together_share_the_run_directory(tmp_path):
     # a foreign, non-empty directory is still refused at once
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "notes.txt").write_text("mine")
-    with pytest.raises(UserError, match="exists already"):
+    with pytest.raises(UserError, match="not a milzoo run directory"):
         prepare_run_dir(recipe, tmp_path / "foreign", resume=False, overwrite=False, fold=1)
 
 
