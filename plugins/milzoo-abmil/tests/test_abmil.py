@@ -145,3 +145,77 @@ def test_sigmoid_head_learns_a_toy_problem():
         loss.backward()
         opt.step()
     assert (pool(batch.x, batch.mask).bag_logits.argmax(1) == batch.y).float().mean() >= 0.95
+
+
+# ---------------------------------------------------------------- the PSMIL paper's ABMIL baseline ("fsa")
+
+
+def _paper_pool(d=2, k=2):
+    return ABMILPooling(ABMILPooling.Config(attention="linear", classifier="kaiming_nobias"), d, k)
+
+
+def test_linear_attention_by_hand_on_a_three_instance_bag():
+    """The official 'fsa' pooling: e = w^T h + b (no tanh, no V), a = softmax_n(e), logits = z W (no bias)."""
+    assert ABMILPooling.Config().attention == "tanh" and ABMILPooling.Config().classifier == "linear"
+    pool = _paper_pool()
+    assert pool.attn_V is None and pool.attn_U is None
+    assert pool.attn_w.weight.shape == (1, 2) and pool.classifier.bias is None
+    with torch.no_grad():
+        pool.attn_w.weight.copy_(torch.tensor([[1.0, -1.0]]))
+        pool.attn_w.bias.fill_(0.3)  # cancels in the softmax
+        pool.classifier.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    out = pool(H, MASK)
+    # e = [1, -1, 0] (+0.3): softmax = [e, 1/e, 1] / (e + 1/e + 1)
+    a = [0.665241, 0.090031, 0.244728]
+    assert torch.allclose(out.attention[0], torch.tensor(a), atol=1e-6)
+    torch.testing.assert_close(out.extras["attention_scores"][0], torch.tensor([1.3, -0.7, 0.3]))
+    z = [a[0] + 2 * a[2], a[1] + 2 * a[2]]  # [1.154697, 0.579487]
+    assert torch.allclose(out.bag_logits[0], torch.tensor(z), atol=1e-6)  # W = I, no bias
+    assert torch.allclose(out.inst_logits[0], H[0], atol=1e-6)
+    torch.testing.assert_close(pool.instance_logits(H[0]), H[0])
+
+
+def test_kaiming_nobias_classifier_bound_is_sqrt_6_over_k():
+    torch.manual_seed(0)
+    pool = _paper_pool(512, 10)
+    w = pool.classifier.weight
+    bound = math.sqrt(6 / 10)
+    assert abs(bound - 0.7746) < 1e-4
+    assert w.shape == (10, 512) and pool.classifier.bias is None
+    assert w.abs().max() <= bound and w.abs().max() > 0.99 * bound  # uniform on (-0.7746, 0.7746)
+    assert abs(w.std().item() - bound / math.sqrt(3)) < 0.01
+    # the official nn.init.kaiming_uniform_ on its [d, k] parameter has the same bound (fan_in = k)
+    ref = torch.nn.init.kaiming_uniform_(torch.empty(512, 10))
+    assert ref.abs().max() <= bound and ref.abs().max() > 0.99 * bound
+    # the default nn.Linear is ~17x narrower
+    assert ABMILPooling(ABMILPooling.Config(), 512, 10).classifier.weight.abs().max() <= 1 / math.sqrt(512)
+
+
+def test_paper_baseline_batched_with_padding_equals_each_bag_alone():
+    torch.manual_seed(3)
+    pool = _paper_pool(5, 10).eval()
+    bags = [Bag(torch.randn(n, 5), 0) for n in (3, 7, 1)]
+    b = collate_bags(bags)
+    out = pool(b.x, b.mask)
+    for i, bag in enumerate(bags):
+        n = bag.x.shape[0]
+        alone = pool(bag.x[None], torch.ones(1, n, dtype=torch.bool))
+        torch.testing.assert_close(out.bag_logits[i], alone.bag_logits[0])
+        torch.testing.assert_close(out.attention[i, :n], alone.attention[0])
+        assert out.attention[i, n:].abs().sum() == 0 and (out.inst_logits[i, n:] == 0).all()
+    # attention = softmax over the real instances of w^T h + b
+    e = bags[1].x @ pool.attn_w.weight[0] + pool.attn_w.bias
+    torch.testing.assert_close(out.attention[1, :7], torch.softmax(e, 0))
+
+
+def test_paper_baseline_options_refuse_what_they_cannot_mean():
+    from milzoo.errors import ComponentError
+
+    for cfg, words in (({"attention": "linear", "gated": True}, ("gated", "tanh")),
+                       ({"head": "sigmoid", "classifier": "kaiming_nobias"}, ("kaiming_nobias", "softmax"))):
+        try:
+            ABMILPooling(ABMILPooling.Config(**cfg), 3, 2)
+        except ComponentError as err:
+            assert all(w in str(err) for w in words), str(err)
+        else:
+            raise AssertionError(f"{cfg} must be refused")

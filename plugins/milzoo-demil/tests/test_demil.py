@@ -484,3 +484,72 @@ def test_mipl_candidates_from_csv_and_config_errors(tmp_path):
         MIPLCandidates.Config(base={"name": "nope"})
     with pytest.raises(ValueError, match="options"):
         MIPLCandidates.Config(base={"name": "classic", "bogus": 1})
+
+
+# ------------------------------------------------------------- the PSMIL paper's DEMIL baseline ("mha")
+
+PAPER = {"head": "linear", "classifier": "kaiming_nobias", "detach_normaliser": True}
+
+
+def test_paper_form_defaults_and_classifier():
+    cfg = DEMILPooling.Config()
+    assert cfg.classifier == "linear" and cfg.detach_normaliser is False
+    torch.manual_seed(0)
+    p = pooling(512, 10, **PAPER)
+    w = p.classifier.weight
+    assert p.classifier.bias is None and w.shape == (10, 512)
+    bound = math.sqrt(6 / 10)  # 0.7746: kaiming_uniform_ of the official [d, k] parameter (fan_in = k)
+    assert w.abs().max() <= bound and w.abs().max() > 0.99 * bound
+    assert p.attn_V.out_features == 10 and p.attn_U is not None  # V, U: d -> k, separate (as 'mha')
+    h = torch.randn(1, 6, 512)
+    out = p(h, torch.ones(1, 6, dtype=torch.bool))
+    torch.testing.assert_close(out.bag_logits, out.extras["bag_feature"] @ w.t())  # z W, no bias
+    with pytest.raises(ComponentError, match="head"):
+        pooling(4, 3, classifier="kaiming_nobias")  # with the sigmoid_softmax head
+
+
+def test_detached_normaliser_same_forward_other_gradient_by_hand():
+    """z = sum_i a_i h_i / S: in the graph dz/da_j = (h_j - z) / S; with S detached, h_j / S.
+    With identical instances the first is exactly 0 (z does not depend on the attention)."""
+    torch.manual_seed(0)
+    h = torch.ones(1, 3, 2) * torch.tensor([2.0, -1.0])
+    m = torch.ones(1, 3, dtype=torch.bool)
+    grads = {}
+    for detach in (False, True):
+        torch.manual_seed(4)
+        p = pooling(2, 2, head="linear", detach_normaliser=detach)
+        out = p(h, m)
+        out.bag_logits.sum().backward()
+        grads[detach] = p.attn_score[2].bias.grad.clone()
+        a = out.extras["sigmoid_attention"][0].detach()
+        S = a.sum()
+        # d(sum of logits)/d b_score = sum_j d/da_j * a_j (1 - a_j), and d/da_j = (C h_j).sum() / S when detached
+        ch = (h[0] @ p.classifier.weight.T).sum(-1).detach()  # C h_j: the bias does not depend on z
+        expect = (ch / S * a * (1 - a)).sum() if detach else torch.tensor(0.0)
+        torch.testing.assert_close(grads[detach][0], expect, atol=1e-6, rtol=1e-5)
+    assert grads[True].abs().item() > 1e-3
+    torch.manual_seed(4)
+    pa = pooling(2, 2, head="linear")
+    torch.manual_seed(4)
+    pb = pooling(2, 2, head="linear", detach_normaliser=True)
+    x = torch.randn(2, 5, 2)
+    torch.testing.assert_close(pa(x, torch.ones(2, 5, dtype=torch.bool)).bag_logits,
+                               pb(x, torch.ones(2, 5, dtype=torch.bool)).bag_logits)
+
+
+def test_paper_form_batched_with_padding_equals_each_bag_alone_gradients_too():
+    torch.manual_seed(1)
+    bags = [Bag(torch.randn(n, 4), n % 3) for n in (5, 1, 3)]
+    batch = collate_bags(bags)
+    torch.manual_seed(2)
+    p = pooling(4, 3, **PAPER)
+    out = p(batch.x, batch.mask)
+    out.bag_logits.sum().backward()
+    g_batched = [q.grad.clone() for q in p.parameters()]
+    p.zero_grad()
+    for i, bag in enumerate(bags):
+        one = p(bag.x[None], torch.ones(1, len(bag), dtype=torch.bool))
+        torch.testing.assert_close(out.bag_logits[i], one.bag_logits[0].detach())
+        one.bag_logits.sum().backward()
+    for gb, q in zip(g_batched, p.parameters()):
+        torch.testing.assert_close(gb, q.grad)

@@ -9,6 +9,12 @@ for k = 2 the two-logit softmax is the default binary head, and ``head =
 sigm(t)``, exported as the logits ``[0, t]`` so that ``bag_ce`` is its Bernoulli
 NLL.  Instance logits ``C h_i + b`` (``[0, c^T h_i + b]``) are exported for
 localisation and for PSAli ("ABMIL++").
+
+The PSMIL paper's ABMIL baseline (the official ``fsa`` pooling of
+``LMBDA-design/PSAMIL``) is ``attention = "linear"``: ``e_i = w^T h_i + b_w``
+(one ``Linear(d -> 1)``, no tanh, no ``V``), with ``classifier =
+"kaiming_nobias"``: the bias-free ``d x k`` matrix ``W`` of that code, logits
+``z W`` (``milzoo.heads``).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from torch import Tensor, nn
 
 from milzoo.components import ComponentConfig, Pooling
 from milzoo.errors import ComponentError
+from milzoo.heads import bag_classifier
 from milzoo.masking import attention_pool, masked_softmax
 from milzoo.output import MILOutput
 
@@ -33,6 +40,17 @@ class ABMILPooling(Pooling):
     class Config(ComponentConfig):
         attn_hidden: int = Field(default=128, gt=0, description="L, the attention hidden size")
         gated: bool = Field(default=False, description="gated attention (tanh * sigmoid)")
+        attention: Literal["tanh", "linear"] = Field(
+            default="tanh",
+            description="attention scores: 'tanh' = w^T tanh(V h) (+ the gate when gated), the ABMIL paper's; "
+            "'linear' = w^T h + b, one Linear(d -> 1) with no tanh or V (the PSMIL paper's ABMIL baseline, "
+            "the official 'fsa' pooling; attn_hidden unused, gated refused)",
+        )
+        classifier: Literal["linear", "kaiming_nobias"] = Field(
+            default="linear",
+            description="bag classifier: 'linear' = nn.Linear with bias; 'kaiming_nobias' = the PSMIL code's "
+            "bias-free d x k matrix, kaiming_uniform_ (bound sqrt(6/k)); softmax head only",
+        )
         dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="dropout on the pooled feature")
         head: Literal["softmax", "sigmoid"] = Field(
             default="softmax",
@@ -42,20 +60,38 @@ class ABMILPooling(Pooling):
 
     def __init__(self, config, in_dim, num_classes):
         super().__init__(config, in_dim, num_classes)
-        L = config.attn_hidden
-        self.attn_V = nn.Linear(in_dim, L)
-        self.attn_U = nn.Linear(in_dim, L) if config.gated else None
-        self.attn_w = nn.Linear(L, 1)
-        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        if config.attention == "linear" and config.gated:
+            raise ComponentError(
+                "pooling 'abmil' with attention = \"linear\" scores instances with one Linear(d -> 1) (the "
+                "PSMIL paper's ABMIL baseline), which has no tanh branch to gate; set gated = false, or "
+                "attention = \"tanh\" for gated attention."
+            )
         if config.head == "sigmoid" and num_classes != 2:
             raise ComponentError(
                 f"pooling 'abmil' with head = \"sigmoid\" is the official binary head (one logit), but the data "
                 f"has {num_classes} classes; use head = \"softmax\" (the default) for k > 2."
             )
-        self.classifier = nn.Linear(in_dim, 1 if config.head == "sigmoid" else num_classes)
+        if config.head == "sigmoid" and config.classifier != "linear":
+            raise ComponentError(
+                "pooling 'abmil': classifier = \"kaiming_nobias\" is the PSMIL code's k-class matrix and "
+                "head = \"sigmoid\" the ABMIL code's single logit; they do not combine. Use head = "
+                "\"softmax\" with it, or classifier = \"linear\" with the sigmoid head."
+            )
+        L = config.attn_hidden
+        linear_attention = config.attention == "linear"
+        self.attn_V = None if linear_attention else nn.Linear(in_dim, L)
+        self.attn_U = nn.Linear(in_dim, L) if config.gated else None
+        self.attn_w = nn.Linear(in_dim if linear_attention else L, 1)
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        if config.head == "sigmoid":
+            self.classifier = nn.Linear(in_dim, 1)
+        else:
+            self.classifier = bag_classifier(in_dim, num_classes, config.classifier)
 
     def attention_scores(self, h: Tensor) -> Tensor:
         """Unnormalised scores ``e``: ``[B, N, d] -> [B, N]``."""
+        if self.attn_V is None:  # attention = "linear": w^T h + b
+            return self.attn_w(h).squeeze(-1)
         a = torch.tanh(self.attn_V(h))
         if self.attn_U is not None:
             a = a * torch.sigmoid(self.attn_U(h))

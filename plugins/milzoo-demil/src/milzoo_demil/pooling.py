@@ -7,6 +7,12 @@ where ``L`` defaults to ``k`` (the "value mapping" into the label space);
 over the bag's real instances.  Head ``sigmoid_softmax`` (DEMIPL code):
 ``clamp(sigm(C z + b), eps, 1 - eps)`` is returned as ``bag_logits`` so that
 ``softmax_k(bag_logits)`` is DEMIPL's ``p``; head ``linear``: ``C z + b``.
+
+The PSMIL paper's DEMIL baseline (the official ``mha`` pooling of
+``LMBDA-design/PSAMIL``) is this attention with separate ``U``, ``head =
+"linear"``, ``classifier = "kaiming_nobias"`` (bias-free ``d x k`` ``W``,
+logits ``z W``), ``detach_normaliser = true`` (its default ``cl`` branch takes
+``sum_i a_i`` under ``no_grad``) and no entropy term (loss ``bag_ce``).
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from milzoo.components import ComponentConfig, Pooling
+from milzoo.errors import ComponentError
+from milzoo.heads import bag_classifier
 from milzoo.masking import attention_pool
 from milzoo.output import MILOutput
 
@@ -53,6 +61,16 @@ class DEMILPooling(Pooling):
         clamp_eps: float = Field(
             default=1e-5, ge=0.0, lt=0.5, description="sigmoid_softmax head: clamp to [eps, 1-eps]"
         )
+        classifier: Literal["linear", "kaiming_nobias"] = Field(
+            default="linear",
+            description="C: 'linear' = nn.Linear with bias; 'kaiming_nobias' = the PSMIL code's bias-free d x k "
+            "matrix, kaiming_uniform_ (bound sqrt(6/k)); with head = 'linear' (the PSMIL paper's DEMIL)",
+        )
+        detach_normaliser: bool = Field(
+            default=False,
+            description="treat sum_i a_i as a constant in backward, as the PSMIL code's default ('cl') branch "
+            "does (same forward); False keeps it in the graph as DEMIPL does (methods.md 5.6.3)",
+        )
 
     def __init__(self, config, in_dim, num_classes):
         super().__init__(config, in_dim, num_classes)
@@ -63,7 +81,12 @@ class DEMILPooling(Pooling):
         self.attn_score = nn.Sequential(
             nn.Linear(hidden, config.score_hidden), nn.ReLU(), nn.Linear(config.score_hidden, 1)
         )
-        self.classifier = nn.Linear(in_dim, num_classes)
+        if config.classifier != "linear" and config.head != "linear":
+            raise ComponentError(
+                "pooling 'demil': classifier = \"kaiming_nobias\" is the PSMIL code's classifier, whose logits "
+                "go straight into a softmax; it needs head = \"linear\" (the sigmoid_softmax head is DEMIPL's)."
+            )
+        self.classifier = bag_classifier(in_dim, num_classes, config.classifier)
 
     def attention_scores(self, h: Tensor) -> Tensor:
         """Pre-sigmoid scores ``s``: ``[B, N, d] -> [B, N]``."""
@@ -84,8 +107,9 @@ class DEMILPooling(Pooling):
     def forward(self, h: Tensor, mask: Tensor) -> MILOutput:
         scores = self.attention_scores(h)
         raw = torch.sigmoid(scores).masked_fill(~mask, 0.0)  # a_i in (0, 1), zero at padding
-        # The normaliser stays in the graph (methods.md 5.6.3); a_i > 0 so it is positive.
-        attention = raw / raw.sum(dim=1, keepdim=True).clamp_min(torch.finfo(raw.dtype).tiny)
+        # The normaliser stays in the graph (methods.md 5.6.3) unless detach_normaliser; a_i > 0 so it is positive.
+        norm = raw.sum(dim=1, keepdim=True).clamp_min(torch.finfo(raw.dtype).tiny)
+        attention = raw / (norm.detach() if self.config.detach_normaliser else norm)
         z = attention_pool(attention, h)
         bag_logits = self._head(self.classifier(z))
         inst_logits = self.instance_logits(h).masked_fill(~mask.unsqueeze(-1), 0.0)
