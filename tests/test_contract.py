@@ -51,6 +51,12 @@ VARIANTS = [
     ("pooling:dtfd", {"reduced_dim": 16, "num_res_blocks": 1, "attn_hidden": 8, "num_groups": 3,
                       "distill": "MaxMinS", "rank_class": "pred", "eval_split": "stratified"}),
     ("pooling:dtfd", {"reduced_dim": 16, "attn_hidden": 8, "eval_draws": 2, "instance_tier": "tier1"}),
+    # the PSMIL paper's own baselines (official 'dta', 'fsa', 'mha' poolings of LMBDA-design/PSAMIL)
+    ("pooling:dtfd", {"split": "chunks", "num_groups": 10, "reduce": False, "tier1_classifier": "kaiming_nobias",
+                      "detach_distilled": False, "instance_tier": "tier1", "attn_hidden": 8}),
+    ("pooling:abmil", {"attention": "linear", "classifier": "kaiming_nobias"}),
+    ("pooling:demil", {"head": "linear", "classifier": "kaiming_nobias", "detach_normaliser": True}),
+    ("loss:dtfd", {"tier1_ce_input": "probabilities"}),
     ("pooling:psatt", {"proto_update": "all", "onehot_mix": True, "tau_p": 0.5}),
     ("pooling:psatt", {"onehot_mix": True, "classifier": "kaiming_nobias"}),  # the official code's form
     ("pooling:rgmil", {"train_regressor": True, "init": "kaiming_normal"}),

@@ -13,7 +13,7 @@ from milzoo.batch import Bag, MILBatch, collate_bags
 from milzoo.errors import ComponentError
 from milzoo.output import MILOutput, TrainState
 from milzoo_dtfd.loss import DTFDLoss
-from milzoo_dtfd.pooling import DTFDPooling, random_split, seeded_split, stratified_split
+from milzoo_dtfd.pooling import DTFDPooling, chunk_split, random_split, seeded_split, stratified_split
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -341,3 +341,95 @@ def test_training_learns_toy_problem():
     l1, acc = evaluate()
     assert l1 < 0.7 * l0
     assert acc >= 0.9
+
+
+# --------------------------------------------------------------------------- the PSMIL paper's 'dta' baseline
+
+
+def _paper(k=3, d=6, **opts) -> DTFDPooling:
+    cfg = dict(split="chunks", num_groups=10, reduce=False, tier1_classifier="kaiming_nobias",
+               detach_distilled=False, instance_tier="tier1", attn_hidden=8)
+    cfg.update(opts)
+    return DTFDPooling(DTFDPooling.Config(**cfg), d, k)
+
+
+def test_chunk_split_is_torch_chunk_of_the_real_instances():
+    mask = torch.zeros(3, 64, dtype=torch.bool)
+    mask[0, :64] = True
+    mask[1, :12] = True  # torch.chunk(12 items, 10) gives 6 chunks of 2
+    mask[2, :7] = True  # 7 chunks of 1
+    g = chunk_split(mask, 10)
+    for b in range(3):
+        n = int(mask[b].sum())
+        expect = torch.cat([torch.full((len(c),), j) for j, c in enumerate(torch.chunk(torch.arange(n), 10))])
+        assert torch.equal(g[b, :n], expect), b
+        assert (g[b, n:] == -1).all()
+    assert g[0].bincount().tolist() == [7] * 9 + [1] and int(g[1].max()) == 5
+    # padding between real instances is skipped: the chunks follow the real instances' order
+    m = torch.tensor([[True, False, True, True, False, True]])
+    assert chunk_split(m, 2).tolist() == [[0, -1, 0, 1, -1, 1]]
+
+
+def test_paper_dta_forward_by_hand():
+    """f_m = gated-attention pool of chunk m of the encoder features; bag = tier 2 over the f_m (not detached)."""
+    torch.manual_seed(11)
+    p = _paper(k=3, d=6, num_groups=2).eval()
+    h, mask = torch.randn(1, 5, 6), torch.ones(1, 5, dtype=torch.bool)
+    out = p(h, mask)
+    chunks = torch.chunk(h[0], 2)  # sizes 3 and 2
+    feats = []
+    for c in chunks:
+        a = torch.softmax(p.attention1(c), dim=0)
+        feats.append(a @ c)
+    f = torch.stack(feats)
+    torch.testing.assert_close(out.extras["tier1_logits"][0], f @ p.classifier1.weight.t())
+    a2 = torch.softmax(p.attention2(f), dim=0)
+    torch.testing.assert_close(out.bag_logits[0], p.classifier2(a2 @ f))
+    assert p.reduce is None and p.classifier1.bias is None
+    # training uses the same chunks (no random split), so train and eval forwards agree
+    torch.testing.assert_close(p.train()(h, mask).bag_logits, out.bag_logits)
+
+
+def test_paper_dta_bag_loss_reaches_tier1_and_the_features():
+    torch.manual_seed(12)
+    p = _paper(k=3).train()
+    h = torch.randn(1, 20, 6, requires_grad=True)
+    out = p(h, torch.ones(1, 20, dtype=torch.bool))
+    torch.nn.functional.cross_entropy(out.bag_logits, torch.tensor([2])).backward()
+    assert p.attention1.V.weight.grad.abs().sum() > 0 and h.grad.abs().sum() > 0
+    assert p.classifier1.weight.grad is None  # only the tier-1 loss trains the instance classifier
+
+
+def test_paper_dta_scores_single_instances_with_the_bias_free_tier1_matrix():
+    torch.manual_seed(13)
+    p = _paper(k=10, d=512).eval()
+    bound = math.sqrt(6 / 10)  # kaiming_uniform_ on a [d, k] parameter: fan_in = k
+    w = p.classifier1.weight
+    assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound
+    h = torch.randn(4, 512)
+    torch.testing.assert_close(p.instance_logits(h), h @ w.t())
+    one = p(h[:1].view(1, 1, 512), torch.ones(1, 1, dtype=torch.bool))
+    torch.testing.assert_close(one.bag_logits[0], h[0] @ w.t())
+
+
+def test_reduce_false_with_residual_blocks_is_refused():
+    with pytest.raises(ComponentError, match="num_res_blocks"):
+        _paper(num_res_blocks=1)
+
+
+def test_loss_tier1_on_probabilities_by_hand():
+    t1 = torch.tensor([[[2.0, 0.0], [0.0, 0.0]]])
+    out = MILOutput(bag_logits=torch.tensor([[0.0, 3.0]]), mask=torch.ones(1, 1, dtype=torch.bool),
+                    extras={"tier1_logits": t1, "pseudo_mask": torch.ones(1, 2, dtype=torch.bool)})
+    r = DTFDLoss(DTFDLoss.Config(tier1_ce_input="probabilities"), 2)(out, _batch([1]), TrainState())
+
+    def ce(z, y):
+        return -z[y] + math.log(sum(math.exp(v) for v in z))
+
+    def softmax(z):
+        e = [math.exp(v) for v in z]
+        return [v / sum(e) for v in e]
+
+    l1 = (ce(softmax([2, 0]), 1) + ce(softmax([0, 0]), 1)) / 2  # softmax twice, as the PSMIL code does
+    assert r.parts["dtfd_tier1"].item() == pytest.approx(l1, abs=1e-6)
+    assert r.parts["dtfd_tier2"].item() == pytest.approx(ce([0, 3], 1), abs=1e-6)

@@ -10,6 +10,9 @@ optimisers ([choice] in 3.3).
 
 from __future__ import annotations
 
+from typing import Literal
+
+import torch
 import torch.nn.functional as F
 from pydantic import Field
 
@@ -26,6 +29,11 @@ class DTFDLoss(Loss):
     class Config(ComponentConfig):
         tier1_weight: float = Field(default=1.0, ge=0.0, description="weight of L1 (pseudo-bag CE)")
         tier2_weight: float = Field(default=1.0, ge=0.0, description="weight of L2 (bag CE)")
+        tier1_ce_input: Literal["logits", "probabilities"] = Field(
+            default="logits",
+            description="L1 as cross-entropy of the tier-1 logits (DTFD-MIL), or of their softmax outputs, as "
+            "the PSMIL code's 'dta' baseline computes it (CrossEntropyLoss on probabilities: softmax twice)",
+        )
 
     def bind(self, model, dataset):
         from milzoo_dtfd.pooling import DTFDPooling
@@ -49,7 +57,8 @@ class DTFDLoss(Loss):
             ) from None
         Bn, M, k = t1.shape
         y = batch.y
-        ce1 = F.cross_entropy(t1.reshape(Bn * M, k), y.repeat_interleave(M), reduction="none").view(Bn, M)
+        scores = torch.softmax(t1, dim=-1) if self.config.tier1_ce_input == "probabilities" else t1
+        ce1 = F.cross_entropy(scores.reshape(Bn * M, k), y.repeat_interleave(M), reduction="none").view(Bn, M)
         w = pmask.to(ce1.dtype)
         l1 = ((ce1 * w).sum(1) / w.sum(1).clamp_min(1.0)).mean()
         l2 = F.cross_entropy(out.bag_logits.float(), y)

@@ -17,7 +17,14 @@
    or by the probability of the class predicted by the pseudo-bag's tier-1 logits.
 5. Tier 2 on the *detached* distilled set: gated attention, pooled vector, Linear.
    Its logits are the bag logits.
-6. Single instances (``instance_tier``): ``tier2`` scores a one-instance bag through
+6. The PSMIL paper's DTFD baseline (the official ``dta`` pooling of
+   ``LMBDA-design/PSAMIL``) is reachable by options: ``split = "chunks"``
+   (``num_groups`` contiguous chunks in bag order, ``torch.chunk`` sizes, in training
+   and evaluation), ``reduce = false`` (tier 1 works on the encoder features), the
+   bias-free Kaiming ``tier1_classifier`` that also scores single instances
+   (``instance_tier = "tier1"``), and ``detach_distilled = false`` (the bag loss
+   reaches tier 1 and the encoder through tier 2).
+7. Single instances (``instance_tier``): ``tier2`` scores a one-instance bag through
    both tiers (``W_2 x + b_2``, what the forward gives); ``tier1`` with the official
    instance score ``W_1 x`` (tier-1 weight, no bias), which then also scores
    one-instance bags at evaluation (the single-instance metric).
@@ -32,6 +39,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from milzoo.components import ComponentConfig, Pooling
+from milzoo.errors import ComponentError
+from milzoo.heads import bag_classifier
 from milzoo.masking import attention_pool, masked_softmax
 from milzoo.output import MILOutput
 
@@ -84,6 +93,18 @@ def seeded_split(scores: Tensor, mask: Tensor, num_groups: int, seed: int) -> Te
             patterns[n] = ids[torch.randperm(n, generator=gen)]  # pseudo-bag of each attention rank
         groups[b, order[b, :n]] = patterns[n]
     return groups.to(mask.device)
+
+
+def chunk_split(mask: Tensor, num_groups: int) -> Tensor:
+    """Contiguous pseudo-bag ids ``[B, N]`` (-1 at padding): ``torch.chunk`` of the real instances in bag order.
+
+    A bag of ``n`` real instances gets chunks of ``ceil(n / num_groups)`` instances (the last one shorter),
+    hence at most ``num_groups`` and sometimes fewer pseudo-bags, as ``torch.chunk`` gives.  No randomness.
+    """
+    n = mask.sum(1, keepdim=True)
+    size = torch.div(n + num_groups - 1, num_groups, rounding_mode="floor").clamp_min(1)
+    order = torch.cumsum(mask.long(), dim=1) - 1  # the rank of each real instance in bag order
+    return torch.where(mask, torch.div(order, size, rounding_mode="floor"), torch.full_like(order, -1))
 
 
 def stratified_split(scores: Tensor, mask: Tensor, num_groups: int) -> Tensor:
@@ -151,6 +172,26 @@ class DTFDPooling(Pooling):
             description="rank instances by the last class (faithful, binary) or by the pseudo-bag's "
             "predicted class",
         )
+        split: Literal["random", "chunks"] = Field(
+            default="random",
+            description="training split: a fresh random split per bag (DTFD-MIL), or 'chunks' = num_groups "
+            "contiguous chunks in bag order at training and evaluation (the PSMIL code's 'dta' baseline)",
+        )
+        reduce: bool = Field(
+            default=True,
+            description="the bias-free reduction ReLU(h W_r) (+ residual blocks); false = tier 1 on the "
+            "encoder features (the PSMIL code's 'dta'; reduced_dim and num_res_blocks unused)",
+        )
+        tier1_classifier: Literal["linear", "kaiming_nobias"] = Field(
+            default="linear",
+            description="W_1: nn.Linear, or the PSMIL code's bias-free d x k matrix (kaiming_uniform_, bound "
+            "sqrt(6/k)) that its 'dta' baseline shares with the single-instance classifier",
+        )
+        detach_distilled: bool = Field(
+            default=True,
+            description="tier 2 sees the distilled features as constants (DTFD-MIL); false lets the bag loss "
+            "train tier 1 and the encoder through tier 2 (the PSMIL code's 'dta')",
+        )
         eval_split: Literal["random", "stratified"] = Field(
             default="random",
             description="evaluation split: the official seeded random split (averaged over eval_draws) or "
@@ -170,18 +211,26 @@ class DTFDPooling(Pooling):
 
     def __init__(self, config, in_dim, num_classes):
         super().__init__(config, in_dim, num_classes)
-        d = config.reduced_dim
-        self.reduce = nn.Linear(in_dim, d, bias=False)
+        if not config.reduce and config.num_res_blocks:
+            raise ComponentError(
+                "pooling 'dtfd': reduce = false passes the encoder features straight to tier 1, so there are no "
+                f"residual blocks to add (num_res_blocks = {config.num_res_blocks}); set num_res_blocks = 0, "
+                "or reduce = true."
+            )
+        d = config.reduced_dim if config.reduce else in_dim
+        self.reduce = nn.Linear(in_dim, d, bias=False) if config.reduce else None
         self.res_blocks = nn.Sequential(*[ResidualBlock(d) for _ in range(config.num_res_blocks)])
         self.attention1 = GatedAttention(d, config.attn_hidden)
         self.drop1 = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
-        self.classifier1 = nn.Linear(d, num_classes)
+        self.classifier1 = bag_classifier(d, num_classes, config.tier1_classifier)
         self.attention2 = GatedAttention(d, config.attn_hidden)
         self.drop2 = nn.Dropout(config.dropout_2) if config.dropout_2 > 0 else nn.Identity()
         self.classifier2 = nn.Linear(d, num_classes)
 
     def embed(self, h: Tensor) -> Tensor:
-        """The reduced features ``x = res(ReLU(h W_r))``."""
+        """The reduced features ``x = res(ReLU(h W_r))`` (``h`` itself when ``reduce = false``)."""
+        if self.reduce is None:
+            return h
         return self.res_blocks(torch.relu(self.reduce(h)))
 
     def instance_logits(self, h: Tensor) -> Tensor:
@@ -194,6 +243,8 @@ class DTFDPooling(Pooling):
         return self.classifier2(self.drop2(x))
 
     def split(self, scores: Tensor, mask: Tensor, draw: int = 0) -> Tensor:
+        if self.config.split == "chunks":
+            return chunk_split(mask, self.config.num_groups)
         if self.training:
             return random_split(mask, self.config.num_groups)
         if self.config.eval_split == "stratified":
@@ -209,7 +260,8 @@ class DTFDPooling(Pooling):
         # for backward (it cost 2 x 100 MB at 50k instances).
         xw = x @ self.classifier1.weight.t()  # [B, N, k]
         out = self._tiers(x, e, xw, mask, self.split(e, mask))
-        draws = 1 if self.training or self.config.eval_split == "stratified" else self.config.eval_draws
+        deterministic = self.config.eval_split == "stratified" or self.config.split == "chunks"
+        draws = 1 if self.training or deterministic else self.config.eval_draws
         if draws > 1:  # the official num_MeanInference: average the bag probabilities of several splits
             probs = out.bag_probs
             for j in range(1, draws):
@@ -240,7 +292,8 @@ class DTFDPooling(Pooling):
         p = torch.softmax(s.detach().float(), dim=-1)
 
         feats, fmask, dindex = self._distill(x, f, p, gmask, pmask, t1_logits, groups)
-        feats = feats.detach()  # tier 2 treats the distilled features as constants (3.3)
+        if self.config.detach_distilled:
+            feats = feats.detach()  # tier 2 treats the distilled features as constants (3.3)
         e2 = self.attention2(feats)
         a2 = masked_softmax(e2, fmask)
         z = attention_pool(a2, feats)
