@@ -55,6 +55,8 @@ def test_recipe_set_is_complete():
     for d in ("fmnist", "cifar10", "cifar100"):
         for m in ("abmil_plus", "demil_plus", "abmil_pp", "demil_pp", "psmil_lam0", "psmil_lam001", "psmil_lam01"):
             assert f"{d}/{m}.toml" in names
+    for m in ("abmil", "demil", "dtfd"):  # the PSMIL paper's own baselines (docs/results-psmil.md)
+        assert f"fmnist/paper_{m}.toml" in names
 
 
 @pytest.mark.parametrize("path", ALL, ids=ids)
@@ -89,6 +91,12 @@ def test_recipe_validates_with_the_papers_settings(path):
         assert root.pooling.name in ("psatt", "abmil", "demil")
     if d["data"].get("instance_bags"):
         assert root.pooling.name == "mean" and losses == ["bag_ce"]
+    if path.stem.startswith("paper_"):  # the paper's own baseline: the original row's training, another model
+        original = load_recipe(path.parent / f"{path.stem[len('paper_'):]}.toml").to_dict()
+        for section in ("data", "encoder", "augment", "optim", "schedule", "train", "protocol"):
+            assert d[section] == original[section], section
+        assert d["pooling"]["name"] == original["pooling"]["name"] and d["pooling"] != original["pooling"]
+        assert d["pooling"].get("classifier", d["pooling"].get("tier1_classifier")) == "kaiming_nobias"
     if path.stem == "psmil_lam0":
         assert "psali" not in losses and root.pooling.name == "psatt" and root.train.freeze_encoder_epochs == 1
     if path.stem in ("psmil_lam001", "psmil_lam01"):
@@ -192,6 +200,9 @@ def _run(path: str, root: Path, out: Path, extra=(), epochs=1):
     ("recipes/psmil/fmnist/dtfd.toml", 1),
     ("recipes/psmil/fmnist/transmil.toml", 1),
     ("recipes/psmil/fmnist/psmil_lam0.toml", 1),
+    ("recipes/psmil/fmnist/paper_abmil.toml", 1),
+    ("recipes/psmil/fmnist/paper_demil.toml", 1),
+    ("recipes/psmil/fmnist/paper_dtfd.toml", 1),
 ])
 def test_small_fmnist_runs(path, epochs, fmnist_root, tmp_path):
     summary, recs = _run(path, fmnist_root, tmp_path / "run", epochs=epochs)

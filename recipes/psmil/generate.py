@@ -4,12 +4,14 @@
     .venv/bin/python recipes/psmil/generate.py --check  # fail if a file is out of date (tests do this)
 
 Outputs ``recipes/psmil_<dataset>.toml`` (PSMIL itself) and, per dataset,
-``recipes/psmil/<dataset>/*.toml`` (baselines, ablation rows, supervised ceiling).
+``recipes/psmil/<dataset>/*.toml`` (baselines, ablation rows, supervised ceiling): the files are written
+into the milzoo-psmil package (``SHIPPED``), and these checkout paths are relative symlinks to them.
 Edit this script, not the generated files.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +19,9 @@ import json
 
 HERE = Path(__file__).resolve().parent
 RECIPES = HERE.parent
+#: where the files live: milzoo-psmil ships them as package data (`milzoo recipes`); the checkout paths
+#: recipes/psmil_<dataset>.toml and recipes/psmil/... are relative symlinks to them (docs/recipes.md)
+SHIPPED = RECIPES.parent / "plugins" / "milzoo-psmil" / "src" / "milzoo_psmil" / "recipes"
 
 DATASETS = {
     "fmnist": {
@@ -80,6 +85,24 @@ POOLINGS = {
     # k > 2 classes: rank the instances of a pseudo-bag by its predicted class (docs/models/dtfd.md)
     "dtfd": ({"name": "dtfd", "num_groups": 4, "distill": "AFS", "rank_class": "pred"}, [{"name": "dtfd"}]),
     "supervised": ({"name": "mean"}, [{"name": "bag_ce"}]),
+}
+
+#: the PSMIL paper's own Table 2 baselines (official LMBDA-design/PSAMIL poolings 'fsa', 'mha', 'dta'), as
+#: options of the original plugins; trained exactly like the original-method rows (same lr and view)
+PAPER_BASELINES = {
+    "abmil": ({"name": "abmil", "attention": "linear", "classifier": "kaiming_nobias"}, [{"name": "bag_ce"}],
+              "'fsa': attention softmax(Linear(d -> 1)(h)) with no tanh or V; the bias-free Kaiming classifier W\n"
+              "that also scores single instances (docs/models/abmil.md)."),
+    "demil": ({"name": "demil", "head": "linear", "classifier": "kaiming_nobias", "detach_normaliser": True},
+              [{"name": "bag_ce"}],
+              "'mha': DEMIL's gated sigmoid attention with separate U, the sum of the attention detached, the\n"
+              "bias-free Kaiming classifier, and no entropy term (loss bag_ce) (docs/models/demil.md)."),
+    "dtfd": ({"name": "dtfd", "split": "chunks", "num_groups": 10, "reduce": False,
+              "tier1_classifier": "kaiming_nobias", "detach_distilled": False, "instance_tier": "tier1"},
+             [{"name": "dtfd", "tier1_ce_input": "probabilities"}],
+             "'dta': 10 contiguous chunks as pseudo-bags, no reduction, the shared bias-free Kaiming classifier\n"
+             "for tier 1 and single instances, tier 2 not detached, the tier-1 CE on softmax outputs\n"
+             "(docs/models/dtfd.md)."),
 }
 
 REDUCED_NOTE = (
@@ -219,6 +242,17 @@ def files() -> dict[Path, str]:
                 "end-to-end recipe here, so that PSAli is the only difference to the '++' rows.",
                 recipe(ds, m, views=1, psali=None, name=f"{m}_{ds}",
                        description=f"{TITLES[m]} on synthetic {ds} bags (Table 2, trainable encoder)"))
+        if spec.get("reduced"):  # the paper's own baselines, for a like-for-like comparison with its Table 2
+            for m, (pooling, losses, what) in PAPER_BASELINES.items():
+                body = recipe(ds, m, views=1, psali=None, name=f"paper_{m}_{ds}",
+                              description=f"the PSMIL paper's {TITLES[m]} baseline on synthetic {ds} bags")
+                body["pooling"] = dict(pooling)
+                body["loss"] = [dict(l) for l in losses]
+                put(sub / f"paper_{m}.toml", f"The PSMIL paper's own {TITLES[m]} baseline on synthetic "
+                    f"{ds.upper()} bags (its Table 2: {paper[m]})", ds,
+                    enc_note + "The official code's " + what + "\n"
+                    f"Trained exactly as {m}.toml (same learning rate and view); only the model differs.",
+                    body)
         if spec.get("frozen"):
             for m in ("abmil", "demil", "transmil", "dtfd"):
                 put(sub / f"{m}_frozen.toml", f"{TITLES[m]} on synthetic {ds.upper()} bags with the pretrained "
@@ -268,16 +302,35 @@ def files() -> dict[Path, str]:
     return out
 
 
+def shipped(path: Path) -> Path:
+    """The packaged file behind the checkout path recipes/X."""
+    return SHIPPED / path.relative_to(RECIPES)
+
+
+def _replace(path: Path, make) -> None:
+    """Write through a temporary file and rename it over ``path``: a run starting now reads old or new, never half."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    make(tmp)
+    os.replace(tmp, path)
+
+
 def main(argv: list[str]) -> int:
     check = "--check" in argv
     stale = []
     for path, text in files().items():
+        target, link = shipped(path), os.path.relpath(shipped(path), path.parent)
         if check:
-            if not path.exists() or path.read_text() != text:
+            if not target.is_file() or target.read_text() != text or not path.is_symlink() \
+                    or os.readlink(path) != link:
                 stale.append(str(path))
         else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.is_file() or target.read_text() != text:
+                _replace(target, lambda tmp: tmp.write_text(text))
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+            if not path.is_symlink() or os.readlink(path) != link:
+                _replace(path, lambda tmp: os.symlink(link, tmp))
     if stale:
         print("out of date (run recipes/psmil/generate.py):\n  " + "\n  ".join(stale))
         return 1
