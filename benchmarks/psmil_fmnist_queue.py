@@ -81,6 +81,9 @@ FINAL = {
     "psmil_lam01": (f"{R}psmil_lam01.toml", []),
     "abmil_pp": (f"{R}abmil_pp.toml", []),
     "demil_pp": (f"{R}demil_pp.toml", []),
+    "paper_abmil": (f"{R}paper_abmil.toml", []),
+    "paper_demil": (f"{R}paper_demil.toml", []),
+    "paper_dtfd": (f"{R}paper_dtfd.toml", []),
 }
 GROUPS = {"select": _select_jobs(), "final": FINAL}
 JOBS = {k: v for g in GROUPS.values() for k, v in g.items()}
