@@ -48,7 +48,7 @@ def cli():
 @click.option("--jobs", "-j", type=int, default=1, show_default=True,
               help="train the folds in N worker processes (train.threads threads each, default 1)")
 def run_cmd(recipe, out, overrides, resume, overwrite, fold, no_progress, jobs):
-    """Train and evaluate RECIPE (a TOML file) into a run directory."""
+    """Train and evaluate RECIPE (a TOML file, or a shipped recipe's name: `milzoo recipes`) into a run directory."""
     from milzoo.distributed import maybe_distributed
     from milzoo.runner import run
 
@@ -114,7 +114,7 @@ def _metric_text(name: str, m: dict) -> str | None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
 @click.option("--print", "show", is_flag=True, help="print the resolved recipe")
 def validate_cmd(recipe, overrides, show):
-    """Check RECIPE without running it; report every problem at once."""
+    """Check RECIPE (a file or a shipped recipe's name) without running it; report every problem at once."""
     from milzoo.recipe import load_recipe
 
     r = load_recipe(recipe, list(overrides))
@@ -169,7 +169,7 @@ def summarize_cmd(run_dir):
 
 
 #: core command modules under milzoo/commands/, each exposing add_commands(cli)
-CORE_COMMAND_MODULES = ("hub", "report")
+CORE_COMMAND_MODULES = ("hub", "report", "recipes")
 
 
 def _add_core_commands() -> None:

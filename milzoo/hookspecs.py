@@ -55,6 +55,11 @@ def milzoo_register_pretrained(register):
 
 
 @hookspec
+def milzoo_register_recipes(register):
+    """Register shipped recipe files: ``register(files("pkg") / "recipes")`` (see :mod:`milzoo.recipebook`)."""
+
+
+@hookspec
 def milzoo_register_commands(cli):
     """Add click commands or groups to the ``milzoo`` command line (``cli.add_command(...)``)."""
 

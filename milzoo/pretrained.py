@@ -15,7 +15,7 @@ needs.  Plugins register entries through a hook, exactly like components::
             name="mymethod-musk1",
             repo_id="my-org/mymethod-musk1",
             revision="0123456789abcdef0123456789abcdef01234567",  # the commit `milzoo push` printed
-            recipe="recipes/mymethod_musk1.toml",
+            recipe="mymethod_musk1",        # a recipe your distribution ships (`milzoo recipes`), or a path
             published=True,
             requires=["milzoo-mymethod"],
         ))
@@ -54,7 +54,8 @@ class PretrainedEntry(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="zoo name, e.g. psmil-camelyon16")
     repo_id: str = Field(pattern=r"^[A-Za-z0-9][\w.-]*/[\w.-]+$", description="Hub repository, org/name")
     revision: str | None = Field(default=None, description="pinned 40-hex commit; None while unpublished")
-    recipe: str = Field(description="the recipe that trains it, e.g. recipes/psmil_camelyon16.toml")
+    recipe: str = Field(description="the recipe that trains it: a shipped recipe's name (`milzoo recipes`, e.g. "
+                        "psmil_camelyon16), which works after pip install, or a path")
     metrics: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="split -> metric -> value, measured on these weights (or empty)"
     )

@@ -266,7 +266,9 @@ def read_toml(source: str | Path) -> dict[str, Any]:
         with fsspec.open(src, "rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
-        raise RecipeError(src, ["file not found; check the path (shipped recipes live in recipes/)"]) from None
+        from milzoo.recipebook import not_found_hint
+
+        raise RecipeError(src, [f"file not found; check the path, or: {not_found_hint(src)}"]) from None
     except IsADirectoryError:
         raise RecipeError(src, ["is a directory, not a recipe file"]) from None
     except tomllib.TOMLDecodeError as exc:
@@ -333,9 +335,13 @@ def validate_recipe(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
 
 
 def load_recipe(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> Recipe:
-    """Read (a path/URL or an already-parsed dict), apply overrides, validate."""
+    """Read (a path/URL, a shipped recipe's name or an already-parsed dict), apply overrides, validate."""
+    from milzoo.recipebook import resolve
+
     if isinstance(source, dict):
         raw, name = source, "<dict>"
+    elif (shipped := resolve(source)) is not None:  # a shipped recipe's name (`milzoo recipes`), not a file
+        raw, name = shipped.load(), shipped.origin
     else:
         raw, name = read_toml(source), str(source)
     return validate_recipe(apply_overrides(raw, overrides), name)

@@ -357,8 +357,8 @@ def test_paper_entries_are_listed_honestly():
     for name in expected:
         e = entries[name]
         assert not e.published and e.revision is None and e.metrics == {}
-        assert e.recipe == f"recipes/psmil_{name[len('psmil-'):].replace('-', '_')}.toml"
-    with pytest.raises(UnpublishedModelError, match="milzoo run recipes/psmil_camelyon16.toml"):
+        assert e.recipe == f"psmil_{name[len('psmil-'):].replace('-', '_')}"  # a shipped recipe's name
+    with pytest.raises(UnpublishedModelError, match="milzoo run psmil_camelyon16 --out"):
         milzoo.load_pretrained("psmil-camelyon16")
 
 

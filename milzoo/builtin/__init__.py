@@ -31,3 +31,10 @@ def milzoo_register_datasets(register):
     from milzoo.builtin.classic import ClassicDataset
 
     register(ClassicDataset)
+
+
+@hookimpl
+def milzoo_register_recipes(register):
+    from importlib.resources import files
+
+    register(files("milzoo") / "recipes")  # quickstart.toml (package data, declared in pyproject.toml)

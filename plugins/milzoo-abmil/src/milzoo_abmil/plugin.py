@@ -8,3 +8,10 @@ def milzoo_register_poolings(register):
     from milzoo_abmil.pooling import ABMILPooling
 
     register(ABMILPooling)
+
+
+@hookimpl
+def milzoo_register_recipes(register):
+    from importlib.resources import files
+
+    register(files("milzoo_abmil") / "recipes")  # package data (pyproject.toml); `milzoo recipes` lists them

@@ -22,3 +22,10 @@ def milzoo_register_datasets(register):
     from milzoo_demil.datasets import MIPLCandidates
 
     register(MIPLCandidates)
+
+
+@hookimpl
+def milzoo_register_recipes(register):
+    from importlib.resources import files
+
+    register(files("milzoo_demil") / "recipes")  # package data (pyproject.toml); `milzoo recipes` lists them

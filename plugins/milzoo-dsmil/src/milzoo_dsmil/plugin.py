@@ -15,3 +15,10 @@ def milzoo_register_losses(register):
     from milzoo_dsmil.loss import DSMILLoss
 
     register(DSMILLoss)
+
+
+@hookimpl
+def milzoo_register_recipes(register):
+    from importlib.resources import files
+
+    register(files("milzoo_dsmil") / "recipes")  # package data (pyproject.toml); `milzoo recipes` lists them

@@ -47,7 +47,7 @@ def milzoo_register_pretrained(register):
             name=name,
             repo_id=f"milzoo/{name}",
             revision=None,
-            recipe=f"recipes/psmil_{stem}.toml",
+            recipe=f"psmil_{stem}",  # a shipped recipe's name (`milzoo recipes`)
             metrics={},
             license="apache-2.0",
             datasets=[dataset],
@@ -56,3 +56,10 @@ def milzoo_register_pretrained(register):
             description=description,
             tags=["psmil", "wsi" if not extra else "image-bags"],
         ))
+
+
+@hookimpl
+def milzoo_register_recipes(register):
+    from importlib.resources import files
+
+    register(files("milzoo_psmil") / "recipes")  # package data (pyproject.toml); `milzoo recipes` lists them

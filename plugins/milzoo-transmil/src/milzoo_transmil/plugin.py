@@ -8,3 +8,10 @@ def milzoo_register_poolings(register):
     from milzoo_transmil.pooling import TransMILPooling
 
     register(TransMILPooling)
+
+
+@hookimpl
+def milzoo_register_recipes(register):
+    from importlib.resources import files
+
+    register(files("milzoo_transmil") / "recipes")  # package data (pyproject.toml); `milzoo recipes` lists them
