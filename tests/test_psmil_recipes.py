@@ -91,6 +91,11 @@ def test_recipe_validates_with_the_papers_settings(path):
         assert root.pooling.name in ("psatt", "abmil", "demil")
     if d["data"].get("instance_bags"):
         assert root.pooling.name == "mean" and losses == ["bag_ce"]
+    one_view_baseline = root.pooling.name in ("abmil", "demil", "transmil", "dtfd") and "psali" not in losses
+    if path.parent.name == "fmnist" and one_view_baseline:  # the pooling view chosen on validation: unaugmented
+        assert (d["augment"]["num_views"], d["augment"]["flip"], d["augment"]["pad"]) == (1, False, 0)
+    elif d.get("augment"):
+        assert d["augment"].get("flip", True) and d["augment"].get("pad", 4) == 4
     if path.stem.startswith("paper_"):  # the paper's own baseline: the original row's training, another model
         original = load_recipe(path.parent / f"{path.stem[len('paper_'):]}.toml").to_dict()
         for section in ("data", "encoder", "augment", "optim", "schedule", "train", "protocol"):
