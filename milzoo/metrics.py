@@ -1,14 +1,37 @@
-"""Bag- and instance-level metrics (scikit-learn does the maths)."""
+"""Bag- and instance-level metrics.
+
+Accuracy, F1 and ROC AUC are a few lines of numpy with scikit-learn's definitions
+(``tests/test_metrics_sklearn.py`` checks them against scikit-learn): importing
+``sklearn.metrics`` costs a second or more of every run.  The Youden threshold still
+uses scikit-learn's ``roc_curve``, imported when a recipe asks for it.
+"""
 
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 from milzoo.errors import DataError
+
+
+def binary_auc(positive: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC of ``score`` for the boolean labels ``positive`` (both classes present): the trapezoidal
+    area under the ROC curve with one point per distinct score, as ``sklearn.metrics.roc_auc_score``."""
+    order = np.argsort(score, kind="mergesort")[::-1]
+    s, t = score[order], positive[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), t.size - 1]  # the last position of each distinct score
+    tps = np.r_[0.0, np.cumsum(t, dtype=np.float64)[last]]
+    fps = np.r_[0.0, 1 + last - tps[1:]]
+    return float(np.trapezoid(tps / tps[-1], fps / fps[-1]))
+
+
+def f1(y_true: np.ndarray, pred: np.ndarray, label: int) -> float:
+    """F1 of one class: 2 tp / (2 tp + fp + fn), 0 when that is 0 / 0 (scikit-learn's zero_division=0)."""
+    t, p = y_true == label, pred == label
+    tp = int(np.sum(t & p))
+    denominator = 2 * tp + int(np.sum(~t & p)) + int(np.sum(t & ~p))
+    return 2 * tp / denominator if denominator else 0.0
 
 
 def bag_metrics(y_true: np.ndarray, probs: np.ndarray, threshold: float | None = None) -> dict[str, float]:
@@ -32,20 +55,18 @@ def bag_metrics(y_true: np.ndarray, probs: np.ndarray, threshold: float | None =
         pred = (probs[:, 1] >= threshold).astype(int)
     else:
         pred = probs.argmax(1)
-    out = {"acc": float(accuracy_score(y_true, pred))}
+    out = {"acc": float(np.mean(y_true == pred)) if len(y_true) else math.nan}
     present = np.unique(y_true)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if k == 2:
-            out["f1"] = float(f1_score(y_true, pred, pos_label=1, zero_division=0))
-            out["auc"] = float(roc_auc_score(y_true, probs[:, 1])) if len(present) == 2 else math.nan
+    if k == 2:
+        out["f1"] = float(f1(y_true, pred, 1))
+        out["auc"] = binary_auc(y_true == 1, probs[:, 1]) if len(present) == 2 else math.nan
+    else:  # macro averages over the k classes; AUC one-vs-rest
+        out["f1"] = float(np.mean([f1(y_true, pred, c) for c in range(k)]))
+        if len(present) == k:
+            p = probs / probs.sum(1, keepdims=True).clip(1e-12)
+            out["auc"] = float(np.mean([binary_auc(y_true == c, p[:, c]) for c in range(k)]))
         else:
-            out["f1"] = float(f1_score(y_true, pred, average="macro", labels=list(range(k)), zero_division=0))
-            if len(present) == k:
-                p = probs / probs.sum(1, keepdims=True).clip(1e-12)
-                out["auc"] = float(roc_auc_score(y_true, p, multi_class="ovr", average="macro", labels=list(range(k))))
-            else:
-                out["auc"] = math.nan
+            out["auc"] = math.nan
     return out
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from milzoo.datasets.base import MILDataset
 from milzoo.errors import UserError
@@ -29,6 +28,29 @@ log = logging.getLogger("milzoo")
 def _stratify_ok(labels: np.ndarray, n_splits: int) -> bool:
     _, counts = np.unique(labels, return_counts=True)
     return counts.min() >= n_splits
+
+
+def stratified_kfold(labels: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(X, labels)`` of scikit-learn, in
+    numpy (its algorithm: each class's bags dealt to folds in blocks sized round-robin, the blocks shuffled
+    by ``RandomState(seed)`` class by class in order of first appearance), without importing scikit-learn
+    (a second or more of every run).  ``tests/test_metrics_sklearn.py`` checks that the folds are the same.
+    Every class must have at least ``k`` bags."""
+    labels = np.asarray(labels)
+    rng = np.random.RandomState(seed)
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    _, class_perm = np.unique(first, return_inverse=True)
+    encoded = class_perm[inverse.reshape(-1)]  # classes numbered by first appearance
+    n_classes = len(first)
+    ordered = np.sort(encoded)
+    allocation = np.asarray([np.bincount(ordered[i::k], minlength=n_classes) for i in range(k)])
+    test_folds = np.empty(len(labels), dtype="i")
+    for c in range(n_classes):
+        folds_for_class = np.arange(k).repeat(allocation[:, c])
+        rng.shuffle(folds_for_class)
+        test_folds[encoded == c] = folds_for_class
+    indices = np.arange(len(labels))
+    return [(indices[test_folds != i], indices[test_folds == i]) for i in range(k)]
 
 
 def kfold_indices(labels: np.ndarray, groups: np.ndarray | None, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -45,6 +67,8 @@ def kfold_indices(labels: np.ndarray, groups: np.ndarray | None, k: int, seed: i
                 "bags of a group never straddle folds; lower protocol.folds."
             )
         _, counts = np.unique(labels, return_counts=True)
+        from sklearn.model_selection import StratifiedGroupKFold
+
         if counts.max() >= k:
             splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
         else:  # no class has k bags: StratifiedGroupKFold refuses, so group without stratifying
@@ -54,7 +78,7 @@ def kfold_indices(labels: np.ndarray, groups: np.ndarray | None, k: int, seed: i
         folds = list(splitter.split(X, labels, groups))
         assert_no_group_leak(folds, groups)
     elif _stratify_ok(labels, k):
-        folds = list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(X, labels))
+        folds = stratified_kfold(labels, k, seed)
     else:
         from sklearn.model_selection import KFold
 
@@ -107,6 +131,8 @@ def carve_validation(ds: MILDataset, fraction: float, seed: int) -> tuple[np.nda
         k = max(2, int(round(1 / fraction)))
         tr, va = kfold_indices(labels, groups, k, seed)[0]
         return tr, va
+    from sklearn.model_selection import train_test_split
+
     strat = labels if _stratify_ok(labels, 2) and n_val >= len(np.unique(labels)) else None
     tr, va = train_test_split(np.arange(n), test_size=n_val, stratify=strat, random_state=seed)
     return np.sort(tr), np.sort(va)

@@ -91,17 +91,21 @@ def optimizer_kernels(cls: type, device: torch.device) -> dict[str, bool]:
 
 
 def make_optimizer(optim_cfg, params, device: torch.device | None = None) -> torch.optim.Optimizer:
+    """torch's SGD, Adam or AdamW (``milzoo.optim``: without the torch.compile guards that import
+    ``torch._dynamo``; same arithmetic and state)."""
+    from milzoo import optim
+
     params = [p for p in params if p.requires_grad]
     device = torch.device("cpu") if device is None else torch.device(device)
     if optim_cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=optim_cfg.lr, momentum=optim_cfg.momentum,
-                               weight_decay=optim_cfg.weight_decay, nesterov=optim_cfg.nesterov,
-                               **optimizer_kernels(torch.optim.SGD, device))
+        return optim.SGD(params, lr=optim_cfg.lr, momentum=optim_cfg.momentum,
+                         weight_decay=optim_cfg.weight_decay, nesterov=optim_cfg.nesterov,
+                         **optimizer_kernels(optim.SGD, device))
     if optim_cfg.name == "adam":
-        return torch.optim.Adam(params, lr=optim_cfg.lr, betas=optim_cfg.betas, weight_decay=optim_cfg.weight_decay,
-                                **optimizer_kernels(torch.optim.Adam, device))
-    return torch.optim.AdamW(params, lr=optim_cfg.lr, betas=optim_cfg.betas, weight_decay=optim_cfg.weight_decay,
-                             **optimizer_kernels(torch.optim.AdamW, device))
+        return optim.Adam(params, lr=optim_cfg.lr, betas=optim_cfg.betas, weight_decay=optim_cfg.weight_decay,
+                          **optimizer_kernels(optim.Adam, device))
+    return optim.AdamW(params, lr=optim_cfg.lr, betas=optim_cfg.betas, weight_decay=optim_cfg.weight_decay,
+                       **optimizer_kernels(optim.AdamW, device))
 
 
 def higher_is_better(metric: str) -> bool:
