@@ -95,7 +95,10 @@ class PretrainedEntry(BaseModel):
 
     @property
     def train_command(self) -> str:
-        return f"milzoo run {self.recipe} --out {self.run_dir}"
+        from milzoo.recipebook import checkout_name
+
+        # a checkout path of a shipped recipe is shown by its name, which works after pip install too
+        return f"milzoo run {checkout_name(self.recipe)} --out {self.run_dir}"
 
     @property
     def push_command(self) -> str:

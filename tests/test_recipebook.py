@@ -45,6 +45,9 @@ def run_cli(*args: str):
 def test_every_checkout_recipe_is_a_link_to_the_file_its_distribution_ships():
     shipped = {r.name: r for r in recipebook.list_recipes()}
     assert set(CHECKOUT) <= set(shipped), sorted(set(CHECKOUT) - set(shipped))
+    # and every recipe this checkout ships has its checkout path (tests/test_recipe.py validates those)
+    ours = {n for n, r in shipped.items() if r.path is not None and r.path.resolve().is_relative_to(ROOT)}
+    assert ours == set(CHECKOUT), sorted(ours ^ set(CHECKOUT))
     for name, path in CHECKOUT.items():
         recipe = shipped[name]
         assert recipe.distribution == _home(name), name
@@ -74,6 +77,12 @@ def test_names_are_the_checkout_paths_and_psmil_pretrained_entries_name_shipped_
     for entry in entries:
         assert recipebook.get_recipe(entry.recipe).distribution == "milzoo-psmil"
         assert entry.train_command.startswith(f"milzoo run {entry.recipe} --out")
+    from milzoo.pretrained import PretrainedEntry
+
+    old_style = PretrainedEntry(name="x", repo_id="o/x", recipe="recipes/classic/dsmil_musk1.toml")
+    assert old_style.train_command == "milzoo run classic/dsmil_musk1 --out runs/x"
+    assert PretrainedEntry(name="y", repo_id="o/y", recipe="recipes/mine.toml").train_command.startswith(
+        "milzoo run recipes/mine.toml --out")
 
 
 # --------------------------------------------------------------------------- loading by name
