@@ -150,6 +150,9 @@ def plugins_cmd(as_json):
     from milzoo import plugins, registry
 
     registry.list_components()  # run the hooks so registration failures are recorded too
+    from milzoo import recipebook
+
+    recipebook.list_recipes()  # and the recipe hooks (milzoo.recipebook)
     recs = [r.to_dict() for r in plugins.plugin_records()]
     if as_json:
         click.echo(json.dumps(recs, indent=2))

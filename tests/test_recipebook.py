@@ -263,3 +263,7 @@ def test_a_broken_recipe_hook_fails_only_its_plugin(site):
     assert recipebook.providers("one") == []  # a failed hook registers nothing
     msg = str(pytest.raises(UnknownRecipeError, recipebook.get_recipe, "onne").value)
     assert "milzoo-fake-broken" in msg  # an unknown name mentions the plugins that failed
+    plugins.reset_plugins()  # `milzoo plugins` runs the recipe hooks too, so it shows the failure
+    res = run_cli("plugins", "--json")
+    status = {r["distribution"]: r["status"] for r in json.loads(res.output)}
+    assert status["milzoo-fake-broken"] == "failed" and status["milzoo-abmil"] == "ok"
