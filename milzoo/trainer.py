@@ -133,8 +133,20 @@ class LossSums:
         self.device = device
         self.sums: dict[str, torch.Tensor | float] = {}
         self._first_bad: torch.Tensor | None = None  # step of the first non-finite total, -1 while none
+        # on a CPU reading a value back waits for nothing: Python floats there, one read per value instead
+        # of eight small tensor operations per step (the same sums: float64 either way)
+        self._host = torch.device(device).type == "cpu"
+        self._host_bad: int | None = None
 
     def add(self, total: torch.Tensor, parts: dict[str, Any], n: int, step: int) -> None:
+        if self._host:
+            value = float(total.detach())
+            if self._host_bad is None and not math.isfinite(value):
+                self._host_bad = step
+            for k, v in (("loss", value), *parts.items()):
+                v = float(v) * n
+                self.sums[k] = v if k not in self.sums else self.sums[k] + v
+            return
         t = total.detach()
         bad = ~torch.isfinite(t)
         first = torch.full((), -1, dtype=torch.long, device=t.device) if self._first_bad is None else self._first_bad
@@ -145,6 +157,8 @@ class LossSums:
 
     def diverged_at(self) -> int | None:
         """The step whose loss was non-finite (a host read), or None."""
+        if self._host:
+            return self._host_bad
         if self._first_bad is None:
             return None
         step = int(self._first_bad)
@@ -278,6 +292,14 @@ class Trainer:
     def _iter_batches(self, ds: MILDataset, batches: list[list[int]]):
         """The batches of ``ds`` on the training device, from its resident copy or a DataLoader."""
         split = self._resident_split(ds)
+        if split is None and self.device.type == "cpu" and self.recipe.root.train.num_workers == 0 \
+                and not hasattr(ds, "__getitems__"):
+            # what a DataLoader without workers does (dataset[i] for each bag, collate_bags), without its
+            # iterator machinery per step; the same batches and random draws (tests/test_trainer_steps.py)
+            torch.empty((), dtype=torch.int64).random_()
+            for rows in batches:
+                yield collate_bags([ds[i] for i in rows])
+            return
         if split is None:
             for batch in self._loader(ds, batches):
                 yield batch.to(self.device, non_blocking=True)

@@ -96,3 +96,35 @@ def test_gpu_trainer_uses_fused_optimizer_and_cudnn_benchmark(tmp_path):
     assert tr.batch_size == 4
     res = tr.fit(progress=False)
     assert res["epochs_run"] == 2
+
+
+def test_cpu_batches_without_a_dataloader_equal_a_dataloaders(tmp_path):
+    """On a CPU without workers the trainer collates bags itself: the same batches and the same draw from
+    torch's global RNG as a DataLoader iterator (so dropout sees the same stream)."""
+    from milzoo.build import build_dataset
+    from milzoo.protocols import make_folds
+    from milzoo.trainer import Trainer
+
+    from pathlib import Path
+
+    quickstart = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.toml"
+    recipe = load_recipe(str(quickstart), ["protocol.folds=2", "train.batch_size=3"])
+    fold = make_folds(recipe.root.protocol, build_dataset(recipe), 0)[0]
+    trainer = Trainer(recipe, fold, tmp_path, emit=lambda r: None)
+    ds = fold.train
+    assert trainer._resident_split(ds) is None
+    batches = [list(range(i, min(i + 3, len(ds)))) for i in range(0, len(ds), 3)][::-1]
+    state = torch.get_rng_state()
+    got = list(trainer._iter_batches(ds, batches))
+    after = torch.get_rng_state()
+    torch.set_rng_state(state)
+    want = list(trainer._loader(ds, batches))
+    assert torch.equal(after, torch.get_rng_state())
+    assert len(got) == len(want) == len(batches)
+    for a, b in zip(got, want):
+        for name in ("x", "mask", "y", "index"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+        assert a.bag_ids == b.bag_ids and a.unpadded == b.unpadded and a.meta == b.meta
+        assert (a.inst_y is None) == (b.inst_y is None)
+        if a.inst_y is not None:
+            assert torch.equal(a.inst_y, b.inst_y)

@@ -1,0 +1,234 @@
+"""milzoo vs torchmil: ABMIL on MUSK1, the same 10 folds, wall time and accuracy, measured in one run.
+
+Needs torchmil (``pip install -e .[bench]``; check with ``pip install --dry-run`` that it leaves torch alone).
+
+What runs, each in a fresh process so that every side pays its own imports (the wall time is what a user
+waits for, start to summary):
+
+- ``milzoo quickstart --jobs 2``: ``milzoo run recipes/quickstart.toml --jobs 2`` as shipped (4 bags per step).
+- ``milzoo quickstart``: the same, sequential (``--jobs 1``).
+- ``milzoo 1 bag/step``: the quickstart with ``train.batch_size = 1`` and ``pooling.head = "sigmoid"``:
+  torchmil's settings (one bag per Adam step, ABMIL's single logit), so the same number of steps.
+- ``torchmil``: torchmil 1.0.2's ``ABMIL`` with the quickstart's encoder as ``feat_ext`` (166 -> 256 -> 128,
+  ReLU, dropout 0.2), ``att_dim = 64``, BCE on one logit, Adam (lr 5e-4, weight decay 5e-4), 40 epochs of one
+  bag per step, trained by torchmil's own ``Trainer`` on milzoo's folds and per-fold standardised features;
+  the held-out fold is its validation loader (evaluated after every epoch, as milzoo evaluates its test
+  split). One torch thread, as the quickstart.
+- ``torchmil replay``: torchmil's ``ABMIL`` module started from milzoo's initial weights of each fold and
+  trained in a plain loop that visits the bags in milzoo's order and draws the same random numbers
+  (the DataLoader seeds, the dropout masks): the faithfulness check. Its accuracy must equal that of
+  ``milzoo 1 bag/step`` within 0.01 (only float rounding differs: torchmil's attention has no bias, its
+  loss is ``BCEWithLogits(t)`` where milzoo's is the cross-entropy of ``[0, t]``).
+
+Accuracy is the last epoch's, on the held-out fold, averaged over the 10 folds (prediction: logit > 0).
+
+    .venv/bin/python benchmarks/vs_torchmil.py                 # writes benchmarks/results/vs_torchmil.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "quickstart.toml"
+MILZOO = [sys.executable, "-m", "milzoo"]
+
+
+# ----------------------------------------------------------------------------- shared data (workers)
+def _folds(epochs: int):
+    """milzoo's recipe, folds and per-fold standardised bags: [(fold, recipe, train [(x, y)], test [(x, y)])]."""
+    import torch
+
+    from milzoo.build import build_dataset
+    from milzoo.model import Standardize
+    from milzoo.protocols import make_folds
+    from milzoo.recipe import load_recipe
+
+    recipe = load_recipe(str(RECIPE), ["train.batch_size=1", "pooling.head=sigmoid", f"train.epochs={epochs}"])
+    torch.manual_seed(recipe.root.seed)
+    out = []
+    for fd in make_folds(recipe.root.protocol, build_dataset(recipe), recipe.root.seed):
+        train_bags = [fd.train.get_bag(i) for i in range(len(fd.train))]
+        test = fd.evals["test"]
+        std = Standardize(train_bags[0].x.shape[1])
+        std.fit(b.x for b in train_bags)
+        norm = lambda b: (std(b.x.float()), int(b.y))  # noqa: E731 - what milzoo's model does first
+        out.append((fd.fold, recipe, [norm(b) for b in train_bags],
+                    [norm(test.get_bag(i)) for i in range(len(test))]))
+    return out
+
+
+def _feat_ext(dropout: float):
+    from torch import nn
+
+    return nn.Sequential(nn.Linear(166, 256), nn.ReLU(), nn.Dropout(dropout), nn.Linear(256, 128), nn.ReLU(),
+                         nn.Dropout(dropout))
+
+
+def _accuracy(model, bags) -> float:
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        hits = [int((model(x.unsqueeze(0)).reshape(()) > 0).item()) == y for x, y in bags]
+    return sum(hits) / len(hits)
+
+
+def worker_torchmil(epochs: int) -> dict:
+    """torchmil's ABMIL trained by torchmil's Trainer (what a torchmil user runs)."""
+    import torch
+    import torchmetrics
+    from tensordict import TensorDict
+    from torchmil.data import collate_fn
+    from torchmil.models import ABMIL
+    from torchmil.utils.trainer import Trainer
+
+    torch.set_num_threads(1)
+    accs = []
+    for fold, recipe, train, test in _folds(epochs):
+        torch.manual_seed(fold)
+        model = ABMIL(in_shape=(166,), att_dim=recipe.root.pooling.attn_hidden, feat_ext=_feat_ext(0.2))
+        opt = torch.optim.Adam(model.parameters(), lr=recipe.root.optim.lr, weight_decay=recipe.root.optim.weight_decay)
+        as_dicts = lambda bags: [TensorDict({"X": x, "Y": torch.tensor(float(y))}) for x, y in bags]  # noqa: E731
+        train_dl = torch.utils.data.DataLoader(as_dicts(train), batch_size=1, shuffle=True, collate_fn=collate_fn)
+        test_dl = torch.utils.data.DataLoader(as_dicts(test), batch_size=1, shuffle=False, collate_fn=collate_fn)
+        trainer = Trainer(model, opt, metrics_dict={"accuracy": torchmetrics.Accuracy(task="binary")},
+                          obj_metric="accuracy", device="cpu", disable_pbar=True, verbose=False)
+        trainer.train(max_epochs=epochs, train_dataloader=train_dl, val_dataloader=test_dl)
+        accs.append(_accuracy(model, test))  # the last epoch's model, as milzoo's "last"
+    return {"acc_per_fold": accs, "acc": sum(accs) / len(accs)}
+
+
+def worker_replay(epochs: int) -> dict:
+    """torchmil's ABMIL from milzoo's initial weights, milzoo's bag order and random stream (faithfulness)."""
+    import torch
+    from torchmil.models import ABMIL
+
+    from milzoo.build import build_model
+
+    torch.set_num_threads(1)
+    accs = []
+    for fold, recipe, train, test in _folds(epochs):
+        model = ABMIL(in_shape=(166,), att_dim=recipe.root.pooling.attn_hidden, feat_ext=_feat_ext(0.2))
+        torch.manual_seed(recipe.root.seed * 1000 + fold)  # what milzoo's Trainer does, then builds its model
+        ref = build_model(recipe, (166,), 2, ["0", "1"])
+        with torch.no_grad():
+            for i in (0, 3):
+                model.feat_ext[i].load_state_dict(ref.encoder.net[i].state_dict())
+            bare = lambda m: getattr(m, "module", m)  # noqa: E731 - torchmil's LazyLinear wraps an nn.Linear
+            bare(model.pool.fc1).load_state_dict(ref.pooling.attn_V.state_dict())
+            model.pool.fc2.weight.copy_(ref.pooling.attn_w.weight)  # torchmil's has no bias (softmax ignores it)
+            bare(model.classifier).load_state_dict(ref.pooling.classifier.state_dict())
+        opt = torch.optim.Adam(model.parameters(), lr=recipe.root.optim.lr, weight_decay=recipe.root.optim.weight_decay,
+                               foreach=True)
+        seed = recipe.root.seed
+        for epoch in range(epochs):
+            g = torch.Generator().manual_seed(seed * 1_000_003 + fold * 1009 + epoch)  # milzoo's epoch order
+            order = torch.randperm(len(train), generator=g).tolist()
+            torch.empty((), dtype=torch.int64).random_()  # the seed milzoo's training DataLoader draws
+            model.train()
+            for i in order:
+                x, y = train[i]
+                loss = model.criterion(model(x.unsqueeze(0)).float(), torch.tensor([float(y)]))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            torch.empty((), dtype=torch.int64).random_()  # the seed of milzoo's evaluation DataLoader
+        accs.append(_accuracy(model, test))
+    return {"acc_per_fold": accs, "acc": sum(accs) / len(accs)}
+
+
+# ----------------------------------------------------------------------------- parent
+def _timed(cmd: list[str], env=None) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+    wall = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-4000:]}")
+    return wall, out.stdout
+
+
+def run_milzoo(name: str, tmp: Path, epochs: int, extra: list[str]) -> dict:
+    out = tmp / name.replace(" ", "_").replace("/", "_")
+    cmd = [*MILZOO, "run", str(RECIPE), "--out", str(out), "--no-progress", "--set", f"train.epochs={epochs}", *extra]
+    wall, _ = _timed(cmd)
+    summary = json.loads((out / "summary.json").read_text())
+    acc = summary["last"]["test"]["acc"]
+    return {"name": name, "command": " ".join(["milzoo", *cmd[3:]]), "wall_s": round(wall, 2),
+            "acc": acc["mean"], "acc_per_fold": acc["values"]}
+
+
+def run_worker(name: str, kind: str, epochs: int) -> dict:
+    wall, stdout = _timed([sys.executable, __file__, "--worker", kind, "--epochs", str(epochs)])
+    res = json.loads(stdout.strip().splitlines()[-1])
+    return {"name": name, "command": f"python benchmarks/vs_torchmil.py --worker {kind}", "wall_s": round(wall, 2),
+            **res}
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    from importlib.metadata import version
+
+    return {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "torch": torch.__version__,
+            "torchmil": version("torchmil"), "load_average_at_start": os.getloadavg()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "vs_torchmil.json"))
+    ap.add_argument("--worker", choices=["torchmil", "replay"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        res = worker_torchmil(args.epochs) if args.worker == "torchmil" else worker_replay(args.epochs)
+        print(json.dumps(res))
+        return
+    info = machine()
+    tmp = Path(tempfile.mkdtemp(prefix="vs_torchmil_"))
+    try:
+        runs = [
+            run_milzoo("milzoo quickstart --jobs 2", tmp, args.epochs, ["--jobs", "2"]),
+            run_worker("torchmil", "torchmil", args.epochs),
+            run_milzoo("milzoo quickstart", tmp, args.epochs, []),
+            run_milzoo("milzoo 1 bag/step", tmp, args.epochs, ["--set", "train.batch_size=1",
+                                                                "--set", "pooling.head=sigmoid"]),
+            run_worker("torchmil replay", "replay", args.epochs),
+        ]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    by = {r["name"]: r for r in runs}
+    tm = by["torchmil"]["wall_s"]
+    ratios = {
+        "torchmil / milzoo quickstart --jobs 2 (goal >= 3)": tm / by["milzoo quickstart --jobs 2"]["wall_s"],
+        "torchmil / milzoo quickstart": tm / by["milzoo quickstart"]["wall_s"],
+        "torchmil / milzoo 1 bag/step (same steps)": tm / by["milzoo 1 bag/step"]["wall_s"],
+    }
+    faith = abs(by["torchmil replay"]["acc"] - by["milzoo 1 bag/step"]["acc"])
+    print(f"{'run':<30} {'wall s':>8} {'acc':>7}")
+    for r in runs:
+        print(f"{r['name']:<30} {r['wall_s']:>8.1f} {r['acc']:>7.3f}")
+    for k, v in ratios.items():
+        print(f"{k}: {v:.2f}x")
+    print(f"faithfulness |acc(torchmil replay) - acc(milzoo 1 bag/step)| = {faith:.4f} (goal <= 0.01)")
+    result = {"epochs": args.epochs, "machine": info, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+              "runs": runs, "ratios": {k: round(v, 3) for k, v in ratios.items()},
+              "faithfulness_acc_difference": faith}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
