@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import re
 import tomllib
 import typing
@@ -31,7 +32,17 @@ from milzoo.errors import RecipeError, UnknownComponentError
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+#: upper bounds on counts that are absurd long before they are unrepresentable (``epochs = 10**23`` would
+#: otherwise start a run that never ends, ``num_workers = 100000`` would fork that many processes)
+MAX_EPOCHS = 1_000_000
+MAX_THREADS = 1024
+MAX_WORKERS = 256
+MAX_REPEATS = 1000
+#: seeds feed numpy's RandomState (below 2**32) after adding per-fold offsets
+MAX_SEED = 2**31 - 1
 
 
 class ComponentTable(BaseModel):
@@ -69,8 +80,8 @@ class ScheduleConfig(_Section):
 
 
 class EarlyStoppingConfig(_Section):
-    patience: int = Field(default=10, ge=1)
-    min_epochs: int = Field(default=0, ge=0)
+    patience: int = Field(default=10, ge=1, le=MAX_EPOCHS)
+    min_epochs: int = Field(default=0, ge=0, le=MAX_EPOCHS)
 
 
 class AverageConfig(_Section):
@@ -88,7 +99,7 @@ class AverageConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(default=20, gt=0)
+    epochs: int = Field(default=20, gt=0, le=MAX_EPOCHS)
     batch_size: Annotated[int, Field(gt=0)] | Literal["auto"] = Field(
         default=1, description="bags per optimiser step; auto: the per-device default (1 on a CPU, 4 on a GPU)")
     eval_batch_size: int | None = Field(default=None, gt=0)
@@ -100,9 +111,10 @@ class TrainConfig(_Section):
     )
     channels_last: bool = False
     grad_clip: float | None = Field(default=None, gt=0, description="clip total gradient norm")
-    freeze_encoder_epochs: int = Field(default=0, ge=0)
-    num_workers: int = Field(default=0, ge=0)
-    threads: int | None = Field(default=None, gt=0, description="torch CPU threads (small models run faster on 1)")
+    freeze_encoder_epochs: int = Field(default=0, ge=0, le=MAX_EPOCHS)
+    num_workers: int = Field(default=0, ge=0, le=MAX_WORKERS)
+    threads: int | None = Field(default=None, gt=0, le=MAX_THREADS,
+                                description="torch CPU threads (small models run faster on 1)")
     progress: bool = True
     early_stopping: EarlyStoppingConfig | None = None
     average: AverageConfig | None = Field(
@@ -120,7 +132,7 @@ class TrainConfig(_Section):
 class ProtocolConfig(_Section):
     kind: Literal["holdout", "cv", "cv_ensemble"] = "holdout"
     folds: int = Field(default=10, ge=2)
-    repeats: int = Field(default=1, ge=1, description="repeated CV with different fold seeds")
+    repeats: int = Field(default=1, ge=1, le=MAX_REPEATS, description="repeated CV with different fold seeds")
     val_fraction: float = Field(default=0.0, ge=0, lt=0.5, description="validation carved from training bags")
     standardize: bool = Field(default=False, description="standardise features on each fold's training bags")
     monitor: str = Field(default="loss", description="validation metric for model selection")
@@ -131,7 +143,7 @@ class ProtocolConfig(_Section):
 class RecipeModel(_Section):
     name: str = "run"
     description: str = ""
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     data: ComponentTable
     encoder: ComponentTable = ComponentTable(name="identity")
     pooling: ComponentTable
@@ -222,11 +234,27 @@ def _pydantic_problems(
     return out
 
 
-def parse_value(text: str) -> Any:
-    """Parse an override value as a TOML value; fall back to a plain string."""
+#: how a value that was meant as TOML (a list, table, quoted string) starts
+_TOML_START = ("[", "{", '"', "'")
+
+
+def parse_value(text: str, item: str | None = None) -> Any:
+    """Parse an override value as a TOML value; a bare word (``musk2``, ``/data/x.csv``) is a string.
+
+    A value that is empty, or that starts like a TOML list, table or quoted string but does not parse
+    (``[8,``, ``"abc``), is an error naming the override, never silently a string.
+    """
+    item = item if item is not None else text
+    stripped = text.strip()
+    if not stripped:
+        raise RecipeError("overrides", [f"{item!r}: the value is empty; write key.path=\"\" for an empty string"])
     try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+        return tomllib.loads(f"v = {stripped}")["v"]
+    except tomllib.TOMLDecodeError as exc:
+        if stripped.startswith(_TOML_START) or stripped.endswith(("]", "}", '"', "'")):
+            raise RecipeError("overrides", [
+                f"{item!r}: the value {stripped!r} is not valid TOML ({exc}); write lists as [1, 2], tables as "
+                "{a = 1}, strings in quotes (--set 'name=\"my run\"')"]) from None
         return text
 
 
@@ -237,9 +265,12 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[st
         if "=" not in item:
             raise RecipeError("overrides", [f"{item!r}: an override must look like key.path=value"])
         key, value = item.split("=", 1)
-        parts = [p for p in key.strip().split(".") if p]
-        if not parts:
+        if not key.strip():
             raise RecipeError("overrides", [f"{item!r}: empty key"])
+        parts = [p.strip() for p in key.strip().split(".")]
+        if not all(parts):
+            raise RecipeError("overrides", [f"{item!r}: the key {key.strip()!r} has an empty part (two dots in a "
+                                            "row, or a dot at either end); write it like train.epochs"])
         node: Any = data
         for i, p in enumerate(parts[:-1]):
             if isinstance(node, list):
@@ -254,25 +285,73 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[st
         if isinstance(node, list):
             if not last.isdigit() or int(last) >= len(node):
                 raise RecipeError("overrides", [f"{item!r}: no list item {last}"])
-            node[int(last)] = parse_value(value)
+            node[int(last)] = parse_value(value, item)
         else:
-            node[last] = parse_value(value)
+            node[last] = parse_value(value, item)
     return data
+
+
+#: TOML integers are 64-bit signed (the spec requires an error beyond that; tomllib accepts any size)
+_INT64 = (-(2**63), 2**63 - 1)
+#: nesting a recipe never needs (a deeper one is a mistake or an attack; it would hit Python's recursion limit)
+_MAX_DEPTH = 32
+
+
+def _value_problems(value: Any, where: str, out: list[str], depth: int = 0) -> None:
+    """Integers beyond 64 bits and NaN/inf floats anywhere in a recipe: one problem each, with its path."""
+    if depth > _MAX_DEPTH:
+        out.append(f"{where}: nested more than {_MAX_DEPTH} levels deep")
+        return
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if not _INT64[0] <= value <= _INT64[1]:
+            digits = len(str(abs(value))) if value.bit_length() < 14000 else "thousands of"
+            out.append(f"{where}: an integer of {digits} digits is outside the 64-bit range TOML allows; give a "
+                       "realistic value")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            out.append(f"{where}: {value} is not a usable value (NaN and infinity are refused); give a finite number")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _value_problems(v, f"{where}.{k}" if where else str(k), out, depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _value_problems(v, f"{where}.{i}", out, depth + 1)
+
+
+#: a recipe is a few kilobytes; anything this large is not one (and would be parsed into memory whole)
+MAX_RECIPE_BYTES = 4 * 2**20
+
+
+def loads_toml(text: str, source: str) -> dict[str, Any]:
+    """Parse TOML text as a recipe: a syntax error, an integer of thousands of digits or nesting deep enough
+    to exhaust Python's recursion limit is a :class:`RecipeError`, never a traceback."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(source, [f"TOML syntax error: {exc}"]) from None
+    except ValueError as exc:  # int('9' * 5000): beyond Python's integer-string limit
+        raise RecipeError(source, [f"a value cannot be read ({str(exc).split(';')[0]}); give realistic numbers"]) \
+            from None
+    except RecursionError:
+        raise RecipeError(source, ["lists or tables are nested too deeply to read; this is not a recipe"]) from None
 
 
 def read_toml(source: str | Path) -> dict[str, Any]:
     src = str(source)
     try:
         with fsspec.open(src, "rb") as fh:
-            return tomllib.load(fh)
+            data = fh.read(MAX_RECIPE_BYTES + 1)
+        if len(data) > MAX_RECIPE_BYTES:
+            raise RecipeError(src, [f"larger than {MAX_RECIPE_BYTES // 2**20} MiB; this is not a recipe file"])
+        return loads_toml(data.decode("utf-8"), src)
     except FileNotFoundError:
         from milzoo.recipebook import not_found_hint
 
         raise RecipeError(src, [f"file not found; check the path, or: {not_found_hint(src)}"]) from None
     except IsADirectoryError:
         raise RecipeError(src, ["is a directory, not a recipe file"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise RecipeError(src, [f"TOML syntax error: {exc}"]) from None
     except UnicodeDecodeError:
         raise RecipeError(src, ["not a UTF-8 text file"]) from None
 
@@ -293,6 +372,11 @@ def _validate_component(kind: str, table: ComponentTable, where: str, problems: 
 def validate_recipe(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
     """Validate a recipe dictionary; raise :class:`RecipeError` listing every problem."""
     problems: list[str] = []
+    if not isinstance(raw, dict):
+        raise RecipeError(source, [f"(root): a recipe is a TOML table, not {type(raw).__name__}"])
+    _value_problems(raw, "", problems)
+    if problems:  # values that would make pydantic or torch fail with a raw overflow message
+        raise RecipeError(source, problems)
     try:
         root = RecipeModel.model_validate(raw)
     except ValidationError as exc:

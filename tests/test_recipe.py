@@ -120,3 +120,49 @@ def test_every_shipped_recipe_validates():
     assert files, "no recipes shipped"
     for f in files:
         load_recipe(f)  # raises RecipeError listing every problem
+
+
+@pytest.mark.parametrize("override, match", [
+    ("train..epochs=3", "empty part"),           # was silently read as train.epochs
+    (".train.epochs=3", "empty part"),
+    ("train.epochs.=3", "empty part"),
+    ("=3", "empty key"),
+    ("train.epochs=", "the value is empty"),    # was the string ''
+    ("encoder.dims=[8,", "not valid TOML"),     # was the string '[8,'
+    ('name="unterminated', "not valid TOML"),
+    ("pooling={name=", "not valid TOML"),
+])
+def test_malformed_overrides_are_errors_not_strings(tmp_path, override, match):
+    found = problems(tmp_path, GOOD, [override])
+    assert len(found) == 1 and match in found[0] and repr(override) in found[0], found
+
+
+def test_bare_words_stay_strings(tmp_path):
+    r = load_recipe(write(tmp_path, GOOD), ["data.dataset=musk2", "name=my run", "description=s3://b/x.csv"])
+    assert (r.root.data.name, r.components["data"].dataset, r.root.name) == ("classic", "musk2", "my run")
+
+
+@pytest.mark.parametrize("override, match", [
+    ("train.epochs=100000000000000000000000", "outside the 64-bit range"),   # trained "forever" before
+    ("encoder.dims=[100000000000000000000000]", "encoder.dims.0: an integer of 24 digits"),
+    ("train.epochs=2000000", "less than or equal to 1000000"),
+    ("train.num_workers=100000", "less than or equal to 256"),                # forked 100000 workers before
+    ("train.threads=100000000000000000000000", "outside the 64-bit range"),  # torch overflow traceback before
+    ("protocol.repeats=100000", "less than or equal to 1000"),
+    ("seed=-1", "greater than or equal to 0"),                              # numpy traceback before
+    ("seed=4294967296", "less than or equal to 2147483647"),
+    ("optim.lr=inf", "optim.lr: inf is not a usable value"),                # diverged at step 1 before
+    ("pooling.attn_hidden=nan", "pooling.attn_hidden: nan is not a usable value"),
+])
+def test_absurd_values_are_recipe_problems(tmp_path, override, match):
+    found = problems(tmp_path, GOOD, [override])
+    assert any(match in p for p in found), found
+
+
+def test_hostile_toml_files_are_recipe_errors(tmp_path):
+    found = problems(tmp_path, GOOD.replace("epochs = 2", "epochs = " + "9" * 5000))
+    assert "cannot be read" in found[0]
+    found = problems(tmp_path, "x = " + "[" * 100_000 + "]" * 100_000)
+    assert "nested too deeply" in found[0]
+    with pytest.raises(RecipeError, match="a recipe is a TOML table, not list"):
+        validate_recipe([1, 2], "<list>")  # the Python API with a non-table

@@ -122,8 +122,9 @@ def load_run(path: str | Path) -> RunData:
     text = recipe_path.read_text(encoding="utf-8")
     try:
         recipe = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise RunDirError(f"{recipe_path} is not valid TOML ({exc}); the run directory is damaged.") from None
+    except (ValueError, RecursionError) as exc:  # TOMLDecodeError, a 5000-digit integer, nesting too deep
+        raise RunDirError(f"{recipe_path} is not a readable recipe ({str(exc).split(';')[0] or 'nested too deeply'}); "
+                          "the run directory is damaged.") from None
     info: dict[str, Any] = {}
     if (path / "run.json").exists():
         try:
