@@ -198,14 +198,19 @@ def main() -> None:
     info = machine()
     tmp = Path(tempfile.mkdtemp(prefix="vs_torchmil_"))
     try:
-        runs = [
-            run_milzoo("milzoo quickstart --jobs 2", tmp, args.epochs, ["--jobs", "2"]),
-            run_worker("torchmil", "torchmil", args.epochs),
-            run_milzoo("milzoo quickstart", tmp, args.epochs, []),
-            run_milzoo("milzoo 1 bag/step", tmp, args.epochs, ["--set", "train.batch_size=1",
-                                                                "--set", "pooling.head=sigmoid"]),
-            run_worker("torchmil replay", "replay", args.epochs),
+        todo = [
+            lambda: run_milzoo("milzoo quickstart --jobs 2", tmp, args.epochs, ["--jobs", "2"]),
+            lambda: run_worker("torchmil", "torchmil", args.epochs),
+            lambda: run_milzoo("milzoo quickstart", tmp, args.epochs, []),
+            lambda: run_milzoo("milzoo 1 bag/step", tmp, args.epochs, ["--set", "train.batch_size=1",
+                                                                        "--set", "pooling.head=sigmoid"]),
+            lambda: run_worker("torchmil replay", "replay", args.epochs),
         ]
+        runs = []
+        for job in todo:
+            runs.append(job())
+            print(f"done: {runs[-1]['name']}: {runs[-1]['wall_s']:.1f} s, acc {runs[-1]['acc']:.3f} "
+                  f"(load average {os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     by = {r["name"]: r for r in runs}
