@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from milzoo.batch import MILBatch
 from milzoo.components import Augment, Encoder, Pooling, component_options
+from milzoo.errors import DataError
 from milzoo.output import MILOutput
 
 
@@ -74,6 +75,56 @@ class MILModel(nn.Module):
     def num_classes(self) -> int:
         return self.pooling.num_classes
 
+    def _shape_text(self, shape: tuple[int, ...]) -> str:
+        if len(shape) == 1:
+            return f"{shape[0]} feature{'s' if shape[0] != 1 else ''}"
+        return f"shape {list(shape)}"
+
+    def check_instances(self, x: Tensor, what: str = "the instances") -> None:
+        """Refuse ``[M, *s]`` instances whose shape is not this model's ``in_shape`` (a clear error, not a
+        matrix-size error deep in the encoder), and NaN/inf values (they would give NaN probabilities)."""
+        if not isinstance(x, Tensor):
+            raise DataError(f"{what} must be a torch.Tensor of shape [M, {', '.join(map(str, self.in_shape))}], "
+                            f"not {type(x).__name__}.")
+        want = tuple(self.in_shape)
+        if tuple(x.shape[1:]) != want:
+            got = tuple(x.shape[1:])
+            hint = ""
+            if x.dim() == len(want) and tuple(x.shape) == want:
+                hint = " A single instance needs the bag dimension: x[None] (or x.unsqueeze(0))."
+            elif x.dim() == len(want):
+                hint = f" A bag is [n, {', '.join(map(str, want))}]: n instances of this model's shape."
+            raise DataError(
+                f"{what} have {self._shape_text(got) if got else 'no instance dimension'} (tensor shape "
+                f"{list(x.shape)}), but this model was trained on instances with {self._shape_text(want)}.{hint} "
+                "Use data with "
+                "the features the model was trained on (the same files, extractor and columns)."
+            )
+        if x.is_floating_point() and x.numel() and not bool(torch.isfinite(x).all()):
+            raise DataError(f"{what} hold NaN or infinite values; the model cannot score them. Clean the data "
+                            "(or drop those instances) first.")
+
+    def check_batch(self, batch: MILBatch) -> None:
+        """What :meth:`predict` checks before it runs: a :class:`MILBatch` of non-empty bags whose instances
+        have this model's shape and finite values."""
+        if not isinstance(batch, MILBatch):
+            raise DataError(
+                f"predict() takes a MILBatch, not {type(batch).__name__}; build one with "
+                "milzoo.collate_bags([milzoo.Bag(x=features, y=0), ...]) (x is [n, *in_shape] per bag)."
+            )
+        x, mask = batch.x, batch.mask
+        if x.dim() < 2 or tuple(mask.shape) != tuple(x.shape[:2]) or mask.dtype != torch.bool:
+            raise DataError(f"the batch is malformed: x {list(x.shape)} needs [B, N, *in_shape] and mask "
+                            f"{list(mask.shape)} ({mask.dtype}) a bool [B, N]; build it with milzoo.collate_bags.")
+        empty = (~mask.any(1)).nonzero().flatten().tolist()
+        if empty:
+            named = len(batch.bag_ids) == x.shape[0]
+            ids = [(batch.bag_ids[i] if named else "") or f"#{i}" for i in empty[:5]]
+            raise DataError(f"{len(empty)} bag(s) of the batch hold no instances (e.g. {ids}); a bag needs at "
+                            "least one instance to be classified.")
+        self.check_instances(x.flatten(0, 1) if batch.unpadded or bool(mask.all()) else x[mask],
+                             "the bags' instances")
+
     def encode_instances(self, inst: Tensor) -> Tensor:
         """Encode a flat ``[M, *in_shape]`` tensor of instances (no augmentation)."""
         if self.standardizer is not None:
@@ -120,7 +171,13 @@ class MILModel(nn.Module):
 
     @torch.no_grad()
     def predict(self, batch: MILBatch) -> MILOutput:
-        """Forward in eval mode without gradients (restores the previous mode)."""
+        """Forward in eval mode without gradients (restores the previous mode).
+
+        The batch is checked first (:meth:`check_batch`): empty bags, instances of another shape and NaN/inf
+        features are a :class:`~milzoo.errors.DataError` naming the problem, never a torch error or NaN
+        probabilities.
+        """
+        self.check_batch(batch)
         was = self.training
         self.eval()
         try:

@@ -84,6 +84,7 @@ def sample_instances(ds, max_instances: int = 2000, seed: int = 0) -> InstanceSa
 
 @torch.no_grad()
 def encode(model, x: torch.Tensor, chunk: int = 256) -> np.ndarray:
+    model.check_instances(x, "the split's instances")  # data of another shape than the model's: a clear error
     model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     out = []
