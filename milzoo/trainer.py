@@ -423,11 +423,14 @@ class Trainer:
 
     def _diverged(self, epoch: int, step: int, value: float, parts: dict[str, float]):
         shown = f" ({value})" if not math.isnan(value) or parts else ""
+        if epoch > 0 and (self.out_dir / ckpt.STATE).exists():
+            kept = f"the last good checkpoint (end of epoch {epoch - 1}) is kept in {self.out_dir}"
+        else:  # the first epoch: there is no checkpoint to point at
+            kept = "it diverged in the first epoch, so no checkpoint was written"
         raise TrainingDiverged(
             f"the loss became non-finite{shown} at fold {self.data.fold}, epoch {epoch}, step {step}"
-            f"{f' (parts: {parts})' if parts else ''}. Training stopped; the last good checkpoint (end of epoch "
-            f"{epoch - 1}) is kept in {self.out_dir}. Lower optim.lr, set train.grad_clip, or check the "
-            "data for NaN/inf values."
+            f"{f' (parts: {parts})' if parts else ''}. Training stopped; {kept}. Lower optim.lr, set "
+            "train.grad_clip, or check the data for NaN/inf values."
         )
 
     # ------------------------------------------------------------------ eval
@@ -493,11 +496,10 @@ class Trainer:
             self.load_state(st)
             log.info("fold %d: resumed after epoch %d", self.data.fold, self.start_epoch - 1)
         bar = None
-        if progress and self.is_main:
-            from tqdm.auto import tqdm
+        if progress and self.is_main:  # a bar on a terminal, one line per epoch in a log file
+            from milzoo.progress import EpochProgress
 
-            bar = tqdm(total=self.epochs, initial=self.start_epoch, desc=f"fold {self.data.fold}", leave=False,
-                       dynamic_ncols=True)
+            bar = EpochProgress(self.epochs, self.start_epoch, f"fold {self.data.fold}")
         stopped_early = False
         last_eval: dict[str, Any] = {}
         epoch = self.start_epoch - 1
@@ -532,8 +534,7 @@ class Trainer:
             if bar is not None:
                 shown = {k: f"{v:.3f}" for k, v in (results.get("test") or results.get("val") or {"metrics": {}})["metrics"].items()
                          if k in ("acc", "auc", "inst_acc")}
-                bar.set_postfix(loss=f"{train_stats.get('loss', float('nan')):.3f}", **shown)
-                bar.update(1)
+                bar.update({"loss": f"{train_stats.get('loss', float('nan')):.3f}", **shown})
             es = tc.early_stopping
             if es is not None and "val" in results and epoch + 1 >= es.min_epochs and self.bad_epochs >= es.patience:
                 stopped_early = True
