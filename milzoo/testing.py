@@ -79,8 +79,9 @@ __all__ = [
 KIND_BASES: dict[str, type] = {"encoder": Encoder, "pooling": Pooling, "loss": Loss, "augment": Augment}
 #: instance shapes tried when an encoder/augment sets no ``contract_in_shape``
 IN_SHAPE_CANDIDATES: tuple[tuple[int, ...], ...] = ((16,), (1, 28, 28), (3, 32, 32))
-#: (in_dim, num_classes) settings every pooling is checked with
-POOLING_SETTINGS: tuple[tuple[int, int], ...] = ((8, 2), (12, 3))
+#: (in_dim, num_classes) settings every pooling is checked with (the defaults must work for any in_dim >= 1;
+#: checks that need one setting take the last)
+POOLING_SETTINGS: tuple[tuple[int, int], ...] = ((1, 2), (8, 2), (12, 3))
 #: tolerance of "the same result" comparisons (float32)
 ATOL, RTOL = 1e-5, 1e-4
 #: the option name used to check that unknown keys are rejected
@@ -259,14 +260,19 @@ def _batch(ds, pad_to: int | None = None) -> MILBatch:
     return batch
 
 
-def _padded(lengths: list[int], d: int, seed: int) -> tuple[Tensor, Tensor]:
-    """``h [B, N, d]`` (zeros at padding) and ``mask [B, N]`` for bags of the given lengths."""
+def _padded(lengths: list[int], d: int, seed: int, negative: bool = False) -> tuple[Tensor, Tensor]:
+    """``h [B, N, d]`` (zeros at padding) and ``mask [B, N]`` for bags of the given lengths.
+
+    ``negative``: every real feature below -1, so a max over instances that fills padding with 0 instead of
+    -inf picks the padding (a bug that random signs catch only by chance).
+    """
     g = _generator(seed)
     n_max = max(lengths)
     h = torch.zeros(len(lengths), n_max, d)
     mask = torch.zeros(len(lengths), n_max, dtype=torch.bool)
     for b, n in enumerate(lengths):
-        h[b, :n] = torch.randn(n, d, generator=g)
+        x = torch.randn(n, d, generator=g)
+        h[b, :n] = -(x.abs() + 1.0) if negative else x
         mask[b, :n] = True
     return h, mask
 
@@ -474,12 +480,36 @@ def check_config(spec: ComponentSpec) -> None:
                 "through TOML), so a resumed run would differ; an option whose default is not None must not "
                 "accept None",
             )
+    _check_none_defaults(spec)
     try:
         cls.Config.model_validate({**spec.options, _UNKNOWN_KEY: 1})
     except ValidationError:
         pass
     else:
         _fail(spec, "Config accepts unknown keys; subclass ComponentConfig (extra='forbid') without overriding it")
+
+
+def _check_none_defaults(spec: ComponentSpec) -> None:
+    """The documented rule: an option whose default is not None must not accept None.
+
+    Recipes and checkpoints store options without None values, so an explicit ``None`` would silently turn
+    into the default on ``--resume`` or when a checkpoint is loaded.
+    """
+    cls = spec.cls
+    for fname, f in cls.Config.model_fields.items():
+        if f.is_required():
+            continue
+        default = f.get_default(call_default_factory=True)
+        if default is None:
+            continue
+        try:
+            got = cls.Config.model_validate({**spec.options, fname: None})
+        except ValidationError:
+            continue
+        if getattr(got, fname, default) is None:
+            _fail(spec, f"option {fname!r} has the default {default!r} but accepts None; recipes and checkpoints "
+                        f"store options without None values, so None would come back as {default!r} on --resume "
+                        f"and in a loaded checkpoint. Drop `| None` from its type, or make None its default")
 
 
 # --------------------------------------------------------------------------- poolings
@@ -594,18 +624,21 @@ def check_pooling_output(spec: ComponentSpec) -> None:
 
 @_check("pooling")
 def check_pooling_padding(spec: ComponentSpec) -> None:
-    """A padded batch gives every bag the same outputs as the bag alone (eval mode)."""
+    """A padded batch gives every bag the same outputs as the bag alone (eval mode), also when every
+    feature is negative (padding filled with 0 instead of -inf before a max)."""
     lengths = [5, 1, 7, 3]
     for d, k in POOLING_SETTINGS:
         pool = _build(spec, d, k)
         pool.eval()
-        h, mask = _padded(lengths, d, seed=10 + d + k)
-        with torch.no_grad():
-            out = pool(h, mask)
-            for b, n in enumerate(lengths):
-                alone = pool(h[b : b + 1, :n], mask[b : b + 1, :n])
-                _compare_bag(spec, f"(in_dim={d}, k={k}) bag {b} (n={n}) batched with padding vs alone",
-                             _bag_fields(out, b, n), _bag_fields(alone, 0, n))
+        for negative in (True, False):
+            h, mask = _padded(lengths, d, seed=10 + d + k, negative=negative)
+            kind = "all-negative features, " if negative else ""
+            with torch.no_grad():
+                out = pool(h, mask)
+                for b, n in enumerate(lengths):
+                    alone = pool(h[b : b + 1, :n], mask[b : b + 1, :n])
+                    _compare_bag(spec, f"(in_dim={d}, k={k}) {kind}bag {b} (n={n}) batched with padding vs alone",
+                                 _bag_fields(out, b, n), _bag_fields(alone, 0, n))
 
 
 @_check("pooling")

@@ -291,10 +291,36 @@ class NoneDefault(_Base):
         width: int | None = 4
 
 
+class ZeroFilledMax(_Base):
+    """Max over instances with padding filled with 0 instead of -inf."""
+
+    name = "test_zero_filled_max"
+
+    def forward(self, h, mask):
+        z = h.masked_fill(~mask.unsqueeze(-1), 0.0).amax(1)
+        return MILOutput(bag_logits=self.classifier(z), mask=mask)
+
+
+class NeedsTwoFeatures(_Base):
+    """Splits the features in two halves: fails for in_dim = 1."""
+
+    name = "test_needs_two"
+
+    def __init__(self, config, in_dim, num_classes):
+        super().__init__(config, in_dim, num_classes)
+        self.classifier = nn.Linear(2 * (in_dim // 2), num_classes)
+
+    def forward(self, h, mask):
+        halves = h.reshape(*h.shape[:2], 2, h.shape[-1] // 2)
+        return MILOutput(bag_logits=self.classifier(masked_mean(halves.flatten(2), mask)), mask=mask)
+
+
 @pytest.mark.parametrize(
     ("cls", "check", "options", "message"),
     [
         (IgnoresMask, check_pooling_padding, None, "batched with padding vs alone"),
+        (ZeroFilledMax, check_pooling_padding, None, r"\(in_dim=1, k=2\) all-negative features, bag \d \(n=\d\) batched"),
+        (NoneDefault, check_config, None, "option 'width' has the default 4 but accepts None"),
         (UnusedParameter, check_pooling_gradients, None, "got no gradient: unused.weight, unused.bias"),
         (FirstInstance, check_pooling_permutation, None, "instances permuted"),
         (LeakyAttention, check_pooling_output, None, "attention is not zero at padded positions"),
@@ -311,6 +337,11 @@ class NoneDefault(_Base):
 def test_broken_pooling_is_caught(cls, check, options, message):
     with pytest.raises(AssertionError, match=message):
         check(cls, options)
+
+
+def test_in_dim_one_is_checked():
+    with pytest.raises(AssertionError, match="check_pooling_output: raised RuntimeError"):
+        check_pooling(NeedsTwoFeatures)  # builds and runs with in_dim 8 and 12, not 1
 
 
 def test_declared_exceptions_pass():
