@@ -40,6 +40,7 @@ from milzoo.protocols import make_folds
 from milzoo.recipe import Recipe, load_recipe, read_toml, validate_recipe
 from milzoo.sizing import check_model_size
 from milzoo.trainer import Trainer
+from milzoo.untrusted import read_json
 from milzoo.versions import environment
 
 log = logging.getLogger("milzoo")
@@ -276,7 +277,7 @@ def run(
             info = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": sys.argv, "resume": resume,
                     "fold": fold, "recipe_source": recipe.source, **environment()}
             runs_path = run_dir / "run.json"
-            previous = json.loads(runs_path.read_text()) if runs_path.exists() else {}
+            previous = _previous_run_info(runs_path)
             info["history"] = previous.get("history", []) + [{"started": info["started"], "resume": resume, "fold": fold}]
             ckpt.atomic_write_json(runs_path, info)
         if is_main:
@@ -357,6 +358,33 @@ def _aggregate(results: list[dict], section: str) -> dict[str, Any]:
     return out
 
 
+def _previous_run_info(path: Path) -> dict:
+    """run.json of the earlier starts (for its history); a damaged one is replaced, with a warning."""
+    if not path.exists():
+        return {}
+    try:
+        info = read_json(path, "run information", RunDirError)
+    except RunDirError as exc:
+        log.warning("%s; it only holds the run's history, so a new one is written", exc)
+        return {}
+    if not isinstance(info, dict) or not isinstance(info.get("history", []), list):
+        log.warning("%s is not a run.json written by milzoo; a new one is written", path)
+        return {}
+    return info
+
+
+def _read_result(path: Path) -> dict:
+    fix = (f"Delete it and continue the run with --resume: {path.parent.name} is then evaluated again from "
+           "its last checkpoint.")
+    try:
+        result = read_json(path, "fold result", RunDirError)
+    except RunDirError as exc:
+        raise RunDirError(f"{exc} {fix}") from None
+    if not isinstance(result, dict):
+        raise RunDirError(f"{path} holds a JSON {type(result).__name__}, not a fold result. {fix}")
+    return result
+
+
 def _read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     with open(path, newline="") as fh:
         rows = list(csv.reader(fh))
@@ -373,7 +401,7 @@ def summarize(run_dir: str | Path, write: bool = True, expected_folds: int | Non
         raise RunDirError(f"{run_dir} is not a milzoo run directory (no recipe.toml).")
     recipe = validate_recipe(read_toml(run_dir / "recipe.toml"), str(run_dir / "recipe.toml"))
     fold_dirs = sorted(run_dir.glob("fold-*"))
-    results = [json.loads((d / "result.json").read_text()) for d in fold_dirs if (d / "result.json").exists()]
+    results = [_read_result(d / "result.json") for d in fold_dirs if (d / "result.json").exists()]
     if expected_folds is None:
         proto = recipe.root.protocol
         expected_folds = 1 if proto.kind == "holdout" else proto.folds * (proto.repeats if proto.kind == "cv" else 1)

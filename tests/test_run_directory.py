@@ -3,6 +3,7 @@ unusable --out / flag combinations are clear errors (exit 2) before anything on 
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -181,3 +182,25 @@ def test_model_size_is_checked_on_the_meta_device():
 
     with pytest.raises(UserError, match="too large|more than this machine"):
         check_model_size(overflowing, "test", memory_bytes=2**30)
+
+
+@pytest.mark.parametrize("damage", ["{broken", "[1, 2]"])
+def test_a_damaged_fold_result_is_explained_and_recoverable(tmp_path, recipe_factory, finished, damage):
+    out, before = finished
+    (out / "fold-00" / "result.json").write_text(damage)
+    with pytest.raises(RunDirError, match="fold-00/result.json .*Delete it and continue the run with --resume"):
+        run(recipe_factory(train={"epochs": 2}), out=out, resume=True)
+    code, text = invoke("summarize", out)
+    assert code == 2 and text.startswith("error: ") and "result.json" in text
+    (out / "fold-00" / "result.json").unlink()
+    summary = run(recipe_factory(train={"epochs": 2}), out=out, resume=True)  # evaluated again, not retrained
+    assert (out / "fold-00" / "result.json").read_bytes() != damage.encode()
+    assert summary["num_folds"] == 2 and snapshot(out)["fold-00/state.safetensors"] == before["fold-00/state.safetensors"]
+
+
+def test_a_damaged_run_json_does_not_stop_a_resume(tmp_path, recipe_factory, finished, caplog):
+    out, _ = finished
+    (out / "run.json").write_text("[1,")
+    assert run(recipe_factory(train={"epochs": 2}), out=out, resume=True)["num_folds"] == 2
+    assert "a new one is written" in caplog.text
+    assert len(json.loads((out / "run.json").read_text())["history"]) == 1
