@@ -386,11 +386,19 @@ def _read_result(path: Path) -> dict:
 
 
 def _read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
-    with open(path, newline="") as fh:
-        rows = list(csv.reader(fh))
-    ids = [r[0] for r in rows[1:]]
-    y = np.array([int(r[1]) for r in rows[1:]])
-    probs = np.array([[float(v) for v in r[2:]] for r in rows[1:]])
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+        ids = [r[0] for r in rows[1:]]
+        y = np.array([int(r[1]) for r in rows[1:]])
+        probs = np.array([[float(v) for v in r[2:]] for r in rows[1:]], dtype=np.float64)
+        if probs.ndim != 2 or len(ids) == 0 or not np.isfinite(probs).all():
+            raise ValueError("no rows, rows of different lengths or non-finite probabilities")
+    except (ValueError, IndexError, UnicodeDecodeError, csv.Error) as exc:
+        raise RunDirError(
+            f"{path} is damaged ({exc}); delete the fold's result.json and continue the run with --resume to "
+            "write it again."
+        ) from None
     return ids, y, probs
 
 

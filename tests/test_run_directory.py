@@ -204,3 +204,17 @@ def test_a_damaged_run_json_does_not_stop_a_resume(tmp_path, recipe_factory, fin
     assert run(recipe_factory(train={"epochs": 2}), out=out, resume=True)["num_folds"] == 2
     assert "a new one is written" in caplog.text
     assert len(json.loads((out / "run.json").read_text())["history"]) == 1
+
+
+@pytest.mark.parametrize("text", ["bag_id,label,p_0,p_1\nb1,1,0.5\nb2,0,0.5,0.5\n", "bag_id,label,p_0,p_1\nb1,x,0.5,0.5\n",
+                                  "bag_id,label,p_0,p_1\nb1,1,nan,0.5\n", "bag_id,label,p_0,p_1\n"])
+def test_a_damaged_predictions_file_of_an_ensemble_is_explained(tmp_path, text):
+    from milzoo.runner import _read_predictions  # what summarize() votes with for protocol.kind = cv_ensemble
+
+    path = tmp_path / "predictions-test.csv"
+    path.write_text(text)
+    with pytest.raises(RunDirError, match="predictions-test.csv is damaged .*--resume"):
+        _read_predictions(path)
+    path.write_text("bag_id,label,p_0,p_1\nb1,1,0.25,0.75\n")
+    ids, y, probs = _read_predictions(path)
+    assert ids == ["b1"] and y.tolist() == [1] and probs.tolist() == [[0.25, 0.75]]
