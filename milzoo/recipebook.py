@@ -86,10 +86,11 @@ class ShippedRecipe:
 
     def load(self) -> dict[str, Any]:
         from milzoo.errors import RecipeError
+        from milzoo.recipe import loads_toml  # the size, depth and number limits of any recipe
 
         try:
-            return tomllib.loads(self.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            return loads_toml(self.read_text(), self.origin)
+        except (RecipeError, UnicodeDecodeError) as exc:
             raise RecipeError(self.origin, [f"the shipped recipe {self.qualified} is broken ({exc}); report it "
                                             f"to the authors of {self.distribution}"]) from None
 
@@ -98,7 +99,7 @@ class ShippedRecipe:
         try:
             text = self.read_text()
             value = tomllib.loads(text).get("description")
-        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError, RecursionError) as exc:
             return f"(unreadable: {type(exc).__name__})"
         if isinstance(value, str) and value.strip():
             return value.strip()

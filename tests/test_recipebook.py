@@ -17,6 +17,7 @@ from click.testing import CliRunner
 import milzoo
 from milzoo import plugins, recipebook
 from milzoo.cli import add_all_commands, cli
+from milzoo.errors import RecipeError
 from milzoo.recipebook import AmbiguousRecipeError, UnknownRecipeError
 
 add_all_commands()
@@ -267,3 +268,19 @@ def test_a_broken_recipe_hook_fails_only_its_plugin(site):
     res = run_cli("plugins", "--json")
     status = {r["distribution"]: r["status"] for r in json.loads(res.output)}
     assert status["milzoo-fake-broken"] == "failed" and status["milzoo-abmil"] == "ok"
+
+
+def test_a_hostile_shipped_recipe_is_a_recipe_error_blaming_its_distribution(site, tmp_path, monkeypatch):
+    _fake(site, "milzoo-fake-hostile", "fake_recipes_h", {
+        "huge_int": "name = 'x'\nseed = " + "9" * 5000 + "\n",
+        "deep": "name = 'x'\nv = " + "[" * 100_000 + "]" * 100_000 + "\n",
+    })
+    _activate()
+    monkeypatch.chdir(tmp_path)
+    for name in ("huge_int", "deep"):
+        with pytest.raises(RecipeError, match="milzoo-fake-hostile"):
+            milzoo.load_recipe(name)
+        res = run_cli("validate", name)
+        assert res.exit_code == 2 and "Traceback" not in res.output
+    listing = run_cli("recipes")  # the listing still works, naming the unreadable ones
+    assert listing.exit_code == 0 and "huge_int" in listing.output
