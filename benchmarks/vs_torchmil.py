@@ -21,6 +21,10 @@ waits for, start to summary):
   loss is ``BCEWithLogits(t)`` where milzoo's is the cross-entropy of ``[0, t]``).
 
 Accuracy is the last epoch's, on the held-out fold, averaged over the 10 folds (prediction: logit > 0).
+Beyond the accuracies, the faithfulness check prints how far the two runs' test-bag probabilities are apart
+(median, largest, the bags classified differently) and, per fold, for how many leading epochs their mean
+training losses agree within 1e-4: the same model on the same random stream agrees to float rounding until a
+training instability (a loss spike) amplifies that rounding, and the epoch where that happens is shown.
 
     .venv/bin/python benchmarks/vs_torchmil.py                 # writes benchmarks/results/vs_torchmil.json
 """
@@ -28,6 +32,7 @@ Accuracy is the last epoch's, on the held-out fold, averaged over the 10 folds (
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
@@ -62,8 +67,8 @@ def _folds(epochs: int):
         std = Standardize(train_bags[0].x.shape[1])
         std.fit(b.x for b in train_bags)
         norm = lambda b: (std(b.x.float()), int(b.y))  # noqa: E731 - what milzoo's model does first
-        out.append((fd.fold, recipe, [norm(b) for b in train_bags],
-                    [norm(test.get_bag(i)) for i in range(len(test))]))
+        test_bags = [test.get_bag(i) for i in range(len(test))]
+        out.append((fd.fold, recipe, [norm(b) for b in train_bags], [(*norm(b), str(b.bag_id)) for b in test_bags]))
     return out
 
 
@@ -75,12 +80,18 @@ def _feat_ext(dropout: float):
 
 
 def _accuracy(model, bags) -> float:
+    return _scores(model, bags)[0]
+
+
+def _scores(model, bags) -> tuple[float, dict[str, float]]:
+    """Accuracy (logit > 0) and each test bag's positive-class probability, by bag id."""
     import torch
 
     model.eval()
     with torch.no_grad():
-        hits = [int((model(x.unsqueeze(0)).reshape(()) > 0).item()) == y for x, y in bags]
-    return sum(hits) / len(hits)
+        logits = [float(model(x.unsqueeze(0)).reshape(())) for x, _, _ in bags]
+    hits = [int(t > 0) == y for t, (_, y, _) in zip(logits, bags)]
+    return sum(hits) / len(hits), {bid: float(torch.sigmoid(torch.tensor(t))) for t, (_, _, bid) in zip(logits, bags)}
 
 
 def worker_torchmil(epochs: int) -> dict:
@@ -98,7 +109,7 @@ def worker_torchmil(epochs: int) -> dict:
         torch.manual_seed(fold)
         model = ABMIL(in_shape=(166,), att_dim=recipe.root.pooling.attn_hidden, feat_ext=_feat_ext(0.2))
         opt = torch.optim.Adam(model.parameters(), lr=recipe.root.optim.lr, weight_decay=recipe.root.optim.weight_decay)
-        as_dicts = lambda bags: [TensorDict({"X": x, "Y": torch.tensor(float(y))}) for x, y in bags]  # noqa: E731
+        as_dicts = lambda bags: [TensorDict({"X": b[0], "Y": torch.tensor(float(b[1]))}) for b in bags]  # noqa: E731
         train_dl = torch.utils.data.DataLoader(as_dicts(train), batch_size=1, shuffle=True, collate_fn=collate_fn)
         test_dl = torch.utils.data.DataLoader(as_dicts(test), batch_size=1, shuffle=False, collate_fn=collate_fn)
         trainer = Trainer(model, opt, metrics_dict={"accuracy": torchmetrics.Accuracy(task="binary")},
@@ -116,7 +127,7 @@ def worker_replay(epochs: int) -> dict:
     from milzoo.build import build_model
 
     torch.set_num_threads(1)
-    accs = []
+    accs, probs, curves = [], {}, {}
     for fold, recipe, train, test in _folds(epochs):
         model = ABMIL(in_shape=(166,), att_dim=recipe.root.pooling.attn_hidden, feat_ext=_feat_ext(0.2))
         torch.manual_seed(recipe.root.seed * 1000 + fold)  # what milzoo's Trainer does, then builds its model
@@ -131,20 +142,27 @@ def worker_replay(epochs: int) -> dict:
         opt = torch.optim.Adam(model.parameters(), lr=recipe.root.optim.lr, weight_decay=recipe.root.optim.weight_decay,
                                foreach=True)
         seed = recipe.root.seed
+        curve = []  # mean training loss per epoch, to compare with milzoo's metrics.jsonl
         for epoch in range(epochs):
             g = torch.Generator().manual_seed(seed * 1_000_003 + fold * 1009 + epoch)  # milzoo's epoch order
             order = torch.randperm(len(train), generator=g).tolist()
             torch.empty((), dtype=torch.int64).random_()  # the seed milzoo's training DataLoader draws
             model.train()
+            total = 0.0
             for i in order:
                 x, y = train[i]
                 loss = model.criterion(model(x.unsqueeze(0)).float(), torch.tensor([float(y)]))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                total += float(loss)
+            curve.append(total / len(order))
             torch.empty((), dtype=torch.int64).random_()  # the seed of milzoo's evaluation DataLoader
-        accs.append(_accuracy(model, test))
-    return {"acc_per_fold": accs, "acc": sum(accs) / len(accs)}
+        acc, p = _scores(model, test)
+        accs.append(acc)
+        probs[str(fold)] = p
+        curves[str(fold)] = curve
+    return {"acc_per_fold": accs, "acc": sum(accs) / len(accs), "probs": probs, "train_loss": curves}
 
 
 # ----------------------------------------------------------------------------- parent
@@ -163,8 +181,17 @@ def run_milzoo(name: str, tmp: Path, epochs: int, extra: list[str]) -> dict:
     wall, _ = _timed(cmd)
     summary = json.loads((out / "summary.json").read_text())
     acc = summary["last"]["test"]["acc"]
+    probs = {}  # each fold's last-epoch test probabilities, by bag id (the faithfulness comparison)
+    for fold_dir in sorted(out.glob("fold-*")):
+        with open(fold_dir / "last" / "predictions-test.csv", newline="") as fh:
+            probs[str(int(fold_dir.name.split("-")[1]))] = {r["bag_id"]: float(r["p_positive"]) for r in csv.DictReader(fh)}
+    curves: dict[str, list[float]] = {}
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("split") == "train":
+            curves.setdefault(str(rec.get("fold", 0)), []).append(rec["loss"])
     return {"name": name, "command": " ".join(["milzoo", *cmd[3:]]), "wall_s": round(wall, 2),
-            "acc": acc["mean"], "acc_per_fold": acc["values"]}
+            "acc": acc["mean"], "acc_per_fold": acc["values"], "probs": probs, "train_loss": curves}
 
 
 def run_worker(name: str, kind: str, epochs: int) -> dict:
@@ -172,6 +199,33 @@ def run_worker(name: str, kind: str, epochs: int) -> dict:
     res = json.loads(stdout.strip().splitlines()[-1])
     return {"name": name, "command": f"python benchmarks/vs_torchmil.py --worker {kind}", "wall_s": round(wall, 2),
             **res}
+
+
+def _prob_differences(a: dict, b: dict) -> dict:
+    """|p_a - p_b| over every test bag of every fold (matched by fold and bag id), and the bags whose
+    predicted class differs, each with both probabilities: how close two runs of the same model are."""
+    diffs, flipped = [], []
+    for fold, pa in a.items():
+        for bid, p in pa.items():
+            q = b[fold][bid]
+            diffs.append(abs(p - q))
+            if (p > 0.5) != (q > 0.5):
+                flipped.append(f"fold {fold} bag {bid}: {p:.4f} vs {q:.4f}")
+    diffs.sort()
+    return {"bags": len(diffs), "median": diffs[len(diffs) // 2], "max": diffs[-1], "flipped": len(flipped),
+            "flipped_bags": flipped}
+
+
+def _curve_agreement(a: dict, b: dict, tol: float = 1e-4) -> dict:
+    """Per fold: for how many leading epochs the mean training losses of two runs agree within ``tol``
+    (the same model and random stream agree to float rounding until an instability amplifies it)."""
+    out = {}
+    for fold in sorted(a, key=int):
+        pairs = list(zip(a[fold], b[fold]))
+        equal = next((e for e, (x, y) in enumerate(pairs) if abs(x - y) > tol), len(pairs))
+        out[fold] = {"epochs": len(pairs), "epochs_equal": equal,
+                     "max_diff_while_equal": max((abs(x - y) for x, y in pairs[:equal]), default=0.0)}
+    return out
 
 
 def machine() -> dict:
@@ -221,15 +275,27 @@ def main() -> None:
         "torchmil / milzoo 1 bag/step (same steps)": tm / by["milzoo 1 bag/step"]["wall_s"],
     }
     faith = abs(by["torchmil replay"]["acc"] - by["milzoo 1 bag/step"]["acc"])
+    diffs = _prob_differences(by["milzoo 1 bag/step"]["probs"], by["torchmil replay"]["probs"])
+    curves = _curve_agreement(by["milzoo 1 bag/step"]["train_loss"], by["torchmil replay"]["train_loss"])
+    for r in runs:
+        r.pop("probs", None)
+        r.pop("train_loss", None)
     print(f"{'run':<30} {'wall s':>8} {'acc':>7}")
     for r in runs:
         print(f"{r['name']:<30} {r['wall_s']:>8.1f} {r['acc']:>7.3f}")
     for k, v in ratios.items():
         print(f"{k}: {v:.2f}x")
     print(f"faithfulness |acc(torchmil replay) - acc(milzoo 1 bag/step)| = {faith:.4f} (goal <= 0.01)")
+    print(f"  test-bag probabilities, milzoo 1 bag/step vs replay: median |diff| {diffs['median']:.2e}, "
+          f"max {diffs['max']:.2e}; {diffs['flipped']} of {diffs['bags']} bags on the other side of 0.5 "
+          f"({', '.join(diffs['flipped_bags']) or 'none'})")
+    for fold, c in curves.items():
+        print(f"  fold {fold}: training loss per epoch equal within 1e-4 for {c['epochs_equal']} of {c['epochs']} epochs"
+              f" (largest difference before then {c['max_diff_while_equal']:.1e})")
     result = {"epochs": args.epochs, "machine": info, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "runs": runs, "ratios": {k: round(v, 3) for k, v in ratios.items()},
-              "faithfulness_acc_difference": faith}
+              "faithfulness_acc_difference": faith, "faithfulness_probabilities": diffs,
+              "faithfulness_train_loss": curves}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
