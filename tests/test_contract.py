@@ -69,6 +69,7 @@ VARIANTS = [
     ("loss:psali", {"ce_input": "probabilities"}),
     ("encoder:mlp", {"dims": [16, 8], "dropout": 0.2}),
     ("augment:mil_views", {"num_views": 2, "pad_mode": "reflect"}),
+    ("augment:mil_views", {"num_views": 3, "view0": "plain"}),
 ]
 
 

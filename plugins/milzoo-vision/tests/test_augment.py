@@ -247,3 +247,17 @@ def test_channels_last_input():
     torch.manual_seed(9)
     b = aug(x.contiguous(memory_format=torch.channels_last))
     torch.testing.assert_close(a, b)
+
+
+def test_view0_plain_leaves_the_pooling_view_unaugmented_and_the_strong_views_strong():
+    torch.manual_seed(0)
+    x = torch.rand(6, 1, 28, 28)
+    aug = MILViews(MILViews.Config(num_views=3, view0="plain"), (1, 28, 28))
+    out = aug(x)
+    assert out.shape == (3, 6, 1, 28, 28)
+    assert torch.equal(out[0], x)  # view 0 is the image itself
+    for v in (1, 2):  # crop/flip + Cutout still applied to the strong views
+        assert not torch.equal(out[v], x)
+        assert (out[v] == 0).flatten(1).float().mean(1).min() > 0  # zeros of the Cutout hole (or crop padding)
+    weak = MILViews(MILViews.Config(num_views=1), (1, 28, 28))
+    assert not torch.equal(weak(x)[0], x)  # the default view 0 is still the weak view

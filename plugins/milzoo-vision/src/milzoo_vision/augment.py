@@ -231,6 +231,11 @@ class MILViews(Augment):
             default="auto", description="'auto': gray28 for 1-channel images, rgb32 otherwise"
         )
         num_views: PositiveInt = Field(default=3, description="views per instance, the weak view 0 included")
+        view0: Literal["weak", "plain"] = Field(
+            default="weak",
+            description="view 0 (the one the pooling and bag loss see): 'weak' = flip + crop (the paper), 'plain' = "
+            "the image unaugmented; the strong views are unchanged",
+        )
         flip: bool = Field(default=True, description="random horizontal flip (p = 0.5) in every view")
         pad: int = Field(default=4, ge=0, description="padding of the random crop (0 disables the crop)")
         pad_mode: Literal["constant", "reflect"] = Field(default="constant", description="crop padding fill")
@@ -278,7 +283,7 @@ class MILViews(Augment):
             x = x.float()
         m = x.shape[0]
         v = self.num_views
-        weak = self.weak(x)
+        weak = x if self.config.view0 == "plain" else self.weak(x)
         if v == 1:
             return weak.unsqueeze(0)
         rep = x.unsqueeze(0).expand(v - 1, *x.shape).reshape((v - 1) * m, *x.shape[1:])
