@@ -163,13 +163,14 @@ def check_run_dir(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, 
     return "replace"  # --overwrite, or a start that failed before any result (only its log is replaced)
 
 
-def prepare_run_dir(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, fold: int | None,
-                    action: str | None = None) -> None:
+def prepare_run_dir(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, fold: int | None) -> None:
     """Create, continue or replace the run directory (rank 0 only when distributed).
 
-    Call it once the data has loaded: ``--overwrite`` removes the old run only here.
+    Call it once the data has loaded: ``--overwrite`` removes the old run only here.  The directory is
+    checked again (``run`` checked it before loading the data, to fail early), because a per-fold job
+    started beside this one may have created it meanwhile.
     """
-    action = action or check_run_dir(recipe, run_dir, resume, overwrite, fold)
+    action = check_run_dir(recipe, run_dir, resume, overwrite, fold)
     if action == "continue":
         return
     if action == "replace":
