@@ -110,6 +110,8 @@ def model_config(model: MILModel, extra: dict[str, Any] | None = None) -> dict[s
         "components": components,
         "distributions": plugins,
     }
+    if any(p.dtype == torch.float64 for p in model.parameters()):
+        cfg["dtype"] = "float64"  # trained with train.precision = "fp64": rebuilt in float64 (build_model_from_config)
     if extra:
         cfg.update(extra)
     return cfg
@@ -139,11 +141,12 @@ def build_model_from_config(cfg: dict[str, Any], weights: str | Path | None = No
     tables = loading.resolve_components(spec)
 
     def build() -> MILModel:
-        return build_components(
+        model = build_components(
             encoder=tables["encoder"], pooling=tables["pooling"], augment=tables["augment"],
             in_shape=tuple(spec.in_shape), num_classes=spec.num_classes, class_names=spec.class_names,
             standardize=spec.standardize, channels_last=spec.channels_last,
         )
+        return model.double() if spec.dtype == "float64" else model
 
     try:
         if weights is not None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import safetensors
 import torch
@@ -64,6 +64,8 @@ class CheckpointSpec(BaseModel):
     class_names: list[str] | None = None
     standardize: bool = False
     channels_last: bool = False
+    #: the weights' float type: float64 for models trained with train.precision = "fp64", else float32
+    dtype: Literal["float32", "float64"] = "float32"
     components: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("in_shape")

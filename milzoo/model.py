@@ -125,8 +125,22 @@ class MILModel(nn.Module):
         self.check_instances(x.flatten(0, 1) if batch.unpadded or bool(mask.all()) else x[mask],
                              "the bags' instances")
 
+    @property
+    def float_dtype(self) -> torch.dtype:
+        """The weights' float type (float64 after ``.double()``, as ``train.precision = "fp64"`` trains)."""
+        param = next(self.parameters(), None)
+        return torch.float32 if param is None else param.dtype
+
+    def _as_float(self, inst: Tensor) -> Tensor:
+        """Instances in the weights' float type: images (uint8) and float32 features for a float64 model."""
+        dtype = self.float_dtype
+        if not inst.is_floating_point():
+            return inst.to(dtype if dtype == torch.float64 else torch.float32)
+        return inst.to(dtype) if dtype == torch.float64 and inst.dtype != dtype else inst
+
     def encode_instances(self, inst: Tensor) -> Tensor:
         """Encode a flat ``[M, *in_shape]`` tensor of instances (no augmentation)."""
+        inst = self._as_float(inst)
         if self.standardizer is not None:
             inst = self.standardizer(inst.flatten(1)).view_as(inst)
         if self.channels_last and inst.dim() == 4:
@@ -140,8 +154,7 @@ class MILModel(nn.Module):
         # the per-bag features are views: no gather, no zero-filled scatter.
         full = batch.unpadded if batch.unpadded is not None else bool(mask.all())
         inst = batch.x.flatten(0, 1) if full else batch.x[mask]  # [M, *s]
-        if inst.is_floating_point() is False:
-            inst = inst.float()
+        inst = self._as_float(inst)
         view_feats = None
         if self.augment is not None and self.training:
             if self.standardizer is not None:

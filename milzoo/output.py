@@ -14,6 +14,11 @@ import torch
 from torch import Tensor
 
 
+def _softmax(logits: Tensor) -> Tensor:
+    """Softmax in at least float32 (bf16/fp16 logits under autocast are upcast; float64 stays float64)."""
+    return torch.softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
+
+
 @dataclass
 class MILOutput:
     """The common output of every pooling (methods.md section 0.3, batched).
@@ -42,7 +47,7 @@ class MILOutput:
         """``[B, k]`` class probabilities of each bag."""
         if self.probs is not None:
             return self.probs
-        return torch.softmax(self.bag_logits.float(), dim=-1)
+        return _softmax(self.bag_logits)
 
     @property
     def inst_probs(self) -> Tensor | None:
@@ -51,7 +56,7 @@ class MILOutput:
             return self.inst_probs_override
         if self.inst_logits is None:
             return None
-        return torch.softmax(self.inst_logits.float(), dim=-1)
+        return _softmax(self.inst_logits)
 
 
 @dataclass

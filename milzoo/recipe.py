@@ -104,10 +104,11 @@ class TrainConfig(_Section):
         default=1, description="bags per optimiser step; auto: the per-device default (1 on a CPU, 4 on a GPU)")
     eval_batch_size: int | None = Field(default=None, gt=0)
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N")
-    precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
+    precision: Literal["fp32", "bf16", "fp16", "fp64", "auto"] = Field(
         default="fp32",
         description="autocast dtype; auto: bf16 on a GPU with bf16 or a CPU with AVX-512, else fp32 (bf16 is "
-        "emulated, so slower, on AVX2-only CPUs)",
+        "emulated, so slower, on AVX2-only CPUs); fp64: weights, inputs and losses in float64 (no autocast), "
+        "for numerical comparisons with another implementation, about 2x slower",
     )
     channels_last: bool = False
     grad_clip: float | None = Field(default=None, gt=0, description="clip total gradient norm")

@@ -61,3 +61,30 @@ def test_bags_through_views_and_cnn2_learn():
         out = model.predict(collate_bags([ds[i] for i in range(len(ds))]))
     acc = float((out.bag_logits.argmax(1) == torch.from_numpy(ds.labels)).float().mean())
     assert acc > 0.8
+
+
+def test_float64_model_takes_uint8_image_bags_through_the_views():
+    """train.precision = "fp64" doubles the model: float32 and uint8 images become float64, views and
+    gradients too."""
+    torch.manual_seed(0)
+    images, labels = toy_images(n_per_class=8)
+    idx, inst, y = build_bags(labels, np.arange(len(labels)), 3, bag_size=4, num_key=1, background_class=0,
+                              rng=np.random.default_rng(0))
+    ds = ImageBagDataset(images, idx, inst, y, ["bg", "a", "b"], "toy-")
+    shape = ds.instance_shape
+    model = MILModel(
+        CNN2Encoder(CNN2Encoder.Config(dim=8, normalize="half"), shape),
+        MeanPooling(MeanPooling.Config(), 8, 3),
+        augment=MILViews(MILViews.Config(pad=1, cutout_size=3), shape),
+    ).double()
+    batch = collate_bags([ds[i] for i in range(3)])
+    assert batch.x.dtype == torch.float32
+    model.eval()
+    as_uint8 = (batch.x[0] * 255).round().to(torch.uint8)  # what a device-resident split holds
+    assert model.encode_instances(as_uint8).dtype == torch.float64
+    model.train()
+    out = model(batch)
+    assert out.bag_logits.dtype == torch.float64 and out.extras["view_features"].dtype == torch.float64
+    F.cross_entropy(out.bag_logits, batch.y).backward()
+    assert all(p.grad.dtype == torch.float64 for p in model.parameters() if p.grad is not None)
+    assert model.predict(batch).bag_probs.dtype == torch.float64
