@@ -13,10 +13,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from milzoo.precision import at_least_float32
+
 
 def _softmax(logits: Tensor) -> Tensor:
     """Softmax in at least float32 (bf16/fp16 logits under autocast are upcast; float64 stays float64)."""
-    return torch.softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
+    return torch.softmax(at_least_float32(logits), dim=-1)
 
 
 @dataclass

@@ -23,6 +23,7 @@ from milzoo.datasets.base import MILDataset
 from milzoo.errors import TrainingDiverged, UserError
 from milzoo.metrics import bag_metrics, instance_accuracy, youden_threshold
 from milzoo.output import TrainState
+from milzoo.precision import at_least_float32
 
 log = logging.getLogger("milzoo")
 
@@ -454,12 +455,12 @@ class Trainer:
         for batch in self._iter_batches(ds, _batches(indices, bs)):
             with self._autocast():
                 out = model(batch)
-            probs.append(out.bag_probs.float().cpu())
+            probs.append(at_least_float32(out.bag_probs).cpu())
             ys.append(batch.y.cpu())
             ids.extend(batch.bag_ids)
             if batch.inst_y is not None and out.inst_probs is not None:
                 inst_true.append(batch.inst_y[batch.mask].cpu())
-                inst_probs.append(out.inst_probs.float()[batch.mask].cpu())
+                inst_probs.append(at_least_float32(out.inst_probs)[batch.mask].cpu())
         res = {
             "probs": torch.cat(probs).numpy() if probs else np.zeros((0, ds.num_classes)),
             "y": torch.cat(ys).numpy() if ys else np.zeros(0, dtype=int),

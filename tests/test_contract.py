@@ -21,6 +21,7 @@ from milzoo.testing import (
     check_loss_padding,
     check_pooling,
     check_pooling_determinism,
+    check_pooling_float64,
     check_pooling_gradients,
     check_pooling_output,
     check_pooling_padding,
@@ -316,9 +317,30 @@ class NeedsTwoFeatures(_Base):
         return MILOutput(bag_logits=self.classifier(masked_mean(halves.flatten(2), mask)), mask=mask)
 
 
+class Float32Logits(_Base):
+    """Casts its logits with .float(): silently float32 in a float64 (train.precision = "fp64") model."""
+
+    name = "test_float32_logits"
+
+    def forward(self, h, mask):
+        return MILOutput(bag_logits=self.classifier(masked_mean(h, mask)).float(), mask=mask)
+
+
+class Float32Buffer(_Base):
+    """Makes a float32 tensor and multiplies it with its input: a dtype error in float64."""
+
+    name = "test_float32_buffer"
+
+    def forward(self, h, mask):
+        scale = torch.ones(h.shape[-1], h.shape[-1])  # no dtype=h.dtype
+        return MILOutput(bag_logits=self.classifier(masked_mean(h @ scale, mask)), mask=mask)
+
+
 @pytest.mark.parametrize(
     ("cls", "check", "options", "message"),
     [
+        (Float32Logits, check_pooling_float64, None, r"bag_logits is torch.float32.*at_least_float32"),
+        (Float32Buffer, check_pooling_float64, None, r"training step fails in float64 .*x.new_zeros"),
         (IgnoresMask, check_pooling_padding, None, "batched with padding vs alone"),
         (ZeroFilledMax, check_pooling_padding, None, r"\(in_dim=1, k=2\) all-negative features, bag \d \(n=\d\) batched"),
         (NoneDefault, check_config, None, "option 'width' has the default 4 but accepts None"),

@@ -7,6 +7,7 @@ from pydantic import Field
 
 from milzoo.components import ComponentConfig, Loss
 from milzoo.output import LossResult
+from milzoo.precision import at_least_float32
 
 
 class BagCrossEntropy(Loss):
@@ -24,7 +25,7 @@ class BagCrossEntropy(Loss):
 
     def forward(self, out, batch, state):
         loss = F.cross_entropy(
-            out.bag_logits.float(), batch.y, label_smoothing=self.config.label_smoothing
+            at_least_float32(out.bag_logits), batch.y, label_smoothing=self.config.label_smoothing
         )
         total = self.config.weight * loss
         return LossResult(total=total, parts={"bag_ce": total.detach()})

@@ -29,7 +29,8 @@ What is checked (small sizes, one CPU thread, the global RNG restored afterwards
 - encoders: output shape, batch independence, a single instance, gradients;
 - losses (bound to a model around a compatible pooling): the ``LossResult``,
   gradients, extra padding does not change the loss, state round trip;
-- augments: ``[V, M, *s]`` views, also through :class:`~milzoo.model.MILModel`.
+- augments: ``[V, M, *s]`` views, also through :class:`~milzoo.model.MILModel`;
+- every kind: float64 (``train.precision = "fp64"``): outputs, losses and gradients stay float64.
 
 Optional class attributes read by the suite (none is needed by milzoo itself):
 
@@ -46,7 +47,7 @@ Optional class attributes read by the suite (none is needed by milzoo itself):
 from __future__ import annotations
 
 # check modules register their checks on import, in this order (it is the order of the test ids)
-from milzoo.testing import config, pooling, encoder, loss  # noqa: F401  isort: skip
+from milzoo.testing import config, pooling, encoder, loss, precision  # noqa: F401  isort: skip
 from milzoo.testing._core import (
     ATOL, ComponentSpec, ContractFailure, IN_SHAPE_CANDIDATES, KIND_BASES, POOLING_SETTINGS, RTOL,
     all_registered_components, checks_for, resolve,
@@ -63,6 +64,9 @@ from milzoo.testing.encoder import (
 from milzoo.testing.loss import (
     LOSS_DIM, LOSS_LENGTHS, check_loss_determinism, check_loss_gradients, check_loss_output,
     check_loss_padding, check_loss_state_dict,
+)
+from milzoo.testing.precision import (
+    check_augment_float64, check_encoder_float64, check_loss_float64, check_pooling_float64,
 )
 from milzoo.testing.run import (
     check_augment, check_component, check_encoder, check_loss, check_pooling, parametrize_with_checks,

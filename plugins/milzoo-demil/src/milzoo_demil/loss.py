@@ -25,6 +25,7 @@ from milzoo.components import ComponentConfig, Loss
 from milzoo.datasets.base import BagListDataset, MILSubset, dataset_size_for_state
 from milzoo.errors import ComponentError
 from milzoo.output import LossResult
+from milzoo.precision import at_least_float32
 
 _STATE = ("soft_labels", "initialised", "pending_sum", "pending_count")
 
@@ -176,7 +177,7 @@ class DEMILLoss(Loss):
         return targets, valid, slots
 
     def forward(self, out, batch, state):
-        logits = out.bag_logits.float()
+        logits = at_least_float32(out.bag_logits)
         k = self.num_classes
         if logits.dim() != 2 or logits.shape[-1] != k:
             raise ComponentError(
@@ -187,7 +188,7 @@ class DEMILLoss(Loss):
         targets, valid, slots = self._targets(batch.index, cand, state.training)
         targets = targets.detach()
         if out.probs is not None:
-            log_p = torch.log(out.probs.float().clamp_min(1e-12))
+            log_p = torch.log(at_least_float32(out.probs).clamp_min(1e-12))
         else:
             log_p = F.log_softmax(logits, dim=-1)
         ce = -(targets * log_p).sum(-1).mean()
@@ -202,14 +203,14 @@ class DEMILLoss(Loss):
                     "loss 'demil' with entropy_weight > 0 needs out.extras['sigmoid_attention'] (the raw "
                     "sigmoid attention of pooling 'demil'); use that pooling or set entropy_weight = 0."
                 )
-            a = a.float()
+            a = at_least_float32(a)
             ent_i = -(a * torch.log(a.clamp_min(1e-12)))
             ent = ent_i.masked_fill(~out.mask, 0.0).sum(dim=1).mean()
             total = total + w * ent
             parts["demil_entropy"] = (w * ent).detach()
 
         if state.training and self.config.disambiguate and slots.numel() > 0:
-            self._record(out.bag_probs.detach().float(), cand, valid, slots)
+            self._record(at_least_float32(out.bag_probs.detach()), cand, valid, slots)
         return LossResult(total=total, parts=parts)
 
     @torch.no_grad()

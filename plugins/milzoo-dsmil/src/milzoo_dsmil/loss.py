@@ -17,6 +17,7 @@ from pydantic import Field, field_validator
 from milzoo.components import ComponentConfig, Loss
 from milzoo.errors import ComponentError
 from milzoo.output import LossResult
+from milzoo.precision import at_least_float32
 
 
 class DSMILLoss(Loss):
@@ -75,8 +76,8 @@ class DSMILLoss(Loss):
 
     def forward(self, out, batch, state):
         try:
-            z_bag = out.extras["bag_stream_logits"].float()
-            z_max = out.extras["max_stream_logits"].float()
+            z_bag = at_least_float32(out.extras["bag_stream_logits"])
+            z_max = at_least_float32(out.extras["max_stream_logits"])
         except KeyError:
             raise ComponentError(
                 "loss 'dsmil' needs the outputs of the 'dsmil' pooling (extras 'bag_stream_logits' "

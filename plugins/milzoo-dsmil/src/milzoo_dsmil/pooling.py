@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from milzoo.components import ComponentConfig, Pooling
 from milzoo.masking import masked_softmax
 from milzoo.output import MILOutput
+from milzoo.precision import at_least_float32
 
 
 def _anchor(z: Tensor, multilabel: bool) -> Tensor:
@@ -112,9 +113,9 @@ class DSMILPooling(Pooling):
         """Stream logits ``[..., C]`` -> (k-class logits, k-class probabilities) per ``score_mode``."""
         bag = _anchor(z_bag, self.multilabel)
         if self.config.score_mode == "bag":
-            return bag, torch.softmax(bag.float(), dim=-1)
+            return bag, torch.softmax(at_least_float32(bag), dim=-1)
         mx = _anchor(z_max, self.multilabel)
-        probs = 0.5 * (torch.softmax(bag.float(), dim=-1) + torch.softmax(mx.float(), dim=-1))
+        probs = 0.5 * (torch.softmax(at_least_float32(bag), dim=-1) + torch.softmax(at_least_float32(mx), dim=-1))
         return torch.log(probs.clamp_min(1e-12)).to(bag.dtype), probs
 
     def _patch_mask(self, mask: Tensor) -> Tensor:

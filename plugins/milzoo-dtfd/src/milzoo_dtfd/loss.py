@@ -19,6 +19,7 @@ from pydantic import Field
 from milzoo.components import ComponentConfig, Loss
 from milzoo.errors import ComponentError
 from milzoo.output import LossResult
+from milzoo.precision import at_least_float32
 
 
 class DTFDLoss(Loss):
@@ -48,7 +49,7 @@ class DTFDLoss(Loss):
 
     def forward(self, out, batch, state):
         try:
-            t1 = out.extras["tier1_logits"].float()
+            t1 = at_least_float32(out.extras["tier1_logits"])
             pmask = out.extras["pseudo_mask"]
         except KeyError:
             raise ComponentError(
@@ -61,7 +62,7 @@ class DTFDLoss(Loss):
         ce1 = F.cross_entropy(scores.reshape(Bn * M, k), y.repeat_interleave(M), reduction="none").view(Bn, M)
         w = pmask.to(ce1.dtype)
         l1 = ((ce1 * w).sum(1) / w.sum(1).clamp_min(1.0)).mean()
-        l2 = F.cross_entropy(out.bag_logits.float(), y)
+        l2 = F.cross_entropy(at_least_float32(out.bag_logits), y)
         p1 = self.config.tier1_weight * l1
         p2 = self.config.tier2_weight * l2
         return LossResult(total=p1 + p2, parts={"dtfd_tier1": p1.detach(), "dtfd_tier2": p2.detach()})

@@ -43,6 +43,7 @@ from milzoo.errors import ComponentError
 from milzoo.heads import bag_classifier
 from milzoo.masking import attention_pool, masked_softmax
 from milzoo.output import MILOutput
+from milzoo.precision import at_least_float32
 
 
 def random_split(mask: Tensor, num_groups: int) -> Tensor:
@@ -274,7 +275,7 @@ class DTFDPooling(Pooling):
                 s1 = (xw * mask.unsqueeze(-1)).sum(1).to(out.bag_logits.dtype)  # W_1 x of the one instance
                 out.bag_logits = torch.where(one.unsqueeze(-1), s1, out.bag_logits)
                 if out.probs is not None:
-                    out.probs = torch.where(one.unsqueeze(-1), torch.softmax(s1.float(), -1), out.probs)
+                    out.probs = torch.where(one.unsqueeze(-1), torch.softmax(at_least_float32(s1), -1), out.probs)
         return out
 
     def _tiers(self, x: Tensor, e: Tensor, xw: Tensor, mask: Tensor, groups: Tensor) -> MILOutput:
@@ -289,7 +290,7 @@ class DTFDPooling(Pooling):
 
         a_inst = a.sum(1)  # each instance sits in exactly one pseudo-bag
         s = a_inst.unsqueeze(-1) * xw  # [B, N, k], no bias
-        p = torch.softmax(s.detach().float(), dim=-1)
+        p = torch.softmax(at_least_float32(s.detach()), dim=-1)
 
         feats, fmask, dindex = self._distill(x, f, p, gmask, pmask, t1_logits, groups)
         if self.config.detach_distilled:

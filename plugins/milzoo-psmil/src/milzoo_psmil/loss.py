@@ -22,6 +22,7 @@ from torch import Tensor
 from milzoo.components import ComponentConfig, Loss
 from milzoo.errors import ComponentError
 from milzoo.output import LossResult
+from milzoo.precision import at_least_float32
 
 
 class PSAliLoss(Loss):
@@ -126,7 +127,7 @@ class PSAliLoss(Loss):
     def targets(logits: Tensor) -> Tensor:
         """``c_i = argmax_k sum_v log softmax(logits[v, i])_k``: ``[V, M, k] -> [M]`` (no gradient)."""
         with torch.no_grad():
-            return F.log_softmax(logits.detach().float(), dim=-1).sum(0).argmax(-1)
+            return F.log_softmax(at_least_float32(logits.detach()), dim=-1).sum(0).argmax(-1)
 
     @classmethod
     def alignment(cls, logits: Tensor, mask: Tensor, ce_input: str = "logits") -> Tensor:
@@ -137,7 +138,7 @@ class PSAliLoss(Loss):
         logits, as the official code does; the target is the same in both forms.
         """
         target = cls.targets(logits)
-        scores = logits.float()
+        scores = at_least_float32(logits)
         if ce_input == "probabilities":
             scores = torch.softmax(scores, dim=-1)
         logp = F.log_softmax(scores, dim=-1)

@@ -28,6 +28,7 @@ from milzoo.masking import attention_pool, masked_softmax
 from milzoo.output import MILOutput
 
 from milzoo_psmil._dist import gather_rows
+from milzoo.precision import at_least_float32
 
 
 class PSAttPooling(Pooling):
@@ -91,7 +92,7 @@ class PSAttPooling(Pooling):
         exactly what the code's initialisation (all columns equal) gives too.
         """
         with torch.no_grad():
-            sim = h.detach().float() @ self.Q.float()
+            sim = at_least_float32(h.detach()) @ at_least_float32(self.Q)
             return torch.softmax(sim / self.config.tau_p, dim=-1)
 
     def forward(self, h: Tensor, mask: Tensor) -> MILOutput:
@@ -132,13 +133,13 @@ class PSAttPooling(Pooling):
             return
         if out.features is None or out.attention is None:
             raise ValueError("PSAtt.after_forward needs out.features and out.attention (set by MILModel)")
-        h = out.features.detach().float()  # [B, N, d]
+        h = at_least_float32(out.features.detach())  # [B, N, d]
         mask = batch.mask.to(h.device)
         m = mask.unsqueeze(-1).to(h.dtype)
         k, d = self.num_classes, self.in_dim
         Q = self.Q
         # assignments against the current Q; with Q = 0 (not yet initialised) all go to class 0
-        assign = (h @ Q.float()).argmax(-1)  # [B, N]
+        assign = (h @ Q.to(h.dtype)).argmax(-1)  # [B, N]
         bag_mean = (h * m).sum(1) / m.sum(1).clamp_min(1.0)  # [B, d], for the first-bag init
 
         if self.config.proto_update == "label":
@@ -146,7 +147,7 @@ class PSAttPooling(Pooling):
             sel = ((assign == y.unsqueeze(1)) & mask).unsqueeze(-1).to(h.dtype)  # [B, N, 1]
             count = sel.sum(1)  # [B, 1]
             inst_mean = (h * sel).sum(1) / count.clamp_min(1.0)
-            bag_feat = attention_pool(out.attention.detach().float(), h)  # H_bag = a^T H
+            bag_feat = attention_pool(out.attention.detach().to(h.dtype), h)  # H_bag = a^T H
             new_col = torch.where(count > 0, inst_mean, bag_feat)  # fallback to the bag feature
             stats = torch.cat([new_col, y.unsqueeze(1).to(h.dtype), bag_mean], dim=1)
             stats = gather_rows(stats)

@@ -15,6 +15,7 @@ from pydantic import Field
 from milzoo.components import ComponentConfig, Loss
 from milzoo.errors import ComponentError
 from milzoo.output import LossResult
+from milzoo.precision import at_least_float32
 
 
 class RGMILBranchLoss(Loss):
@@ -44,7 +45,7 @@ class RGMILBranchLoss(Loss):
         ranks = torch.arange(1, k + 1, device=batch.y.device)
         targets = (batch.y.view(-1, 1) == ranks).long()  # [B, K]
         per_branch = F.cross_entropy(
-            branch_logits.float().reshape(b * k, 2), targets.reshape(-1), reduction="none"
+            at_least_float32(branch_logits).reshape(b * k, 2), targets.reshape(-1), reduction="none"
         ).view(b, k)
         total = self.config.weight * per_branch.sum(dim=1).mean()
         return LossResult(total=total, parts={"rgmil_branch_ce": total.detach()})
