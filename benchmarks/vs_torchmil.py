@@ -34,6 +34,7 @@ training losses agree within 1e-4: the same model on the same random stream agre
 training instability (a loss spike) amplifies that rounding, and the epoch where that happens is shown.
 
     .venv/bin/python benchmarks/vs_torchmil.py                 # writes benchmarks/results/vs_torchmil.json
+    .venv/bin/python benchmarks/vs_torchmil.py --seeds 5       # accuracy over 5 seeds: ..._seeds.json
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ MILZOO = [sys.executable, "-m", "milzoo"]
 
 
 # ----------------------------------------------------------------------------- shared data (workers)
-def _folds(epochs: int, float64: bool = False):
+def _folds(epochs: int, float64: bool = False, seed: int = 0):
     """milzoo's recipe, folds and per-fold standardised bags: [(fold, recipe, train [(x, y)], test [(x, y)])]
     (in float64 with ``float64``, standardised as ``train.precision = "fp64"`` does: statistics in float64)."""
     import torch
@@ -66,7 +67,8 @@ def _folds(epochs: int, float64: bool = False):
     from milzoo.protocols import make_folds
     from milzoo.recipe import load_recipe
 
-    recipe = load_recipe(str(RECIPE), ["train.batch_size=1", "pooling.head=sigmoid", f"train.epochs={epochs}"])
+    recipe = load_recipe(str(RECIPE), ["train.batch_size=1", "pooling.head=sigmoid", f"train.epochs={epochs}",
+                                       f"seed={seed}"])
     torch.manual_seed(recipe.root.seed)
     out = []
     for fd in make_folds(recipe.root.protocol, build_dataset(recipe), recipe.root.seed):
@@ -103,8 +105,9 @@ def _scores(model, bags) -> tuple[float, dict[str, float]]:
     return sum(hits) / len(hits), {bid: float(torch.sigmoid(torch.tensor(t))) for t, (_, _, bid) in zip(logits, bags)}
 
 
-def worker_torchmil(epochs: int) -> dict:
-    """torchmil's ABMIL trained by torchmil's Trainer (what a torchmil user runs)."""
+def worker_torchmil(epochs: int, seed: int = 0) -> dict:
+    """torchmil's ABMIL trained by torchmil's Trainer (what a torchmil user runs), on the folds of milzoo's
+    ``seed``."""
     import torch
     import torchmetrics
     from tensordict import TensorDict
@@ -114,8 +117,8 @@ def worker_torchmil(epochs: int) -> dict:
 
     torch.set_num_threads(1)
     accs = []
-    for fold, recipe, train, test in _folds(epochs):
-        torch.manual_seed(fold)
+    for fold, recipe, train, test in _folds(epochs, seed=seed):
+        torch.manual_seed(seed * 1000 + fold)
         model = ABMIL(in_shape=(166,), att_dim=recipe.root.pooling.attn_hidden, feat_ext=_feat_ext(0.2))
         opt = torch.optim.Adam(model.parameters(), lr=recipe.root.optim.lr, weight_decay=recipe.root.optim.weight_decay)
         as_dicts = lambda bags: [TensorDict({"X": b[0], "Y": torch.tensor(float(b[1]))}) for b in bags]  # noqa: E731
@@ -206,8 +209,8 @@ def run_milzoo(name: str, tmp: Path, epochs: int, extra: list[str]) -> dict:
             "acc": acc["mean"], "acc_per_fold": acc["values"], "probs": probs, "train_loss": curves}
 
 
-def run_worker(name: str, kind: str, epochs: int) -> dict:
-    wall, stdout = _timed([sys.executable, __file__, "--worker", kind, "--epochs", str(epochs)])
+def run_worker(name: str, kind: str, epochs: int, seed: int = 0) -> dict:
+    wall, stdout = _timed([sys.executable, __file__, "--worker", kind, "--epochs", str(epochs), "--seed", str(seed)])
     res = json.loads(stdout.strip().splitlines()[-1])
     return {"name": name, "command": f"python benchmarks/vs_torchmil.py --worker {kind}", "wall_s": round(wall, 2),
             **res}
@@ -251,18 +254,64 @@ def machine() -> dict:
             "torchmil": version("torchmil"), "load_average_at_start": os.getloadavg()}
 
 
+def seeds_study(args, info: dict) -> None:
+    """Equal accuracy, measured: the shipped quickstart (4 bags/step, two logits) and torchmil's Trainer
+    (1 bag/step, one logit) on the same folds for each seed; the paired difference and its standard error."""
+    import statistics
+
+    tmp = Path(tempfile.mkdtemp(prefix="vs_torchmil_seeds_"))
+    rows = []
+    try:
+        for seed in range(args.seeds):
+            mz = run_milzoo(f"milzoo quickstart --jobs 2 seed {seed}", tmp, args.epochs,
+                            ["--jobs", "2", "--set", f"seed={seed}"])
+            tm = run_worker(f"torchmil seed {seed}", "torchmil", args.epochs, seed)
+            rows.append({"seed": seed, "milzoo": mz["acc"], "torchmil": tm["acc"], "milzoo_wall_s": mz["wall_s"],
+                         "torchmil_wall_s": tm["wall_s"]})
+            print(f"seed {seed}: milzoo quickstart --jobs 2 {mz['acc']:.3f} ({mz['wall_s']:.0f} s), torchmil "
+                  f"{tm['acc']:.3f} ({tm['wall_s']:.0f} s)", file=sys.stderr, flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    diffs = [r["milzoo"] - r["torchmil"] for r in rows]
+    se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
+    summary = {
+        "milzoo_mean": statistics.mean(r["milzoo"] for r in rows),
+        "torchmil_mean": statistics.mean(r["torchmil"] for r in rows),
+        "difference_mean": statistics.mean(diffs), "difference_se": se,
+        "wall_ratio": sum(r["torchmil_wall_s"] for r in rows) / sum(r["milzoo_wall_s"] for r in rows),
+    }
+    print(f"{'seed':>4} {'milzoo':>8} {'torchmil':>9}")
+    for r in rows:
+        print(f"{r['seed']:>4} {r['milzoo']:>8.3f} {r['torchmil']:>9.3f}")
+    print(f"mean accuracy: milzoo quickstart --jobs 2 {summary['milzoo_mean']:.3f}, torchmil {summary['torchmil_mean']:.3f};"
+          f" difference {summary['difference_mean']:+.3f} +/- {se:.3f} (standard error over {len(rows)} seeds)")
+    print(f"torchmil / milzoo quickstart --jobs 2, all seeds: {summary['wall_ratio']:.2f}x")
+    out = Path(args.out)
+    out = out.with_name(out.stem + "_seeds.json") if out.name == "vs_torchmil.json" else out
+    out.write_text(json.dumps({"epochs": args.epochs, "machine": info, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                               "seeds": rows, **summary}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "vs_torchmil.json"))
+    ap.add_argument("--seeds", type=int, default=0,
+                    help="instead of the timing runs: accuracy of the quickstart (--jobs 2) and of torchmil's "
+                         "Trainer over seeds 0..N-1 (each seed: other folds, initial weights and order)")
+    ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--worker", choices=["torchmil", "replay", "replay64"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        res = (worker_torchmil(args.epochs) if args.worker == "torchmil"
+        res = (worker_torchmil(args.epochs, args.seed) if args.worker == "torchmil"
                else worker_replay(args.epochs, float64=args.worker == "replay64"))
         print(json.dumps(res))
         return
     info = machine()
+    if args.seeds:
+        seeds_study(args, info)
+        return
     tmp = Path(tempfile.mkdtemp(prefix="vs_torchmil_"))
     same_steps = ["--set", "train.batch_size=1", "--set", "pooling.head=sigmoid"]  # torchmil's settings
     try:
