@@ -81,6 +81,8 @@ def _select_jobs() -> dict[str, tuple[str, list[str]]]:
 #: the table's rows, at the learning rates the selection chose (written into the recipes by generate.py)
 FINAL = {
     "supervised": (f"{R}supervised.toml", []),
+    # the first ceiling run, on the weak view (flip + crop) before the MIL models' view was chosen: kept as evidence
+    "supervised-weak": (f"{R}supervised.toml", WEAK),
     "abmil": (f"{R}abmil.toml", []),
     "psmil": (f"{R}psmil.toml", []),
     "demil": (f"{R}demil.toml", []),

@@ -153,7 +153,7 @@ def recipe(ds: str, model: str, *, views: int, psali: dict | None, frozen: bool 
     r: dict = {"name": name, "description": description, "seed": 0, "data": data, "encoder": encoder}
     if views > 0:
         r["augment"] = {"name": "mil_views", "num_views": views}
-        if views == 1 and (model in ONE_VIEW_BASELINES or model == "psmil") and ds in PLAIN_VIEW:
+        if views == 1 and (model in ONE_VIEW_BASELINES or model in ("psmil", "supervised")) and ds in PLAIN_VIEW:
             r["augment"].update({"flip": False, "pad": 0})  # the unaugmented view, chosen on validation
         if views > 1 and ds in PLAIN_VIEW0:
             r["augment"]["view0"] = "plain"  # the pooling view unaugmented, chosen on validation
@@ -301,8 +301,9 @@ def files() -> dict[Path, str]:
         put(sub / "supervised.toml", f"Supervised ceiling on {ds.upper()}: the same encoder trained on instance "
             f"labels" + (f" (seed paper: {paper['supervised']})" if "supervised" in paper else ""), ds,
             "data.instance_bags = true: every training image is a bag of one with its own label; mean pooling\n"
-            "+ bag CE = a linear classifier on the encoder. Weak view augmentation as the MIL recipes;\n"
-            "64 images per step.",
+            "+ bag CE = a linear classifier on the encoder. The same view as the MIL recipes (" +
+            ("unaugmented: the\nview chosen on validation for the MIL models, docs/results-psmil.md" if ds in PLAIN_VIEW
+             else "weak") + "); 64 images per step.",
             recipe(ds, "supervised", views=1, psali=None, name=f"supervised_{ds}",
                    description=f"same encoder trained on the instance labels of {ds} (ceiling)"))
         if ds not in ABLATION:
