@@ -209,7 +209,7 @@ def lr_table() -> str:
             seq = ", ".join(f"{r['val'][e]:.1f}" for e in sorted(r["val"])) or "-"
             last = f"{r['val'][max(r['val'])]:.2f}" if r["val"] else "-"
             mark = ("**yes**" if complete else "leading (grid incomplete)") if n == chosen else ""
-            state = "" if r["done"] else " (running/unfinished)"
+            state = "" if r["done"] else " (unfinished)"
             out.append(f"| {model} | {view or 'as recipe'} | {lr} | {r['epochs']}{state} | {seq} | {last} | {mark} |")
     return "\n".join(out) + "\n"
 
