@@ -110,7 +110,7 @@ def model_config(model: MILModel, extra: dict[str, Any] | None = None) -> dict[s
         "components": components,
         "distributions": plugins,
     }
-    if any(p.dtype == torch.float64 for p in model.parameters()):
+    if model.float_dtype == torch.float64:
         cfg["dtype"] = "float64"  # trained with train.precision = "fp64": rebuilt in float64 (build_model_from_config)
     if extra:
         cfg.update(extra)

@@ -193,9 +193,9 @@ class Trainer:
         ds = data.train
         torch.manual_seed(self.seed * 1000 + data.fold)
         self.model = build_model(recipe, ds.instance_shape, ds.num_classes, ds.class_names)
-        #: float64 everywhere (train.precision = "fp64"): weights here; MILModel casts its inputs to them
-        self.float64 = tc.precision == "fp64"
-        if self.float64:
+        # float64 everywhere (train.precision = "fp64"): weights here; MILModel casts its inputs to them
+        float64 = tc.precision == "fp64"
+        if float64:
             self.model.double()  # before fitting the standardiser, so its statistics stay in float64
         if self.model.standardizer is not None:
             self.model.standardizer.fit(ds.get_bag(i).x for i in range(len(ds)))
@@ -204,7 +204,7 @@ class Trainer:
         for loss in self.losses:
             loss.bind(self.model, ds)
             loss.to(self.device)
-            if self.float64 and isinstance(loss, torch.nn.Module):
+            if float64 and isinstance(loss, torch.nn.Module):
                 loss.double()
         self.freeze_epochs = max([tc.freeze_encoder_epochs] + [int(getattr(l, "freeze_encoder_epochs", 0) or 0)
                                                                  for l in self.losses])

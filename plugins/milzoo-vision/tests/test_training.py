@@ -27,19 +27,28 @@ def toy_images(n_per_class=40, k=3, size=12, seed=0):
     return torch.from_numpy(imgs), labels
 
 
+def toy_bags(n_per_class=40, bag_size=8, num_key=2) -> ImageBagDataset:
+    """Bags of :func:`toy_images` (class 0 is the background)."""
+    images, labels = toy_images(n_per_class=n_per_class)
+    idx, inst, y = build_bags(labels, np.arange(len(labels)), 3, bag_size=bag_size, num_key=num_key,
+                              background_class=0, rng=np.random.default_rng(0))
+    return ImageBagDataset(images, idx, inst, y, ["bg", "a", "b"], "toy-")
+
+
+def cnn2_views_model(shape, dim: int, channels_last: bool = False) -> MILModel:
+    """cnn2 + mean pooling over 3 classes, with mil_views (3 views)."""
+    return MILModel(
+        CNN2Encoder(CNN2Encoder.Config(dim=dim, normalize="half"), shape),
+        MeanPooling(MeanPooling.Config(), dim, 3),
+        augment=MILViews(MILViews.Config(pad=1, cutout_size=3), shape),
+        channels_last=channels_last,
+    )
+
+
 def test_bags_through_views_and_cnn2_learn():
     torch.manual_seed(0)
-    images, labels = toy_images()
-    idx, inst, y = build_bags(labels, np.arange(len(labels)), 3, bag_size=8, num_key=2, background_class=0,
-                              rng=np.random.default_rng(0))
-    ds = ImageBagDataset(images, idx, inst, y, ["bg", "a", "b"], "toy-")
-    shape = ds.instance_shape
-    model = MILModel(
-        CNN2Encoder(CNN2Encoder.Config(dim=16, normalize="half"), shape),
-        MeanPooling(MeanPooling.Config(), 16, 3),
-        augment=MILViews(MILViews.Config(pad=1, cutout_size=3), shape),
-        channels_last=True,
-    )
+    ds = toy_bags()
+    model = cnn2_views_model(ds.instance_shape, 16, channels_last=True)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     order = np.random.default_rng(1).permutation(len(ds))
     losses = []
@@ -67,16 +76,8 @@ def test_float64_model_takes_uint8_image_bags_through_the_views():
     """train.precision = "fp64" doubles the model: float32 and uint8 images become float64, views and
     gradients too."""
     torch.manual_seed(0)
-    images, labels = toy_images(n_per_class=8)
-    idx, inst, y = build_bags(labels, np.arange(len(labels)), 3, bag_size=4, num_key=1, background_class=0,
-                              rng=np.random.default_rng(0))
-    ds = ImageBagDataset(images, idx, inst, y, ["bg", "a", "b"], "toy-")
-    shape = ds.instance_shape
-    model = MILModel(
-        CNN2Encoder(CNN2Encoder.Config(dim=8, normalize="half"), shape),
-        MeanPooling(MeanPooling.Config(), 8, 3),
-        augment=MILViews(MILViews.Config(pad=1, cutout_size=3), shape),
-    ).double()
+    ds = toy_bags(n_per_class=8, bag_size=4, num_key=1)
+    model = cnn2_views_model(ds.instance_shape, 8).double()
     batch = collate_bags([ds[i] for i in range(3)])
     assert batch.x.dtype == torch.float32
     model.eval()

@@ -26,9 +26,9 @@ from milzoo.components import ComponentConfig, Pooling
 from milzoo.heads import bag_classifier
 from milzoo.masking import attention_pool, masked_softmax
 from milzoo.output import MILOutput
+from milzoo.precision import at_least_float32
 
 from milzoo_psmil._dist import gather_rows
-from milzoo.precision import at_least_float32
 
 
 class PSAttPooling(Pooling):
