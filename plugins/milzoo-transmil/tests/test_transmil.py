@@ -141,6 +141,31 @@ def test_class_token_row_equals_row_of_full_nystrom_matrix():
     assert torch.allclose(full.sum(-1), torch.ones(2, 2, 12, dtype=torch.float64), atol=1e-2)
 
 
+def test_project_then_pad_equals_reference_pad_then_project():
+    """milzoo skips the projections of the zero tokens; the reference pads ``x`` first.  Same numbers."""
+    torch.manual_seed(2)
+    att = NystromAttention(8, heads=2, dim_head=4, num_landmarks=4, residual_kernel=3, dropout=0).double()
+    x = torch.randn(2, 9, 8, dtype=torch.float64)  # 3 zero tokens in front (L = 12)
+    out, row = att(x, query_index=0)
+    # the reference, written out: pad x, project all 12 tokens, strip after the output projection
+    xp = F.pad(x, (0, 0, 3, 0))
+    q, k, v = att.to_qkv(xp).view(2, 12, 3, 2, 4).permute(2, 0, 3, 1, 4)
+    q = q * 4**-0.5
+    q_land, k_land = q.reshape(2, 2, 4, 3, 4).mean(3), k.reshape(2, 2, 4, 3, 4).mean(3)
+    a1 = torch.softmax(q @ k_land.transpose(-1, -2), -1)
+    a2_inv = iterative_pinv(torch.softmax(q_land @ k_land.transpose(-1, -2), -1), 6)
+    a3 = torch.softmax(q_land @ k.transpose(-1, -2), -1)
+    o = (a1 @ a2_inv) @ (a3 @ v) + att.res_conv(v)
+    ref = att.to_out(o.transpose(1, 2).reshape(2, 12, 8))[:, 3:]
+    assert torch.allclose(out, ref, atol=1e-12)
+    assert torch.allclose(row, ((a1 @ a2_inv) @ a3)[:, :, 3, 3:], atol=1e-12)
+    # the gradients agree too (the skipped rows carried none)
+    w = torch.randn_like(out)
+    g_ours = torch.autograd.grad((out * w).sum(), att.to_qkv.weight)[0]
+    g_ref = torch.autograd.grad((ref * w).sum(), att.to_qkv.weight)[0]
+    assert torch.allclose(g_ours, g_ref, atol=1e-12)
+
+
 class _ShapeRecorder(TorchDispatchMode):
     def __init__(self):
         super().__init__()

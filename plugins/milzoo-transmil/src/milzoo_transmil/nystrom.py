@@ -10,7 +10,9 @@ landmark count ``m``) and per-head queries/keys/values ``q, k, v``:
   ``A3 = softmax(q~ k^T)`` ``[m, L]``;
 - output ``(A1 pinv(A2)) (A3 v)``, evaluated as ``A1 (pinv(A2) (A3 v))``, plus a depthwise convolution of ``v`` along the
   sequence (kernel 33, one filter per head, no bias), then the output projection
-  and dropout, then the front padding is stripped.
+  and dropout, then the front padding is stripped.  (milzoo projects before padding and strips
+  before the output projection: the same numbers, since ``to_qkv`` has no bias and ``to_out`` acts
+  row by row, without the work on up to ``m - 1`` zero tokens.)
 
 No ``L x L`` tensor is ever built: the largest intermediates are ``[H, L, m]``,
 so memory grows linearly with the bag size.  The class-token attention row is
@@ -84,10 +86,12 @@ class NystromAttention(nn.Module):
         b, n, _ = x.shape
         m = self.num_landmarks
         pad = (-n) % m
-        if pad:
-            x = F.pad(x, (0, 0, pad, 0))
         length = n + pad
-        qkv = self.to_qkv(x).view(b, length, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)
+        # Project, then pad: ``to_qkv`` has no bias, so a zero token's q, k, v are zero and this is
+        # exactly the reference's "pad x, then project", without projecting up to m - 1 zero rows.
+        qkv = self.to_qkv(x).view(b, n, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)
+        if pad:
+            qkv = F.pad(qkv, (0, 0, pad, 0))
         q, k, v = qkv[0] * self.scale, qkv[1], qkv[2]  # [B, H, L, dh]
         group = length // m
         q_land = q.reshape(b, self.heads, m, group, self.dim_head).mean(dim=3)
@@ -114,7 +118,8 @@ class NystromAttention(nn.Module):
         if self.res_conv is not None:
             out = out + self.res_conv(v)
         b, h, length, dh = out.shape
-        out = self.to_out(out.transpose(1, 2).reshape(b, length, h * dh))[:, pad:]
+        # the front padding is stripped before the (row-wise) output projection, not after it
+        out = self.to_out(out[:, :, pad:].transpose(1, 2).reshape(b, n, h * dh))
         row = None
         if query_index is not None:
             qi = pad + query_index
