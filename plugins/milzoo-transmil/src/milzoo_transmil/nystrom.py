@@ -117,7 +117,7 @@ class NystromAttention(nn.Module):
         out = a1 @ (a2_inv @ (a3 @ v))  # [B, H, L, dh]
         if self.res_conv is not None:
             out = out + self.res_conv(v)
-        b, h, length, dh = out.shape
+        b, h, _, dh = out.shape
         # the front padding is stripped before the (row-wise) output projection, not after it
         out = self.to_out(out[:, :, pad:].transpose(1, 2).reshape(b, n, h * dh))
         row = None
