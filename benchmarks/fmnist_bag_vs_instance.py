@@ -12,24 +12,20 @@ of the same epoch, so that the gap between them can be read off one run. Validat
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
 from milzoo.batch import collate_bags
 from milzoo.build import build_dataset
+from milzoo.report.common import read_metrics
 from milzoo.report.context import RunContext
 
 
 def recorded_accuracy(run_dir: Path, split: str) -> tuple[int, float] | None:
     """(epoch, accuracy) of the last ``split`` record in the run's metrics."""
-    last = None
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if rec.get("split") == split:
-            last = (rec["epoch"], rec["acc"])
-    return last
+    records = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("split") == split]
+    return (records[-1]["epoch"], records[-1]["acc"]) if records else None
 
 
 @torch.no_grad()
