@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import time
@@ -51,6 +52,9 @@ ROWS = [
     ("paper's own ABMIL baseline ('fsa')", ["paper_abmil"], f"{R}paper_abmil.toml", "80.81"),
     ("paper's own DEMIL baseline ('mha')", ["paper_demil"], f"{R}paper_demil.toml", "80.48"),
     ("paper's own DTFD-MIL baseline ('dta')", ["paper_dtfd"], f"{R}paper_dtfd.toml", "81.27"),
+    ("paper's own DEMIL baseline ('mha') with main.py's training settings (clip 1, encoder frozen in epoch 0)",
+     ["paper_demil-code_settings"],
+     f"{R}paper_demil.toml --set train.grad_clip=1.0 --set train.freeze_encoder_epochs=1", "80.48"),
 ]
 #: the earlier paper-scale runs (12,000 training bags), kept apart: not comparable with the rows above
 FULL = [("supervised ceiling, full scale", "full/supervised"), ("PSMIL, full scale", "full/psmil")]
@@ -79,9 +83,26 @@ def read(job: str) -> dict | None:
                 rec["test"][e] = 100 * float(r["acc"])
         rec["epochs"] = len(rec["val"] or rec["test"])
         rec["done"] = (base / job / "summary.json").exists()
+        rec["stopped"] = _how_it_stopped(base / job)
         if best is None or rec["epochs"] > best["epochs"]:
             best = rec
     return best
+
+
+def _how_it_stopped(run_dir: Path) -> str:
+    """" (diverged at epoch E, step S)" and the like for a run whose last start ended without finishing, from the
+    outcome milzoo records in run.json; " (unfinished)" when none is recorded (killed, or still running)."""
+    try:
+        info = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        info = {}
+    outcome = info.get("outcome") if isinstance(info, dict) else None
+    if outcome == "diverged":
+        m = re.search(r"epoch (\d+), step (\d+)", str(info.get("error", "")))
+        return f" (diverged at epoch {m[1]}, step {m[2]}: loss NaN)" if m else " (diverged: loss NaN)"
+    if outcome in ("interrupted", "failed"):
+        return f" ({outcome})"
+    return " (unfinished)"
 
 
 def command(rec: dict | None, fallback: str) -> str:
@@ -140,7 +161,7 @@ def table() -> str:
             return txt
 
         epochs = ", ".join(str(r["epochs"]) for _, r in started)
-        partial = "" if finished else " (unfinished)"
+        partial = "" if finished else started[0][1]["stopped"]
         t = statistics.mean(r["train_s"] for _, r in use) / 60
         lines.append(f"| {label} | {len(finished)}/{len(jobs)} ({epochs}){partial} | {col('last')} | {col('valbest')} | "
                      f"{col('optimistic')} | {paper} | {t:.0f} min | {cmd} |")

@@ -4,7 +4,7 @@ Run directory layout::
 
     RUN/
       recipe.toml        the resolved recipe (every default filled in)
-      run.json           command, time, versions of milzoo, libraries and plugins
+      run.json           command, time, versions of milzoo, libraries and plugins; how each start ended
       metrics.jsonl      one JSON object per evaluation (fold, epoch, split, metrics)
       summary.json       final metrics: per fold, mean and std, ensemble
       log.txt            the run's log
@@ -34,7 +34,7 @@ import torch
 from milzoo import checkpoint as ckpt
 from milzoo.build import build_dataset, build_model
 from milzoo.ensemble import ensemble_metrics
-from milzoo.errors import RunDirError, UserError
+from milzoo.errors import RunDirError, TrainingDiverged, UserError
 from milzoo.metrics import json_safe, mean_std
 from milzoo.protocols import make_folds
 from milzoo.recipe import Recipe, load_recipe, read_toml, validate_recipe
@@ -269,6 +269,8 @@ def run(
         distributed.on_main(lambda: prepare_run_dir(recipe, run_dir, resume, overwrite, fold))
         distributed.require_shared(run_dir / "recipe.toml")
     handler = _setup_logging(run_dir) if is_main else None
+    recorded = False  # run.json of this start is written: its outcome is recorded when the start ends
+    outcome, error = "failed", ""
     try:
         if is_main:
             for fd in todo:  # temp files of writes a kill interrupted (only our folds': others may be writing)
@@ -281,6 +283,7 @@ def run(
             previous = _previous_run_info(runs_path)
             info["history"] = previous.get("history", []) + [{"started": info["started"], "resume": resume, "fold": fold}]
             ckpt.atomic_write_json(runs_path, info)
+            recorded = True
         if is_main:
             def keep(rec):
                 fd = _fold_dir(run_dir, rec.get("fold", 0))
@@ -312,9 +315,23 @@ def run(
         if distributed is not None:
             distributed.barrier()
         if fold is not None and not all((_fold_dir(run_dir, f.fold) / "result.json").exists() for f in folds):
+            outcome = "finished"
             return {"fold": fold, "complete": False, "run_dir": str(run_dir)}
-        return summarize(run_dir, write=is_main, expected_folds=len(folds))
+        summary = summarize(run_dir, write=is_main, expected_folds=len(folds))
+        outcome = "finished"
+        return summary
+    except TrainingDiverged as exc:
+        outcome, error = "diverged", str(exc)
+        raise
+    except KeyboardInterrupt:
+        outcome = "interrupted"
+        raise
+    except BaseException as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        raise
     finally:
+        if recorded:
+            _record_outcome(run_dir / "run.json", outcome, error)
         if handler is not None:
             log.removeHandler(handler)
             handler.close()
@@ -357,6 +374,30 @@ def _aggregate(results: list[dict], section: str) -> dict[str, Any]:
                 entry["undefined_in"] = undefined
             out[split][k] = entry
     return out
+
+
+def _record_outcome(path: Path, outcome: str, error: str = "") -> None:
+    """Write into run.json how this start of the run ended ("finished", "diverged", "interrupted" or "failed",
+    with the error's message), at the top level and in its ``history`` entry: a run directory that stopped says
+    why without its log, and tables built from copied run directories can tell a diverged run from a killed one
+    (a start killed outright records nothing: its run.json has no ``outcome``)."""
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # never let the bookkeeping hide the run's own error
+    if not isinstance(info, dict):
+        return
+    entry = {"ended": time.strftime("%Y-%m-%dT%H:%M:%S"), "outcome": outcome}
+    if error:
+        entry["error"] = error
+    info.update(entry)
+    history = info.get("history")
+    if isinstance(history, list) and history and isinstance(history[-1], dict):
+        history[-1].update(entry)
+    try:
+        ckpt.atomic_write_json(path, info)
+    except OSError as exc:
+        log.warning("could not record the outcome %r in %s: %s", outcome, path, exc)
 
 
 def _previous_run_info(path: Path) -> dict:

@@ -126,6 +126,45 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, recipe_f
     assert good["epoch"] == 0
     model = ckpt.load_model(out / "fold-00" / "last")
     assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+    # the run directory says why it stopped, without its log
+    info = json.loads((out / "run.json").read_text())
+    assert info["outcome"] == "diverged" and "non-finite" in info["error"] and "epoch 1" in info["error"]
+    assert info["history"][-1]["outcome"] == "diverged"
+    # resumed with a healthy loss, the new start is recorded beside the old one
+    monkeypatch.setattr(BagCrossEntropy, "forward", original)
+    run(recipe_factory(), out=out, resume=True)
+    info = json.loads((out / "run.json").read_text())
+    assert info["outcome"] == "finished" and "error" not in info
+    assert [h["outcome"] for h in info["history"]] == ["diverged", "finished"]
+
+
+def test_run_json_records_how_a_start_ended(tmp_path, recipe_factory, monkeypatch):
+    from milzoo.builtin.losses import BagCrossEntropy
+    from milzoo.report.html import versions_table
+    from milzoo.report.common import load_run
+
+    out = tmp_path / "ok"
+    run(recipe_factory(), out=out)
+    info = json.loads((out / "run.json").read_text())
+    assert info["outcome"] == "finished" and info["ended"] >= info["started"]
+
+    def interrupted(self, out, batch, state):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(BagCrossEntropy, "forward", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(recipe_factory(), out=tmp_path / "ctrl-c")
+    assert json.loads((tmp_path / "ctrl-c" / "run.json").read_text())["outcome"] == "interrupted"
+
+    def broken(self, out, batch, state):
+        raise RuntimeError("a bug in a loss")
+
+    monkeypatch.setattr(BagCrossEntropy, "forward", broken)
+    with pytest.raises(RuntimeError):
+        run(recipe_factory(), out=tmp_path / "bug")
+    info = json.loads((tmp_path / "bug" / "run.json").read_text())
+    assert info["outcome"] == "failed" and info["error"] == "RuntimeError: a bug in a loss"
+    assert "failed - RuntimeError: a bug in a loss" in versions_table(load_run(tmp_path / "bug"))
 
 
 def test_validation_selection_and_early_stopping(tmp_path, recipe_factory):

@@ -260,6 +260,9 @@ def versions_table(run: RunData) -> str:
     rows = [("milzoo", info.get("milzoo")), ("python", info.get("python")), ("platform", info.get("platform")),
             ("git commit", info.get("git_sha")), ("started", info.get("started")),
             ("command", " ".join(map(str, info.get("command") or [])))]
+    if info.get("outcome"):  # how the latest start ended (run.json of runs before this field have none)
+        rows.append(("ended", f"{info.get('ended', '')}: {info['outcome']}"
+                              f"{' - ' + str(info['error']) if info.get('error') else ''}"))
     rows += [(k, v) for k, v in (info.get("libraries") or {}).items()]
     out = ["<table><tr><th>what</th><th>version</th></tr>"]
     out += [f"<tr><td>{esc(k)}</td><td>{esc(v if v is not None else '–')}</td></tr>" for k, v in rows]
@@ -276,7 +279,8 @@ def versions_table(run: RunData) -> str:
     if len(hist) > 1:
         out.append('<p class="note">Sessions: ' + "; ".join(
             f"{esc(h.get('started'))}{' (resume)' if h.get('resume') else ''}"
-            f"{' fold ' + str(h['fold']) if h.get('fold') is not None else ''}" for h in hist) + "</p>")
+            f"{' fold ' + str(h['fold']) if h.get('fold') is not None else ''}"
+            f"{' → ' + str(h['outcome']) if h.get('outcome') else ''}" for h in hist) + "</p>")
     return "\n".join(out)
 
 
