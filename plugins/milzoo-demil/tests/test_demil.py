@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -553,3 +554,43 @@ def test_paper_form_batched_with_padding_equals_each_bag_alone_gradients_too():
         one.bag_logits.sum().backward()
     for gb, q in zip(g_batched, p.parameters()):
         torch.testing.assert_close(gb, q.grad)
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_underflowed_attention_stays_finite_and_matches_float64(detach):
+    """Scores near -200 make every sigmoid a_i exactly 0 in fp32; the old a / sum(a) then gave 1/S = inf in the
+    backward and a NaN loss (the PSMIL paper's DEMIL baseline at FMNIST reduced scale, epoch 4). Such a bag takes
+    the log-sigmoid form: forward and gradients equal the float64 model's (where the direct division is exact),
+    padding included; healthy bags are computed exactly as before (the next test)."""
+    torch.manual_seed(3)
+    p = pooling(4, 3, head="linear", detach_normaliser=detach)
+    with torch.no_grad():
+        p.attn_score[2].bias.fill_(-200.0)
+    h = torch.randn(3, 5, 4)
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    mask[2, 3:] = False  # padded
+    h64 = h.double().requires_grad_(True)
+    h = h.clone().requires_grad_(True)
+    p64 = copy.deepcopy(p).double()
+    out, out64 = p(h, mask), p64(h64, mask)
+    assert torch.sigmoid(out.extras["attention_scores"][mask]).max().item() == 0.0  # underflowed in fp32
+    torch.testing.assert_close(out.attention, out64.attention.float(), atol=1e-5, rtol=1e-4)
+    assert (out.attention[2, 3:] == 0).all()
+    (out.bag_logits.square().sum()).backward()
+    (out64.bag_logits.square().sum()).backward()
+    for q, q64 in zip(p.parameters(), p64.parameters()):
+        assert torch.isfinite(q.grad).all()
+        # fp32 log-sigmoids near -200 carry about 200 * 6e-8 of absolute error: hence 1e-4, not 1e-6
+        torch.testing.assert_close(q.grad, q64.grad.float(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(h.grad, h64.grad.float(), atol=1e-4, rtol=1e-4)
+
+
+def test_healthy_bags_keep_the_direct_division_bit_for_bit():
+    torch.manual_seed(5)
+    p = pooling(4, 3, head="linear", detach_normaliser=True)
+    h = torch.randn(2, 6, 4)
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    mask[1, 4:] = False
+    out = p(h, mask)
+    raw = out.extras["sigmoid_attention"]
+    assert torch.equal(out.attention, raw / raw.sum(1, keepdim=True))

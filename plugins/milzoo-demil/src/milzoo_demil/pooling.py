@@ -104,12 +104,29 @@ class DEMILPooling(Pooling):
         """The bag head applied to single instances (softmax of this is the instance probability)."""
         return self._head(self.classifier(h))
 
+    def _normalise(self, scores: Tensor, raw: Tensor, mask: Tensor) -> Tensor:
+        """``a_i / S`` with ``S = sum_i a_i``, in the graph (methods.md 5.6.3) unless ``detach_normaliser``.
+
+        When every score of a bag falls below about -88, every ``a_i`` underflows to 0 in fp32 and the backward's
+        ``1 / S`` overflows (inf * 0 = NaN): a collapsed model then stops with a non-finite loss instead of
+        showing its (chance-level) curve.  Such bags (``S`` below the square root of the dtype's smallest normal
+        number) take the same quotient from log-sigmoids, ``exp(log a_i - logsumexp_j log a_j)``; all other bags
+        keep the direct division, bit for bit.  No host sync: both are computed, ``torch.where`` picks."""
+        detach = self.config.detach_normaliser
+        finfo = torch.finfo(raw.dtype)
+        norm = raw.sum(dim=1, keepdim=True)
+        small = norm < finfo.tiny ** 0.5
+        safe = torch.where(small, torch.ones_like(norm), norm)  # the unpicked branch must stay finite too
+        direct = raw / (safe.detach() if detach else safe)
+        log_a = nn.functional.logsigmoid(scores).masked_fill(~mask, finfo.min)  # finite: no NaN in backward
+        log_norm = torch.logsumexp(log_a, dim=1, keepdim=True)
+        stable = torch.exp(log_a - (log_norm.detach() if detach else log_norm)).masked_fill(~mask, 0.0)
+        return torch.where(small, stable, direct)
+
     def forward(self, h: Tensor, mask: Tensor) -> MILOutput:
         scores = self.attention_scores(h)
         raw = torch.sigmoid(scores).masked_fill(~mask, 0.0)  # a_i in (0, 1), zero at padding
-        # The normaliser stays in the graph (methods.md 5.6.3) unless detach_normaliser; a_i > 0 so it is positive.
-        norm = raw.sum(dim=1, keepdim=True).clamp_min(torch.finfo(raw.dtype).tiny)
-        attention = raw / (norm.detach() if self.config.detach_normaliser else norm)
+        attention = self._normalise(scores, raw, mask)
         z = attention_pool(attention, h)
         bag_logits = self._head(self.classifier(z))
         inst_logits = self.instance_logits(h).masked_fill(~mask.unsqueeze(-1), 0.0)
