@@ -242,17 +242,20 @@ def pictures() -> list[Path]:
     import matplotlib.pyplot as plt
 
     made = []
-    fig, ax = plt.subplots(figsize=(9, 5.5))
-    for label, jobs, _, _ in ROWS:
+    fig, ax = plt.subplots(figsize=(10, 6))
+    colours = plt.get_cmap("tab20").colors  # one colour per row (the default cycle repeats after 10)
+    for i, (label, jobs, _, _) in enumerate(ROWS):
         r = read(jobs[0])
         if r and r["test"]:
             es = sorted(r["test"])
-            ax.plot(es, [r["test"][e] for e in es], marker=".", label=label.split(" (")[0])
+            short = label.split(" (")[0] + (" + main.py settings" if "main.py" in label else "")
+            ax.plot(es, [r["test"][e] for e in es], marker=".", color=colours[i % len(colours)],
+                    ls=("-", "--")[i // len(colours)], label=short)
     if ax.lines:
         ax.axhline(10, color="grey", lw=0.8, ls=":")
         ax.set(xlabel="epoch (0-based)", ylabel="single-instance test accuracy (%)", ylim=(0, 100),
                title="FMNIST, reduced scale (600 training bags): test accuracy per epoch, seed 0")
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
         fig.tight_layout()
         fig.savefig(IMG / "fmnist_reduced_curves.png", dpi=110)
         made.append(IMG / "fmnist_reduced_curves.png")
