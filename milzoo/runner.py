@@ -331,7 +331,7 @@ def run(
         raise
     finally:
         if recorded:
-            _record_outcome(run_dir / "run.json", outcome, error)
+            _record_outcome(runs_path, info, outcome, error)
         if handler is not None:
             log.removeHandler(handler)
             handler.close()
@@ -376,27 +376,19 @@ def _aggregate(results: list[dict], section: str) -> dict[str, Any]:
     return out
 
 
-def _record_outcome(path: Path, outcome: str, error: str = "") -> None:
-    """Write into run.json how this start of the run ended ("finished", "diverged", "interrupted" or "failed",
-    with the error's message), at the top level and in its ``history`` entry: a run directory that stopped says
-    why without its log, and tables built from copied run directories can tell a diverged run from a killed one
-    (a start killed outright records nothing: its run.json has no ``outcome``)."""
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return  # never let the bookkeeping hide the run's own error
-    if not isinstance(info, dict):
-        return
+def _record_outcome(path: Path, info: dict, outcome: str, error: str = "") -> None:
+    """Write into run.json (``info``, as this start wrote it) how this start ended ("finished", "diverged",
+    "interrupted" or "failed", with the error's message), at the top level and in its ``history`` entry: a run
+    directory that stopped says why without its log, and tables built from copied run directories can tell a
+    diverged run from a killed one (a start killed outright records nothing: its run.json has no ``outcome``)."""
     entry = {"ended": time.strftime("%Y-%m-%dT%H:%M:%S"), "outcome": outcome}
     if error:
         entry["error"] = error
     info.update(entry)
-    history = info.get("history")
-    if isinstance(history, list) and history and isinstance(history[-1], dict):
-        history[-1].update(entry)
+    info["history"][-1].update(entry)
     try:
         ckpt.atomic_write_json(path, info)
-    except OSError as exc:
+    except OSError as exc:  # never let the bookkeeping hide the run's own error
         log.warning("could not record the outcome %r in %s: %s", outcome, path, exc)
 
 
