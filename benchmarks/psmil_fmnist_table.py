@@ -85,20 +85,21 @@ def read(job: str) -> dict | None:
                 rec["test"][e] = 100 * float(r["acc"])
         rec["epochs"] = len(rec["val"] or rec["test"])
         rec["done"] = (base / job / "summary.json").exists()
-        rec["stopped"] = _how_it_stopped(base / job)
+        try:
+            info = json.loads((base / job / "run.json").read_text())
+        except (OSError, ValueError):
+            info = {}
+        rec["info"] = info if isinstance(info, dict) else {}
+        rec["stopped"] = _how_it_stopped(rec["info"])
         if best is None or rec["epochs"] > best["epochs"]:
             best = rec
     return best
 
 
-def _how_it_stopped(run_dir: Path) -> str:
+def _how_it_stopped(info: dict) -> str:
     """" (diverged at epoch E, step S)" and the like for a run whose last start ended without finishing, from the
     outcome milzoo records in run.json; " (unfinished)" when none is recorded (killed, or still running)."""
-    try:
-        info = json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError):
-        info = {}
-    outcome = info.get("outcome") if isinstance(info, dict) else None
+    outcome = info.get("outcome")
     if outcome == "diverged":
         m = re.search(r"epoch (\d+), step (\d+)", str(info.get("error", "")))
         return f" (diverged at epoch {m[1]}, step {m[2]}: loss NaN)" if m else " (diverged: loss NaN)"
@@ -108,11 +109,9 @@ def _how_it_stopped(run_dir: Path) -> str:
 
 
 def command(rec: dict | None, fallback: str) -> str:
-    info = rec["dir"] / "run.json" if rec else None
-    if info is not None and info.exists():
-        argv = json.loads(info.read_text()).get("command") or []
-        if argv:
-            return "`milzoo " + " ".join(a for a in argv[1:]) + "`"
+    argv = (rec["info"].get("command") or []) if rec else []
+    if argv:
+        return "`milzoo " + " ".join(a for a in argv[1:]) + "`"
     return f"`{fallback}`"
 
 
@@ -250,8 +249,7 @@ def pictures() -> list[Path]:
         r = read(jobs[0])
         if r and r["test"]:
             es = sorted(r["test"])
-            short = label.split(" (")[0] + (" + main.py settings" if "main.py" in label else "") + (
-                " at lr 0.001" if "own lr" in label else "")
+            short = re.sub(r" \([^)]*\)", "", label)  # the label without its parenthesised details
             ax.plot(es, [r["test"][e] for e in es], marker=".", color=colours[i % len(colours)],
                     ls=("-", "--")[i // len(colours)], label=short)
     if ax.lines:
