@@ -172,7 +172,7 @@ def last_line(job: str) -> str:
     return ", ".join(accs[-2:])
 
 
-def run(job: str, *, do_commit: bool, threads: int | None) -> int:
+def run(job: str, *, do_commit: bool, threads: int | None, precision: str | None = None) -> int:
     recipe, overrides = JOBS[job]
     st = state(job)
     if st == "done":
@@ -187,6 +187,7 @@ def run(job: str, *, do_commit: bool, threads: int | None) -> int:
     cmd = [str(ROOT / ".venv" / "bin" / "milzoo"), "run", recipe, "--out", str(out.relative_to(ROOT)), "--no-progress"]
     cmd += ["--resume"] if st == "interrupted" else (["--overwrite"] if out.exists() else [])
     sets = list(overrides) + ([f"train.threads={threads}"] if threads else [])
+    sets += [f"train.precision={precision}"] if precision else []
     for s in sets:
         cmd += ["--set", s]
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -215,6 +216,9 @@ def main(argv=None) -> int:
     p.add_argument("--list", action="store_true")
     p.add_argument("--no-commit", action="store_true")
     p.add_argument("--threads", type=int, help="train.threads for every run (default: the recipe's)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "auto"],
+                   help="train.precision for every run (default: the recipe's 'auto'); '--precision fp32' on an "
+                        "AVX-512 machine keeps a row's numerics like those of rows run on AVX2-only machines")
     args = p.parse_args(argv)
     names = list(GROUPS[args.group]) if args.group else []
     if args.only:
@@ -227,7 +231,7 @@ def main(argv=None) -> int:
             print(f"{state(n):12s} {n:32s} {JOBS[n][0]} {' '.join(JOBS[n][1])}")
         return 0
     for n in names:
-        run(n, do_commit=not args.no_commit, threads=args.threads)
+        run(n, do_commit=not args.no_commit, threads=args.threads, precision=args.precision)
     return 0
 
 
