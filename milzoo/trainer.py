@@ -81,12 +81,17 @@ def resolve_batch_size(batch_size: int | str, device: torch.device) -> int:
 
 
 def optimizer_kernels(cls: type, device: torch.device) -> dict[str, bool]:
-    """``fused=True`` on a GPU where the optimiser has a fused kernel (one kernel for all parameters),
-    else ``foreach=True``.  A CPU keeps foreach: its fused kernels round differently, and CPU results
-    must not change."""
+    """``fused=True`` for Adam and AdamW on a GPU (one kernel for all parameters), else ``foreach=True``.
+
+    A CPU keeps foreach: its fused kernels round differently, and CPU results must not change.  SGD keeps
+    foreach on a GPU too: torch's fused SGD fails (``TypeError: expected Tensor as element 0 in argument
+    2``) when a parameter first gets a gradient after others already hold momentum buffers -- PSAli's
+    encoder, frozen in epoch 0, does exactly that (first seen on an H200, docs/performance.md).  Adam's
+    state is made per parameter, so a late gradient is fine there."""
     import inspect
 
-    if device.type == "cuda" and "fused" in inspect.signature(cls).parameters:
+    if (device.type == "cuda" and "fused" in inspect.signature(cls).parameters
+            and not issubclass(cls, torch.optim.SGD)):
         return {"fused": True, "foreach": False}
     return {"foreach": True}
 
