@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import statistics
 import sys
 import time
@@ -30,7 +31,7 @@ SNAP = ROOT / "benchmarks" / "results" / "fmnist"
 DOC = ROOT / "docs" / "results-psmil.md"
 IMG = ROOT / "docs" / "img"
 MARKS = {"table": ("<!-- table:begin -->", "<!-- table:end -->"), "lr": ("<!-- lr:begin -->", "<!-- lr:end -->"),
-         "full": ("<!-- full:begin -->", "<!-- full:end -->")}
+         "full": ("<!-- full:begin -->", "<!-- full:end -->"), "gpu": ("<!-- gpu:begin -->", "<!-- gpu:end -->")}
 R = "recipes/psmil/fmnist/"
 
 #: (label, jobs = seeds, recipe, the paper's FMNIST number (Table 2) or '-')
@@ -60,6 +61,9 @@ ROWS = [
 ]
 #: the earlier paper-scale runs (12,000 training bags), kept apart: not comparable with the rows above
 FULL = [("supervised ceiling, full scale", "full/supervised"), ("PSMIL, full scale", "full/psmil")]
+#: full scale on a GPU (benchmarks/gpu_fmnist_full.sh), also kept apart: (label, job, the paper's number)
+FULL_GPU = [("PSMIL, paper's math, full scale, GPU", "full-gpu/psmil", "77.62"),
+            ("ABMIL, full scale, GPU", "full-gpu/abmil", "80.81")]
 
 
 def read(job: str) -> dict | None:
@@ -111,7 +115,7 @@ def _how_it_stopped(info: dict) -> str:
 def command(rec: dict | None, fallback: str) -> str:
     argv = (rec["info"].get("command") or []) if rec else []
     if argv:
-        return "`milzoo " + " ".join(a for a in argv[1:]) + "`"
+        return "`milzoo " + shlex.join(argv[1:]) + "`"
     return f"`{fallback}`"
 
 
@@ -177,6 +181,22 @@ def full_table() -> str:
             continue
         last = max(r["test"])
         out.append(f"| {label} | {r['epochs']}/20 | {r['test'][last]:.2f} (epoch {last}) | {command(r, '')} |")
+    return "\n".join(out) + "\n"
+
+
+def gpu_table() -> str:
+    out = ["| run | epochs | test acc, last epoch | best test epoch (optimistic) | paper | train time | command |",
+           "|---|---|---|---|---|---|---|"]
+    for label, job, paper in FULL_GPU:
+        r = read(job)
+        if r is None or not r["test"]:
+            out.append(f"| {label} | not run yet | - | - | {paper} | - | - |")
+            continue
+        s = summarise(r)
+        stopped = "" if r["done"] else r["stopped"]
+        out.append(f"| {label} | {r['epochs']}/20{stopped} | {s['last'][0]:.2f} (epoch {s['last'][1]}) | "
+                   f"{s['optimistic'][0]:.2f} (epoch {s['optimistic'][1]}) | {paper} | {r['train_s'] / 60:.1f} min | "
+                   f"{command(r, '')} |")
     return "\n".join(out) + "\n"
 
 
@@ -296,8 +316,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--write", action="store_true", help="write the tables into docs/results-psmil.md and the pictures")
     args = p.parse_args(argv)
-    main_t, lr_t, full_t = table(), lr_table(), full_table()
-    print(main_t, lr_t, full_t, sep="\n")
+    main_t, lr_t, full_t, gpu_t = table(), lr_table(), full_table(), gpu_table()
+    print(main_t, lr_t, full_t, gpu_t, sep="\n")
     if args.write:
         stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         doc = DOC.read_text()
@@ -305,6 +325,7 @@ def main(argv=None) -> int:
                        "`benchmarks/results/fmnist/`.\n")
         doc = _replace(doc, "lr", lr_t)
         doc = _replace(doc, "full", full_t)
+        doc = _replace(doc, "gpu", gpu_t)
         DOC.write_text(doc)
         for path in pictures():
             print(f"wrote {path.relative_to(ROOT)}")
