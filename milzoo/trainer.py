@@ -487,7 +487,10 @@ class Trainer:
         return m
 
     def eval_epoch(self, epoch: int) -> dict[str, dict[str, Any]]:
-        preds = {name: self.predict(ds) for name, ds in self.data.evals.items()}
+        # on a fork of torch's random streams: a DataLoader's iterator (and so each evaluated split) draws from
+        # the global RNG, which would make the training that follows depend on which splits are evaluated
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            preds = {name: self.predict(ds) for name, ds in self.data.evals.items()}
         proto = self.recipe.root.protocol
         if proto.threshold == "youden" and "val" in preds and preds["val"]["probs"].shape[1] == 2:
             self.threshold = youden_threshold(preds["val"]["y"], preds["val"]["probs"][:, 1])

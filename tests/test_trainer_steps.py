@@ -97,6 +97,33 @@ def test_sgd_kernels_survive_a_parameter_that_gets_its_first_gradient_late():
         torch.testing.assert_close(fused, reference)
 
 
+def test_evaluation_does_not_change_the_training(tmp_path):
+    """Which splits are evaluated, and how many, must not move the training's random stream (dropout here,
+    augmentations in the image recipes): a DataLoader's iterator draws its base seed from torch's global RNG,
+    and so did every evaluated split before evaluation ran on a fork of the random streams."""
+    from milzoo.batch import Bag
+    from milzoo.datasets.base import BagListDataset
+    from milzoo.trainer import FoldData, Trainer
+
+    g = torch.Generator().manual_seed(1)
+    ds = BagListDataset([Bag(torch.randn(5, 3, generator=g), i % 2) for i in range(8)], ["a", "b"])
+    raw = {"data": {"name": "classic", "dataset": "musk1"}, "encoder": {"name": "mlp", "dims": [4]},
+           "pooling": {"name": "abmil", "dropout": 0.5}, "loss": [{"name": "bag_ce"}],
+           "train": {"device": "cpu", "progress": False, "epochs": 3, "batch_size": 2}}
+
+    def train_losses(evals, out):
+        records = []
+        torch.manual_seed(0)
+        tr = Trainer(load_recipe(raw), FoldData(0, ds, None, evals), tmp_path / out, emit=records.append)
+        tr.fit(progress=False)
+        return [r["loss"] for r in records if r["split"] == "train"]
+
+    none = train_losses({}, "none")
+    assert len(none) == 3 and len(set(none)) == 3
+    assert train_losses({"test": ds}, "one") == none
+    assert train_losses({"val": ds, "test": ds, "other": ds}, "three") == none
+
+
 def test_compile_is_in_place(tmp_path):
     """train.compile wraps the encoder's call; parameter names (and so checkpoints) do not change."""
     from milzoo.batch import Bag
@@ -131,6 +158,24 @@ def test_gpu_trainer_uses_fused_optimizer_and_cudnn_benchmark(tmp_path):
     assert tr.batch_size == 4
     res = tr.fit(progress=False)
     assert res["epochs_run"] == 2
+
+
+@pytest.mark.cuda
+def test_gpu_sgd_trains_an_encoder_frozen_in_epoch_0(tmp_path):
+    """The first full-scale PSMIL run on a GPU failed here: fused SGD and an encoder that joins in epoch 1."""
+    from milzoo.batch import Bag
+    from milzoo.datasets.base import BagListDataset
+    from milzoo.trainer import FoldData, Trainer
+
+    ds = BagListDataset([Bag(torch.randn(4, 3), i % 2) for i in range(8)], ["a", "b"])
+    raw = {"data": {"name": "classic", "dataset": "musk1"}, "encoder": {"name": "mlp", "dims": [4]},
+           "pooling": {"name": "mean"}, "loss": [{"name": "bag_ce"}],
+           "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
+           "train": {"device": "cuda", "progress": False, "batch_size": 4, "epochs": 2,
+                     "freeze_encoder_epochs": 1}}
+    tr = Trainer(load_recipe(raw), FoldData(0, ds, None, {"test": ds}), tmp_path, emit=lambda r: None)
+    assert tr.optimizer.param_groups[0]["foreach"] is True and not tr.optimizer.param_groups[0]["fused"]
+    assert tr.fit(progress=False)["epochs_run"] == 2
 
 
 def test_cpu_batches_without_a_dataloader_equal_a_dataloaders(tmp_path):
