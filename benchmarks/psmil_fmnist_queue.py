@@ -98,6 +98,10 @@ FINAL = {
     "psmil-seed2": (f"{R}psmil.toml", ["seed=2"]),
     "abmil-seed2": (f"{R}abmil.toml", ["seed=2"]),
     "psmil_lam0": (f"{R}psmil_lam0.toml", []),
+    # two more seeds of PSAtt alone, added after the table was complete: paired with PSMIL's seeds 0-2, they test
+    # whether PSAli adds anything (run with the trainer that evaluates on a forked RNG, unlike seed 0)
+    "psmil_lam0-seed1": (f"{R}psmil_lam0.toml", ["seed=1"]),
+    "psmil_lam0-seed2": (f"{R}psmil_lam0.toml", ["seed=2"]),
     "psmil_lam001": (f"{R}psmil_lam001.toml", []),
     "psmil_lam01": (f"{R}psmil_lam01.toml", []),
     "abmil_pp": (f"{R}abmil_pp.toml", []),
