@@ -69,7 +69,7 @@ def cuda_tests(dry: bool) -> dict:
 # --------------------------------------------------------------------------- 2. MIL vs supervised
 def throughput(dry: bool, device: torch.device) -> list[dict]:
     import psmil_throughput as pt
-    from milzoo.trainer import resolve_precision
+    from milzoo.train_settings import resolve_precision
 
     prec = resolve_precision("auto", device)
     rows = []

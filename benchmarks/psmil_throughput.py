@@ -40,7 +40,7 @@ from milzoo.trainer import FoldData, Trainer
 
 def default_bags_per_step(device: torch.device) -> int:
     """The per-device default we recommend (docs/psmil.md): 1 bag (192 images) on CPU, 4 on a GPU."""
-    from milzoo.trainer import resolve_batch_size
+    from milzoo.train_settings import resolve_batch_size
 
     return resolve_batch_size("auto", device)
 
@@ -181,7 +181,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from milzoo.trainer import resolve_device
+    from milzoo.train_settings import resolve_device
 
     device = resolve_device(args.device)
     bpss = args.bags_per_step or [default_bags_per_step(device)]

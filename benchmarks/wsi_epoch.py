@@ -207,7 +207,7 @@ def naive_epoch(ds, encoder: str, threads: int | None, cold: bool = False, fmt: 
 
     from milzoo.batch import Bag, collate_bags
     from milzoo.build import build_model
-    from milzoo.trainer import make_optimizer
+    from milzoo.train_settings import make_optimizer
 
     recipe = make_recipe("abmil", encoder, threads)
     torch.manual_seed(recipe.root.seed * 1000)  # the trainer's fold-0 seed: same initial weights

@@ -98,7 +98,7 @@ def test_profiler_still_sees_the_step():
 def test_no_dynamo_import():
     code = (
         "import sys, torch\n"
-        "from milzoo.trainer import make_optimizer\n"
+        "from milzoo.train_settings import make_optimizer\n"
         "from milzoo.recipe import load_recipe\n"
         "m = torch.nn.Linear(3, 2)\n"
         "for name in ('adam', 'adamw', 'sgd'):\n"

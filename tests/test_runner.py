@@ -242,7 +242,7 @@ def test_batch_of_one_equals_padded_batches(tmp_path, recipe_factory):
 
 def test_schedules():
     from milzoo.recipe import ScheduleConfig
-    from milzoo.trainer import lr_at
+    from milzoo.train_settings import lr_at
 
     step = ScheduleConfig(name="step", milestones=[2, 4], gamma=0.1)
     assert [round(lr_at(step, 1.0, e, 6), 6) for e in range(6)] == [1, 1, 0.1, 0.1, 0.01, 0.01]
@@ -255,14 +255,15 @@ def test_precision_auto_picks_bf16_only_where_it_is_native(monkeypatch, tmp_path
     import torch
 
     import milzoo
-    from milzoo import trainer
+    from milzoo import train_settings, trainer
 
     cpu = torch.device("cpu")
-    assert trainer.resolve_precision("fp16", cpu) == "fp16" and trainer.resolve_precision("fp32", cpu) == "fp32"
-    monkeypatch.setattr(trainer, "has_native_bf16", lambda device: True)
-    assert trainer.resolve_precision("auto", cpu) == "bf16"
-    monkeypatch.setattr(trainer, "has_native_bf16", lambda device: False)
-    assert trainer.resolve_precision("auto", cpu) == "fp32"
+    resolve = train_settings.resolve_precision
+    assert resolve("fp16", cpu) == "fp16" and resolve("fp32", cpu) == "fp32"
+    monkeypatch.setattr(train_settings, "has_native_bf16", lambda device: True)
+    assert resolve("auto", cpu) == "bf16"
+    monkeypatch.setattr(train_settings, "has_native_bf16", lambda device: False)
+    assert resolve("auto", cpu) == "fp32"
     seen = []
     real = trainer.Trainer.__init__
 

@@ -8,13 +8,8 @@ import pytest
 import torch
 
 from milzoo.recipe import load_recipe
-from milzoo.trainer import (
-    DEFAULT_BAGS_PER_STEP,
-    LossSums,
-    make_optimizer,
-    optimizer_kernels,
-    resolve_batch_size,
-)
+from milzoo.train_settings import DEFAULT_BAGS_PER_STEP, make_optimizer, optimizer_kernels, resolve_batch_size
+from milzoo.trainer import LossSums
 
 
 def test_loss_sums_match_python_float_sums_exactly():
