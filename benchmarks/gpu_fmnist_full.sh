@@ -9,6 +9,8 @@
 #       --platform manylinux2014_x86_64 -d .whl pydantic pydantic_core annotated-types typing-inspection \
 #       typing_extensions tomli_w          # versions as in .venv (pydantic_core must match pydantic)
 #   .venv/bin/pip wheel --no-deps --no-build-isolation -w .whl . plugins/milzoo-*
+#       (again after any change: the core runs from the tree, `python3 -m milzoo` in the repository root, but
+#       the plugins and their entry points come from these wheels)
 #   mkdir -p .gpu/data/fashion-mnist && cp /usr/share/datasets/fashion-mnist/*.gz .gpu/data/fashion-mnist/
 # Run there: `bash benchmarks/gpu_fmnist_full.sh` with carry [".whl", ".gpu"], timeout_s 600; $OUT gets
 # gpu_runs.tgz (run folders without weights), correct/gpu_check.json and timing/gpu_check.json.
