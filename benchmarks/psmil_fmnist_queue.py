@@ -102,6 +102,11 @@ FINAL = {
     # whether PSAli adds anything (run with the trainer that evaluates on a forked RNG, unlike seed 0)
     "psmil_lam0-seed1": (f"{R}psmil_lam0.toml", ["seed=1"]),
     "psmil_lam0-seed2": (f"{R}psmil_lam0.toml", ["seed=2"]),
+    # more seeds of DEMIL and DEMIL++, added after the table was complete: is PSAli's cost to DEMIL (-6.9 points
+    # with one seed each) larger than DEMIL's own seed spread?
+    "demil-seed1": (f"{R}demil.toml", ["seed=1"]),
+    "demil-seed2": (f"{R}demil.toml", ["seed=2"]),
+    "demil_pp-seed1": (f"{R}demil_pp.toml", ["seed=1"]),
     "psmil_lam001": (f"{R}psmil_lam001.toml", []),
     "psmil_lam01": (f"{R}psmil_lam01.toml", []),
     "abmil_pp": (f"{R}abmil_pp.toml", []),
