@@ -5,7 +5,7 @@ same epochs, seed and folds) is trained twice: with ``train.batch_size = B``
 (bags zero-padded and masked) and with ``batch_size = 1``.  The two are
 interleaved fold by fold (and the order alternates between folds) so that load
 from other users of a shared machine hits both alike.  Every fold is a call of
-``milzoo.runner.run(..., fold=i)``, so the time includes everything a user
+``milzoo.runs.runner.run(..., fold=i)``, so the time includes everything a user
 pays: dataset loading, model building, training, per-epoch evaluation and
 checkpoints.  Both wall time and process CPU time are reported; on a busy
 machine the CPU-time ratio is the steadier of the two.
@@ -54,14 +54,14 @@ def warm_up() -> None:
     opt = torch.optim.Adam([p], lr=1e-3, foreach=True)
     p.sum().backward()
     opt.step()
-    import milzoo.runner  # noqa: F401
+    import milzoo.runs.runner  # noqa: F401
     from milzoo import registry
 
     registry.get_component("pooling", "abmil")
 
 
 def bench_dataset(dataset: str, args, out_root: Path) -> dict:
-    from milzoo.runner import run
+    from milzoo.runs.runner import run
 
     lr_b = args.lr_batched if args.lr_batched is not None else args.lr * math.sqrt(args.batch_size)
     modes = {

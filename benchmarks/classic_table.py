@@ -3,7 +3,7 @@
 Recipes: ``recipes/classic/<model>_<dataset>.toml`` (10-fold stratified CV,
 features standardised per fold on the training bags, no test-fold selection).
 Each recipe runs into ``<out-root>/<model>_<dataset>/`` through
-``milzoo.runner.run``.  The script is resumable: a recipe whose run directory
+``milzoo.runs.runner.run``.  The script is resumable: a recipe whose run directory
 already has ``summary.json`` is skipped, and an interrupted one is resumed
 from its last completed epoch (``--resume``).
 
@@ -73,7 +73,7 @@ def _order(stem: str) -> tuple:
 
 
 def run_one(path: Path, out_root: Path) -> dict:
-    from milzoo.runner import run
+    from milzoo.runs.runner import run
 
     run_dir = out_root / path.stem
     if (run_dir / "summary.json").exists():

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from milzoo.batch import collate_bags
-from milzoo.build import build_dataset
+from milzoo.datasets.batch import collate_bags
+from milzoo.model.build import build_dataset
 from milzoo.report.common import read_metrics
 from milzoo.report.context import RunContext
 

@@ -69,7 +69,7 @@ def cuda_tests(dry: bool) -> dict:
 # --------------------------------------------------------------------------- 2. MIL vs supervised
 def throughput(dry: bool, device: torch.device) -> list[dict]:
     import psmil_throughput as pt
-    from milzoo.train_settings import resolve_precision
+    from milzoo.train.settings import resolve_precision
 
     prec = resolve_precision("auto", device)
     rows = []
@@ -86,7 +86,8 @@ def throughput(dry: bool, device: torch.device) -> list[dict]:
 def psmil_epoch(dry: bool, device: torch.device, budget_s: float) -> dict:
     import psmil_throughput as pt
     from milzoo.recipe import load_recipe
-    from milzoo.trainer import FoldData, Trainer
+    from milzoo.datasets import FoldData
+    from milzoo.train import Trainer
 
     n_bags, bag = (24, 8) if dry else (10_000, 64)
     ds = pt.make_dataset(n_bags, bag, (3, 32, 32), 10)
@@ -145,7 +146,7 @@ class _DeviceSlides:
             bag_ids = [f"slide{i}" for i in range(n)]
 
             def batch(self, rows, rows_dev):
-                from milzoo.batch import Bag, collate_bags
+                from milzoo.datasets.batch import Bag, collate_bags
 
                 return collate_bags([Bag(outer.x[r], outer.y[r], self.bag_ids[r], index=r) for r in rows])
 
@@ -171,7 +172,8 @@ class _DeviceSlides:
 
 def wsi_epoch(dry: bool, device: torch.device) -> list[dict]:
     from milzoo.recipe import load_recipe
-    from milzoo.trainer import FoldData, Trainer
+    from milzoo.datasets import FoldData
+    from milzoo.train import Trainer
 
     n, length, dim = (6, 200, 64) if dry else (270, 8000, 1024)
     slides = _DeviceSlides(n, length, dim, device)
@@ -226,10 +228,10 @@ def torchrun_and_checkpoint(dry: bool, device: torch.device, work: Path) -> dict
     import tomli_w
 
     from milzoo import checkpoint as ckpt
-    from milzoo.batch import collate_bags
-    from milzoo.build import build_dataset
+    from milzoo.datasets.batch import collate_bags
+    from milzoo.model.build import build_dataset
     from milzoo.recipe import load_recipe
-    from milzoo.runner import run
+    from milzoo.runs.runner import run
 
     csv = _toy_csv(work / "toy.csv")
     path = work / "tiny.toml"

@@ -98,8 +98,8 @@ def _setup(label: str, threads: int):
 
     torch.set_num_threads(threads)
     from milzoo import registry
-    from milzoo.batch import Bag
-    from milzoo.build import build_components
+    from milzoo.datasets.batch import Bag
+    from milzoo.model.build import build_components
     from milzoo.datasets.base import BagListDataset
 
     name, options = POOLINGS[label]
@@ -125,7 +125,7 @@ def _step(torch, pool, loss, x, mask, batch, state):
 
 
 def _make_batch(torch, n: int, input_grad: bool, seed: int = 0):
-    from milzoo.batch import MILBatch
+    from milzoo.datasets.batch import MILBatch
 
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(1, n, DIM, generator=g)
@@ -144,7 +144,7 @@ def _needs_input_grad(model) -> bool:
 def worker(label: str, n: int, repeats: int, threads: int, input_grad: bool) -> dict:
     torch, model, pool, loss = _setup(label, threads)
     input_grad = input_grad or _needs_input_grad(model)
-    from milzoo.output import TrainState
+    from milzoo.components.output import TrainState
 
     state = TrainState(epoch=1, num_epochs=10)
     torch.manual_seed(0)
@@ -184,7 +184,7 @@ def scan(label: str, n: int, threads: int) -> dict:
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_flatten
 
-    from milzoo.output import TrainState
+    from milzoo.components.output import TrainState
 
     shapes: list[tuple[str, tuple[int, ...]]] = []
 

@@ -2,7 +2,7 @@
 
 Measured in one process, with the same encoder, precision and device:
 
-* **MIL mode** — the real training step of ``milzoo.trainer.Trainer.train_epoch``
+* **MIL mode** — the real training step of ``milzoo.train.trainer.Trainer.train_epoch``
   (collate -> ``mil_views`` augmentation -> encoder on every view of every
   instance in one call -> PSAtt -> prototype update -> bag CE + PSAli ->
   backward -> gradient clipping -> SGD step), on bags of ``--bag-size``
@@ -35,12 +35,13 @@ import torch
 import torch.nn.functional as F
 
 from milzoo.recipe import load_recipe
-from milzoo.trainer import FoldData, Trainer
+from milzoo.datasets import FoldData
+from milzoo.train import Trainer
 
 
 def default_bags_per_step(device: torch.device) -> int:
     """The per-device default we recommend (docs/psmil.md): 1 bag (192 images) on CPU, 4 on a GPU."""
-    from milzoo.train_settings import resolve_batch_size
+    from milzoo.train.settings import resolve_batch_size
 
     return resolve_batch_size("auto", device)
 
@@ -181,7 +182,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from milzoo.train_settings import resolve_device
+    from milzoo.train.settings import resolve_device
 
     device = resolve_device(args.device)
     bpss = args.bags_per_step or [default_bags_per_step(device)]

@@ -62,9 +62,9 @@ def _folds(epochs: int, float64: bool = False, seed: int = 0):
     (in float64 with ``float64``, standardised as ``train.precision = "fp64"`` does: statistics in float64)."""
     import torch
 
-    from milzoo.build import build_dataset
-    from milzoo.model import Standardize
-    from milzoo.protocols import make_folds
+    from milzoo.model.build import build_dataset
+    from milzoo.model.mil import Standardize
+    from milzoo.datasets.protocols import make_folds
     from milzoo.recipe import load_recipe
 
     recipe = load_recipe(str(RECIPE), ["train.batch_size=1", "pooling.head=sigmoid", f"train.epochs={epochs}",
@@ -137,7 +137,7 @@ def worker_replay(epochs: int, float64: bool = False) -> dict:
     import torch
     from torchmil.models import ABMIL
 
-    from milzoo.build import build_model
+    from milzoo.model.build import build_model
 
     torch.set_num_threads(1)
     accs, probs, curves = [], {}, {}

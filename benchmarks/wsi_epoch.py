@@ -11,7 +11,7 @@
 2. Loads it with the ``slides`` dataset (in-memory cache, float32 bags), as a recipe would.  The cache is
    float32 by default (``--cache-dtype``; what ``dtype = "auto"`` picks when the set fits in
    ``cache_max_gb``: 9.2 GB at full scale) or float16 (half the memory, one conversion per step).
-3. Times one training epoch of ABMIL, DSMIL, DTFD-MIL and TransMIL through ``milzoo.trainer.Trainer``
+3. Times one training epoch of ABMIL, DSMIL, DTFD-MIL and TransMIL through ``milzoo.train.trainer.Trainer``
    (the code ``milzoo run`` uses: DataLoader, collation, forward, loss, backward, optimiser step), one
    slide per step, the models' default options on the raw features (identity encoder; ``--encoder mlp``
    adds the recipes' 512-d adapter), Adam.  Models named in ``--subset`` (default TransMIL, seconds per
@@ -145,10 +145,11 @@ def make_recipe(model: str, encoder: str, threads: int | None):
 
 
 def trainer_epoch(model: str, ds, encoder: str, threads: int | None, sample: int = 0, seed: int = 0) -> dict:
-    """One training epoch through milzoo.trainer.Trainer (on ``sample`` random slides, scaled, when > 0)."""
+    """One training epoch through milzoo.train.trainer.Trainer (on ``sample`` random slides, scaled, when > 0)."""
     import numpy as np
 
-    from milzoo.trainer import FoldData, Trainer
+    from milzoo.datasets import FoldData
+    from milzoo.train import Trainer
 
     recipe = make_recipe(model, encoder, threads)
     sizes = np.array([ds.slide(i).num_patches for i in range(len(ds))])
@@ -205,9 +206,9 @@ def naive_epoch(ds, encoder: str, threads: int | None, cold: bool = False, fmt: 
     import torch.nn.functional as F
     from safetensors.torch import load_file
 
-    from milzoo.batch import Bag, collate_bags
-    from milzoo.build import build_model
-    from milzoo.train_settings import make_optimizer
+    from milzoo.datasets.batch import Bag, collate_bags
+    from milzoo.model.build import build_model
+    from milzoo.train.settings import make_optimizer
 
     recipe = make_recipe("abmil", encoder, threads)
     torch.manual_seed(recipe.root.seed * 1000)  # the trainer's fold-0 seed: same initial weights
@@ -294,7 +295,8 @@ def memprobe(model: str, info: dict, encoder: str, threads: int | None) -> dict:
     """In a fresh process: one training step on the big slide; peak RSS above the state before the step."""
     import torch
 
-    from milzoo.trainer import FoldData, Trainer
+    from milzoo.datasets import FoldData
+    from milzoo.train import Trainer
 
     ds = load_slides(info, workers=1)
     recipe = make_recipe(model, encoder, threads)

@@ -9,43 +9,41 @@ The Python API mirrors the CLI::
     model = milzoo.load_model("runs/qs/fold-00/last")                   # a trained model, eval mode
     model = milzoo.build_model(recipe, in_shape=(166,), num_classes=2)  # an untrained one
 
-Names are imported lazily so ``import milzoo`` stays fast.
+Names are imported lazily so ``import milzoo`` stays fast.  The core is organised in packages by concept
+(``registry``, ``recipe``, ``model``, ``checkpoint``, ``train``, ``runs``, ``hub``, ``cli``, ``datasets``,
+``components``, ``layers``, ``report``, ``testing``); docs/architecture.md shows them.
 """
 
-from milzoo.hookspecs import hookimpl
+from milzoo import _moved
+from milzoo._lazy import attach
+from milzoo.registry.hookspecs import hookimpl
 
-_LAZY = {
-    "run": ("milzoo.runner", "run"),
-    "summarize": ("milzoo.runner", "summarize"),
-    "load_recipe": ("milzoo.recipe", "load_recipe"),
-    "validate_recipe": ("milzoo.recipe", "validate_recipe"),
-    "build_model": ("milzoo.build", "build_model"),
-    "build_components": ("milzoo.build", "build_components"),
-    "load_model": ("milzoo.checkpoint", "load_model"),
-    "save_model": ("milzoo.checkpoint", "save_model"),
-    "list_components": ("milzoo.registry", "list_components"),
-    "get_component": ("milzoo.registry", "get_component"),
-    "plugin_records": ("milzoo.plugins", "plugin_records"),
-    "collate_bags": ("milzoo.batch", "collate_bags"),
-    "Bag": ("milzoo.batch", "Bag"),
-    "MILBatch": ("milzoo.batch", "MILBatch"),
-    "MILOutput": ("milzoo.output", "MILOutput"),
-    "MILModel": ("milzoo.model", "MILModel"),
-    # Hub (milzoo.hub)
-    "load_pretrained": ("milzoo.hub", "load_pretrained"),
-    "push_to_hub": ("milzoo.hub", "push_to_hub"),
-    "save_pretrained": ("milzoo.hub", "save_pretrained"),
+_moved.install()  # old module paths (milzoo.trainer, milzoo.batch, ...) keep working, with a FutureWarning
+
+_EXPORTS = {
+    "__version__": "milzoo._version",
+    "run": "milzoo.runs.runner",
+    "summarize": "milzoo.runs.runner",
+    "load_recipe": "milzoo.recipe._recipe",
+    "validate_recipe": "milzoo.recipe._recipe",
+    "build_model": "milzoo.model.build",
+    "build_components": "milzoo.model.build",
+    "load_model": "milzoo.checkpoint._model",
+    "save_model": "milzoo.checkpoint._model",
+    "list_components": "milzoo.registry._table",
+    "get_component": "milzoo.registry._table",
+    "plugin_records": "milzoo.registry._manager",
+    "collate_bags": "milzoo.datasets.batch",
+    "Bag": "milzoo.datasets.batch",
+    "MILBatch": "milzoo.datasets.batch",
+    "MILOutput": "milzoo.components.output",
+    "MILModel": "milzoo.model.mil",
+    # Hub
+    "load_pretrained": "milzoo.hub._client",
+    "push_to_hub": "milzoo.hub._client",
+    "save_pretrained": "milzoo.hub._folders",
+    "hookimpl": "milzoo.registry.hookspecs",
 }
 
-__all__ = ["hookimpl", *_LAZY]
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        module, attr = _LAZY[name]
-        value = getattr(importlib.import_module(module), attr)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'milzoo' has no attribute {name!r}")
+__getattr__, __dir__, __all__ = attach(__name__, _EXPORTS)
+del attach

@@ -2,6 +2,6 @@
 
 import sys
 
-from milzoo.cli import main
+from milzoo.cli._app import main
 
 sys.exit(main())

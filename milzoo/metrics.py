@@ -111,3 +111,8 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     if arr.size == 0:
         return math.nan, math.nan
     return float(arr.mean()), float(arr.std())
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger value of ``metric`` is better (every metric but the loss)."""
+    return metric not in ("loss",)

@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 from milzoo import checkpoint as ckpt
-from milzoo.averaging import WeightAverager
+from milzoo.train.averaging import WeightAverager
 from milzoo.errors import RecipeError
 from milzoo.recipe import AverageConfig, load_recipe
-from milzoo.runner import run
-from milzoo.trainer import Trainer
+from milzoo.runs.runner import run
+from milzoo.train.trainer import Trainer
 
 
 def _set(model: nn.Module, value: float) -> None:

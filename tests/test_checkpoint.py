@@ -9,8 +9,8 @@ import safetensors.torch
 import torch
 
 from milzoo import checkpoint as ckpt
-from milzoo.batch import Bag, collate_bags
-from milzoo.build import build_components
+from milzoo.datasets.batch import Bag, collate_bags
+from milzoo.model.build import build_components
 from milzoo.errors import CheckpointError
 
 

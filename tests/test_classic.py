@@ -6,7 +6,7 @@ import fsspec
 import pytest
 import torch
 
-from milzoo.batch import Bag, collate_bags
+from milzoo.datasets.batch import Bag, collate_bags
 from milzoo.builtin.classic import CLASSIC_FEATURES, ClassicDataset, read_classic_csv
 from milzoo.errors import DataError
 
@@ -54,7 +54,7 @@ def test_collate_pads_and_masks():
 
 
 def test_unpadded_batches_skip_copies_and_training_leaves_bags_intact():
-    from milzoo.build import build_components
+    from milzoo.model.build import build_components
 
     one = Bag(torch.randn(5, 4), 1)
     b = collate_bags([one])
@@ -78,7 +78,7 @@ def test_unpadded_batches_skip_copies_and_training_leaves_bags_intact():
 
 @pytest.mark.parametrize("pooling", ["mean", "max", "abmil"])
 def test_padding_never_changes_a_bag(pooling):
-    from milzoo.build import build_components
+    from milzoo.model.build import build_components
 
     torch.manual_seed(0)
     model = build_components({"name": "mlp", "dims": [8]}, {"name": pooling}, (4,), 3).eval()

@@ -60,7 +60,7 @@ def test_demil_recipes_say_how_to_reproduce_the_official_numbers(dataset):
 
 
 def test_one_recipe_runs_and_the_table_renders(tmp_path):
-    from milzoo.runner import run
+    from milzoo.runs.runner import run
 
     out_root = tmp_path / "classic"
     summary = run(CLASSIC / "abmil_musk1.toml", out=out_root / "abmil_musk1", progress=False,

@@ -8,9 +8,9 @@ from pydantic import ConfigDict, Field
 from torch import nn
 
 from milzoo import registry
-from milzoo.components import ComponentConfig, DatasetSource, Encoder, Loss, Pooling
-from milzoo.masking import masked_mean, masked_softmax
-from milzoo.output import LossResult, MILOutput
+from milzoo.components.base import ComponentConfig, DatasetSource, Encoder, Loss, Pooling
+from milzoo.layers.masking import masked_mean, masked_softmax
+from milzoo.components.output import LossResult, MILOutput
 from milzoo.testing import (
     all_registered_components,
     check_component,

@@ -22,9 +22,9 @@ import tomli_w
 import torch
 
 from milzoo import checkpoint as ckpt
-from milzoo.distributed import Distributed
+from milzoo.train.distributed import Distributed
 from milzoo.errors import UserError
-from milzoo.runner import run
+from milzoo.runs.runner import run
 
 # 46 bags, 2-fold CV: 23 training bags per fold = five global batches of 4 and a last one of 3,
 # which 2 ranks split 1 + 2 (the loss weights make that step exact too)
@@ -65,7 +65,7 @@ WORKER = textwrap.dedent(
     import os, signal, sys
     from pathlib import Path
     import torch
-    import milzoo.trainer as T
+    import milzoo.train.trainer as T
 
     dump = os.environ.get("MILZOO_TEST_DUMP")
     kill_after = int(os.environ.get("MILZOO_TEST_KILL_AFTER_EPOCH", "-1"))
@@ -282,8 +282,8 @@ def test_ddp_wrapper_follows_frozen_parameters():
     import torch.distributed as dist
     from torch import nn
 
-    from milzoo.distributed import free_port
-    from milzoo.output import MILOutput
+    from milzoo.train.distributed import free_port
+    from milzoo.components.output import MILOutput
 
     class Toy(nn.Module):
         def __init__(self):
@@ -323,7 +323,7 @@ def test_fold_jobs_starting_together_share_the_run_directory(tmp_path):
     import time
 
     from milzoo.recipe import load_recipe
-    from milzoo.runner import prepare_run_dir
+    from milzoo.runs.runner import prepare_run_dir
 
     recipe = load_recipe(recipe_dict(write_csv(tmp_path / "t.csv"), {"name": "abmil"}))
     run_dir = tmp_path / "run"

@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from milzoo import checkpoint as ckpt
-from milzoo.build import build_components
+from milzoo.model.build import build_components
 from milzoo.cli import add_all_commands, cli
 from milzoo.errors import CheckpointError
 
@@ -150,7 +150,7 @@ def test_model_card_install_line_takes_only_valid_distribution_names(tmp_path):
 def test_pretrained_entry_requires_valid_distribution_names():
     from pydantic import ValidationError
 
-    from milzoo.pretrained import PretrainedEntry
+    from milzoo.hub.pretrained import PretrainedEntry
 
     with pytest.raises(ValidationError, match="not valid distribution names"):
         PretrainedEntry(name="x", repo_id="o/x", recipe="r.toml", requires=["milzoo-x && rm -rf ~"])

@@ -28,14 +28,19 @@ from sklearn.metrics import roc_auc_score
 
 import milzoo
 from milzoo import checkpoint as ckpt
-from milzoo import hookimpl, hub, plugins, registry
-from milzoo.batch import collate_bags
+from milzoo import hookimpl
+from milzoo import hub
+from milzoo.hub import _client as hub_client
+from milzoo import registry as plugins
+from milzoo import registry
+from milzoo.registry import _table
+from milzoo.datasets.batch import collate_bags
 from milzoo.builtin.classic import read_classic_csv
-from milzoo.components import ComponentConfig, DatasetSource
+from milzoo.components.base import ComponentConfig, DatasetSource
 from milzoo.errors import CheckpointError, RunDirError, UnknownComponentError, UserError
 from milzoo.hub import Ensemble, HubError, HubNotFoundError, OfflineNotCachedError
-from milzoo.model import MILModel
-from milzoo.pretrained import PretrainedEntry, UnpublishedModelError, list_pretrained
+from milzoo.model.mil import MILModel
+from milzoo.hub.pretrained import PretrainedEntry, UnpublishedModelError, list_pretrained
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
@@ -79,10 +84,10 @@ class _TestPlugin:
 def test_plugin():
     pm = plugins.get_plugin_manager()
     pm.register(_TestPlugin(), name="hubtest")
-    registry._reset()
+    _table._reset()
     yield
     pm.unregister(name="hubtest")
-    registry._reset()
+    _table._reset()
 
 
 @pytest.fixture(autouse=True)
@@ -398,7 +403,7 @@ def test_hub_not_found_errors(monkeypatch, exc, match):
     def fail(*args, **kwargs):
         raise exc()
 
-    monkeypatch.setattr(hub, "snapshot_download", fail)
+    monkeypatch.setattr(hub_client, "snapshot_download", fail)
     with pytest.raises(HubNotFoundError, match=match):
         milzoo.load_pretrained("hf-hub:org/x@v9")
 
@@ -531,7 +536,7 @@ def test_model_card_with_license_and_no_metrics(cv_run, tmp_path):
 @pytest.fixture(scope="module")
 def cli():
     from milzoo.cli import cli as group
-    from milzoo.commands.hub import add_commands
+    from milzoo.cli.hub import add_commands
 
     add_commands(group)
     add_commands(group)  # idempotent

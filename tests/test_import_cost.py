@@ -35,7 +35,7 @@ def test_cli_and_recipe_import_nothing_heavy():
 def test_a_cross_validation_run_imports_nothing_heavy(tmp_path):
     out = tmp_path / "run"
     imported = _imported_after(
-        "from milzoo.runner import run\n"
+        "from milzoo.runs.runner import run\n"
         f"s = run('recipes/quickstart.toml', out={str(out)!r}, progress=False, overrides=[\n"
         "    'train.epochs=1', 'protocol.folds=2', 'optim.name=adamw'])\n"
         "assert s['num_folds'] == 2\n"

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from milzoo.cli import add_all_commands, cli
 from milzoo.errors import DataError, UserError
-from milzoo.runner import run
+from milzoo.runs.runner import run
 
 add_all_commands()
 
@@ -59,7 +59,7 @@ def test_jobs_resume_skips_finished_folds(tmp_path, recipe_factory):
 
 def test_a_user_error_in_a_worker_is_one_clear_error_and_keeps_finished_folds(tmp_path, recipe_factory,
                                                                              monkeypatch):
-    from milzoo import trainer
+    from milzoo.train import trainer
 
     fit = trainer.Trainer.fit
 

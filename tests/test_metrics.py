@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from milzoo.ensemble import ensemble_metrics, majority_vote
+from milzoo.model.ensemble import ensemble_metrics, majority_vote
 from milzoo.metrics import bag_metrics, instance_accuracy, youden_threshold
 
 

@@ -10,7 +10,7 @@ from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
 from milzoo.metrics import bag_metrics, binary_auc
-from milzoo.protocols import kfold_indices, stratified_kfold
+from milzoo.datasets.protocols import kfold_indices, stratified_kfold
 
 
 @pytest.mark.parametrize("seed", range(12))

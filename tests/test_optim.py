@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from milzoo import optim
+from milzoo.train import optim
 
 CASES = [
     (optim.Adam, torch.optim.Adam, {"lr": 1e-2, "weight_decay": 5e-4, "foreach": True}),
@@ -98,7 +98,7 @@ def test_profiler_still_sees_the_step():
 def test_no_dynamo_import():
     code = (
         "import sys, torch\n"
-        "from milzoo.train_settings import make_optimizer\n"
+        "from milzoo.train.settings import make_optimizer\n"
         "from milzoo.recipe import load_recipe\n"
         "m = torch.nn.Linear(3, 2)\n"
         "for name in ('adam', 'adamw', 'sgd'):\n"

@@ -24,7 +24,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from milzoo import plugins, registry
+from milzoo import registry as plugins
+from milzoo import registry
 from milzoo.errors import RecipeError, UnknownComponentError
 
 EXAMPLE_DIST = "milzoo-example-pooling"
@@ -109,7 +110,7 @@ def _write_classic_csv(path: Path, n_bags: int = 16, n_feat: int = 3) -> Path:
 
 
 def test_installed_example_plugin_runs_from_a_recipe(tmp_path, fresh_registry):
-    from milzoo.runner import run
+    from milzoo.runs.runner import run
 
     version = _example_version()
     recipe = {

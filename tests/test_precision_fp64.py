@@ -7,8 +7,8 @@ import json
 import torch
 
 from milzoo import checkpoint as ckpt
-from milzoo.batch import Bag, collate_bags
-from milzoo.runner import run
+from milzoo.datasets.batch import Bag, collate_bags
+from milzoo.runs.runner import run
 
 
 def _train_losses(run_dir):

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 import milzoo
 from milzoo.cli import add_all_commands, cli
 from milzoo.errors import DataError
-from milzoo.runner import run
+from milzoo.runs.runner import run
 
 add_all_commands()
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 import re
 
-from milzoo.progress import EpochProgress
-from milzoo.runner import run
+from milzoo.train.progress import EpochProgress
+from milzoo.runs.runner import run
 
 
 class Terminal(io.StringIO):

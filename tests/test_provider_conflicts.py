@@ -17,8 +17,9 @@ import tomli_w
 from click.testing import CliRunner
 
 from milzoo import checkpoint as ckpt
-from milzoo import plugins, registry
-from milzoo.build import build_components
+from milzoo import registry as plugins
+from milzoo import registry
+from milzoo.model.build import build_components
 from milzoo.cli import cli
 from milzoo.errors import AmbiguousComponentError, CheckpointError, UnknownComponentError
 
@@ -42,7 +43,7 @@ _BAD_DEFAULT = """
     from pydantic import Field
 
     from milzoo import hookimpl
-    from milzoo.components import ComponentConfig
+    from milzoo.components.base import ComponentConfig
 
 
     @hookimpl

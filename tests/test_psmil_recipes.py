@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from milzoo.build import build_losses, build_model
+from milzoo.model.build import build_losses, build_model
 from milzoo.recipe import load_recipe, read_toml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,7 +188,7 @@ SMALL = ["data.max_bags_per_class=2", "data.bag_size=8", "data.num_key=2", "trai
 
 
 def _run(path: str, root: Path, out: Path, extra=(), epochs=1):
-    from milzoo.runner import run
+    from milzoo.runs.runner import run
 
     raw = read_toml(ROOT / path)
     raw["encoder"].pop("resize", None)

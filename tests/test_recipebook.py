@@ -15,10 +15,11 @@ import pytest
 from click.testing import CliRunner
 
 import milzoo
-from milzoo import plugins, recipebook
+from milzoo import registry as plugins
+from milzoo.recipe import book as recipebook
 from milzoo.cli import add_all_commands, cli
 from milzoo.errors import RecipeError
-from milzoo.recipebook import AmbiguousRecipeError, UnknownRecipeError
+from milzoo.recipe.book import AmbiguousRecipeError, UnknownRecipeError
 
 add_all_commands()
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,14 +72,14 @@ def test_each_package_declares_its_recipes_as_package_data():
 
 def test_names_are_the_checkout_paths_and_psmil_pretrained_entries_name_shipped_recipes():
     assert recipebook.get_recipe("classic/abmil_musk1").read_text() == CHECKOUT["classic/abmil_musk1"].read_text()
-    from milzoo.pretrained import list_pretrained
+    from milzoo.hub.pretrained import list_pretrained
 
     entries = list_pretrained("psmil-*")
     assert len(entries) == 6
     for entry in entries:
         assert recipebook.get_recipe(entry.recipe).distribution == "milzoo-psmil"
         assert entry.train_command.startswith(f"milzoo run {entry.recipe} --out")
-    from milzoo.pretrained import PretrainedEntry
+    from milzoo.hub.pretrained import PretrainedEntry
 
     old_style = PretrainedEntry(name="x", repo_id="o/x", recipe="recipes/classic/dsmil_musk1.toml")
     assert old_style.train_command == "milzoo run classic/dsmil_musk1 --out runs/x"

@@ -101,7 +101,7 @@ def slide_sets(tmp_path_factory):
 
 @pytest.mark.parametrize("path", WSI_RECIPES, ids=_rel)
 def test_wsi_recipe_runs_its_protocol(path, slide_sets, tmp_path):
-    from milzoo.runner import run
+    from milzoo.runs.runner import run
 
     data = slide_sets["tcga_lung" if "tcga" in path.stem else "camelyon16"]
     pooling = read_toml(path)["pooling"]["name"]

@@ -17,16 +17,16 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from milzoo.batch import Bag
+from milzoo.datasets.batch import Bag
 from milzoo.cli import cli
-from milzoo.commands.report import add_commands
+from milzoo.cli.report import add_commands
 from milzoo.datasets.base import BagListDataset
 from milzoo.report import attention as att
 from milzoo.report.common import RUN_COLORS, load_run
 from milzoo.report.context import RunContext
 from milzoo.report.embedding import run_embedding, sample_instances
 from milzoo.report.html import write_report
-from milzoo.runner import run
+from milzoo.runs.runner import run
 
 add_commands(cli)
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 from milzoo.cli import add_all_commands, cli
 from milzoo.errors import RecipeError, RunDirError, TrainingDiverged, UserError
-from milzoo.runner import holds_results, remove_orphaned_temp_files, run
-from milzoo.sizing import check_model_size
+from milzoo.runs.runner import holds_results, remove_orphaned_temp_files, run
+from milzoo.model.sizing import check_model_size
 
 add_all_commands()
 
@@ -154,7 +154,7 @@ def test_absurd_recipes_fail_before_anything_is_created(tmp_path, recipe_factory
     def started(*args, **kwargs):  # a regression must fail here, not train 10**23 epochs
         raise AssertionError(f"training started with {override}")
 
-    monkeypatch.setattr("milzoo.runner.train_fold", started)
+    monkeypatch.setattr("milzoo.runs.runner.train_fold", started)
     path = tmp_path / "r.toml"
     path.write_text(tomli_w.dumps(recipe_factory()))
     out = tmp_path / "run"
@@ -209,7 +209,7 @@ def test_a_damaged_run_json_does_not_stop_a_resume(tmp_path, recipe_factory, fin
 @pytest.mark.parametrize("text", ["bag_id,label,p_0,p_1\nb1,1,0.5\nb2,0,0.5,0.5\n", "bag_id,label,p_0,p_1\nb1,x,0.5,0.5\n",
                                   "bag_id,label,p_0,p_1\nb1,1,nan,0.5\n", "bag_id,label,p_0,p_1\n"])
 def test_a_damaged_predictions_file_of_an_ensemble_is_explained(tmp_path, text):
-    from milzoo.runner import _read_predictions  # what summarize() votes with for protocol.kind = cv_ensemble
+    from milzoo.runs.runner import _read_predictions  # what summarize() votes with for protocol.kind = cv_ensemble
 
     path = tmp_path / "predictions-test.csv"
     path.write_text(text)

@@ -11,8 +11,8 @@ import torch
 
 from milzoo import checkpoint as ckpt
 from milzoo.errors import RunDirError, TrainingDiverged
-from milzoo.runner import run, summarize
-from milzoo.trainer import Trainer
+from milzoo.runs.runner import run, summarize
+from milzoo.train.trainer import Trainer
 
 
 def metrics_lines(run_dir):
@@ -182,9 +182,9 @@ def test_validation_selection_and_early_stopping(tmp_path, recipe_factory):
 
 
 def test_standardisation_is_fitted_on_training_bags_only(tmp_path, recipe_factory):
-    from milzoo.protocols import make_folds
+    from milzoo.datasets.protocols import make_folds
     from milzoo.recipe import load_recipe
-    from milzoo.build import build_dataset
+    from milzoo.model.build import build_dataset
 
     recipe = load_recipe(recipe_factory())
     out = tmp_path / "r"
@@ -199,9 +199,9 @@ def test_standardisation_is_fitted_on_training_bags_only(tmp_path, recipe_factor
 
 
 def test_cv_folds_partition_and_never_select_on_test(tmp_path, recipe_factory):
-    from milzoo.protocols import make_folds
+    from milzoo.datasets.protocols import make_folds
     from milzoo.recipe import load_recipe
-    from milzoo.build import build_dataset
+    from milzoo.model.build import build_dataset
 
     recipe = load_recipe(recipe_factory(protocol={"folds": 4, "val_fraction": 0.2}))
     folds = make_folds(recipe.root.protocol, build_dataset(recipe), 0)
@@ -227,8 +227,8 @@ def test_summarize_requires_all_folds(tmp_path, recipe_factory):
 
 def test_batch_of_one_equals_padded_batches(tmp_path, recipe_factory):
     """Training with batch_size 1 and evaluation with padded batches agree with bag-at-a-time predictions."""
-    from milzoo.batch import collate_bags
-    from milzoo.build import build_dataset
+    from milzoo.datasets.batch import collate_bags
+    from milzoo.model.build import build_dataset
     from milzoo.recipe import load_recipe
 
     run(recipe_factory(train={"eval_batch_size": 7}), out=tmp_path / "r")
@@ -242,7 +242,7 @@ def test_batch_of_one_equals_padded_batches(tmp_path, recipe_factory):
 
 def test_schedules():
     from milzoo.recipe import ScheduleConfig
-    from milzoo.train_settings import lr_at
+    from milzoo.train.settings import lr_at
 
     step = ScheduleConfig(name="step", milestones=[2, 4], gamma=0.1)
     assert [round(lr_at(step, 1.0, e, 6), 6) for e in range(6)] == [1, 1, 0.1, 0.1, 0.01, 0.01]
@@ -255,7 +255,8 @@ def test_precision_auto_picks_bf16_only_where_it_is_native(monkeypatch, tmp_path
     import torch
 
     import milzoo
-    from milzoo import train_settings, trainer
+    from milzoo.train import settings as train_settings
+    from milzoo.train import trainer
 
     cpu = torch.device("cpu")
     resolve = train_settings.resolve_precision

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from milzoo.recipe import load_recipe
-from milzoo.train_settings import DEFAULT_BAGS_PER_STEP, make_optimizer, optimizer_kernels, resolve_batch_size
-from milzoo.trainer import LossSums
+from milzoo.train.settings import DEFAULT_BAGS_PER_STEP, make_optimizer, optimizer_kernels, resolve_batch_size
+from milzoo.train.trainer import LossSums
 
 
 def test_loss_sums_match_python_float_sums_exactly():
@@ -48,7 +48,7 @@ def test_bags_per_step_auto_is_per_device():
 
 
 def test_optimizer_kernels_cpu_keeps_foreach_gpu_fuses_adam_only():
-    from milzoo import optim
+    from milzoo.train import optim
 
     for cls in (torch.optim.SGD, torch.optim.Adam, optim.SGD, optim.AdamW):
         assert optimizer_kernels(cls, torch.device("cpu")) == {"foreach": True}
@@ -66,7 +66,7 @@ def test_sgd_kernels_survive_a_parameter_that_gets_its_first_gradient_late():
     """PSAli freezes the encoder in epoch 0: its parameters get momentum buffers one epoch after the rest.
     torch's fused SGD (CPU kernel here; the same Python path broke the first GPU run) raises on that;
     the kernels milzoo picks for a GPU must not, and must give the for-loop reference's numbers."""
-    from milzoo import optim
+    from milzoo.train import optim
 
     def train(**kernels):
         torch.manual_seed(0)
@@ -96,9 +96,10 @@ def test_evaluation_does_not_change_the_training(tmp_path):
     """Which splits are evaluated, and how many, must not move the training's random stream (dropout here,
     augmentations in the image recipes): a DataLoader's iterator draws its base seed from torch's global RNG,
     and so did every evaluated split before evaluation ran on a fork of the random streams."""
-    from milzoo.batch import Bag
+    from milzoo.datasets.batch import Bag
     from milzoo.datasets.base import BagListDataset
-    from milzoo.trainer import FoldData, Trainer
+    from milzoo.datasets import FoldData
+    from milzoo.train import Trainer
 
     g = torch.Generator().manual_seed(1)
     ds = BagListDataset([Bag(torch.randn(5, 3, generator=g), i % 2) for i in range(8)], ["a", "b"])
@@ -121,9 +122,10 @@ def test_evaluation_does_not_change_the_training(tmp_path):
 
 def test_compile_is_in_place(tmp_path):
     """train.compile wraps the encoder's call; parameter names (and so checkpoints) do not change."""
-    from milzoo.batch import Bag
+    from milzoo.datasets.batch import Bag
     from milzoo.datasets.base import BagListDataset
-    from milzoo.trainer import FoldData, Trainer
+    from milzoo.datasets import FoldData
+    from milzoo.train import Trainer
 
     ds = BagListDataset([Bag(torch.randn(4, 3), i % 2) for i in range(4)], ["a", "b"])
     raw = {"data": {"name": "classic", "dataset": "musk1"}, "encoder": {"name": "mlp", "dims": [4]},
@@ -139,9 +141,10 @@ def test_compile_is_in_place(tmp_path):
 
 @pytest.mark.cuda
 def test_gpu_trainer_uses_fused_optimizer_and_cudnn_benchmark(tmp_path):
-    from milzoo.batch import Bag
+    from milzoo.datasets.batch import Bag
     from milzoo.datasets.base import BagListDataset
-    from milzoo.trainer import FoldData, Trainer
+    from milzoo.datasets import FoldData
+    from milzoo.train import Trainer
 
     ds = BagListDataset([Bag(torch.randn(4, 3), i % 2) for i in range(4)], ["a", "b"])
     raw = {"data": {"name": "classic", "dataset": "musk1"}, "encoder": {"name": "mlp", "dims": [4]},
@@ -158,9 +161,10 @@ def test_gpu_trainer_uses_fused_optimizer_and_cudnn_benchmark(tmp_path):
 @pytest.mark.cuda
 def test_gpu_sgd_trains_an_encoder_frozen_in_epoch_0(tmp_path):
     """The first full-scale PSMIL run on a GPU failed here: fused SGD and an encoder that joins in epoch 1."""
-    from milzoo.batch import Bag
+    from milzoo.datasets.batch import Bag
     from milzoo.datasets.base import BagListDataset
-    from milzoo.trainer import FoldData, Trainer
+    from milzoo.datasets import FoldData
+    from milzoo.train import Trainer
 
     ds = BagListDataset([Bag(torch.randn(4, 3), i % 2) for i in range(8)], ["a", "b"])
     raw = {"data": {"name": "classic", "dataset": "musk1"}, "encoder": {"name": "mlp", "dims": [4]},
@@ -176,9 +180,9 @@ def test_gpu_sgd_trains_an_encoder_frozen_in_epoch_0(tmp_path):
 def test_cpu_batches_without_a_dataloader_equal_a_dataloaders(tmp_path):
     """On a CPU without workers the trainer collates bags itself: the same batches and the same draw from
     torch's global RNG as a DataLoader iterator (so dropout sees the same stream)."""
-    from milzoo.build import build_dataset
-    from milzoo.protocols import make_folds
-    from milzoo.trainer import Trainer
+    from milzoo.model.build import build_dataset
+    from milzoo.datasets.protocols import make_folds
+    from milzoo.train.trainer import Trainer
 
     from pathlib import Path
 

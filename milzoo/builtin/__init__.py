@@ -1,6 +1,6 @@
 """milzoo's built-in components, registered through the same hooks as any plugin."""
 
-from milzoo.hookspecs import hookimpl
+from milzoo.registry.hookspecs import hookimpl
 
 
 @hookimpl

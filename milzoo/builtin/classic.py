@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from pydantic import model_validator
 
-from milzoo.batch import Bag
-from milzoo.components import ComponentConfig, DatasetSource
+from milzoo.datasets.batch import Bag
+from milzoo.components.base import ComponentConfig, DatasetSource
 from milzoo.datasets.base import BagListDataset
 from milzoo.datasets.checks import check_finite_features, class_indices
 from milzoo.errors import DataError

@@ -7,7 +7,7 @@ import math
 from pydantic import Field, PositiveInt
 from torch import Tensor, nn
 
-from milzoo.components import ComponentConfig, Encoder
+from milzoo.components.base import ComponentConfig, Encoder
 
 
 class IdentityEncoder(Encoder):

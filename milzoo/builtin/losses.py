@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 from pydantic import Field
 
-from milzoo.components import ComponentConfig, Loss
-from milzoo.output import LossResult
-from milzoo.precision import at_least_float32
+from milzoo.components.base import ComponentConfig, Loss
+from milzoo.components.output import LossResult
+from milzoo.layers.precision import at_least_float32
 
 
 class BagCrossEntropy(Loss):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from milzoo.components import ComponentConfig, Pooling
-from milzoo.masking import masked_max, masked_mean
-from milzoo.output import MILOutput
+from milzoo.components.base import ComponentConfig, Pooling
+from milzoo.layers.masking import masked_max, masked_mean
+from milzoo.components.output import MILOutput
 
 
 class _LinearHeadPooling(Pooling):

@@ -1,5 +1,23 @@
-"""Dataset base classes and the built-in dataset sources."""
+"""Datasets: bags and padded batches, dataset base classes, data checks and evaluation protocols.
 
-from milzoo.datasets.base import BagListDataset, MILDataset, MILSubset
+``resident`` (whole splits kept on the training device) is a public submodule.
+"""
 
-__all__ = ["MILDataset", "BagListDataset", "MILSubset"]
+from milzoo._lazy import attach
+
+_EXPORTS = {
+    # base
+    "MILDataset": "base", "BagListDataset": "base", "MILSubset": "base", "dataset_size_for_state": "base",
+    # batch
+    "Bag": "batch", "MILBatch": "batch", "collate_bags": "batch",
+    # checks
+    "FLOAT32_MAX": "checks", "LABEL_CONVENTIONS": "checks", "class_indices": "checks",
+    "first_nonfinite_row": "checks", "check_finite_features": "checks",
+    # protocols
+    "FoldData": "protocols", "stratified_kfold": "protocols", "kfold_indices": "protocols", "warn_unstratified": "protocols",
+    "check_trainable": "protocols", "assert_no_group_leak": "protocols", "carve_validation": "protocols",
+    "make_folds": "protocols",
+}
+
+__getattr__, __dir__, __all__ = attach(__name__, _EXPORTS)
+del attach

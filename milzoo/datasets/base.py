@@ -1,4 +1,4 @@
-"""Dataset interface: an indexable collection of :class:`~milzoo.batch.Bag`."""
+"""Dataset interface: an indexable collection of :class:`~milzoo.datasets.batch.Bag`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from milzoo.batch import Bag
+from milzoo.datasets.batch import Bag
 
 
 class MILDataset(Dataset):

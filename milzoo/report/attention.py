@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from milzoo.batch import Bag, collate_bags
+from milzoo.datasets.batch import Bag, collate_bags
 from milzoo.errors import ComponentError, UserError
 from milzoo.report.common import figure_png, new_figure
 from milzoo.report.embedding import class_colors

@@ -1,7 +1,7 @@
 """A run's trained models and data, rebuilt from its directory.
 
 The dataset comes from ``RUN/recipe.toml`` (the resolved recipe) and the
-fold's bags from :func:`milzoo.protocols.make_folds` with the recipe's seed,
+fold's bags from :func:`milzoo.datasets.protocols.make_folds` with the recipe's seed,
 so a fold's ``test`` split is exactly the bags that fold was evaluated on.
 """
 
@@ -27,7 +27,7 @@ class RunContext:
 
     @cached_property
     def recipe(self):
-        from milzoo.recipe import load_recipe
+        from milzoo.recipe._recipe import load_recipe
 
         return load_recipe(str(self.run_dir / "recipe.toml"))
 
@@ -41,8 +41,8 @@ class RunContext:
 
     @cached_property
     def folds(self):
-        from milzoo.build import build_dataset
-        from milzoo.protocols import make_folds
+        from milzoo.model.build import build_dataset
+        from milzoo.datasets.protocols import make_folds
 
         splits = build_dataset(self.recipe)
         return make_folds(self.recipe.root.protocol, splits, self.recipe.root.seed)
@@ -84,7 +84,7 @@ class RunContext:
     def model(self, fold: int):
         """``(model in eval mode on the CPU, "best" or "last")``."""
         if fold not in self._models:
-            from milzoo.checkpoint import load_model
+            from milzoo.checkpoint._model import load_model
 
             path, which = self.model_dir(fold)
             self._models[fold] = (load_model(path), which)

@@ -319,7 +319,7 @@ def build_report(
 ) -> str:
     """The HTML text of the report on one or several run directories."""
     from milzoo.report.curves import curve_figures
-    from milzoo.versions import milzoo_version
+    from milzoo._version import milzoo_version
 
     runs = [load_run(p) for p in run_dirs]
     assign_labels(runs, labels)

@@ -29,7 +29,7 @@ What is checked (small sizes, one CPU thread, the global RNG restored afterwards
 - encoders: output shape, batch independence, a single instance, gradients;
 - losses (bound to a model around a compatible pooling): the ``LossResult``,
   gradients, extra padding does not change the loss, state round trip;
-- augments: ``[V, M, *s]`` views, also through :class:`~milzoo.model.MILModel`;
+- augments: ``[V, M, *s]`` views, also through :class:`~milzoo.model.mil.MILModel`;
 - every kind: float64 (``train.precision = "fp64"``): outputs, losses and gradients stay float64.
 
 Optional class attributes read by the suite (none is needed by milzoo itself):

@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from milzoo.batch import Bag, MILBatch, collate_bags
-from milzoo.components import Augment, ComponentConfig, DatasetSource, Encoder, Loss, Pooling
-from milzoo.output import MILOutput
+from milzoo.datasets.batch import Bag, MILBatch, collate_bags
+from milzoo.components.base import Augment, ComponentConfig, DatasetSource, Encoder, Loss, Pooling
+from milzoo.components.output import MILOutput
 
 
 #: the kinds the suite covers (datasets are not: they load files)
@@ -78,7 +78,7 @@ def _kind_of(cls: Any) -> str:
             if issubclass(cls, base):
                 return kind
     raise TypeError(
-        f"{cls!r} is not a milzoo component class (a subclass of milzoo.components.Encoder, Pooling, "
+        f"{cls!r} is not a milzoo component class (a subclass of milzoo.components.base.Encoder, Pooling, "
         "Loss or Augment)."
     )
 
@@ -107,7 +107,7 @@ def resolve(component: Any, options: dict[str, Any] | None = None) -> ComponentS
 
 
 def _lookup(ref: str) -> type:
-    from milzoo import registry
+    from milzoo.registry import _table as registry
 
     if ":" in ref:
         kind, name = ref.split(":", 1)
@@ -125,7 +125,7 @@ def _lookup(ref: str) -> type:
 
 def all_registered_components() -> list[type]:
     """Every registered encoder, pooling, loss and augment class (datasets skipped), by kind and name."""
-    from milzoo import registry
+    from milzoo.registry import _table as registry
 
     out: list[type] = []
     for kind in KIND_BASES:

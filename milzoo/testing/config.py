@@ -7,7 +7,7 @@ import tomllib
 
 from pydantic import ValidationError
 
-from milzoo.components import ComponentConfig
+from milzoo.components.base import ComponentConfig
 from milzoo.testing._core import ComponentSpec, _UNKNOWN_KEY, _check, _fail
 
 
@@ -20,7 +20,7 @@ def check_config(spec: ComponentSpec) -> None:
     if not (isinstance(getattr(cls, "name", None), str) and cls.name):
         _fail(spec, "the class needs a registry `name` (a non-empty string class attribute)")
     if not (isinstance(cls.Config, type) and issubclass(cls.Config, ComponentConfig)):
-        _fail(spec, "Config must subclass milzoo.components.ComponentConfig")
+        _fail(spec, "Config must subclass milzoo.components.base.ComponentConfig")
     if not (cls.__doc__ or "").strip():
         _fail(spec, "the class needs a docstring (its first line is the summary `milzoo list` shows)")
     try:

@@ -7,8 +7,8 @@ import json
 import torch
 from torch import Tensor
 
-from milzoo.components import Augment, Encoder
-from milzoo.output import TrainState
+from milzoo.components.base import Augment, Encoder
+from milzoo.components.output import TrainState
 from milzoo.testing._core import (
     ComponentSpec, IN_SHAPE_CANDIDATES, _assert_close, _batch, _build, _check, _compare_states, _dataset,
     _fail, _floating, _generator, _grad_report, _load_fresh, _make_bags, _safetensors_roundtrip,
@@ -103,7 +103,7 @@ def check_encoder_single_instance(spec: ComponentSpec) -> None:
 
 def _encoder_model(enc: Encoder, k: int, augment: Augment | None = None):
     from milzoo.builtin.poolings import MeanPooling
-    from milzoo.model import MILModel
+    from milzoo.model.mil import MILModel
 
     torch.manual_seed(5)
     return MILModel(enc, MeanPooling(MeanPooling.Config(), enc.out_dim, k), augment)

@@ -6,9 +6,9 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from milzoo.components import Augment, ComponentConfig, Loss
+from milzoo.components.base import Augment, ComponentConfig, Loss
 from milzoo.errors import ComponentError
-from milzoo.output import LossResult, MILOutput, TrainState
+from milzoo.components.output import LossResult, MILOutput, TrainState
 from milzoo.testing._core import (
     ComponentSpec, _assert_close, _batch, _check, _compare_states, _dataset, _fail, _floating, _grad_report,
     _load_fresh, _make_bags, _safetensors_roundtrip, resolve,
@@ -38,7 +38,7 @@ LOSS_LENGTHS = [4, 2, 5, 1, 3, 6]
 
 
 def _loss_pooling_spec(spec: ComponentSpec) -> ComponentSpec:
-    from milzoo import registry
+    from milzoo.registry import _table as registry
 
     chosen = getattr(spec.cls, "contract_pooling", None)
     if chosen is None:
@@ -58,7 +58,7 @@ class _LossSetup:
 
     def __init__(self, spec: ComponentSpec, k: int, seed: int = 0, pad_to: int | None = None):
         from milzoo.builtin.encoders import MLPEncoder
-        from milzoo.model import MILModel
+        from milzoo.model.mil import MILModel
 
         self.spec, self.k = spec, k
         self.pool_spec = _loss_pooling_spec(spec)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from milzoo.components import Loss, Pooling
+from milzoo.components.base import Loss, Pooling
 from milzoo.errors import ComponentError
-from milzoo.output import LossResult, MILOutput, TrainState
+from milzoo.components.output import LossResult, MILOutput, TrainState
 from milzoo.testing._core import (
     ComponentSpec, POOLING_SETTINGS, _bag_fields, _batch, _build, _check, _compare_bag, _compare_outputs,
     _compare_states, _dataset, _fail, _floating, _generator, _grad_report, _load_fresh, _make_bags, _padded,
@@ -16,13 +16,13 @@ from milzoo.testing._core import (
 
 def _pooling_model(pool: Pooling, d: int):
     from milzoo.builtin.encoders import IdentityEncoder
-    from milzoo.model import MILModel
+    from milzoo.model.mil import MILModel
 
     return MILModel(IdentityEncoder(IdentityEncoder.Config(), (d,)), pool)
 
 
 def _default_loss(spec: ComponentSpec, k: int) -> Loss:
-    from milzoo import registry
+    from milzoo.registry import _table as registry
 
     name = getattr(spec.cls, "default_loss", "bag_ce")
     loss_cls = registry.get_component("loss", name)

@@ -1,8 +1,8 @@
 """Checks that every component runs in float64, as ``train.precision = "fp64"`` trains it.
 
-The trainer doubles the model (and each loss that is a module) and :class:`~milzoo.model.MILModel` casts its
+The trainer doubles the model (and each loss that is a module) and :class:`~milzoo.model.mil.MILModel` casts its
 inputs to the weights' type, so a component passes when it creates its own tensors in its input's dtype
-(``x.new_zeros``, ``dtype=x.dtype``) and casts with :func:`milzoo.precision.at_least_float32` rather than
+(``x.new_zeros``, ``dtype=x.dtype``) and casts with :func:`milzoo.layers.precision.at_least_float32` rather than
 ``.float()``: then outputs, losses and gradients are float64 throughout.
 """
 
@@ -13,13 +13,13 @@ from collections.abc import Iterator
 
 import torch
 
-from milzoo.output import TrainState
+from milzoo.components.output import TrainState
 from milzoo.testing._core import (
     POOLING_SETTINGS, ComponentSpec, _all_tensors, _batch, _build, _check, _dataset, _fail, _make_bags,
 )
 
 _HOW = ("create new tensors in the input's dtype (x.new_zeros(...), dtype=x.dtype) and cast with "
-        "milzoo.precision.at_least_float32(t) instead of t.float()")
+        "milzoo.layers.precision.at_least_float32(t) instead of t.float()")
 
 
 @contextlib.contextmanager

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from milzoo.batch import Bag, collate_bags
+from milzoo.datasets.batch import Bag, collate_bags
 from milzoo_abmil.pooling import ABMILPooling
 
 
@@ -94,7 +94,7 @@ def test_learns_a_toy_problem():
 
 def test_sigmoid_head_is_one_logit_with_a_bernoulli_loss():
     from milzoo.errors import ComponentError
-    from milzoo.output import TrainState
+    from milzoo.components.output import TrainState
     from milzoo.registry import get_entry
 
     assert ABMILPooling.Config().head == "softmax"

@@ -13,13 +13,13 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from milzoo import registry
-from milzoo.batch import Bag, MILBatch, collate_bags
+from milzoo.datasets.batch import Bag, MILBatch, collate_bags
 from milzoo.builtin.encoders import IdentityEncoder
 from milzoo.builtin.poolings import MeanPooling
 from milzoo.datasets.base import BagListDataset
 from milzoo.errors import ComponentError, DataError
-from milzoo.model import MILModel
-from milzoo.output import MILOutput, TrainState
+from milzoo.model.mil import MILModel
+from milzoo.components.output import MILOutput, TrainState
 from milzoo_demil.datasets import CandidateSetDataset, MIPLCandidates, generate_candidate_sets
 from milzoo_demil.loss import DEMILLoss
 from milzoo_demil.pooling import DEMILPooling

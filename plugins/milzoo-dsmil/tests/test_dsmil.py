@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from milzoo.batch import Bag, MILBatch, collate_bags
+from milzoo.datasets.batch import Bag, MILBatch, collate_bags
 from milzoo.errors import ComponentError
-from milzoo.output import MILOutput, TrainState
+from milzoo.components.output import MILOutput, TrainState
 from milzoo_dsmil.loss import DSMILLoss
 from milzoo_dsmil.pooling import DSMILPooling
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from milzoo.batch import Bag, MILBatch, collate_bags
+from milzoo.datasets.batch import Bag, MILBatch, collate_bags
 from milzoo.errors import ComponentError
-from milzoo.output import MILOutput, TrainState
+from milzoo.components.output import MILOutput, TrainState
 from milzoo_dtfd.loss import DTFDLoss
 from milzoo_dtfd.pooling import DTFDPooling, chunk_split, random_split, seeded_split, stratified_split
 

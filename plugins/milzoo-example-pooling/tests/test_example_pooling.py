@@ -131,7 +131,7 @@ def _write_csv(path, n_bags=24, n_feat=4, seed=0):
 
 
 def test_recipe_run(tmp_path):
-    from milzoo.runner import run
+    from milzoo.runs.runner import run
 
     csv = _write_csv(tmp_path / "toy.csv")
     recipe = {

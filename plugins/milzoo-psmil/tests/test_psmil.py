@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from safetensors.torch import load, save
 from torch import nn
 
-from milzoo.batch import Bag, collate_bags
+from milzoo.datasets.batch import Bag, collate_bags
 from milzoo.builtin.encoders import MLPEncoder
-from milzoo.components import Augment, ComponentConfig, Pooling
+from milzoo.components.base import Augment, ComponentConfig, Pooling
 from milzoo.errors import ComponentError
-from milzoo.model import MILModel
-from milzoo.output import MILOutput, TrainState
+from milzoo.model.mil import MILModel
+from milzoo.components.output import MILOutput, TrainState
 from milzoo.registry import get_component
 from milzoo_psmil.loss import PSAliLoss
 from milzoo_psmil.pooling import PSAttPooling
@@ -467,7 +467,7 @@ WORKER = textwrap.dedent(
     """
     import sys, torch, torch.distributed as dist
     from types import SimpleNamespace
-    from milzoo.output import MILOutput
+    from milzoo.components.output import MILOutput
     sys.path.insert(0, sys.argv[4])
     from test_psmil import _dist_case
     rank, store, outdir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
@@ -557,7 +557,7 @@ def test_psali_config_ce_input_reaches_the_loss():
 
 
 def test_kaiming_nobias_classifier_bound():
-    from milzoo.heads import kaiming_nobias_bound
+    from milzoo.layers.heads import kaiming_nobias_bound
 
     # PyTorch's kaiming_uniform_ on a [d, k] tensor: fan_in = k, gain sqrt(2) -> bound sqrt(2) * sqrt(3 / k)
     assert kaiming_nobias_bound(10) == pytest.approx(math.sqrt(2) * math.sqrt(3 / 10))

@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from milzoo.batch import Bag, collate_bags
+from milzoo.datasets.batch import Bag, collate_bags
 from milzoo.builtin.encoders import MLPEncoder
 from milzoo.builtin.poolings import MeanPooling
 from milzoo.errors import ComponentError
-from milzoo.model import MILModel
-from milzoo.output import TrainState
+from milzoo.model.mil import MILModel
+from milzoo.components.output import TrainState
 from milzoo_rgmil.loss import RGMILBranchLoss
 from milzoo_rgmil.pooling import RGMILPooling, cascade_log_probs, masked_standardize, ordinal_rule
 

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from milzoo.batch import Bag, collate_bags
+from milzoo.datasets.batch import Bag, collate_bags
 from milzoo.builtin.encoders import IdentityEncoder
-from milzoo.model import MILModel
+from milzoo.model.mil import MILModel
 from milzoo_transmil.nystrom import NystromAttention, iterative_pinv
 from milzoo_transmil.pooling import PPEG, TransMILPooling, square_index
 

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from milzoo import resident
+from milzoo.datasets import resident
 from milzoo.recipe import load_recipe
-from milzoo.trainer import FoldData, Trainer
+from milzoo.datasets import FoldData
+from milzoo.train import Trainer
 from milzoo_vision.datasets import ImageBagDataset, build_bags
 
 from .test_training import toy_images

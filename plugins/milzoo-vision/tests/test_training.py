@@ -6,9 +6,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from milzoo.batch import collate_bags
+from milzoo.datasets.batch import collate_bags
 from milzoo.builtin.poolings import MeanPooling
-from milzoo.model import MILModel
+from milzoo.model.mil import MILModel
 from milzoo_vision.augment import MILViews
 from milzoo_vision.datasets import ImageBagDataset, build_bags
 from milzoo_vision.encoders import CNN2Encoder

@@ -11,7 +11,8 @@ import pytest
 import tomli_w
 from click.testing import CliRunner
 
-from milzoo.cli import _add_plugin_commands, cli
+from milzoo.cli import cli
+from milzoo.cli._app import _add_plugin_commands
 from milzoo_wsi.synthetic import make_synthetic_slides
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -78,7 +79,7 @@ def _tiny_recipe(info: dict, **protocol) -> dict:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from milzoo.runner import run
+    from milzoo.runs.runner import run
 
     root = tmp_path_factory.mktemp("wsi-cli")
     info = make_synthetic_slides(str(root / "data"), n_slides=10, mean_patches=12, dim=6, seed=3, n_test=4,

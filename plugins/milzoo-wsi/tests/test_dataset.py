@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from milzoo import registry
-from milzoo.batch import collate_bags
+from milzoo.datasets.batch import collate_bags
 from milzoo.errors import DataError
 from milzoo_wsi import dataset as dsmod
 from milzoo_wsi.dataset import SlideDataset, SlidesSource

@@ -11,14 +11,14 @@ import pytest
 import torch
 from matplotlib.image import imread
 
-from milzoo.batch import Bag, collate_bags
+from milzoo.datasets.batch import Bag, collate_bags
 from milzoo.builtin.encoders import IdentityEncoder
 from milzoo.builtin.poolings import MaxPooling, MeanPooling
-from milzoo.components import ComponentConfig, Pooling
+from milzoo.components.base import ComponentConfig, Pooling
 from milzoo.errors import ComponentError
-from milzoo.masking import masked_softmax
-from milzoo.model import MILModel
-from milzoo.output import MILOutput
+from milzoo.layers.masking import masked_softmax
+from milzoo.model.mil import MILModel
+from milzoo.components.output import MILOutput
 from milzoo_wsi.localization import draw_heatmap, heatmap_grid, localization_table, write_localization
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-import milzoo.ensemble
+import milzoo.model.ensemble
 import milzoo.metrics
-import milzoo.protocols
+import milzoo.datasets.protocols
 from milzoo.errors import UserError
 from milzoo_wsi import protocol
 from milzoo_wsi.protocol import (
@@ -25,12 +25,12 @@ from milzoo_wsi.protocol import (
 
 def test_the_plugin_reexports_the_core():
     # one implementation: the runner's functions are the ones users get from milzoo_wsi.protocol
-    assert protocol.kfold_indices is milzoo.protocols.kfold_indices
-    assert protocol.assert_no_group_leak is milzoo.protocols.assert_no_group_leak
+    assert protocol.kfold_indices is milzoo.datasets.protocols.kfold_indices
+    assert protocol.assert_no_group_leak is milzoo.datasets.protocols.assert_no_group_leak
     assert protocol.youden_threshold is milzoo.metrics.youden_threshold
-    assert protocol.majority_vote is milzoo.ensemble.majority_vote
-    assert protocol.ensemble_metrics is milzoo.ensemble.ensemble_metrics
-    assert protocol.fold_predictions is milzoo.ensemble.fold_predictions
+    assert protocol.majority_vote is milzoo.model.ensemble.majority_vote
+    assert protocol.ensemble_metrics is milzoo.model.ensemble.ensemble_metrics
+    assert protocol.fold_predictions is milzoo.model.ensemble.fold_predictions
 
 
 def _cohort():

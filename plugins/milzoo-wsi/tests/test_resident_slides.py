@@ -10,8 +10,9 @@ import dataclasses
 import pytest
 import torch
 
-from milzoo import registry, resident
-from milzoo.batch import collate_bags
+from milzoo import registry
+from milzoo.datasets import resident
+from milzoo.datasets.batch import collate_bags
 
 
 def _slides(wr, root, n=6, d=5, **kw):

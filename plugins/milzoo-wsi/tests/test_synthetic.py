@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from milzoo.batch import collate_bags
+from milzoo.datasets.batch import collate_bags
 from milzoo.builtin.encoders import IdentityEncoder
 from milzoo.builtin.poolings import MaxPooling
-from milzoo.model import MILModel
+from milzoo.model.mil import MILModel
 from milzoo_wsi.dataset import SlidesSource
 from milzoo_wsi.stores import list_slide_files, probe_slide, read_slide
 from milzoo_wsi.synthetic import make_synthetic_slides

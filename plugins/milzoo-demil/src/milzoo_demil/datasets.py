@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from milzoo.batch import Bag
-from milzoo.components import ComponentConfig, DatasetSource
+from milzoo.datasets.batch import Bag
+from milzoo.components.base import ComponentConfig, DatasetSource
 from milzoo.datasets.base import MILDataset
 from milzoo.errors import DataError
 

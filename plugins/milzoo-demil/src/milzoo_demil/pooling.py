@@ -23,11 +23,11 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from milzoo.components import ComponentConfig, Pooling
+from milzoo.components.base import ComponentConfig, Pooling
 from milzoo.errors import ComponentError
-from milzoo.heads import bag_classifier
-from milzoo.masking import attention_pool
-from milzoo.output import MILOutput
+from milzoo.layers.heads import bag_classifier
+from milzoo.layers.masking import attention_pool
+from milzoo.components.output import MILOutput
 
 
 class DEMILPooling(Pooling):

@@ -28,10 +28,10 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from milzoo.components import ComponentConfig, Pooling
-from milzoo.masking import masked_softmax
-from milzoo.output import MILOutput
-from milzoo.precision import at_least_float32
+from milzoo.components.base import ComponentConfig, Pooling
+from milzoo.layers.masking import masked_softmax
+from milzoo.components.output import MILOutput
+from milzoo.layers.precision import at_least_float32
 
 
 def _anchor(z: Tensor, multilabel: bool) -> Tensor:

@@ -38,12 +38,12 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from milzoo.components import ComponentConfig, Pooling
+from milzoo.components.base import ComponentConfig, Pooling
 from milzoo.errors import ComponentError
-from milzoo.heads import bag_classifier
-from milzoo.masking import attention_pool, masked_softmax
-from milzoo.output import MILOutput
-from milzoo.precision import at_least_float32
+from milzoo.layers.heads import bag_classifier
+from milzoo.layers.masking import attention_pool, masked_softmax
+from milzoo.components.output import MILOutput
+from milzoo.layers.precision import at_least_float32
 
 
 def random_split(mask: Tensor, num_groups: int) -> Tensor:

@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from milzoo.components import ComponentConfig, Loss
+from milzoo.components.base import ComponentConfig, Loss
 from milzoo.errors import ComponentError
-from milzoo.output import LossResult
-from milzoo.precision import at_least_float32
+from milzoo.components.output import LossResult
+from milzoo.layers.precision import at_least_float32
 
 
 class PSAliLoss(Loss):

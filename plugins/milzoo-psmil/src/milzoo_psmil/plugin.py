@@ -40,7 +40,7 @@ def milzoo_register_pretrained(register):
     were set up, so each is unpublished (no revision, no metrics) and loading one explains how to train
     and push it.  Publishing = set ``revision`` to the commit `milzoo push` printed and ``published=True``,
     and copy the metrics from that run's summary.json."""
-    from milzoo.pretrained import PretrainedEntry
+    from milzoo.hub.pretrained import PretrainedEntry
 
     for name, (stem, dataset, extra, description) in _PAPER_MODELS.items():
         register(PretrainedEntry(

@@ -22,11 +22,11 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from milzoo.components import ComponentConfig, Pooling
-from milzoo.heads import bag_classifier
-from milzoo.masking import attention_pool, masked_softmax
-from milzoo.output import MILOutput
-from milzoo.precision import at_least_float32
+from milzoo.components.base import ComponentConfig, Pooling
+from milzoo.layers.heads import bag_classifier
+from milzoo.layers.masking import attention_pool, masked_softmax
+from milzoo.components.output import MILOutput
+from milzoo.layers.precision import at_least_float32
 
 from milzoo_psmil._dist import gather_rows
 

@@ -27,9 +27,9 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from milzoo.components import ComponentConfig, Pooling
-from milzoo.masking import masked_softmax
-from milzoo.output import MILOutput
+from milzoo.components.base import ComponentConfig, Pooling
+from milzoo.layers.masking import masked_softmax
+from milzoo.components.output import MILOutput
 
 
 def masked_standardize(x: Tensor, mask: Tensor, eps: float) -> Tensor:

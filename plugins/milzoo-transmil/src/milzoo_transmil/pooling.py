@@ -28,8 +28,8 @@ import torch
 from pydantic import Field, PositiveInt, field_validator
 from torch import Tensor, nn
 
-from milzoo.components import ComponentConfig, Pooling
-from milzoo.output import MILOutput
+from milzoo.components.base import ComponentConfig, Pooling
+from milzoo.components.output import MILOutput
 from milzoo_transmil.nystrom import NystromAttention
 
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from pydantic import Field, PositiveInt
 from torch import Tensor
 
-from milzoo.components import Augment, ComponentConfig
+from milzoo.components.base import Augment, ComponentConfig
 from milzoo.errors import ComponentError
 
 #: the 14 ops of torchvision.transforms.v2.RandAugment, in its order

@@ -31,11 +31,11 @@ import numpy as np
 import torch
 from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
 
-from milzoo.batch import Bag, MILBatch
-from milzoo.components import ComponentConfig, DatasetSource
+from milzoo.datasets.batch import Bag, MILBatch
+from milzoo.components.base import ComponentConfig, DatasetSource
 from milzoo.datasets.base import MILDataset
 from milzoo.errors import DataError
-from milzoo.resident import Moved, ResidentSplit, tensor_nbytes
+from milzoo.datasets.resident import Moved, ResidentSplit, tensor_nbytes
 from milzoo_vision import readers
 
 

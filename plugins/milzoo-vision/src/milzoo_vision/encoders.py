@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from pydantic import Field, PositiveInt
 from torch import Tensor, nn
 
-from milzoo.components import ComponentConfig, Encoder
+from milzoo.components.base import ComponentConfig, Encoder
 from milzoo.errors import ComponentError
 
 #: name -> (mean, std) per channel; a single value is broadcast over channels

@@ -118,8 +118,8 @@ def _toml_str(s: str) -> str:
 
 def _run_splits(run_dir: Path, fold: int, overrides: list[str]) -> tuple[dict[str, Any], Any]:
     """The splits fold ``fold`` of the run saw: train, val, test (rebuilt from the run's recipe)."""
-    from milzoo.build import build_dataset
-    from milzoo.protocols import make_folds
+    from milzoo.model.build import build_dataset
+    from milzoo.datasets.protocols import make_folds
     from milzoo.recipe import load_recipe
 
     recipe = load_recipe(run_dir / "recipe.toml", overrides)
@@ -134,7 +134,7 @@ def _run_splits(run_dir: Path, fold: int, overrides: list[str]) -> tuple[dict[st
 def _loose_splits(recipe_path: str | None, features: str | None, table: str | None,
                   overrides: tuple[str, ...]) -> dict[str, Any]:
     """Splits for a model that comes without a run directory: from --recipe, or --features/--table."""
-    from milzoo.build import build_dataset
+    from milzoo.model.build import build_dataset
     from milzoo.recipe import load_recipe
 
     if recipe_path:

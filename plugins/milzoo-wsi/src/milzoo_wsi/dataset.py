@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from milzoo.batch import Bag, MILBatch, collate_bags
-from milzoo.components import ComponentConfig, DatasetSource
+from milzoo.datasets.batch import Bag, MILBatch, collate_bags
+from milzoo.components.base import ComponentConfig, DatasetSource
 from milzoo.datasets.base import MILDataset
 from milzoo.errors import DataError
-from milzoo.resident import Moved, ResidentSplit, tensor_nbytes
+from milzoo.datasets.resident import Moved, ResidentSplit, tensor_nbytes
 from milzoo_wsi.stores import (
     CsvHeader,
     FormatName,

@@ -17,8 +17,8 @@ import fsspec
 import numpy as np
 import torch
 
-from milzoo.batch import Bag, collate_bags
-from milzoo.ensemble import fold_predictions
+from milzoo.datasets.batch import Bag, collate_bags
+from milzoo.model.ensemble import fold_predictions
 from milzoo.errors import ComponentError
 
 _MAX_CELLS = 4_000_000  # heatmap grid cells before the grid is coarsened

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from milzoo.ensemble import ensemble_metrics, fold_predictions, majority_vote
+from milzoo.model.ensemble import ensemble_metrics, fold_predictions, majority_vote
 from milzoo.metrics import youden_threshold
-from milzoo.protocols import assert_no_group_leak, kfold_indices
+from milzoo.datasets.protocols import assert_no_group_leak, kfold_indices
 
 __all__ = [
     "assert_no_group_leak",
@@ -41,7 +41,7 @@ def dsmil_selection_score(y_true, probs, threshold: float | None = None) -> floa
     ``probs`` is ``[n, k]``.  The per-class one-vs-rest AUCs are *summed* (two
     AUCs for k=2, as the official code does; methods.md 2.4 and 7.8); accuracy
     uses ``threshold`` on ``p1`` for binary tasks, else the argmax (the core's
-    :func:`~milzoo.ensemble.fold_predictions`).  A class absent from ``y_true``
+    :func:`~milzoo.model.ensemble.fold_predictions`).  A class absent from ``y_true``
     contributes 0.
     """
     from sklearn.metrics import roc_auc_score

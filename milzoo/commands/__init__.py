@@ -1,1 +1,0 @@
-"""Core CLI command modules; each exposes ``add_commands(cli)``."""

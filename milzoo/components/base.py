@@ -1,0 +1,171 @@
+"""The interfaces every component implements.
+
+A component is a class with a registry ``name`` and a pydantic ``Config`` that
+validates its recipe options.  Plugins subclass one of the bases below and
+register the class through a hook (see :mod:`milzoo.hookspecs`).
+
+Construction signatures (the registry and the model builder call these):
+
+- ``Encoder(config, in_shape)``            instances ``[M, *in_shape]`` -> ``[M, out_dim]``
+- ``Pooling(config, in_dim, num_classes)`` ``h [B, N, d]`` + ``mask [B, N]`` -> :class:`MILOutput`
+- ``Loss(config, num_classes)``            ``(output, batch, state)`` -> :class:`LossResult`
+- ``DatasetSource(config)``                ``.load()`` -> ``{split name: MILDataset}``
+- ``Augment(config, in_shape)``            ``[M, *s]`` -> ``[V, M, *s]`` views (view 0 = weak)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+
+from milzoo.components.output import LossResult, MILOutput, TrainState
+
+if TYPE_CHECKING:
+    from milzoo.datasets.batch import MILBatch
+    from milzoo.datasets.base import MILDataset
+    from milzoo.model.mil import MILModel
+
+
+class ComponentConfig(BaseModel):
+    """Base of every component's options.  Unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+class Component:
+    """Mixin holding the registry metadata of a component class."""
+
+    #: registry name, set by the class or by ``register(cls, name=...)``
+    name: ClassVar[str] = ""
+    #: options model; subclasses override it with their own ComponentConfig
+    Config: ClassVar[type[ComponentConfig]] = ComponentConfig
+    #: filled in by the registry: plugin, distribution, version
+    provenance: ClassVar[dict[str, str]] = {}
+
+
+class Encoder(Component, nn.Module):
+    """Maps instances to feature vectors."""
+
+    kind: ClassVar[str] = "encoder"
+
+    def __init__(self, config: ComponentConfig, in_shape: tuple[int, ...]):
+        nn.Module.__init__(self)
+        self.config = config
+        self.in_shape = tuple(in_shape)
+        self.out_dim: int = 0  # subclasses set it
+
+    def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class Pooling(Component, nn.Module):
+    """Turns a padded batch of instance features into bag predictions."""
+
+    kind: ClassVar[str] = "pooling"
+    #: the loss used when a recipe names none
+    default_loss: ClassVar[str] = "bag_ce"
+    #: whether reordering a bag's instances leaves its outputs unchanged
+    permutation_invariant: ClassVar[bool] = True
+
+    def __init__(self, config: ComponentConfig, in_dim: int, num_classes: int):
+        nn.Module.__init__(self)
+        self.config = config
+        self.in_dim = int(in_dim)
+        self.num_classes = int(num_classes)
+
+    def forward(self, h: Tensor, mask: Tensor) -> MILOutput:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    # --- optional capabilities -------------------------------------------------
+    @property
+    def scores_instances(self) -> bool:
+        """True when :meth:`instance_logits` is implemented (needed by PSAli)."""
+        return type(self).instance_logits is not Pooling.instance_logits
+
+    def instance_logits(self, h: Tensor) -> Tensor:
+        """Apply the bag classifier to single instances: ``[..., d] -> [..., k]``."""
+        raise NotImplementedError(f"pooling {self.name!r} cannot score single instances")
+
+    def after_forward(self, out: MILOutput, batch: "MILBatch") -> None:
+        """Called by the trainer after each *training* forward, under ``no_grad``.
+
+        Poolings with non-gradient state (PSAtt's prototypes) update it here.
+        Under ``torch.distributed`` the pooling must all-reduce its statistics
+        so every rank applies the same update.
+        """
+
+
+class Loss(Component, nn.Module):
+    """A training objective.  A recipe may list several; their totals add up."""
+
+    kind: ClassVar[str] = "loss"
+
+    def __init__(self, config: ComponentConfig, num_classes: int):
+        nn.Module.__init__(self)
+        self.config = config
+        self.num_classes = int(num_classes)
+
+    def bind(self, model: "MILModel", dataset: "MILDataset") -> None:
+        """Check compatibility with the model and allocate per-bag state.
+
+        Raise :class:`milzoo.errors.ComponentError` with a clear message when the
+        loss cannot work with this model (e.g. it needs instance scoring).
+        """
+
+    def forward(
+        self, out: MILOutput, batch: "MILBatch", state: TrainState
+    ) -> LossResult:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def end_epoch(self, state: TrainState) -> None:
+        """Called after each training epoch (e.g. DEMIL's soft-label schedule)."""
+
+
+class Augment(Component, nn.Module):
+    """Makes augmented views of instances as batched tensor ops (view 0 is the weak one)."""
+
+    kind: ClassVar[str] = "augment"
+
+    def __init__(self, config: ComponentConfig, in_shape: tuple[int, ...]):
+        nn.Module.__init__(self)
+        self.config = config
+        self.in_shape = tuple(in_shape)
+        self.num_views: int = 1
+
+    def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class DatasetSource(Component):
+    """Loads a dataset's splits.  ``load()`` returns ``{split: MILDataset}``.
+
+    Split names: ``"all"`` (one pool, e.g. the classic benchmarks, to be split by
+    the protocol), ``"train"``, ``"val"``, ``"test"``.
+    """
+
+    kind: ClassVar[str] = "dataset"
+
+    def __init__(self, config: ComponentConfig):
+        self.config = config
+
+    def load(self) -> dict[str, "MILDataset"]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+KINDS: dict[str, type] = {
+    "encoder": Encoder,
+    "pooling": Pooling,
+    "loss": Loss,
+    "dataset": DatasetSource,
+    "augment": Augment,
+}
+
+
+def component_options(component: Any) -> dict[str, Any]:
+    """The JSON-able options of a component instance (without its name)."""
+    return component.config.model_dump(mode="json", exclude={"name"})
+
+

@@ -1,0 +1,348 @@
+"""Sharing trained models on the Hub: ``download``, ``fetch``, ``load_pretrained`` and ``push_to_hub``.
+
+This is the only milzoo module that talks to the Hugging Face Hub.  Run
+directories are read by :mod:`milzoo.hub_runs`; Hub folders are written and
+loaded by :mod:`milzoo.hub_folders` (both re-exported here).  Downloads
+go through ``snapshot_download`` (the Hub client's revisioned cache), so a
+model loaded once loads again offline (``HF_HUB_OFFLINE=1`` or
+``local_files_only=True``).  Nothing is ever unpickled: weights are
+safetensors and the model is rebuilt from ``config.json`` through the
+registry (:mod:`milzoo.checkpoint` does the strict loading).
+
+Hub folder layout (what ``milzoo export`` writes and ``milzoo push`` uploads)::
+
+    config.json          checkpoint config (components + options, in_shape, label names,
+                         distributions) plus: input spec, resolved recipe, metrics, command, source
+    model.safetensors    the weights                      (single model)
+    members/fold-00/     config.json + model.safetensors  (ensemble: one folder per member;
+    members/fold-01/     ...                               the top-level config.json has "ensemble")
+    recipe.toml          the resolved recipe that trained it
+    README.md            the model card
+
+References accepted by :func:`load_pretrained`:
+
+- a zoo name from the pretrained index, e.g. ``"psmil-camelyon16"``;
+- ``"hf-hub:org/repo"`` or ``"hf-hub:org/repo@revision"``;
+- a local run directory, checkpoint directory or Hub folder (``"local-dir:PATH"`` forces this);
+- an fsspec URL of such a folder (``"memory://..."``, ``"s3://..."``, ``"hf://..."``), copied to a
+  temporary directory first.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub import constants as hf_constants
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    HFValidationError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from torch import nn
+
+from milzoo.checkpoint import _model as ckpt
+from milzoo.model.ensemble import Ensemble
+from milzoo.errors import CheckpointError, UserError
+from milzoo.hub._folders import _inside, load_folder, save_pretrained
+from milzoo.hub._runs import (
+    ENSEMBLE_FORMAT,
+    ENSEMBLE_FORMAT_VERSION,
+    HUB_FORMAT_VERSION,
+    README,
+    RECIPE,
+    Member,
+    is_run_dir,
+    run_metrics,
+    select_checkpoints,
+)
+from milzoo.hub.pretrained import PretrainedEntry, UnpublishedModelError, get_pretrained
+from milzoo._version import milzoo_version
+
+__all__ = [
+    "ALLOW_PATTERNS", "ENSEMBLE_FORMAT", "ENSEMBLE_FORMAT_VERSION", "HUB_FORMAT_VERSION", "LIBRARY_NAME", "README",
+    "RECIPE", "Ensemble", "HubError", "HubNotFoundError", "Member", "OfflineNotCachedError", "download", "fetch",
+    "is_run_dir", "load_folder", "load_pretrained", "parse_ref", "push_to_hub", "run_metrics", "save_pretrained",
+    "select_checkpoints",
+]
+
+LIBRARY_NAME = "milzoo"
+#: the files a milzoo Hub repository holds (patterns of snapshot_download; ``*`` matches ``/``)
+ALLOW_PATTERNS = ["*.json", "*.safetensors", README, RECIPE]
+#: files copied from fsspec folders (run directories included; training state is skipped)
+_FSSPEC_SKIP = {ckpt.STATE}
+_REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
+
+
+class HubError(UserError):
+    """Talking to the Hugging Face Hub failed (login, network, server)."""
+
+
+class HubNotFoundError(HubError):
+    """The repository, revision or file does not exist on the Hub."""
+
+
+class OfflineNotCachedError(HubError):
+    """Offline (or the Hub unreachable) and the model is not in the local cache."""
+
+
+# ============================================================================ the Hub
+
+
+def _check_repo_id(repo_id: str) -> None:
+    if not _REPO_ID.match(repo_id or ""):
+        raise HubError(f"{repo_id!r} is not a Hub repository id; write it as org/name (e.g. my-org/psmil-musk1).")
+
+
+def _offline(local_files_only: bool | None) -> bool:
+    return bool(local_files_only) or bool(hf_constants.HF_HUB_OFFLINE)
+
+
+def download(repo_id: str, revision: str | None = None, cache_dir: str | Path | None = None,
+             local_files_only: bool | None = None, token: str | bool | None = None, ref: str | None = None) -> Path:
+    """Fetch a milzoo repository into the Hub cache (or find it there) and return the snapshot folder."""
+    _check_repo_id(repo_id)
+    ref = ref or f"hf-hub:{repo_id}" + (f"@{revision}" if revision else "")
+    where = f"{repo_id}@{revision or 'main'}"
+    try:
+        folder = snapshot_download(
+            repo_id,
+            revision=revision,
+            cache_dir=str(cache_dir) if cache_dir is not None else None,
+            local_files_only=bool(local_files_only),
+            token=token,
+            library_name=LIBRARY_NAME,
+            library_version=milzoo_version(),
+            allow_patterns=ALLOW_PATTERNS,
+        )
+    except LocalEntryNotFoundError as exc:  # also IncompleteSnapshotError
+        cache = Path(cache_dir) if cache_dir is not None else Path(hf_constants.HF_HUB_CACHE)
+        if _offline(local_files_only):
+            why = ("offline mode is on (HF_HUB_OFFLINE=1)" if hf_constants.HF_HUB_OFFLINE
+                   else "local_files_only=True was asked")
+            raise OfflineNotCachedError(
+                f"cannot load {ref}: {why} and {where} is not in the Hub cache at {cache}. Download it once while "
+                f"online (`milzoo pull {ref}`), point HF_HUB_CACHE at a cache that holds it, or turn offline mode off."
+            ) from None
+        raise OfflineNotCachedError(
+            f"cannot load {ref}: the Hub could not be reached and {where} is not in the Hub cache at {cache} "
+            f"({exc}). Check the network connection (or HF_ENDPOINT) and try again."
+        ) from None
+    except GatedRepoError:
+        raise HubError(
+            f"the Hub repository {repo_id} is gated: accept its conditions on https://huggingface.co/{repo_id} and log "
+            "in (`hf auth login` or set HF_TOKEN), then try again."
+        ) from None
+    except RevisionNotFoundError:
+        raise HubNotFoundError(
+            f"the Hub repository {repo_id} has no revision {revision!r}; check the branch, tag or commit sha "
+            f"(the commit `milzoo push` printed), or leave the revision out to get main."
+        ) from None
+    except RepositoryNotFoundError:
+        raise HubNotFoundError(
+            f"the Hub has no repository {repo_id} (or it is private and you are not logged in). Check the name "
+            "(`milzoo list pretrained` shows the zoo's models); for a private repository log in with "
+            "`hf auth login` or set HF_TOKEN."
+        ) from None
+    except EntryNotFoundError:
+        raise HubNotFoundError(
+            f"the Hub repository {where} lacks a file milzoo needs; it was not uploaded by `milzoo push`."
+        ) from None
+    except HFValidationError as exc:
+        raise HubError(f"{ref} is not a valid Hub reference ({exc}).") from None
+    except HfHubHTTPError as exc:
+        raise HubError(f"the Hub answered an error while downloading {where}: {exc}") from None
+    folder = Path(folder)
+    if not (folder / ckpt.CONFIG).is_file():
+        raise HubNotFoundError(
+            f"the Hub repository {where} has no config.json, so it is not a milzoo model (push one with "
+            "`milzoo push RUN_DIR REPO_ID`)."
+        )
+    return folder
+
+
+def parse_ref(ref: str | Path) -> tuple[str, str, str | None]:
+    """``(kind, target, revision)`` with kind one of ``zoo``, ``hf-hub``, ``local``, ``fsspec``."""
+    if isinstance(ref, Path):
+        return "local", str(ref), None
+    s = str(ref).strip()
+    if s.startswith("hf-hub:"):
+        repo, _, rev = s[len("hf-hub:"):].partition("@")
+        _check_repo_id(repo)
+        return "hf-hub", repo, rev or None
+    if s.startswith("local-dir:"):
+        return "local", s[len("local-dir:"):], None
+    if "://" in s:
+        return "fsspec", s, None
+    bare = re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", s) is not None
+    if bare:
+        from milzoo.registry import _table as registry
+        from milzoo.errors import UnknownComponentError
+
+        try:
+            registry.get_entry("pretrained", s)
+            return "zoo", s, None
+        except UnknownComponentError:
+            pass
+    if Path(s).expanduser().exists():
+        return "local", s, None
+    if bare:
+        return "zoo", s, None  # unknown: get_pretrained explains with suggestions
+    if _REPO_ID.match(s.split("@")[0]):
+        raise CheckpointError(
+            f"{s!r} is not a zoo name and no such directory exists. To load the Hub repository {s.split('@')[0]}, "
+            f"write 'hf-hub:{s}'; to load a folder, check the path."
+        )
+    raise CheckpointError(f"{s} does not exist; give a zoo name, 'hf-hub:org/name[@revision]', a folder or a URL.")
+
+
+def _zoo_entry(name: str) -> PretrainedEntry:
+    entry = get_pretrained(name)
+    if not entry.published:
+        raise UnpublishedModelError(entry.unpublished_message())
+    missing = entry.missing_distributions()
+    if missing:
+        raise CheckpointError(
+            f"the pretrained model {name!r} needs the plugin distribution(s) {', '.join(missing)}, which are not "
+            f"installed. Install them with `pip install {' '.join(missing)}` and load again."
+        )
+    return entry
+
+
+def fetch(ref: str | Path, revision: str | None = None, cache_dir: str | Path | None = None,
+          local_files_only: bool | None = None, token: str | bool | None = None) -> Path:
+    """Resolve a zoo name or ``hf-hub:`` reference to a local snapshot folder (downloading if needed)."""
+    kind, target, ref_rev = parse_ref(ref)
+    if kind == "zoo":
+        entry = _zoo_entry(target)
+        return download(entry.repo_id, revision or entry.revision, cache_dir, local_files_only, token,
+                        ref=str(ref))
+    if kind == "hf-hub":
+        if ref_rev and revision and ref_rev != revision:
+            raise UserError(f"{ref} names revision {ref_rev!r} but revision={revision!r} was also given; give one.")
+        return download(target, revision or ref_rev, cache_dir, local_files_only, token, ref=str(ref))
+    raise UserError(f"{ref} is a {kind} reference; only zoo names and hf-hub: references are fetched from the Hub.")
+
+
+def _copy_from_fsspec(url: str, dest: Path) -> Path:
+    import fsspec
+
+    try:
+        fs, root = fsspec.core.url_to_fs(url)
+        if not fs.isdir(root):
+            raise CheckpointError(f"{url} is not a folder; give the URL of a Hub folder, checkpoint or run directory.")
+        files = [f for f in fs.find(root) if not f.endswith("/")]
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any backend error
+        raise CheckpointError(f"cannot read {url} ({type(exc).__name__}: {exc}); check the URL and credentials.") \
+            from None
+    root_s = root.rstrip("/")
+    copied = 0
+    for f in files:
+        rel = f[len(root_s):].lstrip("/")
+        name = rel.rsplit("/", 1)[-1]
+        if not rel or name in _FSSPEC_SKIP or not (name.endswith((".json", ".safetensors")) or name == RECIPE):
+            continue
+        target = _inside(dest, rel)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(fs.cat_file(f))
+        copied += 1
+    if not copied:
+        raise CheckpointError(f"{url} holds no milzoo model files (config.json, model.safetensors).")
+    return dest
+
+
+def load_pretrained(
+    ref: str | Path,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    local_files_only: bool | None = None,
+    token: str | bool | None = None,
+    fold: int | Sequence[int] | None = None,
+    checkpoint: str = "auto",
+) -> nn.Module:
+    """Load a trained model, ready to predict on bags (eval mode).
+
+    ``ref`` is a zoo name (``milzoo list pretrained``), ``hf-hub:org/repo[@revision]``,
+    a local run directory / checkpoint / Hub folder, or an fsspec URL of one.
+    Hub downloads use the Hub client's cache (``cache_dir``, default
+    ``HF_HUB_CACHE``); offline (``HF_HUB_OFFLINE=1`` or ``local_files_only=True``)
+    models load from that cache.  A multi-fold run or ensemble folder loads as
+    an :class:`Ensemble`; ``fold`` picks members instead (one fold gives a
+    plain :class:`MILModel`).  ``checkpoint`` (``auto``/``best``/``last``)
+    applies to run directories.
+    """
+    folds = [fold] if isinstance(fold, int) else (list(fold) if fold is not None else None)
+    kind, target, _ = parse_ref(ref)
+    if kind in ("zoo", "hf-hub"):
+        folder = fetch(ref, revision, cache_dir, local_files_only, token)
+        return load_folder(folder, folds)
+    if revision is not None:
+        raise UserError(f"revision={revision!r} only applies to zoo names and hf-hub: references, not to {ref}.")
+    if kind == "fsspec":
+        with tempfile.TemporaryDirectory(prefix="milzoo-load-") as tmp:
+            local = _copy_from_fsspec(target, Path(tmp))
+            return load_folder(local, folds, checkpoint)  # weights are in memory once loaded
+    return load_folder(target, folds, checkpoint)
+
+
+def push_to_hub(
+    run_dir: str | Path,
+    repo_id: str,
+    revision: str | None = None,
+    private: bool = False,
+    create_pr: bool = False,
+    token: str | bool | None = None,
+    commit_message: str | None = None,
+    folds: Sequence[int] | None = None,
+    checkpoint: str = "auto",
+    license: str | None = None,  # noqa: A002
+    tags: Sequence[str] = (),
+    datasets: list[str] | None = None,
+):
+    """Upload a run (or Hub folder) to ``repo_id`` in one commit; returns the Hub's ``CommitInfo``.
+
+    The repository is created when missing (``private`` applies then), and
+    ``revision`` names the branch to commit to (created from main when
+    missing).  ``create_pr`` opens a pull request instead of committing.
+    Pin ``CommitInfo.oid`` as the ``revision`` of a pretrained entry.
+    """
+    _check_repo_id(repo_id)
+    with tempfile.TemporaryDirectory(prefix="milzoo-push-") as tmp:
+        folder = save_pretrained(run_dir, Path(tmp) / "hub", folds=folds, checkpoint=checkpoint, repo_id=repo_id,
+                                 license=license, tags=tags, datasets=datasets)
+        api = HfApi(token=token, library_name=LIBRARY_NAME, library_version=milzoo_version())
+        try:
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            if revision and revision != "main":
+                api.create_branch(repo_id, branch=revision, exist_ok=True)
+            return api.upload_folder(
+                repo_id=repo_id,
+                folder_path=str(folder),
+                commit_message=commit_message or f"Upload {Path(run_dir).name} with milzoo {milzoo_version()}",
+                revision=revision,
+                create_pr=create_pr,
+            )
+        except HFValidationError as exc:
+            raise HubError(f"{repo_id!r} is not a valid Hub repository id ({exc}).") from None
+        except RevisionNotFoundError:
+            raise HubNotFoundError(f"the repository {repo_id} has no branch {revision!r} to commit to.") from None
+        except HfHubHTTPError as exc:
+            status = getattr(getattr(exc, "response", None), "status_code", None)
+            if status in (401, 403):
+                raise HubError(
+                    f"the Hub refused the upload to {repo_id} ({status}): log in with a token that can write there "
+                    "(`hf auth login`, or set HF_TOKEN), or push to your own namespace."
+                ) from None
+            raise HubError(f"the upload to {repo_id} failed: {exc}") from None
+        except OSError as exc:
+            raise HubError(f"the upload to {repo_id} failed ({type(exc).__name__}: {exc}); check the network "
+                           "connection and try again.") from None

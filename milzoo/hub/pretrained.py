@@ -1,0 +1,162 @@
+"""The pretrained index: named trained models that plugins add to the zoo.
+
+An entry names where a model's weights live on the Hugging Face Hub (a
+repository and a *pinned* commit), the recipe that trains it, the metrics
+measured for it, its licence and datasets, and the plugin distributions it
+needs.  Plugins register entries through a hook, exactly like components::
+
+    from milzoo import hookimpl
+
+    @hookimpl
+    def milzoo_register_pretrained(register):
+        from milzoo.hub.pretrained import PretrainedEntry
+
+        register(PretrainedEntry(
+            name="mymethod-musk1",
+            repo_id="my-org/mymethod-musk1",
+            revision="0123456789abcdef0123456789abcdef01234567",  # the commit `milzoo push` printed
+            recipe="mymethod_musk1",        # a recipe your distribution ships (`milzoo recipes`), or a path
+            published=True,
+            requires=["milzoo-mymethod"],
+        ))
+
+An entry whose weights are not on the Hub yet is registered with
+``published=False`` (and no revision); loading it fails with a message that
+gives the commands to train and push it.  ``milzoo list pretrained`` shows the
+index.  Metrics must be numbers actually measured on the published weights
+(``summary.json`` of the run that produced them), never copied from a paper.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib.metadata as md
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from milzoo.errors import CheckpointError, UserError
+from milzoo._untrusted import valid_distribution
+
+_HEX40 = re.compile(r"^[0-9a-f]{40}$")
+
+
+class UnpublishedModelError(UserError):
+    """A pretrained entry whose weights are not on the Hub yet."""
+
+
+class PretrainedEntry(BaseModel):
+    """A named trained model: Hub repository, pinned revision, recipe, metrics and requirements."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="zoo name, e.g. psmil-camelyon16")
+    repo_id: str = Field(pattern=r"^[A-Za-z0-9][\w.-]*/[\w.-]+$", description="Hub repository, org/name")
+    revision: str | None = Field(default=None, description="pinned 40-hex commit; None while unpublished")
+    recipe: str = Field(description="the recipe that trains it: a shipped recipe's name (`milzoo recipes`, e.g. "
+                        "psmil_camelyon16), which works after pip install, or a path")
+    metrics: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="split -> metric -> value, measured on these weights (or empty)"
+    )
+    license: str | None = None
+    datasets: list[str] = Field(default_factory=list)
+    requires: list[str] = Field(default_factory=list, description="plugin distributions needed to load it")
+    published: bool = False
+    description: str = ""
+    tags: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.revision is not None and not _HEX40.match(self.revision):
+            raise ValueError(
+                f"revision {self.revision!r} must be a full 40-character commit sha (pin the exact upload; "
+                "`milzoo push` prints it), not a branch or tag"
+            )
+        if self.published and self.revision is None:
+            raise ValueError("a published entry needs the pinned `revision` of its upload")
+        bad = [d for d in self.requires if not valid_distribution(d)]
+        if bad:
+            raise ValueError(f"requires names {bad!r}, which are not valid distribution names (PEP 508)")
+        return self
+
+    # ---------------------------------------------------------------- descriptions
+    @property
+    def summary(self) -> str:
+        if self.published:
+            text = f"[published] {self.repo_id}@{self.revision[:12]}"
+        else:
+            text = f"[unpublished] {self.repo_id}"
+        return f"{text}: {self.description}" if self.description else text
+
+    @property
+    def run_dir(self) -> str:
+        return f"runs/{self.name}"
+
+    @property
+    def train_command(self) -> str:
+        from milzoo.recipe.book import checkout_name
+
+        # a checkout path of a shipped recipe is shown by its name, which works after pip install too
+        return f"milzoo run {checkout_name(self.recipe)} --out {self.run_dir}"
+
+    @property
+    def push_command(self) -> str:
+        return f"milzoo push {self.run_dir} {self.repo_id}"
+
+    def missing_distributions(self) -> list[str]:
+        out = []
+        for dist in self.requires:
+            try:
+                md.version(dist)
+            except md.PackageNotFoundError:
+                out.append(dist)
+        return out
+
+    def unpublished_message(self) -> str:
+        return (
+            f"the pretrained model {self.name!r} is in the index but its weights are not published yet "
+            f"(nothing has been uploaded to {self.repo_id}), so there is nothing to download. Train it yourself "
+            f"with `{self.train_command}` and load the result with `milzoo.load_pretrained({self.run_dir!r})`; "
+            f"to share it, push it with `{self.push_command}` (use your own org in place of "
+            f"{self.repo_id.split('/')[0]!r} if you cannot write there) and pin the printed commit as this entry's "
+            "`revision` with `published=True`."
+        )
+
+
+def _as_entry(obj: Any, name: str) -> PretrainedEntry:
+    if isinstance(obj, PretrainedEntry):
+        return obj
+    try:
+        return PretrainedEntry.model_validate(obj)
+    except ValidationError as exc:
+        raise CheckpointError(
+            f"the pretrained entry {name!r} registered by a plugin is invalid: {exc.errors(include_url=False)}; "
+            "report it to the plugin's author."
+        ) from None
+
+
+def get_pretrained(name: str) -> PretrainedEntry:
+    """The entry registered as ``name`` (unknown names raise with "did you mean" suggestions)."""
+    from milzoo.registry import _table as registry
+
+    entry = registry.get_entry("pretrained", name)
+    return _as_entry(entry.obj, name)
+
+
+def list_pretrained(pattern: str = "*") -> list[PretrainedEntry]:
+    """Every entry whose name matches the glob ``pattern``, sorted by name."""
+    from milzoo.registry import _table as registry
+
+    return [_as_entry(e.obj, e.name) for e in registry.entries("pretrained") if fnmatch.fnmatch(e.name, pattern)]
+
+
+def is_registered(name: str) -> bool:
+    from milzoo.registry import _table as registry
+    from milzoo.errors import UnknownComponentError
+
+    try:
+        registry.get_entry("pretrained", name)
+        return True
+    except UnknownComponentError:
+        return False

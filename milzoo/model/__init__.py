@@ -1,0 +1,19 @@
+"""The model: ``MILModel`` (standardise -> augment -> encoder -> pooling), built from a recipe or a
+checkpoint, fold ensembles, and sizing before anything is allocated."""
+
+from milzoo._lazy import attach
+
+_EXPORTS = {
+    # build
+    "build_components": "build", "build_model": "build", "build_losses": "build", "build_dataset": "build",
+    # ensemble
+    "fold_predictions": "ensemble", "majority_vote": "ensemble", "ensemble_metrics": "ensemble",
+    "Ensemble": "ensemble",
+    # mil
+    "Standardize": "mil", "MILModel": "mil",
+    # sizing
+    "TRAINING_COPIES": "sizing", "machine_memory_bytes": "sizing", "check_model_size": "sizing",
+}
+
+__getattr__, __dir__, __all__ = attach(__name__, _EXPORTS)
+del attach

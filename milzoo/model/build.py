@@ -1,0 +1,78 @@
+"""Build components and models from recipe tables or checkpoint specs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from milzoo.registry import _table as registry
+from milzoo.components.base import ComponentConfig
+from milzoo.errors import ComponentError
+from milzoo.model.mil import MILModel
+
+
+def _config(kind: str, spec: dict[str, Any] | ComponentConfig, name: str | None = None):
+    if isinstance(spec, ComponentConfig):
+        cls = registry.get_component(kind, name)
+        return cls, spec
+    spec = dict(spec)
+    cls = registry.get_component(kind, spec.pop("name"))
+    return cls, cls.Config.model_validate(spec)
+
+
+def build_components(
+    encoder: dict[str, Any],
+    pooling: dict[str, Any],
+    in_shape: tuple[int, ...],
+    num_classes: int,
+    augment: dict[str, Any] | None = None,
+    class_names: list[str] | None = None,
+    standardize: bool = False,
+    channels_last: bool = False,
+) -> MILModel:
+    """Build a :class:`MILModel` from ``{"name": ..., **options}`` tables."""
+    enc_cls, enc_cfg = _config("encoder", encoder)
+    enc = enc_cls(enc_cfg, tuple(in_shape))
+    if not getattr(enc, "out_dim", 0):
+        raise ComponentError(f"encoder {enc_cls.name!r} did not set out_dim; it is broken (report it to its author).")
+    pool_cls, pool_cfg = _config("pooling", pooling)
+    pool = pool_cls(pool_cfg, enc.out_dim, int(num_classes))
+    aug = None
+    if augment:
+        aug_cls, aug_cfg = _config("augment", augment)
+        aug = aug_cls(aug_cfg, tuple(in_shape))
+    return MILModel(enc, pool, aug, standardize=standardize, class_names=class_names, channels_last=channels_last)
+
+
+def build_model(recipe, in_shape: tuple[int, ...], num_classes: int, class_names: list[str] | None = None) -> MILModel:
+    """Build the model a validated :class:`~milzoo.recipe._recipe.Recipe` describes."""
+    comps = recipe.components
+    table = lambda key: {"name": getattr(recipe.root, key).name, **comps[key].model_dump()}  # noqa: E731
+    return build_components(
+        encoder=table("encoder") if recipe.root.encoder else {"name": "identity"},
+        pooling=table("pooling"),
+        augment=table("augment") if recipe.root.augment is not None else None,
+        in_shape=in_shape,
+        num_classes=num_classes,
+        class_names=class_names,
+        standardize=recipe.root.protocol.standardize,
+        channels_last=recipe.root.train.channels_last,
+    )
+
+
+def build_losses(recipe, model: MILModel, num_classes: int) -> list:
+    """The recipe's losses, or the pooling's default loss when the recipe names none."""
+    tables = [(t.name, c) for t, c in zip(recipe.root.loss, recipe.components["loss"])]
+    if not tables:
+        default = type(model.pooling).default_loss
+        cls = registry.get_component("loss", default)
+        tables = [(default, cls.Config())]
+    losses = []
+    for name, cfg in tables:
+        cls = registry.get_component("loss", name)
+        losses.append(cls(cfg, num_classes))
+    return losses
+
+
+def build_dataset(recipe) -> dict:
+    cls = registry.get_component("dataset", recipe.root.data.name)
+    return cls(recipe.components["data"]).load()

@@ -1,0 +1,217 @@
+"""``MILModel``: optional standardisation -> optional augmentation -> encoder -> pooling.
+
+The encoder only sees the real (unpadded) instances of a batch, all in one
+call; when an :class:`~milzoo.components.base.Augment` is set and the model is
+training, every view of every instance goes through the encoder in that same
+call.  The pooling sees view 0 (the weak view); the other views' features are
+returned in ``out.extras["view_features"]`` (``[V, M, d]``, rows in
+``batch.mask`` order) for losses such as PSAli.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from milzoo.datasets.batch import MILBatch
+from milzoo.components.base import Augment, Encoder, Pooling, component_options
+from milzoo.errors import DataError
+from milzoo.components.output import MILOutput
+
+
+class Standardize(nn.Module):
+    """Fixed per-feature standardisation (fitted on a fold's training bags only)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    @torch.no_grad()
+    def fit(self, instances: Tensor | Iterable[Tensor]) -> None:
+        """Fit on a ``[M, D]`` tensor or, streaming, on an iterable of per-bag tensors."""
+        chunks = [instances] if isinstance(instances, Tensor) else instances
+        n, s1, s2 = 0, None, None
+        for x in chunks:
+            x = x.double().flatten(1)
+            s1 = x.sum(0) if s1 is None else s1 + x.sum(0)
+            s2 = (x * x).sum(0) if s2 is None else s2 + (x * x).sum(0)
+            n += x.shape[0]
+        mean = s1 / n
+        std = (s2 / n - mean * mean).clamp_min(0).sqrt()
+        self.mean.copy_(mean.to(self.mean.dtype))
+        self.std.copy_(torch.where(std > 1e-8, std, torch.ones_like(std)).to(self.std.dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+
+class MILModel(nn.Module):
+    def __init__(
+        self,
+        encoder: Encoder,
+        pooling: Pooling,
+        augment: Augment | None = None,
+        standardize: bool = False,
+        class_names: list[str] | None = None,
+        channels_last: bool = False,
+    ):
+        super().__init__()
+        self.encoder = encoder
+        self.pooling = pooling
+        self.augment = augment
+        self.standardizer = Standardize(int(torch.Size(encoder.in_shape).numel())) if standardize else None
+        self.class_names = list(class_names or [str(i) for i in range(pooling.num_classes)])
+        self.channels_last = channels_last
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return self.encoder.in_shape
+
+    @property
+    def num_classes(self) -> int:
+        return self.pooling.num_classes
+
+    def _shape_text(self, shape: tuple[int, ...]) -> str:
+        if len(shape) == 1:
+            return f"{shape[0]} feature{'s' if shape[0] != 1 else ''}"
+        return f"shape {list(shape)}"
+
+    def check_instances(self, x: Tensor, what: str = "the instances") -> None:
+        """Refuse ``[M, *s]`` instances whose shape is not this model's ``in_shape`` (a clear error, not a
+        matrix-size error deep in the encoder), and NaN/inf values (they would give NaN probabilities)."""
+        if not isinstance(x, Tensor):
+            raise DataError(f"{what} must be a torch.Tensor of shape [M, {', '.join(map(str, self.in_shape))}], "
+                            f"not {type(x).__name__}.")
+        want = tuple(self.in_shape)
+        if tuple(x.shape[1:]) != want:
+            got = tuple(x.shape[1:])
+            hint = ""
+            if x.dim() == len(want) and tuple(x.shape) == want:
+                hint = " A single instance needs the bag dimension: x[None] (or x.unsqueeze(0))."
+            elif x.dim() == len(want):
+                hint = f" A bag is [n, {', '.join(map(str, want))}]: n instances of this model's shape."
+            raise DataError(
+                f"{what} have {self._shape_text(got) if got else 'no instance dimension'} (tensor shape "
+                f"{list(x.shape)}), but this model was trained on instances with {self._shape_text(want)}.{hint} "
+                "Use data with "
+                "the features the model was trained on (the same files, extractor and columns)."
+            )
+        if x.is_floating_point() and x.numel() and not bool(torch.isfinite(x).all()):
+            raise DataError(f"{what} hold NaN or infinite values; the model cannot score them. Clean the data "
+                            "(or drop those instances) first.")
+
+    def check_batch(self, batch: MILBatch) -> None:
+        """What :meth:`predict` checks before it runs: a :class:`MILBatch` of non-empty bags whose instances
+        have this model's shape and finite values."""
+        if not isinstance(batch, MILBatch):
+            raise DataError(
+                f"predict() takes a MILBatch, not {type(batch).__name__}; build one with "
+                "milzoo.collate_bags([milzoo.Bag(x=features, y=0), ...]) (x is [n, *in_shape] per bag)."
+            )
+        x, mask = batch.x, batch.mask
+        if x.dim() < 2 or tuple(mask.shape) != tuple(x.shape[:2]) or mask.dtype != torch.bool:
+            raise DataError(f"the batch is malformed: x {list(x.shape)} needs [B, N, *in_shape] and mask "
+                            f"{list(mask.shape)} ({mask.dtype}) a bool [B, N]; build it with milzoo.collate_bags.")
+        empty = (~mask.any(1)).nonzero().flatten().tolist()
+        if empty:
+            named = len(batch.bag_ids) == x.shape[0]
+            ids = [(batch.bag_ids[i] if named else "") or f"#{i}" for i in empty[:5]]
+            raise DataError(f"{len(empty)} bag(s) of the batch hold no instances (e.g. {ids}); a bag needs at "
+                            "least one instance to be classified.")
+        self.check_instances(x.flatten(0, 1) if batch.unpadded or bool(mask.all()) else x[mask],
+                             "the bags' instances")
+
+    @property
+    def float_dtype(self) -> torch.dtype:
+        """The weights' float type (float64 after ``.double()``, as ``train.precision = "fp64"`` trains)."""
+        param = next(self.parameters(), None)
+        return torch.float32 if param is None else param.dtype
+
+    def _as_float(self, inst: Tensor) -> Tensor:
+        """Instances in the weights' float type: images (uint8) and float32 features for a float64 model."""
+        dtype = self.float_dtype
+        if not inst.is_floating_point():
+            return inst.to(dtype if dtype == torch.float64 else torch.float32)
+        return inst.to(dtype) if dtype == torch.float64 and inst.dtype != dtype else inst
+
+    def encode_instances(self, inst: Tensor) -> Tensor:
+        """Encode a flat ``[M, *in_shape]`` tensor of instances (no augmentation)."""
+        inst = self._as_float(inst)
+        if self.standardizer is not None:
+            inst = self.standardizer(inst.flatten(1)).view_as(inst)
+        if self.channels_last and inst.dim() == 4:
+            inst = inst.contiguous(memory_format=torch.channels_last)
+        return self.encoder(inst)
+
+    def encode(self, batch: MILBatch) -> tuple[Tensor, Tensor | None]:
+        mask = batch.mask
+        b, n = mask.shape
+        # Without padding (one bag, or bags of equal length) the flat instances and
+        # the per-bag features are views: no gather, no zero-filled scatter.
+        full = batch.unpadded if batch.unpadded is not None else bool(mask.all())
+        inst = batch.x.flatten(0, 1) if full else batch.x[mask]  # [M, *s]
+        inst = self._as_float(inst)
+        view_feats = None
+        if self.augment is not None and self.training:
+            if self.standardizer is not None:
+                inst = self.standardizer(inst.flatten(1)).view_as(inst)
+            views = self.augment(inst)  # [V, M, *s]
+            v, m = views.shape[:2]
+            flat = views.flatten(0, 1)
+            if self.channels_last and flat.dim() == 4:
+                flat = flat.contiguous(memory_format=torch.channels_last)
+            view_feats = self.encoder(flat).view(v, m, -1)
+            h_flat = view_feats[0]
+        else:
+            h_flat = self.encode_instances(inst)
+        if full:
+            return h_flat.reshape(b, n, h_flat.shape[-1]), view_feats
+        h = h_flat.new_zeros(b, n, h_flat.shape[-1])
+        h[mask] = h_flat
+        return h, view_feats
+
+    def forward(self, batch: MILBatch) -> MILOutput:
+        h, view_feats = self.encode(batch)
+        out = self.pooling(h, batch.mask)
+        out.features = h
+        if view_feats is not None:
+            out.extras["view_features"] = view_feats
+        return out
+
+    @torch.no_grad()
+    def predict(self, batch: MILBatch) -> MILOutput:
+        """Forward in eval mode without gradients (restores the previous mode).
+
+        The batch is checked first (:meth:`check_batch`): empty bags, instances of another shape and NaN/inf
+        features are a :class:`~milzoo.errors.DataError` naming the problem, never a torch error or NaN
+        probabilities.
+        """
+        self.check_batch(batch)
+        was = self.training
+        self.eval()
+        try:
+            return self(batch)
+        finally:
+            self.train(was)
+
+    def spec(self) -> dict[str, Any]:
+        """The JSON-able description ``build_model_from_spec`` rebuilds this model from."""
+        def comp(c):
+            if c is None:
+                return None
+            return {"name": c.name, **component_options(c)}
+
+        return {
+            "encoder": comp(self.encoder),
+            "pooling": comp(self.pooling),
+            "augment": comp(self.augment),
+            "in_shape": list(self.in_shape),
+            "num_classes": self.num_classes,
+            "class_names": self.class_names,
+            "standardize": self.standardizer is not None,
+            "channels_last": self.channels_last,
+        }

@@ -1,0 +1,212 @@
+"""Plugin discovery and loading, with per-plugin failure isolation.
+
+Built-in components (``DEFAULT_PLUGINS``) are registered through the very same
+hooks as third-party plugins.  Third-party and first-party plugins (those in the
+repository's ``plugins/`` folder) are found through the ``milzoo`` entry-point
+group.  Each entry point is loaded in its own ``try``: a plugin that fails to
+import is recorded with its distribution, version and error, and everything
+else keeps working.
+
+Every entry point is loaded or recorded, keyed by (distribution, entry-point
+name): two distributions that happen to use the same entry-point name are two
+plugins, and neither hides the other.  The plugin manager knows each one under
+its ``key``, ``"distribution:entry-point"`` (``milzoo.builtin`` for the
+built-ins).
+
+Environment variables:
+
+- ``MILZOO_LOAD_PLUGINS``: unset loads every entry point; empty loads none;
+  ``a,b`` loads only the entry points or distributions named.
+- ``MILZOO_DISABLE_PLUGINS``: ``a,b`` blocks these entry points or distributions.
+- ``MILZOO_TRACE_PLUGINS=1``: print every hook call (handy for plugin authors).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+import os
+import re
+import sys
+import threading
+from dataclasses import asdict, dataclass, field
+
+import pluggy
+
+from milzoo.registry import hookspecs
+
+ENTRY_POINT_GROUP = "milzoo"
+DEFAULT_PLUGINS = ("milzoo.builtin",)
+
+
+@dataclass
+class PluginRecord:
+    name: str  # entry-point name (or module name for built-ins)
+    distribution: str
+    version: str
+    status: str  # "ok", "failed", "disabled"
+    error: str = ""
+    module: str = ""
+    #: the plugin manager's name for it: "distribution:entry-point" (the module name for built-ins)
+    key: str = ""
+    #: "kind:name" of every component it registered (run.json keeps these, so that a run whose
+    #: plugin was uninstalled can say which distribution to install)
+    components: list[str] = field(default_factory=list)
+    #: "kind:name" of its components that another distribution registers too
+    conflicts: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.key:
+            self.key = self.name
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_lock = threading.RLock()
+_manager: pluggy.PluginManager | None = None
+_records: list[PluginRecord] = []
+
+
+def _csv_env(name: str) -> set[str] | None:
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    return {v.strip() for v in value.split(",") if v.strip()}
+
+
+def _milzoo_version() -> str:
+    try:
+        return md.version("milzoo")
+    except md.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def canonical_distribution(name: str) -> str:
+    """PEP 503 normalised form of a distribution name (``Milzoo_ABMIL`` -> ``milzoo-abmil``)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _selected(names: set[str], ep_name: str, dist: str) -> bool:
+    return ep_name in names or canonical_distribution(dist) in {canonical_distribution(n) for n in names}
+
+
+def _load_entry_points(pm: pluggy.PluginManager) -> None:
+    wanted = _csv_env("MILZOO_LOAD_PLUGINS")
+    blocked = _csv_env("MILZOO_DISABLE_PLUGINS") or set()
+    seen: set[tuple[str, str]] = set()
+    eps = md.entry_points(group=ENTRY_POINT_GROUP)
+    dist_of = lambda ep: ep.dist.name if ep.dist is not None else "?"  # noqa: E731
+    for ep in sorted(eps, key=lambda e: (e.name, canonical_distribution(dist_of(e)))):
+        dist = dist_of(ep)
+        version = ep.dist.version if ep.dist is not None else "?"
+        ident = (canonical_distribution(dist), ep.name)
+        if ident in seen:  # the same distribution seen twice on sys.path
+            continue
+        seen.add(ident)
+        key = f"{dist}:{ep.name}"
+        rec = PluginRecord(ep.name, dist, version, "ok", module=ep.value, key=key)
+        if (wanted is not None and not _selected(wanted, ep.name, dist)) or _selected(blocked, ep.name, dist):
+            rec.status = "disabled"
+            _records.append(rec)
+            continue
+        try:
+            plugin = ep.load()
+            other = pm.get_name(plugin)
+            if other is not None:
+                raise PluginConflictError(
+                    f"its entry point loads {ep.value}, which the plugin {other} already registered; "
+                    "one module cannot be two plugins"
+                )
+            pm.register(plugin, name=key)
+        except Exception as exc:  # noqa: BLE001 - isolation is the point
+            rec.status, rec.error = "failed", _describe(exc)
+            try:
+                pm.unregister(name=key)
+            except Exception:  # noqa: BLE001
+                pass
+        _records.append(rec)
+
+
+class PluginConflictError(Exception):
+    """Two entry points that load the same module."""
+
+
+def get_plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager, created and loaded on first use."""
+    global _manager
+    with _lock:
+        if _manager is not None:
+            return _manager
+        pm = pluggy.PluginManager(hookspecs.PROJECT)
+        pm.add_hookspecs(hookspecs)
+        for modname in DEFAULT_PLUGINS:
+            mod = importlib.import_module(modname)
+            pm.register(mod, name=modname)
+            _records.append(PluginRecord(modname, "milzoo", _milzoo_version(), "ok", module=modname))
+        _load_entry_points(pm)
+        try:
+            pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            name = pm.get_name(exc.plugin) or "?"
+            for rec in _records:
+                if rec.key == name:
+                    rec.status, rec.error = "failed", _describe(exc)
+            pm.unregister(exc.plugin)
+        if os.environ.get("MILZOO_TRACE_PLUGINS"):
+            def before(hook_name, impls, kwargs):
+                print(f"[milzoo] hook {hook_name} -> {[i.plugin_name for i in impls]}", file=sys.stderr)
+
+            def after(outcome, hook_name, impls, kwargs):
+                return None
+
+            pm.add_hookcall_monitoring(before, after)
+        _manager = pm
+        return pm
+
+
+def plugin_records() -> list[PluginRecord]:
+    """Every plugin seen: built-ins, loaded, failed and disabled ones."""
+    get_plugin_manager()
+    return list(_records)
+
+
+def record_for(key: str) -> PluginRecord | None:
+    """The record of the plugin the plugin manager knows as ``key``."""
+    for rec in _records:
+        if rec.key == key:
+            return rec
+    return None
+
+
+def record_failure(plugin_key: str, exc: BaseException) -> None:
+    """Mark a plugin failed after it loaded (e.g. its hook raised while registering)."""
+    rec = record_for(plugin_key)
+    if rec is not None:
+        rec.status, rec.error = "failed", _describe(exc)
+        return
+    _records.append(PluginRecord(plugin_key, "?", "?", "failed", _describe(exc)))
+
+
+def plugin_distribution(plugin_key: str) -> tuple[str, str]:
+    rec = record_for(plugin_key)
+    return (rec.distribution, rec.version) if rec is not None else ("?", "?")
+
+
+def failed_plugins() -> list[PluginRecord]:
+    return [r for r in plugin_records() if r.status == "failed"]
+
+
+def reset_plugins() -> None:
+    """Forget the manager and the registry (tests; after installing a plugin)."""
+    global _manager
+    with _lock:
+        _manager = None
+        _records.clear()
+        from milzoo.registry import _table as registry
+
+        registry._reset()

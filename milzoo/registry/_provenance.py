@@ -1,0 +1,115 @@
+"""Which distribution provided a component, and what to say when that provider is gone.
+
+Checkpoints (``config.json`` -> ``components``) and run directories
+(``run.json`` -> ``plugins[].components``) record the distribution and
+version behind every component.  When a name no longer resolves, these
+records say which distribution to install; the hint names only that
+distribution, and only when its recorded name is a valid one.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+from pathlib import Path
+from typing import Any
+
+from milzoo._untrusted import pip_install, read_json, shown, valid_distribution, valid_version
+
+CHECKPOINT_KINDS = ("encoder", "pooling", "augment")
+
+
+def _canonical(dist: str) -> str:
+    from milzoo.registry._manager import canonical_distribution
+
+    return canonical_distribution(dist)
+
+
+def installed_version(dist: str) -> str | None:
+    if not valid_distribution(dist):
+        return None
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+
+
+def missing_provider_text(kind: str, name: str, dist: Any, version: Any) -> str:
+    """Why ``kind`` ``name``, recorded as provided by ``dist`` ``version``, is not available, and the fix."""
+    from milzoo.registry import _manager as plugins
+    from milzoo._version import milzoo_version
+
+    if not valid_distribution(dist):
+        return (f"The file names its provider as {shown(dist)}, which is not a valid distribution name, so no install "
+                "command is suggested; the file is damaged or was edited by hand.")
+    ver = version if valid_version(version) else None
+    recorded = f"{dist} {ver}" if ver else dist
+    if _canonical(dist) == "milzoo":
+        return (f"It was built into {recorded}, but this milzoo ({milzoo_version()}) has no {kind} {name!r}; "
+                f"install the recorded version (`{pip_install('milzoo', ver)}`).")
+    have = installed_version(dist)
+    if have is None:
+        return (f"It was provided by the distribution {recorded}, which is not installed. Install it with "
+                f"`{pip_install(dist, ver)}` and try again.")
+    recs = [r for r in plugins.plugin_records() if _canonical(r.distribution) == _canonical(dist)]
+    failed = [r for r in recs if r.status == "failed"]
+    if failed:
+        return (f"It is provided by {dist} {have}, which is installed but whose plugin failed to load "
+                f"({failed[0].error}). Fix or reinstall it (`milzoo plugins` shows the error).")
+    if recs and all(r.status == "disabled" for r in recs):
+        return (f"It is provided by {dist} {have}, which is installed but disabled (MILZOO_LOAD_PLUGINS / "
+                "MILZOO_DISABLE_PLUGINS); enable it.")
+    return (f"It was provided by {recorded}; the installed {dist} {have} registers no {kind} {name!r}. Install the "
+            f"recorded version (`{pip_install(dist, ver)}`).")
+
+
+def _add(out: dict, kind: Any, name: Any, dist: Any, version: Any) -> None:
+    if isinstance(kind, str) and isinstance(name, str) and isinstance(dist, str):
+        out.setdefault((kind, name), (dist, version if isinstance(version, str) else ""))
+
+
+def from_checkpoint_config(cfg: Any) -> dict[tuple[str, str], tuple[str, str]]:
+    """``(kind, name) -> (distribution, version)`` recorded in a checkpoint's config.json."""
+    out: dict = {}
+    comps = cfg.get("components") if isinstance(cfg, dict) else None
+    if isinstance(comps, dict):
+        for kind, info in comps.items():
+            if isinstance(info, dict):
+                _add(out, kind, info.get("name"), info.get("distribution"), info.get("version"))
+    return out
+
+
+def from_run_dir(run_dir: str | Path) -> dict[tuple[str, str], tuple[str, str]]:
+    """What a run directory records about its components' providers (empty when it records nothing).
+
+    Damaged files are skipped: this only improves an error message.
+    """
+    run_dir = Path(run_dir)
+    out: dict = {}
+    if not run_dir.is_dir():
+        return out
+    try:
+        info = read_json(run_dir / "run.json", "run record", ValueError) if (run_dir / "run.json").is_file() else {}
+    except ValueError:
+        info = {}
+    for rec in (info.get("plugins") if isinstance(info, dict) else None) or []:
+        if isinstance(rec, dict) and isinstance(rec.get("components"), list):
+            for ref in rec["components"]:
+                if isinstance(ref, str) and ":" in ref:
+                    kind, _, name = ref.partition(":")
+                    _add(out, kind, name, rec.get("distribution"), rec.get("version"))
+    for cfg_path in sorted(run_dir.glob("fold-*/*/config.json"))[:8]:
+        try:
+            out = {**from_checkpoint_config(read_json(cfg_path, "checkpoint config", ValueError)), **out}
+        except ValueError:
+            continue
+    return out
+
+
+def from_recipe_source(source: Any) -> dict[tuple[str, str], tuple[str, str]]:
+    """The records of the run directory a recipe file lives in (``runs/x/recipe.toml``), if any."""
+    if not isinstance(source, (str, Path)) or "://" in str(source):
+        return {}
+    parent = Path(source).parent
+    if not ((parent / "run.json").is_file() or any(parent.glob("fold-*"))):
+        return {}
+    return from_run_dir(parent)

@@ -1,0 +1,75 @@
+"""The hooks a milzoo plugin implements.
+
+Each hook receives a ``register`` callback; call it once per component class::
+
+    from milzoo import hookimpl
+
+    @hookimpl
+    def milzoo_register_poolings(register):
+        from my_plugin.pooling import MyPooling   # import inside the hook: keeps start-up fast
+        register(MyPooling)                       # or register(MyPooling, name="x", aliases=["y"])
+
+A plugin implements only the hooks it needs, and a hook implementation may
+accept fewer arguments than the spec (pluggy allows it), so new keyword
+arguments can be added here without breaking old plugins.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+PROJECT = "milzoo"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def milzoo_register_encoders(register):
+    """Register :class:`milzoo.components.base.Encoder` subclasses."""
+
+
+@hookspec
+def milzoo_register_poolings(register):
+    """Register :class:`milzoo.components.base.Pooling` subclasses."""
+
+
+@hookspec
+def milzoo_register_losses(register):
+    """Register :class:`milzoo.components.base.Loss` subclasses."""
+
+
+@hookspec
+def milzoo_register_datasets(register):
+    """Register :class:`milzoo.components.base.DatasetSource` subclasses."""
+
+
+@hookspec
+def milzoo_register_augmentations(register):
+    """Register :class:`milzoo.components.base.Augment` subclasses."""
+
+
+@hookspec
+def milzoo_register_pretrained(register):
+    """Register pretrained-model entries (see :mod:`milzoo.pretrained`)."""
+
+
+@hookspec
+def milzoo_register_recipes(register):
+    """Register shipped recipe files: ``register(files("pkg") / "recipes")`` (see :mod:`milzoo.recipebook`)."""
+
+
+@hookspec
+def milzoo_register_commands(cli):
+    """Add click commands or groups to the ``milzoo`` command line (``cli.add_command(...)``)."""
+
+
+#: hook name -> registry kind
+HOOK_KINDS = {
+    "milzoo_register_encoders": "encoder",
+    "milzoo_register_poolings": "pooling",
+    "milzoo_register_losses": "loss",
+    "milzoo_register_datasets": "dataset",
+    "milzoo_register_augmentations": "augment",
+    "milzoo_register_pretrained": "pretrained",
+}
