@@ -209,7 +209,7 @@ def test_a_damaged_run_json_does_not_stop_a_resume(tmp_path, recipe_factory, fin
 @pytest.mark.parametrize("text", ["bag_id,label,p_0,p_1\nb1,1,0.5\nb2,0,0.5,0.5\n", "bag_id,label,p_0,p_1\nb1,x,0.5,0.5\n",
                                   "bag_id,label,p_0,p_1\nb1,1,nan,0.5\n", "bag_id,label,p_0,p_1\n"])
 def test_a_damaged_predictions_file_of_an_ensemble_is_explained(tmp_path, text):
-    from milzoo.runs.runner import _read_predictions  # what summarize() votes with for protocol.kind = cv_ensemble
+    from milzoo.checkpoint.predictions import read_predictions as _read_predictions  # what summarize() votes with for protocol.kind = cv_ensemble
 
     path = tmp_path / "predictions-test.csv"
     path.write_text(text)

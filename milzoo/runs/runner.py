@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from milzoo.checkpoint import _model as ckpt
+from milzoo.checkpoint.predictions import read_predictions
 from milzoo.model.build import build_dataset, build_model
 from milzoo.model.ensemble import ensemble_metrics
 from milzoo.errors import RunDirError, TrainingDiverged, UserError
@@ -420,23 +421,6 @@ def _read_result(path: Path) -> dict:
     return result
 
 
-def _read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            rows = list(csv.reader(fh))
-        ids = [r[0] for r in rows[1:]]
-        y = np.array([int(r[1]) for r in rows[1:]])
-        probs = np.array([[float(v) for v in r[2:]] for r in rows[1:]], dtype=np.float64)
-        if probs.ndim != 2 or len(ids) == 0 or not np.isfinite(probs).all():
-            raise ValueError("no rows, rows of different lengths or non-finite probabilities")
-    except (ValueError, IndexError, UnicodeDecodeError, csv.Error) as exc:
-        raise RunDirError(
-            f"{path} is damaged ({exc}); delete the fold's result.json and continue the run with --resume to "
-            "write it again."
-        ) from None
-    return ids, y, probs
-
-
 def summarize(run_dir: str | Path, write: bool = True, expected_folds: int | None = None) -> dict[str, Any]:
     """Assemble ``summary.json`` from the folds' ``result.json`` files."""
     run_dir = Path(run_dir)
@@ -478,7 +462,7 @@ def summarize(run_dir: str | Path, write: bool = True, expected_folds: int | Non
                 src = fd / "last" / "predictions-test.csv"
             if not src.exists():
                 break
-            _, y, p = _read_predictions(src)
+            _, y, p = read_predictions(src)
             probs.append(p)
             sel = results[i].get("selected") or {}
             thresholds.append(sel.get("threshold"))

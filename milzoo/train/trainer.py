@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from milzoo.checkpoint import _model as ckpt
+from milzoo.checkpoint.predictions import write_predictions
 from milzoo.datasets import resident
 from milzoo.train.averaging import WeightAverager
 from milzoo.datasets.batch import collate_bags
@@ -467,17 +468,8 @@ class Trainer:
         return self.result(stopped_early)
 
     def _write_predictions(self, which: str, results: dict[str, Any]) -> None:
-        import csv
-        import io
-
         for name, r in results.items():
-            p = r["preds"]
-            buf = io.StringIO()
-            w = csv.writer(buf)
-            w.writerow(["bag_id", "label", *[f"p_{c}" for c in self.data.train.class_names]])
-            for bid, y, pr in zip(p["bag_ids"], p["y"], p["probs"]):
-                w.writerow([bid, int(y), *[f"{v:.6g}" for v in pr]])
-            ckpt.atomic_write_text(self.out_dir / which / f"predictions-{name}.csv", buf.getvalue())
+            write_predictions(self.out_dir / which, name, r["preds"], self.data.train.class_names)
 
     def result(self, stopped_early: bool) -> dict[str, Any]:
         """The fold's summary: last epoch, validation-selected epoch, and (labelled) best epoch on test."""
