@@ -23,9 +23,9 @@ _moved.install()  # old module paths (milzoo.trainer, milzoo.batch, ...) keep wo
 _EXPORTS = {
     "__version__": "milzoo._version",
     "run": "milzoo.runs.runner",
-    "summarize": "milzoo.runs.runner",
-    "load_recipe": "milzoo.recipe._recipe",
-    "validate_recipe": "milzoo.recipe._recipe",
+    "summarize": "milzoo.runs.summary",
+    "load_recipe": "milzoo.recipe._validate",
+    "validate_recipe": "milzoo.recipe._validate",
     "build_model": "milzoo.model.build",
     "build_components": "milzoo.model.build",
     "load_model": "milzoo.checkpoint._model",

@@ -58,7 +58,19 @@ MOVED_MODULES: dict[str, tuple[str, str]] = {
 MOVED_NAMES: dict[tuple[str, str], str] = {
     ("milzoo.versions", "environment"): "milzoo.runs.environment",
     ("milzoo.versions", "git_sha"): "milzoo.runs.environment",
+    ("milzoo.runner", "RESUME_FREE_KEYS"): "milzoo.runs.rundir",
+    ("milzoo.runner", "holds_results"): "milzoo.runs.rundir",
+    ("milzoo.runner", "remove_orphaned_temp_files"): "milzoo.runs.rundir",
+    ("milzoo.runner", "check_run_dir"): "milzoo.runs.rundir",
+    ("milzoo.runner", "prepare_run_dir"): "milzoo.runs.rundir",
+    ("milzoo.runner", "MetricsWriter"): "milzoo.runs.rundir",
+    ("milzoo.runner", "train_fold"): "milzoo.runs._fold",
+    ("milzoo.runner", "summarize"): "milzoo.runs.summary",
+    ("milzoo.build", "build_dataset"): "milzoo.datasets.protocols",
+    ("milzoo.provenance", "missing_provider_text"): "milzoo.registry._providers",
+    ("milzoo.hookspecs", "HOOK_KINDS"): "milzoo.registry._table",
     ("milzoo.trainer", "FoldData"): "milzoo.datasets.protocols",
+    ("milzoo.trainer", "LossSums"): "milzoo.train._epoch",
     ("milzoo.trainer", "higher_is_better"): "milzoo.metrics",
 }
 

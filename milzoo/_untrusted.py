@@ -23,7 +23,10 @@ MAX_JSON_BYTES = 16 * 1024 * 1024
 def shown(value: Any, limit: int = 60) -> str:
     """``repr`` of an untrusted value, cut to ``limit`` characters (control characters escaped)."""
     text = repr(value)
-    return text if len(text) <= limit else text[: limit - 5] + "...'"
+    if len(text) <= limit:
+        return text
+    closing = text[-1] if text[-1] in "'\")]}" else ""  # keep a string's quote or a list's bracket
+    return text[: limit - 3 - len(closing)] + "..." + closing
 
 
 def valid_distribution(name: Any) -> bool:
@@ -68,7 +71,7 @@ def read_json(path: Path, what: str, error: type[Exception], max_bytes: int = MA
     except RecursionError:
         raise error(f"{path} ({what}) is nested too deeply to be a milzoo config; it is damaged or hostile.") \
             from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # bad JSON or UTF-8, or an integer longer than Python reads (4300 digits)
         raise error(f"{path} is not valid JSON ({exc}); the {what} is corrupted.") from None
     except OSError as exc:
         raise error(f"cannot read {path} ({exc}).") from None

@@ -16,7 +16,6 @@ def milzoo_version() -> str:
     return dist_version("milzoo") or "0+unknown"
 
 
-
 def __getattr__(name: str) -> str:
     if name == "__version__":  # read on use: importing milzoo stays free of metadata lookups
         return milzoo_version()

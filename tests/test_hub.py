@@ -33,7 +33,6 @@ from milzoo import hub
 from milzoo.hub import _client as hub_client
 from milzoo import registry as plugins
 from milzoo import registry
-from milzoo.registry import _table
 from milzoo.datasets.batch import collate_bags
 from milzoo.builtin.classic import read_classic_csv
 from milzoo.components.base import ComponentConfig, DatasetSource
@@ -84,10 +83,10 @@ class _TestPlugin:
 def test_plugin():
     pm = plugins.get_plugin_manager()
     pm.register(_TestPlugin(), name="hubtest")
-    _table._reset()
+    registry.reset()
     yield
     pm.unregister(name="hubtest")
-    _table._reset()
+    registry.reset()
 
 
 @pytest.fixture(autouse=True)

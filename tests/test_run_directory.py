@@ -13,7 +13,8 @@ from click.testing import CliRunner
 
 from milzoo.cli import add_all_commands, cli
 from milzoo.errors import RecipeError, RunDirError, TrainingDiverged, UserError
-from milzoo.runs.runner import holds_results, remove_orphaned_temp_files, run
+from milzoo.runs.rundir import holds_results, remove_orphaned_temp_files
+from milzoo.runs.runner import run
 from milzoo.model.sizing import check_model_size
 
 add_all_commands()

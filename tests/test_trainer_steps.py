@@ -9,7 +9,7 @@ import torch
 
 from milzoo.recipe import load_recipe
 from milzoo.train.settings import DEFAULT_BAGS_PER_STEP, make_optimizer, optimizer_kernels, resolve_batch_size
-from milzoo.train.trainer import LossSums
+from milzoo.train import LossSums
 
 
 def test_loss_sums_match_python_float_sums_exactly():

@@ -2,6 +2,9 @@
 
 from milzoo.registry.hookspecs import hookimpl
 
+__all__ = ["milzoo_register_datasets", "milzoo_register_encoders", "milzoo_register_losses", "milzoo_register_poolings",
+           "milzoo_register_recipes"]
+
 
 @hookimpl
 def milzoo_register_encoders(register):

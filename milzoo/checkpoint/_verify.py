@@ -1,35 +1,35 @@
-"""Loading a checkpoint that may come from anyone (a Hub download, a colleague's folder).
+"""Verifying a checkpoint folder that may come from anyone (a Hub download, a colleague's folder).
 
-A checkpoint is ``config.json`` (data) + ``model.safetensors`` (tensors).  Nothing
-in it is executed and nothing is unpickled.  Before any memory is allocated:
+A checkpoint is ``config.json`` (data) + ``model.safetensors`` (tensors).  Nothing in it is executed and
+nothing is unpickled.  Before any memory is allocated, :func:`milzoo.checkpoint.load_model` has this module
+check that:
 
-1. ``config.json`` must be a JSON object of bounded size and depth whose fields
-   have the right types and ranges (:class:`CheckpointSpec`);
-2. every component must resolve to the distribution that ``config.json``
-   records as its provider (:func:`resolve_components`), never to another
-   distribution that happens to register the same name;
-3. the model is built on the meta device (no memory) and every tensor's name,
-   shape and dtype is compared with the safetensors header
-   (:func:`check_against_header`).
+1. ``config.json`` is a JSON object of bounded size and depth (:func:`read_config`) whose fields have the right
+   types and ranges (:func:`validate_spec`, :class:`CheckpointSpec`);
+2. every component resolves to the distribution that ``config.json`` records as its provider
+   (:func:`resolve_components`), never to another distribution that happens to register the same name;
+3. the model, built on the meta device (:func:`build_on_meta`, no memory), matches the safetensors header in
+   every tensor's name, shape and dtype (:func:`check_against_header`).
 
-Only then is the model built for real and the weights loaded; weights that
-are not finite are refused (parameters) or warned about (buffers).
+Only then is the model built for real and its weights read (:func:`read_weights`); weights that are not
+finite are refused (parameters) or warned about (buffers) by :func:`check_finite`.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import safetensors
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from milzoo.registry import _table as registry
-from milzoo.errors import CheckpointError
-from milzoo.registry._provenance import missing_provider_text
-from milzoo._untrusted import shown, valid_distribution
+from milzoo._untrusted import read_json, shown, valid_distribution
+from milzoo.checkpoint._format import COMPONENT_KINDS, CONFIG, FORMAT, FORMAT_VERSION, with_tied_names
+from milzoo.errors import CheckpointError, CheckpointWarning
+from milzoo.registry import NAME_PATTERN, canonical, missing_provider_text, providers
 
 #: the largest integer any shape or class count in a config may hold
 MAX_DIM = 2**31 - 1
@@ -40,14 +40,12 @@ _DTYPE_NAMES = {
     torch.bool: "BOOL",
 }
 
-
-class CheckpointWarning(UserWarning):
-    """A checkpoint loaded but holds something suspicious (e.g. non-finite buffers)."""
+_T = TypeVar("_T")
 
 
 class _ComponentSpec(BaseModel):
     model_config = ConfigDict(extra="allow")
-    name: str = Field(pattern=registry.NAME_PATTERN.pattern, max_length=100)
+    name: str = Field(pattern=NAME_PATTERN.pattern, max_length=100)
 
 
 class CheckpointSpec(BaseModel):
@@ -76,36 +74,55 @@ class CheckpointSpec(BaseModel):
         return v
 
 
-def validate_spec(cfg: Any, where: str = "config.json") -> CheckpointSpec:
-    from milzoo.checkpoint._model import FORMAT, FORMAT_VERSION
+# --------------------------------------------------------------------------- config.json
 
+
+def _require_object(cfg: Any, where: str) -> dict[str, Any]:
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{where} holds a JSON {type(cfg).__name__}, not an object; it is not a milzoo "
                               "checkpoint config.")
+    return cfg
+
+
+def read_config(directory: str | Path) -> dict[str, Any]:
+    """config.json of a checkpoint or Hub folder: a JSON object of bounded size and depth."""
+    path = Path(directory) / CONFIG
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist; is {directory} a milzoo checkpoint or run directory?")
+    return _require_object(read_json(path, "checkpoint config", CheckpointError), str(path))
+
+
+def validation_problems(exc: ValidationError, limit: int = 6) -> str:
+    """The first ``limit`` problems of a validation error, with the offending values quoted and cut short."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']} (got {shown(e.get('input'), 40)})"
+        for e in exc.errors(include_url=False)[:limit]
+    )
+
+
+def validate_spec(cfg: Any, where: str = "config.json") -> CheckpointSpec:
+    """The fields of a model config that rebuilding reads, checked: format, version, types and ranges."""
+    cfg = _require_object(cfg, where)
     if cfg.get("format") != FORMAT:
         raise CheckpointError(f"{where} is not a milzoo model config (format={shown(cfg.get('format'))}).")
     version = cfg.get("format_version", 0)
     if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise CheckpointError(
-            f"this checkpoint uses format version {version}, newer than this milzoo supports "
+            f"this checkpoint uses format version {shown(version, 30)}, newer than this milzoo supports "
             f"({FORMAT_VERSION}); upgrade milzoo (`pip install -U milzoo`)."
         )
     try:
         spec = CheckpointSpec.model_validate(cfg)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']} (got {shown(e.get('input'), 40)})"
-            for e in exc.errors(include_url=False)[:6]
-        )
-        raise CheckpointError(f"{where} is invalid: {problems}. The checkpoint is damaged or was not written by "
-                              "milzoo.") from None
+        raise CheckpointError(f"{where} is invalid: {validation_problems(exc)}. The checkpoint is damaged or was "
+                              "not written by milzoo.") from None
     if spec.class_names is not None and len(spec.class_names) != spec.num_classes:
         raise CheckpointError(f"{where} is invalid: it has {len(spec.class_names)} class_names for num_classes = "
                               f"{spec.num_classes}.")
     return spec
 
 
-def _resolve(kind: str, name: str, info: Any) -> str:
+def _recorded_provider(kind: str, name: str, info: Any) -> str:
     """The registry reference for ``kind`` ``name`` as recorded: ``"dist:name"`` or the bare name."""
     dist = info.get("distribution") if isinstance(info, dict) else None
     version = info.get("version") if isinstance(info, dict) else None
@@ -116,8 +133,8 @@ def _resolve(kind: str, name: str, info: Any) -> str:
             f"config.json records the provider of the {kind} {name!r} as {shown(dist)}, which is not a valid "
             "distribution name; the checkpoint is damaged or hostile, so it is not loaded."
         )
-    found = registry.providers(kind, name)
-    match = [e for e in found if registry.canonical(e.distribution) == registry.canonical(dist)]
+    found = providers(kind, name)
+    match = [e for e in found if canonical(e.distribution) == canonical(dist)]
     if match:
         return match[0].qualified
     if found:
@@ -135,59 +152,62 @@ def _resolve(kind: str, name: str, info: Any) -> str:
 def resolve_components(spec: CheckpointSpec) -> dict[str, dict[str, Any] | None]:
     """``{"encoder": {...}, "pooling": {...}, "augment": {...} | None}`` tables with provider-qualified names."""
     out: dict[str, dict[str, Any] | None] = {}
-    for kind in ("encoder", "pooling", "augment"):
+    for kind in COMPONENT_KINDS:
         table = getattr(spec, kind)
         if table is None:
             out[kind] = None
             continue
         options = dict(table.model_extra or {})
-        out[kind] = {**options, "name": _resolve(kind, table.name, spec.components.get(kind))}
+        out[kind] = {**options, "name": _recorded_provider(kind, table.name, spec.components.get(kind))}
     return out
 
 
-def header(weights: Path) -> dict[str, tuple[tuple[int, ...], str]]:
-    """``{name: (shape, dtype)}`` from the safetensors header, without reading the tensors."""
+# --------------------------------------------------------------------------- model.safetensors
+
+
+def _read_safetensors(weights: Path, read: Callable[[Any], _T]) -> _T:
+    """``read(handle)`` of an open safetensors file; a missing, truncated or corrupted file is a clear error."""
     if not weights.exists():
         raise CheckpointError(f"{weights} does not exist; the checkpoint is incomplete.")
     try:
-        with safetensors.safe_open(str(weights), framework="pt") as fh:
-            return {k: (tuple(fh.get_slice(k).get_shape()), fh.get_slice(k).get_dtype()) for k in fh.keys()}
+        with safetensors.safe_open(str(weights), framework="pt", device="cpu") as fh:
+            return read(fh)
     except (safetensors.SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(
             f"{weights} is truncated or corrupted ({exc}); re-download or re-save the checkpoint."
         ) from None
 
 
-def _expected(model: torch.nn.Module) -> dict[str, tuple[tuple[int, ...], str]]:
+def header(weights: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``{name: (shape, dtype)}`` from the safetensors header, without reading the tensors."""
+    return _read_safetensors(
+        Path(weights),
+        lambda fh: {k: (tuple(fh.get_slice(k).get_shape()), fh.get_slice(k).get_dtype()) for k in fh.keys()},
+    )
+
+
+def read_weights(weights: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, on the CPU (check the file with :func:`check_against_header` first)."""
+    return _read_safetensors(Path(weights), lambda fh: {k: fh.get_tensor(k) for k in fh.keys()})
+
+
+def _state_entries(model: torch.nn.Module) -> dict[str, tuple[tuple[int, ...], str]]:
     return {k: (tuple(v.shape), _DTYPE_NAMES.get(v.dtype, str(v.dtype))) for k, v in model.state_dict().items()}
-
-
-def _tied_groups(model: torch.nn.Module) -> list[list[str]]:
-    """Names of one shared tensor (``save_model`` saves it once); works on the meta device too."""
-    groups: dict[int, list[str]] = {}
-    for k, v in model.state_dict(keep_vars=True).items():
-        groups.setdefault(id(v), []).append(k)
-    return [g for g in groups.values() if len(g) > 1]
 
 
 def check_against_header(model: torch.nn.Module, weights: Path) -> None:
     """Every tensor of ``model`` (built on any device, meta included) matches the file's header."""
-    have = header(weights)
-    expected = _expected(model)
-    for group in _tied_groups(model):
-        present = [n for n in group if n in have]
-        for n in group:
-            if n not in have and present:
-                have = {**have, n: have[present[0]]}
+    have = with_tied_names(model, header(weights))
+    expected = _state_entries(model)
     missing = sorted(set(expected) - set(have))
-    unexpected = sorted(set(have) - set(expected))
+    unexpected = sorted(set(have) - set(expected))  # names from the file: quoted and cut short
     if missing or unexpected:
         raise CheckpointError(
             f"{weights} does not match the model built from config.json: missing keys {missing[:8]}, "
-            f"unexpected keys {unexpected[:8]}. The checkpoint and the installed components disagree; "
+            f"unexpected keys {shown(unexpected[:8], 400)}. The checkpoint and the installed components disagree; "
             "install the versions recorded in config.json."
         )
-    bad = [f"{k}: checkpoint {have[k][0]} {have[k][1]} vs model {v[0]} {v[1]}"
+    bad = [f"{k}: checkpoint {shown(have[k][0], 80)} {have[k][1]} vs model {v[0]} {v[1]}"
            for k, v in expected.items() if have[k] != v]
     if bad:
         raise CheckpointError(
@@ -196,7 +216,7 @@ def check_against_header(model: torch.nn.Module, weights: Path) -> None:
         )
 
 
-def build_on_meta(build) -> torch.nn.Module | None:
+def build_on_meta(build: Callable[[], torch.nn.Module]) -> torch.nn.Module | None:
     """``build()`` under the meta device (no memory); None when a component cannot be built there."""
     try:
         with torch.device("meta"):
@@ -208,6 +228,7 @@ def build_on_meta(build) -> torch.nn.Module | None:
 
 
 def check_finite(model: torch.nn.Module, weights: Path) -> None:
+    """Refuse NaN/inf parameters of a loaded model; warn (:class:`CheckpointWarning`) about NaN/inf buffers."""
     params = {n for n, _ in model.named_parameters()}
     bad_params, bad_buffers = [], []
     for name, t in model.state_dict().items():
@@ -224,4 +245,3 @@ def check_finite(model: torch.nn.Module, weights: Path) -> None:
             f"{weights} has non-finite values in the buffers {', '.join(bad_buffers[:5])}; predictions may be NaN.",
             CheckpointWarning, stacklevel=3,
         )
-

@@ -8,7 +8,8 @@ from milzoo._lazy import attach
 
 _EXPORTS = {
     # _app
-    "main": "_app", "cli": "_app", "MilzooGroup": "_app", "add_all_commands": "_app", "format_summary": "_app",
+    "main": "_app", "run_cmd": "_app", "validate_cmd": "_app", "list_cmd": "_app", "plugins_cmd": "_app",
+    "summarize_cmd": "_app", "cli": "_app", "MilzooGroup": "_app", "add_all_commands": "_app", "format_summary": "_app",
     "warnings_to_stderr": "_app", "CORE_COMMAND_MODULES": "_app",
 }
 

@@ -115,7 +115,7 @@ def _metric_text(name: str, m: dict) -> str | None:
 @click.option("--print", "show", is_flag=True, help="print the resolved recipe")
 def validate_cmd(recipe, overrides, show):
     """Check RECIPE (a file or a shipped recipe's name) without running it; report every problem at once."""
-    from milzoo.recipe._recipe import load_recipe
+    from milzoo.recipe._validate import load_recipe
 
     r = load_recipe(recipe, list(overrides))
     if show:
@@ -167,7 +167,7 @@ def plugins_cmd(as_json):
 @click.argument("run_dir")
 def summarize_cmd(run_dir):
     """Assemble summary.json of RUN_DIR once all its folds are present."""
-    from milzoo.runs.runner import summarize
+    from milzoo.runs.summary import summarize
 
     click.echo(format_summary(summarize(run_dir)))
 

@@ -2,7 +2,7 @@
 
 A component is a class with a registry ``name`` and a pydantic ``Config`` that
 validates its recipe options.  Plugins subclass one of the bases below and
-register the class through a hook (see :mod:`milzoo.hookspecs`).
+register the class through a hook (see :mod:`milzoo.registry.hookspecs`).
 
 Construction signatures (the registry and the model builder call these):
 
@@ -15,8 +15,7 @@ Construction signatures (the registry and the model builder call these):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
-
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
@@ -26,7 +25,6 @@ from milzoo.components.output import LossResult, MILOutput, TrainState
 if TYPE_CHECKING:
     from milzoo.datasets.batch import MILBatch
     from milzoo.datasets.base import MILDataset
-    from milzoo.model.mil import MILModel
 
 
 class ComponentConfig(BaseModel):
@@ -108,7 +106,7 @@ class Loss(Component, nn.Module):
         self.config = config
         self.num_classes = int(num_classes)
 
-    def bind(self, model: "MILModel", dataset: "MILDataset") -> None:
+    def bind(self, model: BoundModel, dataset: "MILDataset") -> None:
         """Check compatibility with the model and allocate per-bag state.
 
         Raise :class:`milzoo.errors.ComponentError` with a clear message when the
@@ -137,6 +135,31 @@ class Augment(Component, nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
+
+
+class BoundModel(Protocol):
+    """What a loss may use of the model it is bound to (:meth:`Loss.bind`); ``MILModel`` provides it.
+
+    Declared here so that components never import the model that is made of them.
+    """
+
+    @property
+    def encoder(self) -> Encoder: ...
+
+    @property
+    def pooling(self) -> Pooling: ...
+
+    @property
+    def augment(self) -> Augment | None: ...
+
+    @property
+    def in_shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def num_classes(self) -> int: ...
+
+    @property
+    def class_names(self) -> list[str]: ...
 
 
 class DatasetSource(Component):

@@ -1,4 +1,4 @@
-"""Datasets: bags and padded batches, dataset base classes, data checks and evaluation protocols.
+"""Datasets: bags and padded batches, dataset base classes, data checks, evaluation protocols and a recipe's folds.
 
 ``resident`` (whole splits kept on the training device) is a public submodule.
 """
@@ -16,7 +16,7 @@ _EXPORTS = {
     # protocols
     "FoldData": "protocols", "stratified_kfold": "protocols", "kfold_indices": "protocols", "warn_unstratified": "protocols",
     "check_trainable": "protocols", "assert_no_group_leak": "protocols", "carve_validation": "protocols",
-    "make_folds": "protocols",
+    "make_folds": "protocols", "build_dataset": "protocols", "folds_for": "protocols", "fold_count": "protocols",
 }
 
 __getattr__, __dir__, __all__ = attach(__name__, _EXPORTS)

@@ -10,6 +10,9 @@
   *validates* (selection, threshold, early stopping) and the separate ``test``
   split is predicted by every fold model, then combined by majority vote (the
   DSMIL/PSMIL whole-slide protocol).
+
+``folds_for(recipe)`` is the one way from a recipe to its folds (dataset source -> splits -> folds): runs,
+reports and plugins' commands rebuild exactly the bags a run trained and evaluated on through it.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from milzoo.datasets.base import MILDataset
 from milzoo.errors import UserError
+from milzoo.registry import get_component
 
-log = logging.getLogger("milzoo")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -113,12 +118,12 @@ def warn_unstratified(labels: np.ndarray, k: int) -> None:
 def check_trainable(folds: list[FoldData]) -> None:
     """Refuse folds whose training bags hold a single class: such a model predicts it everywhere and its
     accuracy on a test split of that class would read as perfect."""
-    for fd in folds:
-        present = np.unique(fd.train.labels)
+    for data in folds:
+        present = np.unique(data.train.labels)
         if len(present) < 2:
-            name = fd.train.class_names[int(present[0])] if len(present) else "?"
+            name = data.train.class_names[int(present[0])] if len(present) else "?"
             raise UserError(
-                f"the training bags of fold {fd.fold} all have the class {name!r} ({len(fd.train)} bags); a "
+                f"the training bags of fold {data.fold} all have the class {name!r} ({len(data.train)} bags); a "
                 "model trained on one class learns nothing. Check the data's labels, or lower protocol.folds "
                 "(or protocol.val_fraction) so every training set holds every class."
             )
@@ -158,9 +163,35 @@ def _pool(splits: dict[str, MILDataset], *names: str) -> MILDataset:
     )
 
 
+def build_dataset(recipe) -> dict[str, MILDataset]:
+    """The splits (``train``, ``test``, ``all``, ...) of the recipe's ``[data]`` source, loaded."""
+    source = get_component("dataset", recipe.root.data.name)
+    return source(recipe.components["data"]).load()
+
+
+def folds_for(recipe) -> list[FoldData]:
+    """The folds of a validated recipe: its dataset loaded and split by its protocol with its seed.
+
+    torch is seeded with the recipe's seed first, as a run does, so rebuilding the folds of a run (a report, a
+    plugin's command) gives the bags it trained and evaluated on even for a source that draws from torch.
+    """
+    torch.manual_seed(recipe.root.seed)
+    return make_folds(recipe.root.protocol, build_dataset(recipe), recipe.root.seed)
+
+
+def fold_count(protocol) -> int:
+    """How many folds ``protocol`` defines (the number :func:`make_folds` returns), without any data."""
+    if protocol.kind == "holdout":
+        return 1
+    if protocol.kind == "cv":
+        return protocol.folds * protocol.repeats
+    return protocol.folds  # cv_ensemble
+
+
 def make_folds(protocol, splits: dict[str, MILDataset], seed: int) -> list[FoldData]:
     """The folds a protocol defines over the dataset's splits (refused when a training set has one class)."""
     folds = _make_folds(protocol, splits, seed)
+    assert len(folds) == fold_count(protocol), (protocol.kind, len(folds))
     check_trainable(folds)
     return folds
 

@@ -48,10 +48,10 @@ from huggingface_hub.errors import (
 )
 from torch import nn
 
-from milzoo.checkpoint import _model as ckpt
+from milzoo.checkpoint import CONFIG, STATE
 from milzoo.model.ensemble import Ensemble
-from milzoo.errors import CheckpointError, UserError
-from milzoo.hub._folders import _inside, load_folder, save_pretrained
+from milzoo.errors import CheckpointError, HubError, HubNotFoundError, OfflineNotCachedError, UserError
+from milzoo.hub._folders import inside_folder, load_folder, save_pretrained
 from milzoo.hub._runs import (
     ENSEMBLE_FORMAT,
     ENSEMBLE_FORMAT_VERSION,
@@ -77,20 +77,8 @@ LIBRARY_NAME = "milzoo"
 #: the files a milzoo Hub repository holds (patterns of snapshot_download; ``*`` matches ``/``)
 ALLOW_PATTERNS = ["*.json", "*.safetensors", README, RECIPE]
 #: files copied from fsspec folders (run directories included; training state is skipped)
-_FSSPEC_SKIP = {ckpt.STATE}
+_FSSPEC_SKIP = {STATE}
 _REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
-
-
-class HubError(UserError):
-    """Talking to the Hugging Face Hub failed (login, network, server)."""
-
-
-class HubNotFoundError(HubError):
-    """The repository, revision or file does not exist on the Hub."""
-
-
-class OfflineNotCachedError(HubError):
-    """Offline (or the Hub unreachable) and the model is not in the local cache."""
 
 
 # ============================================================================ the Hub
@@ -160,7 +148,7 @@ def download(repo_id: str, revision: str | None = None, cache_dir: str | Path | 
     except HfHubHTTPError as exc:
         raise HubError(f"the Hub answered an error while downloading {where}: {exc}") from None
     folder = Path(folder)
-    if not (folder / ckpt.CONFIG).is_file():
+    if not (folder / CONFIG).is_file():
         raise HubNotFoundError(
             f"the Hub repository {where} has no config.json, so it is not a milzoo model (push one with "
             "`milzoo push RUN_DIR REPO_ID`)."
@@ -251,7 +239,7 @@ def _copy_from_fsspec(url: str, dest: Path) -> Path:
         name = rel.rsplit("/", 1)[-1]
         if not rel or name in _FSSPEC_SKIP or not (name.endswith((".json", ".safetensors")) or name == RECIPE):
             continue
-        target = _inside(dest, rel)
+        target = inside_folder(dest, rel)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(fs.cat_file(f))
         copied += 1

@@ -4,7 +4,7 @@ Layout: ``config.json`` + ``model.safetensors`` (one model) or ``members/<name>/
 folders (an ensemble; the top-level config.json has ``"ensemble"``), plus
 ``recipe.toml`` and the model card ``README.md``.  Loading never unpickles and
 never trusts config.json: member paths must stay inside the folder, and every
-member goes through the checks of :mod:`milzoo.loading`.
+member goes through the checks of :mod:`milzoo.checkpoint` (``_verify``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Any, Sequence
 
 from torch import nn
 
-from milzoo.checkpoint import _model as ckpt
+from milzoo._atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from milzoo.checkpoint import CONFIG, STATE, WEIGHTS, load_model, read_config, save_model
 from milzoo.model.ensemble import Ensemble
 from milzoo.errors import CheckpointError, RunDirError, UserError
 from milzoo.hub._runs import (
@@ -24,10 +25,10 @@ from milzoo.hub._runs import (
     HUB_FORMAT_VERSION,
     README,
     RECIPE,
-    _distributions,
-    _ensemble_config,
-    _hub_config_from_run,
-    _input_spec,
+    run_distributions,
+    ensemble_config,
+    hub_config_from_run,
+    input_spec,
     is_run_dir,
     select_checkpoints,
 )
@@ -40,20 +41,20 @@ def _prepare_out(out_dir: Path, overwrite: bool) -> None:
         if not overwrite:
             raise UserError(f"{out_dir} exists and is not empty; choose another folder or pass overwrite=True "
                             "(--overwrite).")
-        if not (out_dir / ckpt.CONFIG).exists():
+        if not (out_dir / CONFIG).exists():
             raise UserError(f"{out_dir} is not empty and is not a milzoo Hub folder; refusing to overwrite it.")
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
 def _copy_weights(src: Path, dst: Path) -> None:
-    ckpt.atomic_write_bytes(dst, src.read_bytes())
+    atomic_write_bytes(dst, src.read_bytes())
 
 
 def _write_card(out_dir: Path, cfg: dict[str, Any], repo_id, license, tags, datasets, description) -> None:  # noqa: A002
     from milzoo.hub.modelcard import render_card
 
-    ckpt.atomic_write_text(out_dir / README, render_card(cfg, repo_id=repo_id, license=license, tags=list(tags),
+    atomic_write_text(out_dir / README, render_card(cfg, repo_id=repo_id, license=license, tags=list(tags),
                                                          datasets=datasets, description=description))
 
 
@@ -61,7 +62,7 @@ def _write_recipe(out_dir: Path, cfg: dict[str, Any]) -> None:
     import tomli_w
 
     if cfg.get("recipe"):
-        ckpt.atomic_write_text(out_dir / RECIPE, tomli_w.dumps(cfg["recipe"]))
+        atomic_write_text(out_dir / RECIPE, tomli_w.dumps(cfg["recipe"]))
 
 
 def save_pretrained(
@@ -94,31 +95,31 @@ def save_pretrained(
     if is_run_dir(src):
         members = select_checkpoints(src, folds, checkpoint, require_finished=True)
         for m in members:
-            ckpt.load_model(m.path)  # validate: loadable, strict keys and shapes, plugins present
-        cfg, member_cfgs = _hub_config_from_run(src, members)
+            load_model(m.path)  # validate: loadable, strict keys and shapes, plugins present
+        cfg, member_cfgs = hub_config_from_run(src, members)
         _prepare_out(out_dir, overwrite)
         if member_cfgs:
             for m, mcfg in zip(members, member_cfgs):
                 mdir = out_dir / "members" / m.name
                 mdir.mkdir(parents=True, exist_ok=True)
-                _copy_weights(m.path / ckpt.WEIGHTS, mdir / ckpt.WEIGHTS)
-                ckpt.atomic_write_json(mdir / ckpt.CONFIG, mcfg)
+                _copy_weights(m.path / WEIGHTS, mdir / WEIGHTS)
+                atomic_write_json(mdir / CONFIG, mcfg)
         else:
-            _copy_weights(members[0].path / ckpt.WEIGHTS, out_dir / ckpt.WEIGHTS)
-        ckpt.atomic_write_json(out_dir / ckpt.CONFIG, cfg)
+            _copy_weights(members[0].path / WEIGHTS, out_dir / WEIGHTS)
+        atomic_write_json(out_dir / CONFIG, cfg)
         _write_recipe(out_dir, cfg)
         _write_card(out_dir, cfg, **card)
         return out_dir
-    if (src / ckpt.CONFIG).is_file():
+    if (src / CONFIG).is_file():
         if src.resolve() == out_dir.resolve():
             raise UserError(f"{src} is both the source and the destination; choose another output folder.")
         load_folder(src)  # validate
-        cfg = ckpt.read_config(src)
+        cfg = read_config(src)
         _prepare_out(out_dir, overwrite)
         for f in src.rglob("*"):
             rel = f.relative_to(src)
             if f.is_file() and f.name != README and any(rel.match(p) for p in ("*.json", "*.safetensors", RECIPE)) \
-                    and f.name != ckpt.STATE:
+                    and f.name != STATE:
                 (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
                 _copy_weights(f, out_dir / rel)
         _write_card(out_dir, cfg, **card)
@@ -135,22 +136,22 @@ def _save_model_object(model: MILModel | Ensemble, out_dir: Path, card: dict[str
         member_cfgs = []
         for name, (m, t) in zip(model.member_names, zip(model.members, model.thresholds)):
             mdir = out_dir / "members" / name
-            ckpt.save_model(m, mdir, {"threshold": t})
-            member_cfgs.append(ckpt.read_config(mdir))
-        cfg = _ensemble_config(member_cfgs, None, extras, {})
+            save_model(m, mdir, {"threshold": t})
+            member_cfgs.append(read_config(mdir))
+        cfg = ensemble_config(member_cfgs, None, extras, {})
         cfg["ensemble"]["members"] = [f"members/{n}" for n in model.member_names]
     else:
-        ckpt.save_model(model, out_dir)
-        cfg = ckpt.read_config(out_dir)
+        save_model(model, out_dir)
+        cfg = read_config(out_dir)
         cfg.update(extras)
-        cfg["input"] = _input_spec(cfg)
-        cfg["distributions"] = _distributions(cfg)
-    ckpt.atomic_write_json(out_dir / ckpt.CONFIG, cfg)
+        cfg["input"] = input_spec(cfg)
+        cfg["distributions"] = run_distributions(cfg)
+    atomic_write_json(out_dir / CONFIG, cfg)
     _write_card(out_dir, cfg, **card)
     return out_dir
 
 
-def _inside(folder: Path, rel: str) -> Path:
+def inside_folder(folder: Path, rel: str) -> Path:
     """``folder / rel`` for a relative path that stays inside ``folder`` (config.json is data, not trusted)."""
     p = Path(rel)
     if p.is_absolute() or ".." in p.parts:
@@ -163,17 +164,17 @@ def _load_ensemble_folder(folder: Path, cfg: dict[str, Any], folds: Sequence[int
     ens = cfg.get("ensemble")
     paths = ens.get("members") if isinstance(ens, dict) else None
     if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
-        raise CheckpointError(f"{folder / ckpt.CONFIG} describes an ensemble without a list of member folders "
+        raise CheckpointError(f"{folder / CONFIG} describes an ensemble without a list of member folders "
                               f"(got {shown(paths)}); it is damaged.")
     version = cfg.get("format_version", 1)
     if not isinstance(version, int) or isinstance(version, bool):
-        raise CheckpointError(f"{folder / ckpt.CONFIG} has format_version {shown(version)}, not a number; it is "
+        raise CheckpointError(f"{folder / CONFIG} has format_version {shown(version)}, not a number; it is "
                               "damaged.")
     member_folds, thresholds = ens.get("folds"), ens.get("thresholds")
     if member_folds is not None and (not isinstance(member_folds, list) or len(member_folds) != len(paths)):
-        raise CheckpointError(f"{folder / ckpt.CONFIG}: ensemble.folds must list one fold per member; it is damaged.")
+        raise CheckpointError(f"{folder / CONFIG}: ensemble.folds must list one fold per member; it is damaged.")
     if thresholds is not None and (not isinstance(thresholds, list) or len(thresholds) != len(paths)):
-        raise CheckpointError(f"{folder / ckpt.CONFIG}: ensemble.thresholds must list one value per member; it is "
+        raise CheckpointError(f"{folder / CONFIG}: ensemble.thresholds must list one value per member; it is "
                               "damaged.")
     if version > ENSEMBLE_FORMAT_VERSION:
         raise CheckpointError(
@@ -188,7 +189,7 @@ def _load_ensemble_folder(folder: Path, cfg: dict[str, Any], folds: Sequence[int
         if missing:
             raise CheckpointError(f"this ensemble has no member for fold(s) {missing}; its folds are {member_folds}.")
         idx = [member_folds.index(f) for f in folds]
-    models = [ckpt.load_model(_inside(folder, paths[i])) for i in idx]
+    models = [load_model(inside_folder(folder, paths[i])) for i in idx]
     if len(models) == 1:
         return models[0]
     return Ensemble(models, [thresholds[i] for i in idx], ens.get("combine", "vote"),
@@ -202,20 +203,20 @@ def load_folder(path: str | Path, folds: Sequence[int] | None = None, checkpoint
         raise CheckpointError(f"{path} does not exist or is not a directory.")
     if is_run_dir(path):
         members = select_checkpoints(path, folds, checkpoint, require_finished=False)
-        models = [ckpt.load_model(m.path) for m in members]
+        models = [load_model(m.path) for m in members]
         if len(models) == 1:
             model: nn.Module = models[0]
         else:
-            thresholds = [ckpt.read_config(m.path).get("threshold") for m in members]
+            thresholds = [read_config(m.path).get("threshold") for m in members]
             model = Ensemble(models, thresholds, "vote", [m.name for m in members])
-    elif (path / ckpt.CONFIG).is_file():
-        cfg = ckpt.read_config(path)
+    elif (path / CONFIG).is_file():
+        cfg = read_config(path)
         if cfg.get("format") == ENSEMBLE_FORMAT or "ensemble" in cfg:
             model = _load_ensemble_folder(path, cfg, folds)
         else:
             if folds:
                 raise CheckpointError(f"{path} holds a single model; it has no folds to choose from.")
-            model = ckpt.load_model(path)
+            model = load_model(path)
     else:
         raise CheckpointError(
             f"{path} is not a milzoo model: it has no config.json (a checkpoint or Hub folder) and is not a run "

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from milzoo.checkpoint import _model as ckpt
+from milzoo.checkpoint import CONFIG, read_config
 from milzoo.errors import RunDirError, UserError
 from milzoo._untrusted import read_json
 from milzoo._version import milzoo_version
@@ -64,7 +64,7 @@ def is_run_dir(path: Path) -> bool:
 
 
 def _read_recipe(run_dir: Path) -> dict[str, Any]:
-    from milzoo.recipe._recipe import read_toml
+    from milzoo.recipe._toml import read_toml
 
     return read_toml(run_dir / "recipe.toml")
 
@@ -109,11 +109,11 @@ def select_checkpoints(run_dir: str | Path, folds: Sequence[int] | None = None, 
                 "folds with --fold."
             )
         best, last = fdir / "best", fdir / "last"
-        if checkpoint == "best" or (checkpoint == "auto" and (best / ckpt.CONFIG).exists()):
+        if checkpoint == "best" or (checkpoint == "auto" and (best / CONFIG).exists()):
             chosen, kind = best, "best"
         else:
             chosen, kind = last, "last"
-        if not (chosen / ckpt.CONFIG).exists():
+        if not (chosen / CONFIG).exists():
             hint = " (this run has no validation split, so there is no best/ checkpoint; use last)" \
                 if kind == "best" else ""
             raise RunDirError(f"{chosen} holds no checkpoint{hint}.")
@@ -147,7 +147,7 @@ def run_metrics(run_dir: Path, members: list[Member], protocol: str) -> dict[str
         what = "validation-selected" if section == "selected" else "last-epoch"
         return {"source": "result.json", "splits": splits,
                 "note": f"Measured by `milzoo run` on fold {m.fold} with these ({what}) weights."}
-    auto_kind = lambda m: "best" if (m.path.parent / "best" / ckpt.CONFIG).exists() else "last"  # noqa: E731
+    auto_kind = lambda m: "best" if (m.path.parent / "best" / CONFIG).exists() else "last"  # noqa: E731
     n_folds = (summary or {}).get("num_folds")
     ens = ((summary or {}).get("ensemble") or {}).get("test")
     if (protocol == "cv_ensemble" and ens and n_folds == len(members)
@@ -173,7 +173,7 @@ def run_metrics(run_dir: Path, members: list[Member], protocol: str) -> dict[str
                      "separate test set.")}
 
 
-def _input_spec(cfg: dict[str, Any]) -> dict[str, Any]:
+def input_spec(cfg: dict[str, Any]) -> dict[str, Any]:
     shape = [int(s) for s in cfg.get("in_shape") or []]
     kind = "features" if len(shape) == 1 else "images" if len(shape) == 3 else "instances"
     return {"in_shape": shape, "feature_dim": shape[0] if len(shape) == 1 else None, "kind": kind,
@@ -196,17 +196,17 @@ def _environment(run_info: dict[str, Any] | None) -> dict[str, Any]:
             "libraries": run_info.get("libraries", {}), "plugins": plugins, "git_sha": run_info.get("git_sha")}
 
 
-def _distributions(cfg: dict[str, Any]) -> dict[str, str]:
+def run_distributions(cfg: dict[str, Any]) -> dict[str, str]:
     return {"milzoo": cfg.get("milzoo_version") or milzoo_version(), **(cfg.get("distributions") or {})}
 
 
-def _hub_config_from_run(run_dir: Path, members: list[Member]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def hub_config_from_run(run_dir: Path, members: list[Member]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(top-level config.json, member configs) of the Hub folder for ``members`` of a run."""
     recipe = _read_recipe(run_dir)
     protocol = (recipe.get("protocol") or {}).get("kind", "holdout")
     run_info = _read_json(run_dir / "run.json")
     name = recipe.get("name", run_dir.name)
-    member_cfgs = [ckpt.read_config(m.path) for m in members]
+    member_cfgs = [read_config(m.path) for m in members]
     extras = {
         "hub_format_version": HUB_FORMAT_VERSION,
         "recipe": recipe,
@@ -218,20 +218,20 @@ def _hub_config_from_run(run_dir: Path, members: list[Member]) -> tuple[dict[str
         m = members[0]
         cfg = dict(member_cfgs[0])
         cfg.update(extras)
-        cfg["input"] = _input_spec(cfg)
-        cfg["distributions"] = _distributions(cfg)
+        cfg["input"] = input_spec(cfg)
+        cfg["distributions"] = run_distributions(cfg)
         cfg["source"] = {"run_name": name, "protocol": protocol, "fold": m.fold, "checkpoint": m.checkpoint}
         return cfg, []
-    return _ensemble_config(member_cfgs, members, extras, {"run_name": name, "protocol": protocol}), member_cfgs
+    return ensemble_config(member_cfgs, members, extras, {"run_name": name, "protocol": protocol}), member_cfgs
 
 
-def _ensemble_config(member_cfgs: list[dict[str, Any]], members: list[Member] | None,
+def ensemble_config(member_cfgs: list[dict[str, Any]], members: list[Member] | None,
                      extras: dict[str, Any], source: dict[str, Any]) -> dict[str, Any]:
     first = member_cfgs[0]
     names = [m.name for m in members] if members else [f"member-{i:02d}" for i in range(len(member_cfgs))]
     dists: dict[str, str] = {}
     for c in member_cfgs:
-        dists.update(_distributions(c))
+        dists.update(run_distributions(c))
     cfg = {
         "format": ENSEMBLE_FORMAT,
         "format_version": ENSEMBLE_FORMAT_VERSION,
@@ -246,7 +246,7 @@ def _ensemble_config(member_cfgs: list[dict[str, Any]], members: list[Member] | 
         },
         **{k: first.get(k) for k in ("encoder", "pooling", "augment", "in_shape", "num_classes", "class_names",
                                      "label_names", "components")},
-        "input": _input_spec(first),
+        "input": input_spec(first),
         "distributions": dists,
         "source": source,
         **extras,

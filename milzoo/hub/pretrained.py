@@ -25,25 +25,25 @@ An entry whose weights are not on the Hub yet is registered with
 gives the commands to train and push it.  ``milzoo list pretrained`` shows the
 index.  Metrics must be numbers actually measured on the published weights
 (``summary.json`` of the run that produced them), never copied from a paper.
+
+The entries live in the registry's component table under the ``pretrained`` kind, which checks their names;
+this module parses their fields when they are used.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import importlib.metadata as md
 import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from milzoo.errors import CheckpointError, UserError
 from milzoo._untrusted import valid_distribution
+from milzoo.errors import CheckpointError, UnpublishedModelError
+
+__all__ = ["PretrainedEntry", "UnpublishedModelError", "get_pretrained", "list_pretrained"]
 
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
-
-
-class UnpublishedModelError(UserError):
-    """A pretrained entry whose weights are not on the Hub yet."""
 
 
 class PretrainedEntry(BaseModel):
@@ -148,15 +148,4 @@ def list_pretrained(pattern: str = "*") -> list[PretrainedEntry]:
     """Every entry whose name matches the glob ``pattern``, sorted by name."""
     from milzoo.registry import _table as registry
 
-    return [_as_entry(e.obj, e.name) for e in registry.entries("pretrained") if fnmatch.fnmatch(e.name, pattern)]
-
-
-def is_registered(name: str) -> bool:
-    from milzoo.registry import _table as registry
-    from milzoo.errors import UnknownComponentError
-
-    try:
-        registry.get_entry("pretrained", name)
-        return True
-    except UnknownComponentError:
-        return False
+    return [_as_entry(e.obj, e.name) for e in registry.COMPONENTS.entries("pretrained", pattern)]

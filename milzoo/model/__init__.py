@@ -5,12 +5,12 @@ from milzoo._lazy import attach
 
 _EXPORTS = {
     # build
-    "build_components": "build", "build_model": "build", "build_losses": "build", "build_dataset": "build",
+    "build_components": "build", "build_model": "build", "build_losses": "build", "build_dataset": "milzoo.datasets.protocols",
     # ensemble
     "fold_predictions": "ensemble", "majority_vote": "ensemble", "ensemble_metrics": "ensemble",
     "Ensemble": "ensemble",
     # mil
-    "Standardize": "mil", "MILModel": "mil",
+    "Standardize": "mil", "MILModel": "mil", "Predicts": "mil",
     # sizing
     "TRAINING_COPIES": "sizing", "machine_memory_bytes": "sizing", "check_model_size": "sizing",
 }

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from milzoo.registry import _table as registry
+from milzoo.registry import get_component
 from milzoo.components.base import ComponentConfig
+from milzoo.datasets.protocols import build_dataset  # noqa: F401 - defined in datasets/ now; still importable here
 from milzoo.errors import ComponentError
 from milzoo.model.mil import MILModel
 
 
 def _config(kind: str, spec: dict[str, Any] | ComponentConfig, name: str | None = None):
     if isinstance(spec, ComponentConfig):
-        cls = registry.get_component(kind, name)
+        cls = get_component(kind, name)
         return cls, spec
     spec = dict(spec)
-    cls = registry.get_component(kind, spec.pop("name"))
+    cls = get_component(kind, spec.pop("name"))
     return cls, cls.Config.model_validate(spec)
 
 
@@ -44,7 +45,7 @@ def build_components(
 
 
 def build_model(recipe, in_shape: tuple[int, ...], num_classes: int, class_names: list[str] | None = None) -> MILModel:
-    """Build the model a validated :class:`~milzoo.recipe._recipe.Recipe` describes."""
+    """Build the model a validated :class:`~milzoo.recipe.Recipe` describes."""
     comps = recipe.components
     table = lambda key: {"name": getattr(recipe.root, key).name, **comps[key].model_dump()}  # noqa: E731
     return build_components(
@@ -64,15 +65,10 @@ def build_losses(recipe, model: MILModel, num_classes: int) -> list:
     tables = [(t.name, c) for t, c in zip(recipe.root.loss, recipe.components["loss"])]
     if not tables:
         default = type(model.pooling).default_loss
-        cls = registry.get_component("loss", default)
+        cls = get_component("loss", default)
         tables = [(default, cls.Config())]
     losses = []
     for name, cfg in tables:
-        cls = registry.get_component("loss", name)
+        cls = get_component("loss", name)
         losses.append(cls(cfg, num_classes))
     return losses
-
-
-def build_dataset(recipe) -> dict:
-    cls = registry.get_component("dataset", recipe.root.data.name)
-    return cls(recipe.components["data"]).load()

@@ -11,7 +11,7 @@ from torch import nn
 from milzoo.datasets.batch import MILBatch
 from milzoo.errors import CheckpointError
 from milzoo.metrics import bag_metrics
-from milzoo.model.mil import MILModel
+from milzoo.model.mil import MILModel, Predicts
 from milzoo.components.output import MILOutput
 
 
@@ -52,7 +52,7 @@ def ensemble_metrics(probs_per_model: list[np.ndarray], thresholds: list[float |
             "note": "acc/f1 from the majority vote of thresholded fold models; auc from their mean probability"}
 
 
-class Ensemble(nn.Module):
+class Ensemble(Predicts, nn.Module):
     """Several fold models used as one (the cross-validation ensemble of the WSI protocol).
 
     ``forward`` returns a :class:`MILOutput` whose ``probs`` are the mean of the
@@ -128,12 +128,6 @@ class Ensemble(nn.Module):
             },
         )
 
-    @torch.no_grad()
-    def predict(self, batch: MILBatch) -> MILOutput:
-        """Forward in eval mode without gradients (restores the previous mode)."""
-        was = self.training
-        self.eval()
-        try:
-            return self(batch)
-        finally:
-            self.train(was)
+    def check_batch(self, batch: MILBatch) -> None:
+        """What :meth:`predict` checks: the members share their input shape, so the first one checks."""
+        self.members[0].check_batch(batch)

@@ -49,7 +49,33 @@ class Standardize(nn.Module):
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
 
-class MILModel(nn.Module):
+class Predicts:
+    """``predict``, shared by :class:`MILModel` and :class:`~milzoo.model.ensemble.Ensemble`: the batch is
+    checked (``check_batch``), then the module runs forward in eval mode without gradients."""
+
+    def check_batch(self, batch: MILBatch) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, batch: MILBatch) -> MILOutput:
+        """Forward in eval mode without gradients (restores the previous mode).
+
+        The batch is checked first (:meth:`check_batch`): empty bags, instances of another shape and NaN/inf
+        features are a :class:`~milzoo.errors.DataError` naming the problem, never a torch error or NaN
+        probabilities.
+        """
+        self.check_batch(batch)
+        was = self.training
+        self.eval()
+        try:
+            return self(batch)
+        finally:
+            self.train(was)
+
+
+class MILModel(Predicts, nn.Module):
+    """A MIL model: optional standardisation -> optional augmentation -> encoder -> pooling."""
+
     def __init__(
         self,
         encoder: Encoder,
@@ -182,24 +208,9 @@ class MILModel(nn.Module):
             out.extras["view_features"] = view_feats
         return out
 
-    @torch.no_grad()
-    def predict(self, batch: MILBatch) -> MILOutput:
-        """Forward in eval mode without gradients (restores the previous mode).
-
-        The batch is checked first (:meth:`check_batch`): empty bags, instances of another shape and NaN/inf
-        features are a :class:`~milzoo.errors.DataError` naming the problem, never a torch error or NaN
-        probabilities.
-        """
-        self.check_batch(batch)
-        was = self.training
-        self.eval()
-        try:
-            return self(batch)
-        finally:
-            self.train(was)
-
     def spec(self) -> dict[str, Any]:
-        """The JSON-able description ``build_model_from_spec`` rebuilds this model from."""
+        """The JSON-able description of this model (its components with their options, input shape, classes)
+        that a checkpoint's config.json records and ``milzoo.checkpoint.build_model_from_config`` rebuilds."""
         def comp(c):
             if c is None:
                 return None

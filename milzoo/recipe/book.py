@@ -19,57 +19,44 @@ A directory registers every ``*.toml`` below it under its relative path without
 in a checkout ``milzoo run recipes/X.toml`` and ``milzoo run X`` are the same
 recipe.  A single file registers under its stem, or ``register(file, name=...)``.
 
-Names follow the registry's rule for components: a bare name with one provider
-resolves to it; a bare name that two distributions register is an error naming
-both; ``"distribution:name"`` always resolves to that provider.
+Names follow the rule of every provider table (:mod:`milzoo.registry._providers`), which keeps them
+here under the ``recipe`` kind: a bare name with one provider resolves to it; a bare name that two
+distributions register is an error naming both; ``"distribution:name"`` always resolves to that provider.
 """
 
 from __future__ import annotations
 
-import difflib
-import fnmatch
 import os
 import re
-import threading
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from milzoo.errors import UserError
+from milzoo.errors import AmbiguousRecipeError, RecipeError, RecipeRegistrationError, UnknownRecipeError
+from milzoo.recipe._toml import loads_toml
+from milzoo.registry._messages import Wording, did_you_mean
+from milzoo.registry._providers import Entry, Kind, ProviderTable, Staged, split_qualified
+
+__all__ = [
+    "NAME_PATTERN", "RECIPES", "AmbiguousRecipeError", "RecipeRegistrationError", "ShippedRecipe",
+    "UnknownRecipeError", "ambiguous_message", "checkout_name", "conflicts", "get_recipe", "list_recipes", "names",
+    "not_found_hint", "providers", "resolve", "unknown_message",
+]
 
 #: a recipe name: registry-name segments joined by "/" (no ":", which separates the distribution)
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*(/[A-Za-z0-9][A-Za-z0-9._+-]*)*$")
-_QUALIFIED = re.compile(r"^(?:(?P<dist>[A-Za-z0-9][A-Za-z0-9._-]*):)?(?P<name>[^:]+)$")
+_NAME_RULE = "letters, digits and . _ + - in '/'-separated parts, like 'quickstart' or 'classic/abmil_musk1'"
 #: the checkout's path of a shipped recipe, which pip users see in docs and messages
 _CHECKOUT_FORM = re.compile(r"^(?:\./)?recipes/(?P<name>.+)\.toml$")
 
 
-class UnknownRecipeError(UserError):
-    """No installed distribution ships a recipe of that name."""
-
-
-class AmbiguousRecipeError(UnknownRecipeError):
-    """Two or more distributions ship a recipe of that name; qualify it as ``distribution:name``."""
-
-
-class RecipeRegistrationError(Exception):
-    """A plugin registered something that is not a recipe file or directory, or an invalid name."""
-
-
-@dataclass(frozen=True)
-class ShippedRecipe:
-    """A recipe file installed by a distribution, under a name."""
-
-    name: str
-    resource: Any  # an importlib.resources Traversable (or a pathlib.Path) of the .toml file
-    distribution: str
-    version: str
-    plugin: str  # entry-point name ("milzoo.builtin" for the core)
+class ShippedRecipe(Entry):
+    """A recipe file installed by a distribution, under a name (its ``obj`` is the file)."""
 
     @property
-    def qualified(self) -> str:
-        return f"{self.distribution}:{self.name}"
+    def resource(self) -> Any:
+        """An importlib.resources Traversable (or a pathlib.Path) of the .toml file."""
+        return self.obj
 
     @property
     def path(self) -> Path | None:
@@ -85,9 +72,7 @@ class ShippedRecipe:
         return self.resource.read_text(encoding="utf-8")
 
     def load(self) -> dict[str, Any]:
-        from milzoo.errors import RecipeError
-        from milzoo.recipe._recipe import loads_toml  # the size, depth and number limits of any recipe
-
+        """The parsed TOML, read through the size, depth and number limits of any recipe."""
         try:
             return loads_toml(self.read_text(), self.origin)
         except (RecipeError, UnicodeDecodeError) as exc:
@@ -117,12 +102,11 @@ class ShippedRecipe:
             "plugin": self.plugin,
             "path": str(self.path) if self.path is not None else None,
             "description": self.description(),
-            "conflicts": [p.distribution for p in providers(self.name) if p is not self],
+            "conflicts": [p.distribution for p in self.rivals],
         }
 
 
-_lock = threading.RLock()
-_cache: tuple[Any, dict[str, list[ShippedRecipe]]] | None = None  # (plugin manager, name -> providers)
+# --------------------------------------------------------------------------- registering
 
 
 def _walk(resource: Any, prefix: str = ""):
@@ -145,7 +129,8 @@ def _as_resource(source: Any) -> Any:
     )
 
 
-def _staged(source: Any, name: str | None) -> list[tuple[str, Any]]:
+def _stage(source: Any, name: str | None = None) -> Staged:
+    """What one ``register(source, name=None)`` call of the recipe hook registers."""
     resource = _as_resource(source)
     if resource.is_dir():
         if name is not None:
@@ -164,103 +149,55 @@ def _staged(source: Any, name: str | None) -> list[tuple[str, Any]]:
             raise RecipeRegistrationError(
                 f"recipe name {reg_name!r} is not valid (letters, digits and . _ + - in '/'-separated parts, no ':')"
             )
-    return found
+    return [(reg_name, resource, ()) for reg_name, resource in found]
 
 
-def _build(pm) -> dict[str, list[ShippedRecipe]]:
-    from milzoo.registry import _manager as plugins
-    from milzoo.registry._manager import canonical_distribution as canonical
-
-    table: dict[str, list[ShippedRecipe]] = {}
-    for impl in pm.hook.milzoo_register_recipes.get_hookimpls():
-        dist, version = plugins.plugin_distribution(impl.plugin_name)
-        rec = plugins.record_for(impl.plugin_name)
-        ep_name = rec.name if rec is not None else impl.plugin_name
-        staged: list[tuple[str, Any]] = []
-
-        def register(source, name=None, _staged_list=staged):
-            _staged_list.extend(_staged(source, name))
-
-        try:
-            impl.function(register=register) if "register" in impl.argnames else impl.function()
-        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the rest
-            plugins.record_failure(impl.plugin_name, exc)
-            continue
-        for reg_name, resource in staged:
-            found = table.setdefault(reg_name, [])
-            if any(canonical(p.distribution) == canonical(dist) for p in found):
-                plugins.record_failure(impl.plugin_name, RecipeRegistrationError(
-                    f"recipe {reg_name!r} is registered twice by the distribution {dist}; rename one of them"))
-                continue
-            found.append(ShippedRecipe(reg_name, resource, dist, version, ep_name))
-    return table
+_WORDS = Wording(
+    "recipe", verbs=("ship", "ships", "shipped"),
+    qualify="with the qualified name ({choices}; the same form works for `milzoo recipes show` and `copy` and in "
+            "Python)",
+    choice="`milzoo run {qualified}`",
+    known=" `milzoo recipes` lists the {count} shipped recipes with the distribution of each.",
+    catalogue="`milzoo recipes`", entry_points=False,
+)
+#: the shipped recipes, registered through ``milzoo_register_recipes``
+RECIPES = ProviderTable(
+    [Kind("recipe", "milzoo_register_recipes", stage=_stage, entry=ShippedRecipe, pattern=NAME_PATTERN,
+          rule=_NAME_RULE, wording=_WORDS, unknown_error=UnknownRecipeError, ambiguous_error=AmbiguousRecipeError)],
+    what="recipe",
+)
 
 
-def _index() -> dict[str, list[ShippedRecipe]]:
-    global _cache
-    from milzoo.registry import _manager as plugins
-
-    pm = plugins.get_plugin_manager()
-    with _lock:
-        if _cache is None or _cache[0] is not pm:  # plugins.reset_plugins() makes a new manager
-            _cache = (pm, _build(pm))
-        return _cache[1]
+# --------------------------------------------------------------------------- looking up
 
 
 def names() -> list[str]:
-    return sorted(_index())
+    return RECIPES.names("recipe")
 
 
 def providers(name: str) -> list[ShippedRecipe]:
-    return list(_index().get(name, []))
+    return RECIPES.providers("recipe", name)
 
 
 def list_recipes(pattern: str = "*") -> list[ShippedRecipe]:
     """Every shipped recipe whose name matches the glob (one row per provider of a contested name)."""
-    from milzoo.registry._manager import canonical_distribution as canonical
-
-    rows = [r for found in _index().values() for r in found if fnmatch.fnmatch(r.name, pattern)]
-    return sorted(rows, key=lambda r: (r.name, canonical(r.distribution)))
+    return RECIPES.entries("recipe", pattern)
 
 
 def conflicts() -> list[tuple[str, list[ShippedRecipe]]]:
-    return [(n, list(found)) for n, found in sorted(_index().items()) if len(found) > 1]
+    return [(name, found) for _, name, found in RECIPES.conflicts()]
 
 
-def _suggestions(name: str) -> str:
-    known = names()
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-    tails = {k.rsplit("/", 1)[-1]: k for k in known}  # "abmil_musk1" -> "classic/abmil_musk1"
-    close += [tails[t] for t in difflib.get_close_matches(name.rsplit("/", 1)[-1], list(tails), n=2, cutoff=0.6)
-              if tails[t] not in close]
-    return f" Did you mean {' or '.join(repr(c) for c in close[:3])}?" if close else ""
+def _missing_file_lead(name: str) -> str:
+    return f"there is no file {name!r} and no installed distribution ships a recipe of that name."
 
 
 def unknown_message(name: str, missing_file: bool = False) -> str:
-    head = f"there is no file {name!r} and no" if missing_file else f"unknown recipe {name!r}: no"
-    return f"{head} installed distribution ships a recipe of that name." + _tail(name)
-
-
-def _tail(name: str) -> str:
-    from milzoo.registry import _manager as plugins
-
-    msg = _suggestions(name)
-    msg += (f" `milzoo recipes` lists the {len(names())} shipped recipes with the distribution of each; a recipe "
-            "from a plugin needs that plugin installed (e.g. pip install milzoo-psmil).")
-    failed = plugins.failed_plugins()
-    if failed:
-        msg += " Some plugins failed to load and may ship it: " + "; ".join(
-            f"{r.name} ({r.distribution} {r.version}): {r.error}" for r in failed) + "."
-    return msg
+    return RECIPES.unknown_message("recipe", name, lead=_missing_file_lead(name) if missing_file else None)
 
 
 def ambiguous_message(name: str, found: list[ShippedRecipe]) -> str:
-    listed = " and ".join(f"{r.distribution} {r.version}" for r in found)
-    qualified = " or ".join(f"`milzoo run {r.qualified}`" for r in found)
-    return (f"the recipe {name!r} is shipped by {len(found)} installed distributions: {listed}. milzoo does not "
-            f"pick one by itself. Say which one you mean with the qualified name ({qualified}; the same form "
-            f"works for `milzoo recipes show` and `copy` and in Python), or uninstall the one you do not want "
-            f"(`pip uninstall {found[-1].distribution}`). `milzoo recipes` marks every conflict.")
+    return RECIPES.ambiguous_message("recipe", name, found)
 
 
 def get_recipe(ref: str, missing_file: bool = False) -> ShippedRecipe:
@@ -268,35 +205,8 @@ def get_recipe(ref: str, missing_file: bool = False) -> ShippedRecipe:
 
     ``missing_file``: ``ref`` was given where a file may be named (`milzoo run`), and no such file exists.
     """
-    from milzoo.registry import _provenance as provenance
-    from milzoo.registry._manager import canonical_distribution as canonical
-
-    m = _QUALIFIED.match(ref) if isinstance(ref, str) else None
-    if m is None or not NAME_PATTERN.match(m["name"]):
-        raise UnknownRecipeError(f"{ref!r} is not a recipe name (names look like 'quickstart' or "
-                                 "'classic/abmil_musk1'; `milzoo recipes` lists them).")
-    dist, name = m["dist"], m["name"]
-    found = providers(name)
-    if dist is None:
-        if len(found) == 1:
-            return found[0]
-        if found:
-            raise AmbiguousRecipeError(ambiguous_message(name, found))
-        raise UnknownRecipeError(unknown_message(name, missing_file))
-    chosen = [r for r in found if canonical(r.distribution) == canonical(dist)]
-    if chosen:
-        return chosen[0]
-    if found:
-        raise UnknownRecipeError(f"the distribution {provenance.shown(dist)} ships no recipe {name!r}; installed "
-                                 f"providers of that name: {', '.join(r.qualified for r in found)}. Fix the "
-                                 "distribution part of the name.")
-    raise UnknownRecipeError(f"no installed distribution {provenance.shown(dist)} ships a recipe {name!r}."
-                             + _tail(name))
-
-
-def _is_name(text: str) -> bool:
-    m = _QUALIFIED.match(text)
-    return m is not None and bool(NAME_PATTERN.match(m["name"])) and not text.endswith(".toml")
+    lead = _missing_file_lead(ref) if missing_file and isinstance(ref, str) else None
+    return RECIPES.get("recipe", ref, lead=lead)
 
 
 def resolve(source: Any) -> ShippedRecipe | None:
@@ -311,7 +221,7 @@ def resolve(source: Any) -> ShippedRecipe | None:
     text = os.fspath(source)
     if not isinstance(text, str) or not text or "://" in text or Path(text).is_file():
         return None
-    if _is_name(text) and (providers(_QUALIFIED.match(text)["name"]) or not Path(text).exists()):
+    if _is_name(text) and (providers(split_qualified(text)[1]) or not Path(text).exists()):
         return get_recipe(text, missing_file=True)
     if not Path(text).exists():
         m = _CHECKOUT_FORM.match(text.replace(os.sep, "/"))
@@ -320,12 +230,16 @@ def resolve(source: Any) -> ShippedRecipe | None:
     return None
 
 
+def _is_name(text: str) -> bool:
+    return RECIPES.is_reference("recipe", text) and not text.endswith(".toml")
+
+
 def not_found_hint(path: str) -> str:
     """A sentence for a missing recipe file: the name form, with suggestions."""
     m = _CHECKOUT_FORM.match(path.replace(os.sep, "/"))
     stem = m["name"] if m else Path(path).name.removesuffix(".toml")
     return (f"shipped recipes are also run by name, without a path (`milzoo run quickstart`; `milzoo recipes` "
-            f"lists them).{_suggestions(stem)}")
+            f"lists them).{did_you_mean(stem, names())}")
 
 
 def checkout_name(recipe: str) -> str:

@@ -19,21 +19,30 @@ Environment variables:
   ``a,b`` loads only the entry points or distributions named.
 - ``MILZOO_DISABLE_PLUGINS``: ``a,b`` blocks these entry points or distributions.
 - ``MILZOO_TRACE_PLUGINS=1``: print every hook call (handy for plugin authors).
+
+This module owns the plugin manager and the :class:`PluginRecord` of every plugin; it knows nothing of the
+provider tables built from the hooks (:mod:`milzoo.registry._providers`), which notice a new manager by
+themselves after :func:`reset_plugins`.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.metadata as md
+import logging
 import os
-import re
 import sys
 import threading
 from dataclasses import asdict, dataclass, field
 
 import pluggy
+from packaging.utils import canonicalize_name
 
+from milzoo._version import milzoo_version
+from milzoo.errors import PluginConflictError
 from milzoo.registry import hookspecs
+
+log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "milzoo"
 DEFAULT_PLUGINS = ("milzoo.builtin",)
@@ -49,10 +58,10 @@ class PluginRecord:
     module: str = ""
     #: the plugin manager's name for it: "distribution:entry-point" (the module name for built-ins)
     key: str = ""
-    #: "kind:name" of every component it registered (run.json keeps these, so that a run whose
-    #: plugin was uninstalled can say which distribution to install)
+    #: "kind:name" of everything it registered: components, pretrained entries, recipes (run.json keeps
+    #: these, so that a run whose plugin was uninstalled can say which distribution to install)
     components: list[str] = field(default_factory=list)
-    #: "kind:name" of its components that another distribution registers too
+    #: "kind:name" of its registrations that another distribution registers too
     conflicts: list[str] = field(default_factory=list)
 
     def __post_init__(self):
@@ -75,20 +84,13 @@ def _csv_env(name: str) -> set[str] | None:
     return {v.strip() for v in value.split(",") if v.strip()}
 
 
-def _milzoo_version() -> str:
-    try:
-        return md.version("milzoo")
-    except md.PackageNotFoundError:
-        return "0+unknown"
-
-
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
 def canonical_distribution(name: str) -> str:
     """PEP 503 normalised form of a distribution name (``Milzoo_ABMIL`` -> ``milzoo-abmil``)."""
-    return re.sub(r"[-_.]+", "-", name).lower()
+    return canonicalize_name(name)
 
 
 def _selected(names: set[str], ep_name: str, dist: str) -> bool:
@@ -125,15 +127,12 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
             pm.register(plugin, name=key)
         except Exception as exc:  # noqa: BLE001 - isolation is the point
             rec.status, rec.error = "failed", _describe(exc)
+            log.debug("plugin %s failed to load: %s", key, rec.error)
             try:
                 pm.unregister(name=key)
             except Exception:  # noqa: BLE001
                 pass
         _records.append(rec)
-
-
-class PluginConflictError(Exception):
-    """Two entry points that load the same module."""
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
@@ -147,7 +146,7 @@ def get_plugin_manager() -> pluggy.PluginManager:
         for modname in DEFAULT_PLUGINS:
             mod = importlib.import_module(modname)
             pm.register(mod, name=modname)
-            _records.append(PluginRecord(modname, "milzoo", _milzoo_version(), "ok", module=modname))
+            _records.append(PluginRecord(modname, "milzoo", milzoo_version(), "ok", module=modname))
         _load_entry_points(pm)
         try:
             pm.check_pending()
@@ -185,6 +184,7 @@ def record_for(key: str) -> PluginRecord | None:
 
 def record_failure(plugin_key: str, exc: BaseException) -> None:
     """Mark a plugin failed after it loaded (e.g. its hook raised while registering)."""
+    log.debug("plugin %s failed: %s", plugin_key, _describe(exc))
     rec = record_for(plugin_key)
     if rec is not None:
         rec.status, rec.error = "failed", _describe(exc)
@@ -193,20 +193,23 @@ def record_failure(plugin_key: str, exc: BaseException) -> None:
 
 
 def plugin_distribution(plugin_key: str) -> tuple[str, str]:
+    """``(distribution, version)`` of the plugin the manager knows as ``plugin_key`` (``("?", "?")`` if none)."""
     rec = record_for(plugin_key)
     return (rec.distribution, rec.version) if rec is not None else ("?", "?")
 
 
 def failed_plugins() -> list[PluginRecord]:
+    """The plugins that failed to load or to register."""
     return [r for r in plugin_records() if r.status == "failed"]
 
 
 def reset_plugins() -> None:
-    """Forget the manager and the registry (tests; after installing a plugin)."""
+    """Forget the manager and the plugin records (tests; after installing a plugin).
+
+    The next use discovers the plugins afresh; every provider table is rebuilt then, since a table belongs to
+    the manager it was built from.
+    """
     global _manager
     with _lock:
         _manager = None
         _records.clear()
-        from milzoo.registry import _table as registry
-
-        registry._reset()

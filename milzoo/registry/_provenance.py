@@ -5,26 +5,29 @@ Checkpoints (``config.json`` -> ``components``) and run directories
 version behind every component.  When a name no longer resolves, these
 records say which distribution to install; the hint names only that
 distribution, and only when its recorded name is a valid one.
+
+The functions here only read what they are given (the plugin records come in as an argument), so the layers
+above (the provider tables, checkpoint loading) call down into this module and nothing here calls up.
 """
 
 from __future__ import annotations
 
 import importlib.metadata as md
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from packaging.utils import canonicalize_name
 
 from milzoo._untrusted import pip_install, read_json, shown, valid_distribution, valid_version
+from milzoo._version import milzoo_version
 
-CHECKPOINT_KINDS = ("encoder", "pooling", "augment")
-
-
-def _canonical(dist: str) -> str:
-    from milzoo.registry._manager import canonical_distribution
-
-    return canonical_distribution(dist)
+if TYPE_CHECKING:
+    from milzoo.registry._manager import PluginRecord
 
 
 def installed_version(dist: str) -> str | None:
+    """The installed version of ``dist``, or None when it is not installed (or not a valid name)."""
     if not valid_distribution(dist):
         return None
     try:
@@ -33,24 +36,25 @@ def installed_version(dist: str) -> str | None:
         return None
 
 
-def missing_provider_text(kind: str, name: str, dist: Any, version: Any) -> str:
-    """Why ``kind`` ``name``, recorded as provided by ``dist`` ``version``, is not available, and the fix."""
-    from milzoo.registry import _manager as plugins
-    from milzoo._version import milzoo_version
+def explain_missing(kind: str, name: str, dist: Any, version: Any, records: Iterable[PluginRecord]) -> str:
+    """Why ``kind`` ``name``, recorded as provided by ``dist`` ``version``, is not available, and the fix.
 
+    ``records`` are the plugins seen in this process (:func:`milzoo.registry.plugin_records`): they tell a
+    distribution whose plugin failed or is disabled from one that no longer registers the name.
+    """
     if not valid_distribution(dist):
         return (f"The file names its provider as {shown(dist)}, which is not a valid distribution name, so no install "
                 "command is suggested; the file is damaged or was edited by hand.")
     ver = version if valid_version(version) else None
     recorded = f"{dist} {ver}" if ver else dist
-    if _canonical(dist) == "milzoo":
+    if canonicalize_name(dist) == "milzoo":
         return (f"It was built into {recorded}, but this milzoo ({milzoo_version()}) has no {kind} {name!r}; "
                 f"install the recorded version (`{pip_install('milzoo', ver)}`).")
     have = installed_version(dist)
     if have is None:
         return (f"It was provided by the distribution {recorded}, which is not installed. Install it with "
                 f"`{pip_install(dist, ver)}` and try again.")
-    recs = [r for r in plugins.plugin_records() if _canonical(r.distribution) == _canonical(dist)]
+    recs = [r for r in records if canonicalize_name(r.distribution) == canonicalize_name(dist)]
     failed = [r for r in recs if r.status == "failed"]
     if failed:
         return (f"It is provided by {dist} {have}, which is installed but whose plugin failed to load "

@@ -12,6 +12,10 @@ Each hook receives a ``register`` callback; call it once per component class::
 A plugin implements only the hooks it needs, and a hook implementation may
 accept fewer arguments than the spec (pluggy allows it), so new keyword
 arguments can be added here without breaking old plugins.
+
+Each ``milzoo_register_*`` hook feeds one kind of a provider table: its row (the hook's name and what the kind
+accepts) sits in :mod:`milzoo.registry._table` for components and pretrained entries, and in
+:mod:`milzoo.recipe.book` for shipped recipes.
 """
 
 from __future__ import annotations
@@ -51,25 +55,15 @@ def milzoo_register_augmentations(register):
 
 @hookspec
 def milzoo_register_pretrained(register):
-    """Register pretrained-model entries (see :mod:`milzoo.pretrained`)."""
+    """Register pretrained-model entries (see :mod:`milzoo.hub.pretrained`)."""
 
 
 @hookspec
 def milzoo_register_recipes(register):
-    """Register shipped recipe files: ``register(files("pkg") / "recipes")`` (see :mod:`milzoo.recipebook`)."""
+    """Register shipped recipe files: ``register(files("pkg") / "recipes")`` (see :mod:`milzoo.recipe.book`)."""
 
 
 @hookspec
 def milzoo_register_commands(cli):
     """Add click commands or groups to the ``milzoo`` command line (``cli.add_command(...)``)."""
 
-
-#: hook name -> registry kind
-HOOK_KINDS = {
-    "milzoo_register_encoders": "encoder",
-    "milzoo_register_poolings": "pooling",
-    "milzoo_register_losses": "loss",
-    "milzoo_register_datasets": "dataset",
-    "milzoo_register_augmentations": "augment",
-    "milzoo_register_pretrained": "pretrained",
-}

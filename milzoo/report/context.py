@@ -1,8 +1,8 @@
 """A run's trained models and data, rebuilt from its directory.
 
-The dataset comes from ``RUN/recipe.toml`` (the resolved recipe) and the
-fold's bags from :func:`milzoo.datasets.protocols.make_folds` with the recipe's seed,
-so a fold's ``test`` split is exactly the bags that fold was evaluated on.
+The folds come from ``RUN/recipe.toml`` (the resolved recipe) through
+:func:`milzoo.datasets.folds_for`, as the run built them, so a fold's ``test``
+split is exactly the bags that fold was evaluated on.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class RunContext:
 
     @cached_property
     def recipe(self):
-        from milzoo.recipe._recipe import load_recipe
+        from milzoo.recipe import load_recipe
 
         return load_recipe(str(self.run_dir / "recipe.toml"))
 
@@ -41,11 +41,9 @@ class RunContext:
 
     @cached_property
     def folds(self):
-        from milzoo.model.build import build_dataset
-        from milzoo.datasets.protocols import make_folds
+        from milzoo.datasets import folds_for
 
-        splits = build_dataset(self.recipe)
-        return make_folds(self.recipe.root.protocol, splits, self.recipe.root.seed)
+        return folds_for(self.recipe)
 
     def fold_data(self, fold: int):
         folds = self.folds
@@ -54,29 +52,28 @@ class RunContext:
         return folds[fold]
 
     def split_names(self, fold: int) -> list[str]:
-        fd = self.fold_data(fold)
-        return ["train", *fd.evals]
+        return ["train", *self.fold_data(fold).evals]
 
     def dataset(self, fold: int, split: str):
         """The bags of ``split`` (``train``, ``val``, ``test``, ...) in fold ``fold``."""
-        fd = self.fold_data(fold)
+        data = self.fold_data(fold)
         if split == "train":
-            return fd.train
-        if split in fd.evals:
-            return fd.evals[split]
+            return data.train
+        if split in data.evals:
+            return data.evals[split]
         raise UserError(
             f"fold {fold} of {self.run_dir} has no split {split!r}; choose one of {self.split_names(fold)} (--split)."
         )
 
     def model_dir(self, fold: int) -> tuple[Path, str]:
         """The fold's validation-selected model when there is one, else its last model."""
-        fdir = self.run_dir / f"fold-{fold:02d}"
+        folder = self.run_dir / f"fold-{fold:02d}"
         for which in ("best", "last"):
-            if (fdir / which / "config.json").exists():
-                return fdir / which, which
+            if (folder / which / "config.json").exists():
+                return folder / which, which
         have = sorted(p.name for p in self.run_dir.glob("fold-*") if (p / "last" / "config.json").exists())
         raise CheckpointError(
-            f"{fdir} holds no trained model (no best/ or last/ checkpoint). "
+            f"{folder} holds no trained model (no best/ or last/ checkpoint). "
             + (f"Folds with a model: {', '.join(have)}; pick one with --fold." if have else
                "The run has not finished an epoch yet.")
         )
@@ -84,7 +81,7 @@ class RunContext:
     def model(self, fold: int):
         """``(model in eval mode on the CPU, "best" or "last")``."""
         if fold not in self._models:
-            from milzoo.checkpoint._model import load_model
+            from milzoo.checkpoint import load_model
 
             path, which = self.model_dir(fold)
             self._models[fold] = (load_model(path), which)

@@ -30,7 +30,7 @@ from milzoo.report.common import (
     recipe_differences,
 )
 
-log = logging.getLogger("milzoo")
+log = logging.getLogger(__name__)
 
 SECTIONS = [
     ("last", "last epoch", ""),

@@ -24,9 +24,13 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
+from milzoo.datasets.protocols import folds_for
 from milzoo.errors import UserError
+from milzoo.recipe import validate_recipe
+from milzoo.runs._fold import train_fold
+from milzoo.runs.rundir import METRICS, MetricsWriter, log_to_file
 
-log = logging.getLogger("milzoo")
+log = logging.getLogger(__name__)
 
 #: what forked workers inherit: (recipe, {fold number: FoldData}, run directory)
 _INHERITED: tuple[Any, dict, Path] | None = None
@@ -67,30 +71,17 @@ def _init_worker(threads: int, recipe_dict: dict | None, source: str, run_dir: s
     if _INHERITED is not None:  # forked: the parent's recipe and folds
         _WORKER = _INHERITED
     else:  # spawned: rebuild them as the parent did
-        from milzoo.model.build import build_dataset
-        from milzoo.datasets.protocols import make_folds
-        from milzoo.recipe._recipe import validate_recipe
-
         recipe = validate_recipe(recipe_dict, source)
-        torch.manual_seed(recipe.root.seed)
-        folds = make_folds(recipe.root.protocol, build_dataset(recipe), recipe.root.seed)
-        _WORKER = (recipe, {f.fold: f for f in folds}, Path(run_dir))
+        _WORKER = (recipe, {data.fold: data for data in folds_for(recipe)}, Path(run_dir))
     # log.txt: the forked handler's file object is shared with the parent; write through our own
-    for h in list(log.handlers):
-        log.removeHandler(h)
-    handler = logging.FileHandler(_WORKER[2] / "log.txt", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [worker] %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
+    log_to_file(_WORKER[2], tag="[worker] ", replace=True)
 
 
 def _train(fold: int) -> tuple[str, str]:
     """Train one fold in a worker: ("ok", "") or (error kind, message)."""
-    from milzoo.runs.runner import MetricsWriter, train_fold
-
     recipe, folds, run_dir = _WORKER
     try:
-        train_fold(recipe, folds[fold], run_dir, MetricsWriter(run_dir / "metrics.jsonl"), show=False)
+        train_fold(recipe, folds[fold], run_dir, MetricsWriter(run_dir / METRICS), show=False)
         return "ok", ""
     except UserError as exc:
         return "user", str(exc)
@@ -107,13 +98,13 @@ def train_folds_parallel(recipe, run_dir: Path, todo: list, jobs: int) -> None:
     log.info("training %d folds in %d worker processes (%d torch thread%s each, %s)", len(todo), jobs, threads,
              "" if threads == 1 else "s", ctx.get_start_method())
     forked = ctx.get_start_method() == "fork"
-    _INHERITED = (recipe, {f.fold: f for f in todo}, run_dir) if forked else None
+    _INHERITED = (recipe, {data.fold: data for data in todo}, run_dir) if forked else None
     args = (threads, None if forked else recipe.to_dict(), str(recipe.source), str(run_dir))
     failures: list[tuple[int, str, str]] = []
     try:
         with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx, initializer=_init_worker,
                                  initargs=args) as pool:
-            futures = {pool.submit(_train, f.fold): f.fold for f in todo}
+            futures = {pool.submit(_train, data.fold): data.fold for data in todo}
             for fut in futures:
                 kind, message = fut.result()
                 if kind != "ok":

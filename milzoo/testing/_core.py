@@ -142,7 +142,7 @@ class ContractFailure(AssertionError):
     """A contract check failed; the message names the component, the check and the problem."""
 
 
-def _fail(spec: ComponentSpec, message: str) -> None:
+def fail(spec: ComponentSpec, message: str) -> None:
     raise ContractFailure(f"{spec.id}: {message}")
 
 
@@ -158,19 +158,19 @@ def _isolated(threads: int = 1) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _generator(seed: int) -> torch.Generator:
+def seeded_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _build(spec: ComponentSpec, *args: Any, seed: int = 0):
+def build_seeded(spec: ComponentSpec, *args: Any, seed: int = 0):
     torch.manual_seed(seed)
     return spec.cls(spec.config(), *args)
 
 
-def _make_bags(lengths: list[int], shape: tuple[int, ...], k: int, seed: int,
+def make_bags(lengths: list[int], shape: tuple[int, ...], k: int, seed: int,
                candidates: bool = False) -> list[Bag]:
     """Random bags (``randn`` for feature vectors, ``rand`` in [0, 1] for images); labels cycle over classes."""
-    g = _generator(seed)
+    g = seeded_generator(seed)
     bags = []
     for i, n in enumerate(lengths):
         x = torch.randn(n, *shape, generator=g) if len(shape) == 1 else torch.rand(n, *shape, generator=g)
@@ -184,13 +184,13 @@ def _make_bags(lengths: list[int], shape: tuple[int, ...], k: int, seed: int,
     return bags
 
 
-def _dataset(bags: list[Bag], k: int):
+def make_dataset(bags: list[Bag], k: int):
     from milzoo.datasets.base import BagListDataset
 
     return BagListDataset(bags, [f"class{c}" for c in range(k)])
 
 
-def _batch(ds, pad_to: int | None = None) -> MILBatch:
+def padded_batch(ds, pad_to: int | None = None) -> MILBatch:
     batch = collate_bags([ds[i] for i in range(len(ds))])
     if pad_to is not None and pad_to > batch.mask.shape[1]:
         extra = pad_to - batch.mask.shape[1]
@@ -202,13 +202,13 @@ def _batch(ds, pad_to: int | None = None) -> MILBatch:
     return batch
 
 
-def _padded(lengths: list[int], d: int, seed: int, negative: bool = False) -> tuple[Tensor, Tensor]:
+def padded_features(lengths: list[int], d: int, seed: int, negative: bool = False) -> tuple[Tensor, Tensor]:
     """``h [B, N, d]`` (zeros at padding) and ``mask [B, N]`` for bags of the given lengths.
 
     ``negative``: every real feature below -1, so a max over instances that fills padding with 0 instead of
     -inf picks the padding (a bug that random signs catch only by chance).
     """
-    g = _generator(seed)
+    g = seeded_generator(seed)
     n_max = max(lengths)
     h = torch.zeros(len(lengths), n_max, d)
     mask = torch.zeros(len(lengths), n_max, dtype=torch.bool)
@@ -219,22 +219,22 @@ def _padded(lengths: list[int], d: int, seed: int, negative: bool = False) -> tu
     return h, mask
 
 
-def _assert_close(spec: ComponentSpec, what: str, got: Tensor, want: Tensor,
+def assert_close(spec: ComponentSpec, what: str, got: Tensor, want: Tensor,
                   atol: float = ATOL, rtol: float = RTOL) -> None:
     if tuple(got.shape) != tuple(want.shape):
-        _fail(spec, f"{what}: shape {tuple(got.shape)} differs from {tuple(want.shape)}")
+        fail(spec, f"{what}: shape {tuple(got.shape)} differs from {tuple(want.shape)}")
     g, w = got.detach().double(), want.detach().double()
     if g.numel() == 0:
         return
     if not torch.equal(torch.isnan(g), torch.isnan(w)):
-        _fail(spec, f"{what}: NaN in one result but not the other")
+        fail(spec, f"{what}: NaN in one result but not the other")
     ok = torch.isclose(g, w, atol=atol, rtol=rtol, equal_nan=True)
     if not bool(ok.all()):
         diff = (g - w).abs().nan_to_num(0.0).max().item()
-        _fail(spec, f"{what}: max abs difference {diff:.3g} exceeds the tolerance (atol {atol:g}, rtol {rtol:g})")
+        fail(spec, f"{what}: max abs difference {diff:.3g} exceeds the tolerance (atol {atol:g}, rtol {rtol:g})")
 
 
-def _bag_fields(out: MILOutput, b: int, n: int, perm: Tensor | None = None) -> dict[str, Tensor]:
+def bag_fields(out: MILOutput, b: int, n: int, perm: Tensor | None = None) -> dict[str, Tensor]:
     """The per-bag outputs of bag ``b`` (``n`` real instances), instance tensors reordered by ``perm``."""
     idx = torch.arange(n) if perm is None else perm
     fields = {"bag_logits": out.bag_logits[b]}
@@ -247,14 +247,14 @@ def _bag_fields(out: MILOutput, b: int, n: int, perm: Tensor | None = None) -> d
     return fields
 
 
-def _compare_bag(spec, what: str, got: dict[str, Tensor], want: dict[str, Tensor], atol=ATOL, rtol=RTOL) -> None:
+def compare_bag(spec, what: str, got: dict[str, Tensor], want: dict[str, Tensor], atol=ATOL, rtol=RTOL) -> None:
     if set(got) != set(want):
-        _fail(spec, f"{what}: the outputs set differ ({sorted(got)} vs {sorted(want)})")
+        fail(spec, f"{what}: the outputs set differ ({sorted(got)} vs {sorted(want)})")
     for name in want:
-        _assert_close(spec, f"{what}: {name}", got[name], want[name], atol, rtol)
+        assert_close(spec, f"{what}: {name}", got[name], want[name], atol, rtol)
 
 
-def _all_tensors(out: MILOutput) -> dict[str, Tensor]:
+def all_output_tensors(out: MILOutput) -> dict[str, Tensor]:
     """Every tensor of an output, extras included (for exact-equality comparisons)."""
     res = {}
     for name in ("bag_logits", "mask", "inst_logits", "attention", "features", "probs", "inst_probs_override"):
@@ -267,38 +267,38 @@ def _all_tensors(out: MILOutput) -> dict[str, Tensor]:
     return res
 
 
-def _compare_outputs(spec, what: str, a: MILOutput, b: MILOutput, atol: float = 1e-6, rtol: float = 1e-5) -> None:
-    ta, tb = _all_tensors(a), _all_tensors(b)
+def compare_outputs(spec, what: str, a: MILOutput, b: MILOutput, atol: float = 1e-6, rtol: float = 1e-5) -> None:
+    ta, tb = all_output_tensors(a), all_output_tensors(b)
     if set(ta) != set(tb):
-        _fail(spec, f"{what}: different output fields ({sorted(ta)} vs {sorted(tb)})")
+        fail(spec, f"{what}: different output fields ({sorted(ta)} vs {sorted(tb)})")
     for name in ta:
         if ta[name].is_floating_point():
-            _assert_close(spec, f"{what}: {name}", ta[name], tb[name], atol, rtol)
+            assert_close(spec, f"{what}: {name}", ta[name], tb[name], atol, rtol)
         elif not torch.equal(ta[name], tb[name]):
-            _fail(spec, f"{what}: {name} differs")
+            fail(spec, f"{what}: {name} differs")
 
 
-def _compare_states(spec, what: str, a: dict[str, Any], b: dict[str, Any]) -> None:
+def compare_states(spec, what: str, a: dict[str, Any], b: dict[str, Any]) -> None:
     if set(a) != set(b):
-        _fail(spec, f"{what}: state_dict keys differ: {sorted(set(a) ^ set(b))[:6]}")
+        fail(spec, f"{what}: state_dict keys differ: {sorted(set(a) ^ set(b))[:6]}")
     for key in a:
         va, vb = a[key], b[key]
         if torch.is_tensor(va) and torch.is_tensor(vb):
             if va.shape != vb.shape or va.dtype != vb.dtype or not torch.equal(va, vb):
-                _fail(spec, f"{what}: state_dict entry {key!r} differs")
+                fail(spec, f"{what}: state_dict entry {key!r} differs")
 
 
-def _safetensors_roundtrip(spec: ComponentSpec, module: torch.nn.Module) -> dict[str, Tensor]:
+def safetensors_roundtrip(spec: ComponentSpec, module: torch.nn.Module) -> dict[str, Tensor]:
     import safetensors.torch
 
     sd = module.state_dict()
     not_tensors = [k for k, v in sd.items() if not torch.is_tensor(v)]
     if not_tensors:
-        _fail(spec, f"state_dict holds non-tensor entries {not_tensors[:5]}; checkpoints are safetensors only")
+        fail(spec, f"state_dict holds non-tensor entries {not_tensors[:5]}; checkpoints are safetensors only")
     try:
         blob = safetensors.torch.save({k: v.detach().cpu().contiguous() for k, v in sd.items()})
     except Exception as exc:  # noqa: BLE001
-        _fail(
+        fail(
             spec,
             f"state_dict cannot be saved with safetensors ({type(exc).__name__}: {exc}). Do not tie or share "
             "tensors between parameters/buffers (keep a plain attribute, or register only one of them).",
@@ -306,24 +306,24 @@ def _safetensors_roundtrip(spec: ComponentSpec, module: torch.nn.Module) -> dict
     return safetensors.torch.load(blob)
 
 
-def _load_fresh(spec, fresh: torch.nn.Module, state: dict[str, Tensor]) -> None:
+def load_fresh(spec, fresh: torch.nn.Module, state: dict[str, Tensor]) -> None:
     try:
         fresh.load_state_dict(state, strict=True)
     except Exception as exc:  # noqa: BLE001
-        _fail(spec, f"a fresh instance cannot load the saved state_dict strictly ({type(exc).__name__}: {exc})")
+        fail(spec, f"a fresh instance cannot load the saved state_dict strictly ({type(exc).__name__}: {exc})")
 
 
-def _floating(spec, what: str, t: Any) -> Tensor:
+def floating(spec, what: str, t: Any) -> Tensor:
     if not torch.is_tensor(t):
-        _fail(spec, f"{what} must be a tensor, got {type(t).__name__}")
+        fail(spec, f"{what} must be a tensor, got {type(t).__name__}")
     if not t.is_floating_point():
-        _fail(spec, f"{what} must be a floating-point tensor, got {t.dtype}")
+        fail(spec, f"{what} must be a floating-point tensor, got {t.dtype}")
     if not bool(torch.isfinite(t).all()):
-        _fail(spec, f"{what} holds non-finite values")
+        fail(spec, f"{what} holds non-finite values")
     return t
 
 
-def _grad_report(spec, named_params: Iterable[tuple[str, torch.nn.Parameter]], where: str) -> None:
+def grad_report(spec, named_params: Iterable[tuple[str, torch.nn.Parameter]], where: str) -> None:
     missing, bad = [], []
     for name, p in named_params:
         if not p.requires_grad:
@@ -333,14 +333,14 @@ def _grad_report(spec, named_params: Iterable[tuple[str, torch.nn.Parameter]], w
         elif not bool(torch.isfinite(p.grad).all()):
             bad.append(name)
     if missing:
-        _fail(
+        fail(
             spec,
             f"trainable parameters of the {where} got no gradient: {', '.join(missing[:8])}"
             f"{' ...' if len(missing) > 8 else ''}. Every trainable parameter must be used in the training "
             "forward (or created with requires_grad=False).",
         )
     if bad:
-        _fail(spec, f"non-finite gradients in the {where}: {', '.join(bad[:8])}")
+        fail(spec, f"non-finite gradients in the {where}: {', '.join(bad[:8])}")
 
 
 # --------------------------------------------------------------------------- check registry
@@ -348,7 +348,7 @@ def _grad_report(spec, named_params: Iterable[tuple[str, torch.nn.Parameter]], w
 _CHECKS: dict[str, list[Callable]] = {kind: [] for kind in KIND_BASES}
 
 
-def _check(*kinds: str):
+def register_check(*kinds: str):
     """Register a check for ``kinds``; the check gets a resolved spec and runs isolated."""
 
     def deco(fn):

@@ -10,8 +10,8 @@ from milzoo.components.base import Augment, ComponentConfig, Loss
 from milzoo.errors import ComponentError
 from milzoo.components.output import LossResult, MILOutput, TrainState
 from milzoo.testing._core import (
-    ComponentSpec, _assert_close, _batch, _check, _compare_states, _dataset, _fail, _floating, _grad_report,
-    _load_fresh, _make_bags, _safetensors_roundtrip, resolve,
+    ComponentSpec, assert_close, padded_batch, register_check, compare_states, make_dataset, fail, floating, grad_report,
+    load_fresh, make_bags, safetensors_roundtrip, resolve,
 )
 
 
@@ -71,8 +71,8 @@ class _LossSetup:
             n = 3 if views is True else int(views)
             aug = _ContractViews(_ContractViews.Config(num_views=n), (LOSS_DIM,))
         self.model = MILModel(enc, pool, aug)
-        self.dataset = _dataset(_make_bags(LOSS_LENGTHS, (LOSS_DIM,), k, seed=80 + k, candidates=True), k)
-        self.batch = _batch(self.dataset, pad_to)
+        self.dataset = make_dataset(make_bags(LOSS_LENGTHS, (LOSS_DIM,), k, seed=80 + k, candidates=True), k)
+        self.batch = padded_batch(self.dataset, pad_to)
         self.state = TrainState(epoch=1, num_epochs=3, step=5)
 
     def new_loss(self, seed: int = 0) -> Loss:
@@ -85,7 +85,7 @@ class _LossSetup:
         try:
             loss.bind(self.model, self.dataset)
         except ComponentError as exc:
-            _fail(
+            fail(
                 self.spec,
                 f"bind() refuses the model built around pooling {self.pool_spec.name!r}: {exc} -- if the loss "
                 "needs a particular pooling, set `contract_pooling = \"<name>\"` on the class (and "
@@ -104,11 +104,11 @@ class _LossSetup:
     def call(self, loss: Loss, out: MILOutput) -> LossResult:
         res = loss(out, self.batch, self.state)
         if not isinstance(res, LossResult):
-            _fail(self.spec, f"forward must return a LossResult, got {type(res).__name__}")
+            fail(self.spec, f"forward must return a LossResult, got {type(res).__name__}")
         return res
 
 
-@_check("loss")
+@register_check("loss")
 def check_loss_output(spec: ComponentSpec) -> None:
     """bind, then a training forward: a finite scalar total with a graph, named detached scalar parts."""
     for k in (2, 3):
@@ -116,25 +116,25 @@ def check_loss_output(spec: ComponentSpec) -> None:
         loss = setup.new_loss()
         res = setup.call(loss, setup.forward())
         where = f"(k={k}, pooling {setup.pool_spec.name!r}) "
-        total = _floating(spec, where + "LossResult.total", res.total)
+        total = floating(spec, where + "LossResult.total", res.total)
         if total.dim() != 0:
-            _fail(spec, where + f"LossResult.total must be a 0-dim scalar, got shape {tuple(total.shape)}")
+            fail(spec, where + f"LossResult.total must be a 0-dim scalar, got shape {tuple(total.shape)}")
         if not total.requires_grad:
-            _fail(spec, where + "LossResult.total has no autograd graph (it does not depend on the model)")
+            fail(spec, where + "LossResult.total has no autograd graph (it does not depend on the model)")
         if not isinstance(res.parts, dict):
-            _fail(spec, where + "LossResult.parts must be a dict")
+            fail(spec, where + "LossResult.parts must be a dict")
         for name, value in res.parts.items():
             if not isinstance(name, str):
-                _fail(spec, where + f"part names must be strings, got {name!r}")
-            t = _floating(spec, where + f"part {name!r}", value)
+                fail(spec, where + f"part names must be strings, got {name!r}")
+            t = floating(spec, where + f"part {name!r}", value)
             if t.numel() != 1:
-                _fail(spec, where + f"part {name!r} must be a scalar, got shape {tuple(t.shape)}")
+                fail(spec, where + f"part {name!r} must be a scalar, got shape {tuple(t.shape)}")
             if t.requires_grad:
-                _fail(spec, where + f"part {name!r} must be detached (parts are for logging)")
+                fail(spec, where + f"part {name!r} must be detached (parts are for logging)")
         loss.end_epoch(setup.state)
 
 
-@_check("loss")
+@register_check("loss")
 def check_loss_gradients(spec: ComponentSpec) -> None:
     """backward() of the total reaches the model and every trainable parameter of the loss."""
     for k in (2, 3):
@@ -144,12 +144,12 @@ def check_loss_gradients(spec: ComponentSpec) -> None:
         total.backward()
         got = [n for n, p in setup.model.named_parameters() if p.grad is not None]
         if not got:
-            _fail(spec, f"(k={k}) no model parameter gets a gradient from the loss")
-        _grad_report(spec, setup.model.named_parameters(), f"model (k={k})")
-        _grad_report(spec, loss.named_parameters(), f"loss (k={k})")
+            fail(spec, f"(k={k}) no model parameter gets a gradient from the loss")
+        grad_report(spec, setup.model.named_parameters(), f"model (k={k})")
+        grad_report(spec, loss.named_parameters(), f"loss (k={k})")
 
 
-@_check("loss")
+@register_check("loss")
 def check_loss_padding(spec: ComponentSpec) -> None:
     """Extra padding of the batch does not change the loss (eval-mode model, fresh bound losses)."""
     for k in (2, 3):
@@ -159,14 +159,14 @@ def check_loss_padding(spec: ComponentSpec) -> None:
             loss = setup.new_loss()
             with torch.no_grad():
                 results.append(setup.call(loss, setup.forward(train=False)))
-        _assert_close(spec, f"(k={k}) total with 3 extra padded positions vs none", results[1].total, results[0].total)
+        assert_close(spec, f"(k={k}) total with 3 extra padded positions vs none", results[1].total, results[0].total)
         for name in results[0].parts:
             if name in results[1].parts:
-                _assert_close(spec, f"(k={k}) part {name!r} with extra padding", results[1].parts[name],
+                assert_close(spec, f"(k={k}) part {name!r} with extra padding", results[1].parts[name],
                               results[0].parts[name])
 
 
-@_check("loss")
+@register_check("loss")
 def check_loss_state_dict(spec: ComponentSpec) -> None:
     """Loss buffers (per-bag state...) through safetensors into a fresh bound instance: same state and results."""
     k = 3
@@ -175,17 +175,17 @@ def check_loss_state_dict(spec: ComponentSpec) -> None:
     setup.call(loss, setup.forward(seed=4))
     loss.end_epoch(setup.state)
     setup.call(loss, setup.forward(seed=5))  # state recorded after an epoch end, too
-    state = _safetensors_roundtrip(spec, loss)
+    state = safetensors_roundtrip(spec, loss)
     fresh = setup.new_loss(seed=2)
-    _load_fresh(spec, fresh, state)
-    _compare_states(spec, "after loading", fresh.state_dict(), loss.state_dict())
+    load_fresh(spec, fresh, state)
+    compare_states(spec, "after loading", fresh.state_dict(), loss.state_dict())
     with torch.no_grad():
         out = setup.forward(seed=6)
         a, b = setup.call(loss, out), setup.call(fresh, out)
-    _assert_close(spec, "total of the reloaded loss", b.total, a.total, atol=1e-6, rtol=1e-5)
+    assert_close(spec, "total of the reloaded loss", b.total, a.total, atol=1e-6, rtol=1e-5)
 
 
-@_check("loss")
+@register_check("loss")
 def check_loss_determinism(spec: ComponentSpec) -> None:
     """Same seed: same initial state and the same total for the same training forward."""
     k = 3
@@ -196,5 +196,5 @@ def check_loss_determinism(spec: ComponentSpec) -> None:
         states.append(loss.state_dict())
         with torch.no_grad():
             totals.append(setup.call(loss, setup.forward(seed=10)).total)
-    _compare_states(spec, "two losses built and bound after the same seed", states[0], states[1])
-    _assert_close(spec, "total under the same seed", totals[1], totals[0], atol=0.0, rtol=0.0)
+    compare_states(spec, "two losses built and bound after the same seed", states[0], states[1])
+    assert_close(spec, "total under the same seed", totals[1], totals[0], atol=0.0, rtol=0.0)

@@ -8,9 +8,9 @@ from milzoo.components.base import Loss, Pooling
 from milzoo.errors import ComponentError
 from milzoo.components.output import LossResult, MILOutput, TrainState
 from milzoo.testing._core import (
-    ComponentSpec, POOLING_SETTINGS, _bag_fields, _batch, _build, _check, _compare_bag, _compare_outputs,
-    _compare_states, _dataset, _fail, _floating, _generator, _grad_report, _load_fresh, _make_bags, _padded,
-    _safetensors_roundtrip,
+    ComponentSpec, POOLING_SETTINGS, bag_fields, padded_batch, build_seeded, register_check, compare_bag, compare_outputs,
+    compare_states, make_dataset, fail, floating, seeded_generator, grad_report, load_fresh, make_bags, padded_features,
+    safetensors_roundtrip,
 )
 
 
@@ -33,15 +33,15 @@ def _pooling_train_step(spec, pool: Pooling, d: int, k: int, lengths: list[int],
                         need_input_grad: bool = False):
     """One trainer-like step: forward (train mode), ``after_forward``, default loss.  Returns (out, total, batch)."""
     model = _pooling_model(pool, d)
-    ds = _dataset(_make_bags(lengths, (d,), k, seed), k)
-    batch = _batch(ds)
+    ds = make_dataset(make_bags(lengths, (d,), k, seed), k)
+    batch = padded_batch(ds)
     if need_input_grad:
         batch.x.requires_grad_(True)
     loss = _default_loss(spec, k)
     try:
         loss.bind(model, ds)
     except ComponentError as exc:
-        _fail(spec, f"its default loss {loss.name!r} refuses it in bind(): {exc}")
+        fail(spec, f"its default loss {loss.name!r} refuses it in bind(): {exc}")
     model.train()
     torch.manual_seed(seed + 1)
     out = model(batch)
@@ -49,98 +49,98 @@ def _pooling_train_step(spec, pool: Pooling, d: int, k: int, lengths: list[int],
         pool.after_forward(out, batch)
     res = loss(out, batch, TrainState(epoch=1, num_epochs=3))
     if not isinstance(res, LossResult):
-        _fail(spec, f"default loss {loss.name!r} returned {type(res).__name__}, not LossResult")
+        fail(spec, f"default loss {loss.name!r} returned {type(res).__name__}, not LossResult")
     return out, res.total, batch
 
 
-@_check("pooling")
+@register_check("pooling")
 def check_pooling_output(spec: ComponentSpec) -> None:
     """MILOutput fields: shapes, dtypes, finiteness, zeros at padding, normalised attention."""
     normalized = getattr(spec.cls, "attention_normalized", True)
     lengths = [5, 2, 7]
     for d, k in POOLING_SETTINGS:
-        pool = _build(spec, d, k)
+        pool = build_seeded(spec, d, k)
         pool.eval()
-        h, mask = _padded(lengths, d, seed=d + k)
+        h, mask = padded_features(lengths, d, seed=d + k)
         B, N = mask.shape
         with torch.no_grad():
             out = pool(h, mask)
         where = f"(in_dim={d}, k={k}) "
         if not isinstance(out, MILOutput):
-            _fail(spec, f"{where}forward must return a MILOutput, got {type(out).__name__}")
-        bl = _floating(spec, where + "bag_logits", out.bag_logits)
+            fail(spec, f"{where}forward must return a MILOutput, got {type(out).__name__}")
+        bl = floating(spec, where + "bag_logits", out.bag_logits)
         if tuple(bl.shape) != (B, k):
-            _fail(spec, f"{where}bag_logits has shape {tuple(bl.shape)}, expected [B, k] = {(B, k)}")
+            fail(spec, f"{where}bag_logits has shape {tuple(bl.shape)}, expected [B, k] = {(B, k)}")
         if not (torch.is_tensor(out.mask) and torch.equal(out.mask.bool(), mask)):
-            _fail(spec, f"{where}MILOutput.mask must be the mask the pooling was given")
+            fail(spec, f"{where}MILOutput.mask must be the mask the pooling was given")
         pad = ~mask
         if out.attention is not None:
-            a = _floating(spec, where + "attention", out.attention)
+            a = floating(spec, where + "attention", out.attention)
             if tuple(a.shape) not in ((B, N), (B, N, k)):
-                _fail(spec, f"{where}attention has shape {tuple(a.shape)}, expected [B, N] {(B, N)} or [B, N, k]")
+                fail(spec, f"{where}attention has shape {tuple(a.shape)}, expected [B, N] {(B, N)} or [B, N, k]")
             a3 = a if a.dim() == 3 else a.unsqueeze(-1)
             if bool(pad.any()) and a3[pad].abs().max() > 1e-6:
-                _fail(spec, f"{where}attention is not zero at padded positions")
+                fail(spec, f"{where}attention is not zero at padded positions")
             if normalized:
                 if a3.min() < -1e-6:
-                    _fail(spec, f"{where}attention has negative weights (set attention_normalized = False "
+                    fail(spec, f"{where}attention has negative weights (set attention_normalized = False "
                                 "on the class if it is not a normalised distribution)")
                 sums = a3.sum(dim=1)
                 if not torch.allclose(sums, torch.ones_like(sums), atol=1e-5):
-                    _fail(spec, f"{where}attention does not sum to 1 over each bag's real instances (sums "
+                    fail(spec, f"{where}attention does not sum to 1 over each bag's real instances (sums "
                                 f"{sums.squeeze(-1).tolist()}); normalise it, or set attention_normalized = False "
                                 "on the class")
         if out.inst_logits is not None:
-            il = _floating(spec, where + "inst_logits", out.inst_logits)
+            il = floating(spec, where + "inst_logits", out.inst_logits)
             if tuple(il.shape) != (B, N, k):
-                _fail(spec, f"{where}inst_logits has shape {tuple(il.shape)}, expected [B, N, k] = {(B, N, k)}")
+                fail(spec, f"{where}inst_logits has shape {tuple(il.shape)}, expected [B, N, k] = {(B, N, k)}")
             if bool(pad.any()) and il[pad].abs().max() > 1e-6:
-                _fail(spec, f"{where}inst_logits is not zero at padded positions")
+                fail(spec, f"{where}inst_logits is not zero at padded positions")
         if out.probs is not None:
-            p = _floating(spec, where + "probs", out.probs)
+            p = floating(spec, where + "probs", out.probs)
             if tuple(p.shape) != (B, k):
-                _fail(spec, f"{where}probs has shape {tuple(p.shape)}, expected {(B, k)}")
+                fail(spec, f"{where}probs has shape {tuple(p.shape)}, expected {(B, k)}")
             if p.min() < -1e-6 or not torch.allclose(p.sum(-1), torch.ones(B, dtype=p.dtype), atol=1e-5):
-                _fail(spec, f"{where}probs must be class probabilities (non-negative, rows summing to 1)")
+                fail(spec, f"{where}probs must be class probabilities (non-negative, rows summing to 1)")
         if out.inst_probs_override is not None:
-            ip = _floating(spec, where + "inst_probs_override", out.inst_probs_override)
+            ip = floating(spec, where + "inst_probs_override", out.inst_probs_override)
             if tuple(ip.shape) != (B, N, k):
-                _fail(spec, f"{where}inst_probs_override has shape {tuple(ip.shape)}, expected {(B, N, k)}")
+                fail(spec, f"{where}inst_probs_override has shape {tuple(ip.shape)}, expected {(B, N, k)}")
         if not isinstance(out.extras, dict) or not all(isinstance(key, str) for key in out.extras):
-            _fail(spec, f"{where}extras must be a dict with string keys")
+            fail(spec, f"{where}extras must be a dict with string keys")
         for key, value in out.extras.items():
             if torch.is_tensor(value) and value.is_floating_point() and bool(torch.isnan(value).any()):
-                _fail(spec, f"{where}extras[{key!r}] holds NaN")
+                fail(spec, f"{where}extras[{key!r}] holds NaN")
         if pool.scores_instances:
             with torch.no_grad():
                 flat = pool.instance_logits(h[mask])
                 full = pool.instance_logits(h)
             if tuple(flat.shape) != (int(mask.sum()), k) or tuple(full.shape) != (B, N, k):
-                _fail(spec, f"{where}instance_logits must map [..., d] to [..., k]; got {tuple(flat.shape)} for "
+                fail(spec, f"{where}instance_logits must map [..., d] to [..., k]; got {tuple(flat.shape)} for "
                             f"[M, d] and {tuple(full.shape)} for [B, N, d]")
-            _floating(spec, where + "instance_logits", flat)
+            floating(spec, where + "instance_logits", flat)
 
 
-@_check("pooling")
+@register_check("pooling")
 def check_pooling_padding(spec: ComponentSpec) -> None:
     """A padded batch gives every bag the same outputs as the bag alone (eval mode), also when every
     feature is negative (padding filled with 0 instead of -inf before a max)."""
     lengths = [5, 1, 7, 3]
     for d, k in POOLING_SETTINGS:
-        pool = _build(spec, d, k)
+        pool = build_seeded(spec, d, k)
         pool.eval()
         for negative in (True, False):
-            h, mask = _padded(lengths, d, seed=10 + d + k, negative=negative)
+            h, mask = padded_features(lengths, d, seed=10 + d + k, negative=negative)
             kind = "all-negative features, " if negative else ""
             with torch.no_grad():
                 out = pool(h, mask)
                 for b, n in enumerate(lengths):
                     alone = pool(h[b : b + 1, :n], mask[b : b + 1, :n])
-                    _compare_bag(spec, f"(in_dim={d}, k={k}) {kind}bag {b} (n={n}) batched with padding vs alone",
-                                 _bag_fields(out, b, n), _bag_fields(alone, 0, n))
+                    compare_bag(spec, f"(in_dim={d}, k={k}) {kind}bag {b} (n={n}) batched with padding vs alone",
+                                 bag_fields(out, b, n), bag_fields(alone, 0, n))
 
 
-@_check("pooling")
+@register_check("pooling")
 def check_pooling_permutation(spec: ComponentSpec) -> None:
     """Reordering a bag's instances leaves bag outputs unchanged and permutes instance outputs (eval mode).
 
@@ -149,11 +149,11 @@ def check_pooling_permutation(spec: ComponentSpec) -> None:
     if not getattr(spec.cls, "permutation_invariant", True):
         return
     lengths = [6, 4, 1]
-    g = _generator(99)
+    g = seeded_generator(99)
     for d, k in POOLING_SETTINGS:
-        pool = _build(spec, d, k)
+        pool = build_seeded(spec, d, k)
         pool.eval()
-        h, mask = _padded(lengths, d, seed=20 + d + k)
+        h, mask = padded_features(lengths, d, seed=20 + d + k)
         perms = [torch.randperm(n, generator=g) for n in lengths]
         hp = h.clone()
         for b, (n, p) in enumerate(zip(lengths, perms)):
@@ -161,38 +161,38 @@ def check_pooling_permutation(spec: ComponentSpec) -> None:
         with torch.no_grad():
             out, outp = pool(h, mask), pool(hp, mask)
         for b, (n, p) in enumerate(zip(lengths, perms)):
-            _compare_bag(spec, f"(in_dim={d}, k={k}) bag {b} with its instances permuted "
+            compare_bag(spec, f"(in_dim={d}, k={k}) bag {b} with its instances permuted "
                                "(set permutation_invariant = False if the method is order-dependent)",
-                         _bag_fields(outp, b, n), _bag_fields(out, b, n, perm=p))
+                         bag_fields(outp, b, n), bag_fields(out, b, n, perm=p))
 
 
-@_check("pooling")
+@register_check("pooling")
 def check_pooling_single_instance(spec: ComponentSpec) -> None:
     """Bags of one instance: finite outputs in eval and train mode; attention 1 when normalised."""
     normalized = getattr(spec.cls, "attention_normalized", True)
     for d, k in POOLING_SETTINGS:
-        pool = _build(spec, d, k)
+        pool = build_seeded(spec, d, k)
         pool.eval()
         for lengths in ([1], [1, 1]):
-            h, mask = _padded(lengths, d, seed=30 + d)
+            h, mask = padded_features(lengths, d, seed=30 + d)
             with torch.no_grad():
                 out = pool(h, mask)
             where = f"(in_dim={d}, k={k}) {len(lengths)} bag(s) of one instance: "
-            _floating(spec, where + "bag_logits", out.bag_logits)
+            floating(spec, where + "bag_logits", out.bag_logits)
             if tuple(out.bag_logits.shape) != (len(lengths), k):
-                _fail(spec, where + f"bag_logits has shape {tuple(out.bag_logits.shape)}")
+                fail(spec, where + f"bag_logits has shape {tuple(out.bag_logits.shape)}")
             if out.attention is not None:
-                a = _floating(spec, where + "attention", out.attention)
+                a = floating(spec, where + "attention", out.attention)
                 if normalized and not torch.allclose(a, torch.ones_like(a), atol=1e-5):
-                    _fail(spec, where + f"the attention of a lone instance must be 1, got {a.flatten().tolist()}")
+                    fail(spec, where + f"the attention of a lone instance must be 1, got {a.flatten().tolist()}")
             if out.inst_logits is not None:
-                _floating(spec, where + "inst_logits", out.inst_logits)
+                floating(spec, where + "inst_logits", out.inst_logits)
         out, total, _ = _pooling_train_step(spec, pool, d, k, [1, 1, 1], seed=31)
-        _floating(spec, f"(in_dim={d}, k={k}) training on bags of one instance: bag_logits", out.bag_logits)
-        _floating(spec, f"(in_dim={d}, k={k}) training on bags of one instance: default loss", total)
+        floating(spec, f"(in_dim={d}, k={k}) training on bags of one instance: bag_logits", out.bag_logits)
+        floating(spec, f"(in_dim={d}, k={k}) training on bags of one instance: default loss", total)
 
 
-@_check("pooling")
+@register_check("pooling")
 def check_pooling_gradients(spec: ComponentSpec) -> None:
     """Train mode, default loss: every trainable parameter and the instance features get a gradient.
 
@@ -200,58 +200,58 @@ def check_pooling_gradients(spec: ComponentSpec) -> None:
     e.g. the last attention bias's gradient exactly zero).
     """
     for d, k in POOLING_SETTINGS:
-        pool = _build(spec, d, k)
+        pool = build_seeded(spec, d, k)
         out, total, batch = _pooling_train_step(spec, pool, d, k, [4, 2, 6, 1], seed=40 + k, need_input_grad=True)
-        _floating(spec, f"(in_dim={d}, k={k}) default loss", total)
+        floating(spec, f"(in_dim={d}, k={k}) default loss", total)
         if total.dim() != 0:
-            _fail(spec, f"the default loss total must be a scalar, got shape {tuple(total.shape)}")
+            fail(spec, f"the default loss total must be a scalar, got shape {tuple(total.shape)}")
         if not total.requires_grad:
-            _fail(spec, f"(in_dim={d}, k={k}) the default loss does not depend on the pooling's inputs or parameters")
+            fail(spec, f"(in_dim={d}, k={k}) the default loss does not depend on the pooling's inputs or parameters")
         total.backward()
-        _grad_report(spec, pool.named_parameters(), f"pooling (in_dim={d}, k={k})")
+        grad_report(spec, pool.named_parameters(), f"pooling (in_dim={d}, k={k})")
         gx = batch.x.grad
         if gx is None:
-            _fail(spec, f"(in_dim={d}, k={k}) no gradient reaches the instance features, so an encoder "
+            fail(spec, f"(in_dim={d}, k={k}) no gradient reaches the instance features, so an encoder "
                         "before this pooling could not be trained")
         if not bool(torch.isfinite(gx).all()):
-            _fail(spec, f"(in_dim={d}, k={k}) the gradient of the instance features is not finite")
+            fail(spec, f"(in_dim={d}, k={k}) the gradient of the instance features is not finite")
 
 
-@_check("pooling")
+@register_check("pooling")
 def check_pooling_state_dict(spec: ComponentSpec) -> None:
     """state_dict (buffers included) through safetensors into a fresh instance: identical outputs."""
     d, k = POOLING_SETTINGS[-1]
-    pool = _build(spec, d, k, seed=1)
+    pool = build_seeded(spec, d, k, seed=1)
     _pooling_train_step(spec, pool, d, k, [3, 5, 2], seed=50)  # let buffers (prototypes...) move
-    state = _safetensors_roundtrip(spec, pool)
-    fresh = _build(spec, d, k, seed=2)
-    _load_fresh(spec, fresh, state)
-    _compare_states(spec, "after loading", fresh.state_dict(), pool.state_dict())
+    state = safetensors_roundtrip(spec, pool)
+    fresh = build_seeded(spec, d, k, seed=2)
+    load_fresh(spec, fresh, state)
+    compare_states(spec, "after loading", fresh.state_dict(), pool.state_dict())
     pool.eval()
     fresh.eval()
-    h, mask = _padded([4, 6, 1], d, seed=51)
+    h, mask = padded_features([4, 6, 1], d, seed=51)
     with torch.no_grad():
-        _compare_outputs(spec, "outputs of the reloaded instance", fresh(h, mask), pool(h, mask))
+        compare_outputs(spec, "outputs of the reloaded instance", fresh(h, mask), pool(h, mask))
 
 
-@_check("pooling")
+@register_check("pooling")
 def check_pooling_determinism(spec: ComponentSpec) -> None:
     """Same seed: same initial state and same train-mode outputs; eval mode ignores the global RNG."""
     d, k = POOLING_SETTINGS[-1]
-    a, b = _build(spec, d, k, seed=7), _build(spec, d, k, seed=7)
-    _compare_states(spec, "two instances built after the same torch.manual_seed", a.state_dict(), b.state_dict())
-    h, mask = _padded([5, 3, 7], d, seed=60)
+    a, b = build_seeded(spec, d, k, seed=7), build_seeded(spec, d, k, seed=7)
+    compare_states(spec, "two instances built after the same torch.manual_seed", a.state_dict(), b.state_dict())
+    h, mask = padded_features([5, 3, 7], d, seed=60)
     outs = []
     for m in (a, b):
         m.train()
         torch.manual_seed(123)
         outs.append(m(h, mask))
-    _compare_outputs(spec, "train-mode outputs under the same seed", outs[0], outs[1], atol=0.0, rtol=0.0)
+    compare_outputs(spec, "train-mode outputs under the same seed", outs[0], outs[1], atol=0.0, rtol=0.0)
     a.eval()
     with torch.no_grad():
         torch.manual_seed(1)
         e1 = a(h, mask)
         torch.manual_seed(2)
         e2 = a(h, mask)
-    _compare_outputs(spec, "eval-mode outputs under different global seeds (evaluation must be deterministic)",
+    compare_outputs(spec, "eval-mode outputs under different global seeds (evaluation must be deterministic)",
                      e1, e2, atol=0.0, rtol=0.0)

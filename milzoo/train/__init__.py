@@ -1,11 +1,16 @@
 """Training one fold: the :class:`Trainer` and what it uses (settings, optimisers, averaging, distributed
-training, progress)."""
+training, progress).
+
+The trainer's public verbs sit in ``trainer``; the work underneath is private: ``_epoch`` (one training epoch,
+:class:`LossSums`), ``_evaluate`` (predictions, metrics, selection, the fold's result), ``_feed`` (batches on
+the device) and ``_precision`` (autocast and gradient scaling of ``train.precision``).
+"""
 
 from milzoo._lazy import attach
 
 _EXPORTS = {
-    # trainer
-    "LossSums": "trainer", "Trainer": "trainer",
+    # trainer (its private modules: _epoch, _evaluate, _feed, _precision)
+    "Trainer": "trainer", "LossSums": "_epoch",
     # averaging
     "WeightAverager": "averaging",
     # distributed

@@ -118,23 +118,21 @@ def _toml_str(s: str) -> str:
 
 def _run_splits(run_dir: Path, fold: int, overrides: list[str]) -> tuple[dict[str, Any], Any]:
     """The splits fold ``fold`` of the run saw: train, val, test (rebuilt from the run's recipe)."""
-    from milzoo.model.build import build_dataset
-    from milzoo.datasets.protocols import make_folds
+    from milzoo.datasets import folds_for
     from milzoo.recipe import load_recipe
 
     recipe = load_recipe(run_dir / "recipe.toml", overrides)
-    splits = build_dataset(recipe)
-    folds = make_folds(recipe.root.protocol, splits, recipe.root.seed)
+    folds = folds_for(recipe)
     if not 0 <= fold < len(folds):
         raise UserError(f"--fold {fold} is out of range; the run has folds 0..{len(folds) - 1}.")
-    fd = folds[fold]
-    return {"train": fd.train, **fd.evals}, recipe
+    data = folds[fold]
+    return {"train": data.train, **data.evals}, recipe
 
 
 def _loose_splits(recipe_path: str | None, features: str | None, table: str | None,
                   overrides: tuple[str, ...]) -> dict[str, Any]:
     """Splits for a model that comes without a run directory: from --recipe, or --features/--table."""
-    from milzoo.model.build import build_dataset
+    from milzoo.datasets import build_dataset
     from milzoo.recipe import load_recipe
 
     if recipe_path:

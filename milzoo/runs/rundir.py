@@ -1,0 +1,341 @@
+"""The run directory: its layout, the checks before a run writes into it, and the files the run keeps there.
+
+Layout::
+
+    RUN/
+      recipe.toml        the resolved recipe (every default filled in)
+      run.json           command, time, versions of milzoo, libraries and plugins; how each start ended
+      metrics.jsonl      one JSON object per evaluation (fold, epoch, split, metrics)
+      summary.json       final metrics: per fold, mean and std, ensemble
+      log.txt            the run's log
+      fold-00/
+        last/            model.safetensors + config.json (+ predictions-<split>.csv)
+        best/            the validation-selected model (when a validation split exists)
+        state.safetensors  everything --resume needs (model, optimiser, RNG, history)
+        result.json      the fold's final result (written when the fold is complete)
+
+This module owns the directory as a whole: deciding whether a run may start, continue or replace it
+(``check_run_dir``, ``prepare_run_dir``), removing the temp files of writes a kill interrupted, the run record
+(``run.json``, :class:`RunRecord`), ``metrics.jsonl`` (:class:`MetricsWriter`, :func:`trim_metrics`) and
+``log.txt`` (:func:`log_to_file`).  What one fold folder holds is :mod:`milzoo.runs._fold`'s.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from milzoo._atomic import atomic_write_json, atomic_write_text
+from milzoo._untrusted import read_json
+from milzoo.checkpoint import STATE
+from milzoo.errors import RunDirError, TrainingDiverged
+from milzoo.recipe import Recipe, read_toml, validate_recipe
+from milzoo.runs.environment import environment
+
+log = logging.getLogger(__name__)
+
+RECIPE = "recipe.toml"
+RUN_RECORD = "run.json"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+LOG = "log.txt"
+#: a fold folder's final result: the fold is complete once it exists
+FOLD_RESULT = "result.json"
+
+#: recipe keys (section, key) that may differ between a run and its ``--resume``: they change how the run
+#: executes (progress display, loader workers, device, torch threads), never what it computes
+RESUME_FREE_KEYS = {("train", "progress"), ("train", "num_workers"), ("train", "device"), ("train", "threads")}
+
+#: what a fold folder holds once it has trained anything
+_FOLD_RESULTS = (STATE, FOLD_RESULT, "last", "best")
+#: files written atomically in a run directory (a kill mid-write leaves ``.<name>.<random>`` beside them)
+_ATOMIC_NAMES = re.compile(r"^\.(recipe\.toml|run\.json|summary\.json|metrics\.jsonl|result\.json|"
+                           r"state\.safetensors|model\.safetensors|config\.json|predictions-.+\.csv)\.[A-Za-z0-9_]{8}$")
+#: the logger every core module's logger propagates to (modules log under their own ``__name__``)
+_PACKAGE_LOGGER = "milzoo"
+
+
+def fold_dir(run_dir: Path, fold: int) -> Path:
+    """The folder of fold ``fold``: ``RUN/fold-NN``."""
+    return Path(run_dir) / f"fold-{fold:02d}"
+
+
+def fold_is_complete(run_dir: Path, fold: int) -> bool:
+    """Whether fold ``fold`` finished (its ``result.json`` exists)."""
+    return (fold_dir(run_dir, fold) / FOLD_RESULT).exists()
+
+
+# --------------------------------------------------------------------------- checks and preparation
+
+
+def _without_resume_free_keys(resolved: dict) -> dict:
+    """A copy of a resolved recipe (``Recipe.to_dict()``) without :data:`RESUME_FREE_KEYS`, to compare a run's
+    stored recipe with the one it is resumed with.  The JSON round trip is a deep copy that also makes both
+    sides plain JSON values (tuples become lists), so equal recipes compare equal."""
+    copy = json.loads(json.dumps(resolved))
+    for section, key in RESUME_FREE_KEYS:
+        copy.get(section, {}).pop(key, None)
+    return copy
+
+
+def _await_recipe(run_dir: Path, seconds: float = 30.0) -> None:
+    """Per-fold jobs (a Slurm array) may start together: wait while another one is writing recipe.toml."""
+    deadline = time.monotonic() + seconds
+    while not (run_dir / RECIPE).exists() and time.monotonic() < deadline:
+        if not any(p.name.startswith(f".{RECIPE}.") for p in run_dir.iterdir()):
+            return  # nobody is writing it
+        time.sleep(0.1)
+
+
+def holds_results(run_dir: Path) -> bool:
+    """Whether a run directory holds anything a run produced (a checkpoint, a result, a metric line)."""
+    if (run_dir / SUMMARY).exists():
+        return True
+    metrics = run_dir / METRICS
+    if metrics.exists() and metrics.stat().st_size > 0:
+        return True
+    return any((folder / name).exists() for folder in run_dir.glob("fold-*") for name in _FOLD_RESULTS)
+
+
+def remove_orphaned_temp_files(directory: Path) -> list[Path]:
+    """Delete the temp files of atomic writes interrupted by a kill (``.state.safetensors.ab12cd34``...)."""
+    removed = []
+    if not directory.is_dir():
+        return removed
+    for sub in (directory, *(p for p in directory.iterdir() if p.is_dir())):
+        for p in sub.iterdir():
+            if p.is_file() and _ATOMIC_NAMES.match(p.name):
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    for p in removed:
+        log.info("removed %s, left by a write that was interrupted (the file it was replacing is intact)", p)
+    return removed
+
+
+def _check_out_path(run_dir: Path) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"--out {run_dir} is a file, not a directory; give a directory for the run (new or "
+                          "existing).")
+    for parent in run_dir.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise RunDirError(f"--out {run_dir} cannot be created: {parent} is a file. Choose another --out.")
+            break
+
+
+def _check_same_recipe(recipe: Recipe, run_dir: Path) -> None:
+    """Refuse to continue a run with a recipe other than the one it started with (resume-free keys aside)."""
+    if not (run_dir / RECIPE).exists():
+        raise RunDirError(f"{run_dir} is not a milzoo run directory (no recipe.toml); cannot resume it.")
+    stored = validate_recipe(read_toml(run_dir / RECIPE), str(run_dir / RECIPE)).to_dict()
+    if _without_resume_free_keys(stored) != _without_resume_free_keys(recipe.to_dict()):
+        raise RunDirError(
+            f"the recipe differs from the one {run_dir} was started with, so it cannot be resumed into it. "
+            "Run the original recipe (it is saved as recipe.toml in the run directory: "
+            f"`milzoo run {run_dir / RECIPE} --out {run_dir} --resume`) or use a new --out."
+        )
+
+
+def check_run_dir(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, fold: int | None) -> str:
+    """Decide, without changing anything, what the run does with its directory.
+
+    Returns ``"new"`` (create it), ``"continue"`` (``--resume``, or a per-fold job joining a run) or
+    ``"replace"`` (``--overwrite`` of a run, or a failed start that holds no results).  Raises
+    :class:`RunDirError` with the fix otherwise.
+    """
+    if resume and overwrite:
+        raise RunDirError("--resume and --overwrite contradict each other: --resume continues the run in --out, "
+                          "--overwrite replaces it. Pass one of them.")
+    _check_out_path(run_dir)
+    if not (run_dir.exists() and any(run_dir.iterdir())):
+        if resume:
+            raise RunDirError(f"nothing to resume: {run_dir} does not exist. Run without --resume to start it.")
+        return "new"
+    if fold is not None and not resume:
+        _await_recipe(run_dir)
+    if resume or (fold is not None and (run_dir / RECIPE).exists()):
+        _check_same_recipe(recipe, run_dir)
+        return "continue"
+    is_run = (run_dir / RECIPE).exists() or (run_dir / METRICS).exists()
+    if not is_run:
+        raise RunDirError(
+            f"{run_dir} is not empty and is not a milzoo run directory; refusing to "
+            f"{'--overwrite' if overwrite else 'write into'} it. Choose another --out."
+        )
+    if not overwrite and holds_results(run_dir):
+        raise RunDirError(
+            f"the run directory {run_dir} exists already and holds results. Choose another --out, pass "
+            "--resume to continue that run, or --overwrite to replace it."
+        )
+    return "replace"  # --overwrite, or a start that failed before any result (only its log is replaced)
+
+
+def prepare_run_dir(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, fold: int | None) -> None:
+    """Create, continue or replace the run directory (rank 0 only when distributed).
+
+    Call it once the data has loaded: ``--overwrite`` removes the old run only here.  The directory is
+    checked again (``run`` checked it before loading the data, to fail early), because a per-fold job
+    started beside this one may have created it meanwhile.
+    """
+    action = check_run_dir(recipe, run_dir, resume, overwrite, fold)
+    if action == "continue":
+        return
+    if action == "replace":
+        if not overwrite:
+            log.info("replacing %s: an earlier start there failed before writing any result", run_dir)
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / RECIPE, recipe.to_toml())
+
+
+# --------------------------------------------------------------------------- run.json
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+class RunRecord:
+    """``run.json``: what started the run (command, recipe, versions, plugins) and how each start ended.
+
+    Use the record of a start as a context manager around the start's work: leaving it writes the outcome
+    ("finished", "diverged", "interrupted" or "failed", with the error's message) at the top level and in the
+    start's ``history`` entry, so a run directory that stopped says why without its log, and tables built from
+    copied run directories can tell a diverged run from a killed one (a start killed outright records
+    nothing: its run.json has no ``outcome``).
+    """
+
+    def __init__(self, path: Path, info: dict):
+        self.path = path
+        self.info = info
+
+    @classmethod
+    def start(cls, run_dir: Path, recipe: Recipe, resume: bool, fold: int | None) -> RunRecord:
+        """Write run.json for a start of the run (its earlier starts stay in ``history``)."""
+        path = run_dir / RUN_RECORD
+        info = {"started": _now(), "command": sys.argv, "resume": resume, "fold": fold,
+                "recipe_source": recipe.source, **environment()}
+        history = _previous_info(path).get("history", [])
+        info["history"] = history + [{"started": info["started"], "resume": resume, "fold": fold}]
+        atomic_write_json(path, info)
+        return cls(path, info)
+
+    def __enter__(self) -> RunRecord:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is None:
+            self.end("finished")
+        elif isinstance(exc, TrainingDiverged):
+            self.end("diverged", str(exc))
+        elif isinstance(exc, KeyboardInterrupt):
+            self.end("interrupted")
+        else:
+            self.end("failed", f"{type(exc).__name__}: {exc}")
+        return False  # the run's own error goes on
+
+    def end(self, outcome: str, error: str = "") -> None:
+        """Record how this start ended."""
+        entry = {"ended": _now(), "outcome": outcome}
+        if error:
+            entry["error"] = error
+        self.info.update(entry)
+        self.info["history"][-1].update(entry)
+        try:
+            atomic_write_json(self.path, self.info)
+        except OSError as exc:  # never let the bookkeeping hide the run's own error
+            log.warning("could not record the outcome %r in %s: %s", outcome, self.path, exc)
+
+
+def _previous_info(path: Path) -> dict:
+    """run.json of the earlier starts (for its history); a damaged one is replaced, with a warning."""
+    if not path.exists():
+        return {}
+    try:
+        info = read_json(path, "run information", RunDirError)
+    except RunDirError as exc:
+        log.warning("%s; it only holds the run's history, so a new one is written", exc)
+        return {}
+    if not isinstance(info, dict) or not isinstance(info.get("history", []), list):
+        log.warning("%s is not a run.json written by milzoo; a new one is written", path)
+        return {}
+    return info
+
+
+# --------------------------------------------------------------------------- metrics.jsonl
+
+
+class MetricsWriter:
+    """Appends one evaluation record (fold, epoch, split, metrics) per line to ``metrics.jsonl``.
+
+    NaN (an undefined metric) is written as ``null``.  ``enabled=False`` (the ranks other than 0 of a
+    distributed run) writes nothing.
+    """
+
+    def __init__(self, path: Path, enabled: bool = True):
+        self.path = path
+        self.enabled = enabled
+
+    def __call__(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()}
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(clean) + "\n")
+            fh.flush()
+
+
+def trim_metrics(run_dir: Path, keep: Callable[[dict], bool]) -> None:
+    """Keep only the ``metrics.jsonl`` records for which ``keep(record)`` holds (and drop half-written lines).
+
+    The file is rewritten only when something is dropped: per-fold jobs beside this one may be appending.
+    """
+    path = run_dir / METRICS
+    if not path.exists():
+        return
+    kept = []
+    lines = path.read_text().splitlines()
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a half-written line from a killed run
+        if keep(record):
+            kept.append(json.dumps(record))
+    if len(kept) == len(lines):
+        return
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+# --------------------------------------------------------------------------- log.txt
+
+
+def log_to_file(run_dir: Path, tag: str = "", replace: bool = False) -> logging.Handler:
+    """Send every core module's log records (at INFO and above) to ``RUN/log.txt``; return the handler.
+
+    The handler sits on the ``milzoo`` logger, which each module's ``getLogger(__name__)`` propagates to.
+    ``tag`` marks the lines (``"[worker] "``); ``replace`` first removes the handlers there already (a forked
+    worker must not write through its parent's file object).  Remove it with :func:`stop_log_to_file`.
+    """
+    logger = logging.getLogger(_PACKAGE_LOGGER)
+    if replace:
+        for old in list(logger.handlers):
+            logger.removeHandler(old)
+    handler = logging.FileHandler(run_dir / LOG, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {tag}%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    return handler
+
+
+def stop_log_to_file(handler: logging.Handler) -> None:
+    """Detach and close a handler of :func:`log_to_file`."""
+    logging.getLogger(_PACKAGE_LOGGER).removeHandler(handler)
+    handler.close()
