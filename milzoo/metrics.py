@@ -113,6 +113,55 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std())
 
 
+#: metrics where a smaller value is better (errors and losses); every other metric is better larger
+LOWER_IS_BETTER = frozenset({"loss", "mae", "rmse", "mse", "ibs", "brier"})
+
+
 def higher_is_better(metric: str) -> bool:
-    """Whether a larger value of ``metric`` is better (every metric but the loss)."""
-    return metric not in ("loss",)
+    """Whether a larger value of ``metric`` is better (all but the losses and errors of LOWER_IS_BETTER)."""
+    return metric not in LOWER_IS_BETTER
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n with ties given their average rank (what Spearman's correlation correlates)."""
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x), dtype=np.float64)
+    ranks[order] = np.arange(1, len(x) + 1)
+    values, inverse = np.unique(x, return_inverse=True)
+    sums = np.bincount(inverse, weights=ranks)
+    counts = np.bincount(inverse)
+    return (sums / counts)[inverse]
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    denominator = math.sqrt(float(np.dot(a, a)) * float(np.dot(b, b)))
+    return float(np.dot(a, b) / denominator) if denominator > 0 else math.nan
+
+
+def regression_metrics(y_true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """MAE, RMSE, R², Pearson's r and Spearman's rho of ``pred`` against ``y_true`` (both ``[n, t]``; the
+    mean over the ``t`` targets).  R² is 1 - SS_res / SS_tot per target (scikit-learn's ``r2_score``); a
+    correlation with a constant side is NaN, never a confident number."""
+    y_true = np.asarray(y_true, dtype=np.float64).reshape(len(pred), -1)
+    pred = np.asarray(pred, dtype=np.float64).reshape(len(y_true), -1)
+    bad = np.flatnonzero(~np.isfinite(pred).all(axis=1))
+    if bad.size:
+        raise DataError(
+            f"the model's predictions of {bad.size} of {len(pred)} bags are NaN/inf (bags at positions "
+            f"{bad[:5].tolist()}{' ...' if bad.size > 5 else ''} of the split): their features hold NaN/inf "
+            "values, or the weights diverged. Check the data (or lower optim.lr / set train.grad_clip)."
+        )
+    if len(y_true) == 0:
+        return {k: math.nan for k in ("mae", "rmse", "r2", "pearson", "spearman")}
+    err = pred - y_true
+    out = {"mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err**2)))}
+    r2, pr, sp = [], [], []
+    for j in range(y_true.shape[1]):
+        yt, yp = y_true[:, j], pred[:, j]
+        ss_tot = float(np.sum((yt - yt.mean()) ** 2))
+        r2.append(1.0 - float(np.sum((yt - yp) ** 2)) / ss_tot if ss_tot > 0 else math.nan)
+        pr.append(_pearson(yt, yp))
+        sp.append(_pearson(_ranks(yt), _ranks(yp)))
+    out["r2"], out["pearson"], out["spearman"] = (float(np.mean(v)) for v in (r2, pr, sp))
+    return out

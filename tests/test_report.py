@@ -415,3 +415,42 @@ def test_slides_use_the_wsi_heatmap(feature_runs, monkeypatch):
     png, kind = att.attention_png(view)
     assert kind == "heatmap"
     check_png(png)
+
+
+# --------------------------------------------------------------------------- the decision rule, one colour map
+
+
+def test_report_and_attention_say_which_rule_gave_the_class(feature_runs, tmp_path):
+    abmil, _ = feature_runs
+    out = tmp_path / "r.html"
+    write_report([abmil], out, embed=False)
+    page = parse(out)
+    text = " ".join(page.text)
+    assert "Classes behind acc and F1" in text and "argmax" in text  # the recipe chose no threshold
+    assert "decision rule: argmax" in text and "(p=" in text and ", argmax)" in text
+    res = CliRunner().invoke(cli, ["attention", str(abmil), "--index", "0", "--out", str(tmp_path / "a.png")])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[-2].startswith("predicted ") and lines[-2].endswith(", argmax)")
+    assert lines[-1] == "decision rule: argmax"
+    # a threshold recorded on validation decides instead, in the report's attention view too
+    ctx = RunContext(abmil)
+    model, _ = ctx.model(0)
+    model.decision_threshold = 0.0  # every bag is class 1 now
+    v = att.bag_view(model, ctx.dataset(0, "test"), 0)
+    assert v.bag_pred == 1 and "threshold 0.000 chosen on validation" in att.prediction_text(v)
+    assert v.rule.endswith("(threshold chosen on validation), else " + v.class_names[0])
+
+
+def test_one_colour_map_for_attention_values(image_run):
+    import matplotlib
+
+    from milzoo.report.common import VALUE_CMAP
+
+    ctx = RunContext(image_run)
+    model, _ = ctx.model(0)
+    v = att.bag_view(model, ctx.dataset(0, "test"), 2)
+    rgb = check_png(att.attention_png(v)[0])
+    top = int(np.argmax(v.values))
+    frame = matplotlib.colormaps[VALUE_CMAP](v.values[top] / v.values.max())  # the top instance's frame colour
+    assert has_colour(rgb, "#%02x%02x%02x" % tuple(int(round(c * 255)) for c in frame[:3]), tol=6, min_pixels=20)

@@ -3,7 +3,7 @@
 from milzoo.registry.hookspecs import hookimpl
 
 __all__ = ["milzoo_register_datasets", "milzoo_register_encoders", "milzoo_register_losses", "milzoo_register_poolings",
-           "milzoo_register_recipes"]
+           "milzoo_register_recipes", "milzoo_register_tasks"]
 
 
 @hookimpl
@@ -24,9 +24,20 @@ def milzoo_register_poolings(register):
 
 @hookimpl
 def milzoo_register_losses(register):
-    from milzoo.builtin.losses import BagCrossEntropy
+    from milzoo.builtin.losses import BagCrossEntropy, HuberLoss, L1Loss, MSELoss
 
     register(BagCrossEntropy, aliases=["ce"])
+    register(MSELoss)
+    register(L1Loss)
+    register(HuberLoss)
+
+
+@hookimpl
+def milzoo_register_tasks(register):
+    from milzoo.builtin.tasks import ClassificationTask, RegressionTask
+
+    register(ClassificationTask)
+    register(RegressionTask)
 
 
 @hookimpl

@@ -29,7 +29,7 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 STATE = "state.safetensors"
 #: the components a model is made of and a checkpoint records (name, options, provider), in build order
-COMPONENT_KINDS = ("encoder", "pooling", "augment")
+COMPONENT_KINDS = ("encoder", "pooling", "augment", "task")
 
 _T = TypeVar("_T")
 
@@ -41,7 +41,7 @@ def model_config(model: MILModel, extra: dict[str, Any] | None = None) -> dict[s
     plugins: dict[str, str] = {}
     for kind in COMPONENT_KINDS:
         comp = getattr(model, kind)
-        if comp is None:
+        if comp is None or spec.get(kind) is None:  # no augment; the default classification task
             continue
         prov = dict(getattr(type(comp), "provenance", {}) or {})
         components[kind] = {"name": comp.name, **prov}

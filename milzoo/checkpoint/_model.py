@@ -22,6 +22,7 @@ from milzoo.checkpoint._verify import (
 )
 from milzoo.errors import CheckpointError, UnknownComponentError
 from milzoo.model.build import build_components
+from milzoo.model.decision import apply_recorded_threshold
 from milzoo.model.mil import MILModel
 
 
@@ -37,7 +38,7 @@ def save_model(model: MILModel, directory: str | Path, extra_config: dict[str, A
 
 def _build(spec: CheckpointSpec, tables: dict[str, dict[str, Any] | None]) -> MILModel:
     model = build_components(
-        encoder=tables["encoder"], pooling=tables["pooling"], augment=tables["augment"],
+        encoder=tables["encoder"], pooling=tables["pooling"], augment=tables["augment"], task=tables["task"],
         in_shape=tuple(spec.in_shape), num_classes=spec.num_classes, class_names=spec.class_names,
         standardize=spec.standardize, channels_last=spec.channels_last,
     )
@@ -86,4 +87,5 @@ def load_model(directory: str | Path) -> MILModel:
     model = build_model_from_config(cfg, weights)
     load_state_into(model, weights)
     model.eval()
-    return model
+    # the binary threshold chosen on validation, when the run chose one (milzoo.model.decision: one rule)
+    return apply_recorded_threshold(model, cfg)

@@ -57,8 +57,11 @@ class CheckpointSpec(BaseModel):
     encoder: _ComponentSpec
     pooling: _ComponentSpec
     augment: _ComponentSpec | None = None
+    #: absent for classification (every checkpoint written before tasks)
+    task: _ComponentSpec | None = None
     in_shape: list[int] = Field(min_length=1, max_length=4)
-    num_classes: int = Field(ge=2, le=MAX_DIM)
+    #: outputs of the bag head: the number of classes, or a task's out_dim (1 for a regression target)
+    num_classes: int = Field(ge=1, le=MAX_DIM)
     class_names: list[str] | None = None
     standardize: bool = False
     channels_last: bool = False

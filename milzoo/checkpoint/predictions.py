@@ -1,4 +1,5 @@
-"""The predictions a checkpoint folder keeps: ``predictions-<split>.csv`` (bag id, label, one probability per class).
+"""The predictions a checkpoint folder keeps: ``predictions-<split>.csv`` (bag id, labels, the task's predictions:
+one probability per class for classification).
 
 Written next to the fold's ``best`` and ``last`` checkpoints by the trainer, read back by ``summarize`` (the
 ensemble vote of ``protocol.kind = "cv_ensemble"``) and by the report.
@@ -17,13 +18,22 @@ from milzoo._atomic import atomic_write_text
 from milzoo.errors import RunDirError
 
 
-def write_predictions(folder: str | Path, split: str, preds: dict[str, Any], class_names: list[str]) -> None:
-    """``folder/predictions-<split>.csv`` from a split's predictions (``bag_ids``, ``y``, ``probs``), atomically."""
+def write_predictions(folder: str | Path, split: str, preds: dict[str, Any], columns: list[str],
+                      label_columns: tuple[str, ...] | list[str] = ("label",)) -> None:
+    """``folder/predictions-<split>.csv`` from a split's predictions (``bag_ids``, ``y``, ``probs``), atomically.
+
+    The header is ``bag_id``, the task's ``label_columns`` and its prediction ``columns`` (classification:
+    ``label, p_<class>...``; docs/tasks.md); class labels are written as integers, other labels as numbers.
+    """
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["bag_id", "label", *[f"p_{c}" for c in class_names]])
+    w.writerow(["bag_id", *label_columns, *columns])
     for bid, y, pr in zip(preds["bag_ids"], preds["y"], preds["probs"]):
-        w.writerow([bid, int(y), *[f"{v:.6g}" for v in pr]])
+        if np.ndim(y) == 0 and np.issubdtype(np.asarray(y).dtype, np.integer):
+            labels = [int(y)]
+        else:
+            labels = [f"{v:.6g}" for v in np.atleast_1d(y)]
+        w.writerow([bid, *labels, *[f"{v:.6g}" for v in pr]])
     atomic_write_text(Path(folder) / f"predictions-{split}.csv", buf.getvalue())
 
 

@@ -95,6 +95,11 @@ def format_summary(summary: dict) -> str:
     for split, m in (summary.get("ensemble") or {}).items():
         auc = "auc undefined (one class)" if m.get("auc") is None or m["auc"] != m["auc"] else f"auc {m['auc']:.3f}"
         lines.append(f"  {'ensemble (vote)':<32} {split:<16} acc {m['acc']:.3f}  {auc}  f1 {m['f1']:.3f}")
+    from milzoo.model.decision import summary_has_classes, summary_rule_text
+
+    if summary_has_classes(summary):
+        lines.append(f"  decision rule (acc, f1): {summary_rule_text(summary)}"
+                     + ("; the ensemble votes the folds' classes" if summary.get("ensemble") else ""))
     return "\n".join(lines)
 
 

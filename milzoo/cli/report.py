@@ -9,6 +9,9 @@ import click
 _FOLD = click.option("--fold", type=int, default=0, show_default=True, help="which fold's model and bags")
 _SPLIT = click.option("--split", default="test", show_default=True,
                       help="which split of that fold (train, val, test, or another split the dataset has)")
+_SLIDES = click.option("--slides", "slides", default=None, metavar="DIR",
+                       help="slides: folder of the slide images (matched by slide id, with or without extension); "
+                            "the heatmap is drawn over the slide's thumbnail (needs milzoo-wsi[slides])")
 
 
 @click.command("report")
@@ -25,7 +28,8 @@ _SPLIT = click.option("--split", default="test", show_default=True,
 @click.option("--max-instances", type=click.IntRange(min=2), default=1000, show_default=True,
               help="instances in each representation map")
 @click.option("--method", type=click.Choice(["tsne", "pca"]), default="tsne", show_default=True)
-def report_cmd(run_dirs, out, labels, embed, attention, fold, split, max_instances, method):
+@_SLIDES
+def report_cmd(run_dirs, out, labels, embed, attention, fold, split, max_instances, method, slides):
     """Write a self-contained HTML report of one or several runs (several: overlaid for comparison).
 
     It holds the loss and metric curves per epoch and split (thin line per fold,
@@ -37,7 +41,7 @@ def report_cmd(run_dirs, out, labels, embed, attention, fold, split, max_instanc
     from milzoo.report.html import write_report
 
     path = write_report(list(run_dirs), out, labels=list(labels) or None, embed=embed, attention=attention,
-                        fold=fold, split=split, max_instances=max_instances, method=method)
+                        fold=fold, split=split, max_instances=max_instances, method=method, slides=slides)
     click.echo(f"wrote {path}")
 
 
@@ -81,26 +85,42 @@ def embed_cmd(run_dir, fold, split, max_instances, method, seed, out):
 @click.option("--max-show", type=click.IntRange(min=1), default=None,
               help="most instances drawn (default 64 images / 300 bars; the highest attention first)")
 @click.option("--out", default=None, help="PNG to write (default RUN_DIR/attention-fold<I>-<split>-<bag>.png)")
-def attention_cmd(run_dir, bag_id, index, fold, split, order, max_show, out):
+@_SLIDES
+@click.option("--geojson/--no-geojson", default=True, show_default=True,
+              help="slides: also write the patches with their attention as GeoJSON for QuPath (beside the PNG)")
+def attention_cmd(run_dir, bag_id, index, fold, split, order, max_show, out, slides, geojson):
     """Draw one bag's attention: an image grid, a bar chart, or a slide heatmap.
 
     Without --bag/--index the first bag not of class 0 is shown.  Image bags get
     a grid of their instances titled with attention and instance prediction;
     feature bags a bar chart; slides (bags with coordinates) the heatmap of the
-    milzoo-wsi plugin.
+    milzoo-wsi plugin, over the slide image with --slides, and a GeoJSON of the
+    patches for QuPath.  The bag's class comes from the checkpoint's validation
+    threshold when it recorded one, else the argmax; the rule is printed.
     """
     import re
 
     from milzoo.report.common import write_bytes
     from milzoo.report.context import RunContext
-    from milzoo.report.attention import run_attention
+    from milzoo.report.attention import attention_geojson, prediction_text, run_attention
 
     png, kind, view = run_attention(RunContext(run_dir), fold=fold, split=split, bag_id=bag_id, index=index,
-                                    max_show=max_show, order=order)
+                                    max_show=max_show, order=order, slides=slides)
     safe = re.sub(r"[^0-9A-Za-z_.-]+", "_", str(view.bag.bag_id or view.position))[:80]
     path = Path(out) if out else Path(run_dir) / f"attention-fold{fold:02d}-{split}-{safe}.png"
     write_bytes(path, png)
-    click.echo(f"wrote {path} ({kind}, bag {view.bag.bag_id or view.position}, {len(view.bag)} instances)")
+    over = f", over {view.slide_image}" if view.slide_image else ""
+    click.echo(f"wrote {path} ({kind}, bag {view.bag.bag_id or view.position}, {len(view.bag)} instances{over})")
+    if geojson and kind == "heatmap":
+        text = attention_geojson(view)
+        if text is not None:
+            geo = path.with_suffix(".geojson")
+            write_bytes(geo, text.encode("utf-8"))
+            click.echo(f"wrote {geo} (one polygon per patch, for QuPath)")
+    click.echo(prediction_text(view))
+    click.echo(f"decision rule: {view.rule}")
+    for note in dict.fromkeys(view.notes):
+        click.echo(f"note: {note}")
 
 
 COMMANDS = [report_cmd, embed_cmd, attention_cmd]

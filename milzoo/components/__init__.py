@@ -10,7 +10,7 @@ from milzoo._lazy import attach
 _EXPORTS = {
     # base
     "ComponentConfig": "base", "Component": "base", "Encoder": "base", "Pooling": "base", "Loss": "base",
-    "Augment": "base", "DatasetSource": "base", "BoundModel": "base", "KINDS": "base", "component_options": "base",
+    "Augment": "base", "DatasetSource": "base", "Task": "base", "BoundModel": "base", "KINDS": "base", "component_options": "base",
     # output
     "MILOutput": "output", "LossResult": "output", "TrainState": "output",
 }

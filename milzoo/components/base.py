@@ -11,6 +11,7 @@ Construction signatures (the registry and the model builder call these):
 - ``Loss(config, num_classes)``            ``(output, batch, state)`` -> :class:`LossResult`
 - ``DatasetSource(config)``                ``.load()`` -> ``{split name: MILDataset}``
 - ``Augment(config, in_shape)``            ``[M, *s]`` -> ``[V, M, *s]`` views (view 0 = weak)
+- ``Task(config)``                         what a label is; bag outputs -> predictions and metrics
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ class Pooling(Component, nn.Module):
     default_loss: ClassVar[str] = "bag_ce"
     #: whether reordering a bag's instances leaves its outputs unchanged
     permutation_invariant: ClassVar[bool] = True
+    #: the tasks (docs/tasks.md) the pooling's math serves; None: every task (its head has ``num_classes``
+    #: outputs of any meaning)
+    tasks: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, config: ComponentConfig, in_dim: int, num_classes: int):
         nn.Module.__init__(self)
@@ -87,6 +91,22 @@ class Pooling(Component, nn.Module):
         """Apply the bag classifier to single instances: ``[..., d] -> [..., k]``."""
         raise NotImplementedError(f"pooling {self.name!r} cannot score single instances")
 
+    def check_task(self, task: "Task") -> None:
+        """Refuse a task this pooling cannot serve (a :class:`milzoo.errors.ComponentError` naming the fix).
+
+        By default a pooling serves the tasks of its ``tasks`` attribute (every task when None); a pooling whose
+        answer depends on its options (PSAtt's prototype update) overrides this.
+        """
+        allowed = type(self).tasks
+        if allowed is not None and task.name not in allowed:
+            from milzoo.errors import ComponentError
+
+            raise ComponentError(
+                f"pooling {self.name!r} cannot be trained for the {task.name!r} task: it serves "
+                f"{', '.join(repr(t) for t in allowed)} (its docs page says why). Choose another pooling (abmil, "
+                "transmil, mean or max serve every task) or another task."
+            )
+
     def after_forward(self, out: MILOutput, batch: "MILBatch") -> None:
         """Called by the trainer after each *training* forward, under ``no_grad``.
 
@@ -100,6 +120,9 @@ class Loss(Component, nn.Module):
     """A training objective.  A recipe may list several; their totals add up."""
 
     kind: ClassVar[str] = "loss"
+    #: whether the loss reads class indices from ``batch.y`` (every classification loss); a loss of another
+    #: task (regression, survival) sets False, and the model builder refuses a mismatch with the task
+    needs_classes: ClassVar[bool] = True
 
     def __init__(self, config: ComponentConfig, num_classes: int):
         nn.Module.__init__(self)
@@ -137,6 +160,65 @@ class Augment(Component, nn.Module):
         raise NotImplementedError
 
 
+class Task(Component, nn.Module):
+    """What a bag's label is, and what is done with the model's bag outputs (docs/tasks.md).
+
+    A task says how many outputs the bag head has (:meth:`out_dim`; poolings receive it as ``num_classes``),
+    which loss trains it when a recipe names none (:attr:`default_loss`), which per-fold state is fitted on
+    the training bags (:meth:`fit`: e.g. a regression target's mean and scale, survival time bins; kept in
+    buffers, so the checkpoint carries it), what a prediction is (:meth:`predict`, in the label's own units)
+    and how predictions are measured (:meth:`metrics`).  ``MILModel.task`` holds the instance.
+
+    Labels reach the task as ``MILBatch.y``: ``[B]`` long class indices for classification, ``[B]`` or
+    ``[B, t]`` float for regression, ``[B, 2]`` float ``(time, event)`` for survival; a dataset's ``labels``
+    property returns them as a numpy array of the same shape, ``strata`` what k-fold splits stratify by.
+    """
+
+    kind: ClassVar[str] = "task"
+    #: the loss used when a recipe names none; None: the pooling's own ``default_loss`` (classification)
+    default_loss: ClassVar[str | None] = None
+    #: the metric the (labelled, optimistic) "best epoch on test" figure is chosen by
+    headline: ClassVar[str] = "acc"
+    #: whether a binary threshold may be chosen on validation (``protocol.threshold = "youden"``)
+    thresholds: ClassVar[bool] = False
+    #: whether labels are class indices (losses such as ``bag_ce`` and class-specific poolings need that)
+    classes: ClassVar[bool] = False
+
+    def __init__(self, config: ComponentConfig):
+        nn.Module.__init__(self)
+        self.config = config
+
+    def out_dim(self, num_classes: int) -> int:
+        """How many bag outputs the pooling's head has (``num_classes``: the dataset's number of classes)."""
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def check_labels(self, labels: Any, where: str) -> None:
+        """Refuse labels this task cannot use (a :class:`milzoo.errors.DataError` naming the fix)."""
+
+    def fit(self, train: "MILDataset") -> None:
+        """Fit per-fold state on the training bags' labels (buffers); called once per fold before training."""
+
+    def predict(self, out: MILOutput) -> Tensor:
+        """``[B, p]`` predictions in the label's own units (classification: class probabilities)."""
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def columns(self, class_names: list[str]) -> list[str]:
+        """Names of the ``p`` prediction columns (the predictions file's header after ``bag_id`` and labels)."""
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def label_columns(self) -> list[str]:
+        """Names of the label columns of the predictions file."""
+        return ["label"]
+
+    def metrics(self, y: Any, pred: Any, threshold: float | None = None) -> dict[str, float]:
+        """Metrics of a split's predictions ``pred`` ``[n, p]`` against its labels ``y`` (numpy arrays)."""
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def example_labels(self, n: int, seed: int = 0) -> list[Any]:
+        """``n`` plausible labels of this task (the contract suite trains and checks losses on them)."""
+        raise NotImplementedError(f"task {self.name!r} gives no example labels")  # pragma: no cover - interface
+
+
 class BoundModel(Protocol):
     """What a loss may use of the model it is bound to (:meth:`Loss.bind`); ``MILModel`` provides it.
 
@@ -161,6 +243,9 @@ class BoundModel(Protocol):
     @property
     def class_names(self) -> list[str]: ...
 
+    @property
+    def task(self) -> Task: ...
+
 
 class DatasetSource(Component):
     """Loads a dataset's splits.  ``load()`` returns ``{split: MILDataset}``.
@@ -184,6 +269,7 @@ KINDS: dict[str, type] = {
     "loss": Loss,
     "dataset": DatasetSource,
     "augment": Augment,
+    "task": Task,
 }
 
 

@@ -12,11 +12,11 @@ _EXPORTS = {
     "Bag": "batch", "MILBatch": "batch", "collate_bags": "batch",
     # checks
     "FLOAT32_MAX": "checks", "LABEL_CONVENTIONS": "checks", "class_indices": "checks",
-    "first_nonfinite_row": "checks", "check_finite_features": "checks",
+    "first_nonfinite_row": "checks", "check_finite_features": "checks", "check_groups_disjoint": "checks", "shared_groups": "checks",
     # protocols
     "FoldData": "protocols", "stratified_kfold": "protocols", "kfold_indices": "protocols", "warn_unstratified": "protocols",
     "check_trainable": "protocols", "assert_no_group_leak": "protocols", "carve_validation": "protocols",
-    "make_folds": "protocols", "build_dataset": "protocols", "folds_for": "protocols", "fold_count": "protocols",
+    "make_folds": "protocols", "check_separated": "protocols", "dataset_info": "protocols", "build_dataset": "protocols", "folds_for": "protocols", "fold_count": "protocols",
 }
 
 __getattr__, __dir__, __all__ = attach(__name__, _EXPORTS)

@@ -35,6 +35,12 @@ class MILDataset(Dataset):
         return None
 
     @property
+    def strata(self) -> np.ndarray:
+        """What k-fold splits stratify by: the class labels; for other labels a task-specific summary (the
+        event indicator of survival labels, quantile bins of a regression target: docs/tasks.md)."""
+        return label_strata(self.labels)
+
+    @property
     def bag_ids(self) -> list[str]:
         return [str(i) for i in range(len(self))]
 
@@ -58,6 +64,21 @@ class MILDataset(Dataset):
         return torch.cat([self.get_bag(i).x for i in range(len(self))], dim=0)
 
 
+def label_strata(labels: np.ndarray, bins: int = 4) -> np.ndarray:
+    """Integer strata of labels: class indices as they are; ``(time, event)`` pairs by their event indicator;
+    a continuous target by its quartile (of its first column)."""
+    y = np.asarray(labels)
+    if y.ndim == 1 and np.issubdtype(y.dtype, np.integer):
+        return y
+    if y.ndim == 2 and y.shape[1] == 2 and np.isin(y[:, 1], (0, 1)).all() and (y[:, 0] >= 0).all():
+        return y[:, 1].astype(np.int64)  # survival: stratify by event
+    first = y.reshape(len(y), -1)[:, 0].astype(np.float64)
+    if len(first) < bins:
+        return np.zeros(len(first), dtype=np.int64)
+    edges = np.quantile(first, np.linspace(0, 1, bins + 1)[1:-1])
+    return np.searchsorted(edges, first, side="right").astype(np.int64)
+
+
 class BagListDataset(MILDataset):
     """Bags held in memory as a list."""
 
@@ -67,7 +88,8 @@ class BagListDataset(MILDataset):
         self.bags = bags
         self.class_names = list(class_names)
         self.instance_shape = tuple(bags[0].x.shape[1:])
-        self._labels = np.array([b.y for b in bags], dtype=np.int64)
+        classes = all(isinstance(b.y, (int, np.integer)) for b in bags)
+        self._labels = np.array([b.y for b in bags], dtype=np.int64 if classes else np.float64)
         self._groups = None if groups is None else np.asarray(groups)
 
     def __len__(self) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -19,7 +20,7 @@ from torch import Tensor
 @dataclass
 class Bag:
     x: Tensor  # [n, *instance_shape]
-    y: int  # bag label (class index)
+    y: Any  # bag label: a class index (int); a float or float vector for regression, (time, event) for survival
     bag_id: str = ""
     index: int = -1  # position in the dataset it came from (per-bag state, e.g. DEMIL)
     inst_y: Tensor | None = None  # [n] long, -1 where unknown
@@ -35,7 +36,7 @@ class Bag:
 class MILBatch:
     x: Tensor  # [B, N, *instance_shape], zero padded
     mask: Tensor  # [B, N] bool
-    y: Tensor  # [B] long
+    y: Tensor  # [B] long class indices, or float [B] / [B, t] (regression), [B, 2] (survival: time, event)
     index: Tensor  # [B] long
     bag_ids: list[str]
     inst_y: Tensor | None = None  # [B, N] long, -1 for unknown and padding
@@ -93,6 +94,14 @@ class MILBatch:
         )
 
 
+def _labels(bags: list[Bag], dev: torch.device) -> Tensor:
+    """The bags' labels as one tensor: ``[B]`` long for class indices, else float32 ``[B, ...]``."""
+    if all(isinstance(b.y, (int, np.integer)) and not isinstance(b.y, bool) for b in bags):
+        return torch.tensor([int(b.y) for b in bags], dtype=torch.long, device=dev)
+    return torch.as_tensor(np.stack([np.asarray(b.y.cpu() if isinstance(b.y, Tensor) else b.y, dtype=np.float32)
+                                     for b in bags]), device=dev)
+
+
 def collate_bags(bags: list[Bag]) -> MILBatch:
     """Pad bags to the longest one and stack them into a :class:`MILBatch` (on the bags' device)."""
     if not bags:
@@ -136,7 +145,7 @@ def collate_bags(bags: list[Bag]) -> MILBatch:
     return MILBatch(
         x=x,
         mask=mask,
-        y=torch.tensor([int(b.y) for b in bags], dtype=torch.long, device=dev),
+        y=_labels(bags, dev),
         index=torch.tensor([int(b.index) for b in bags], dtype=torch.long, device=dev),
         bag_ids=[b.bag_id for b in bags],
         inst_y=inst_y,

@@ -1,4 +1,4 @@
-"""Checks every dataset loader can share: label conventions and finite features.
+"""Checks every dataset loader can share: label conventions, finite features, and groups (patients) kept apart.
 
 Bad data must never turn into a confident number: labels {1, 2} silently
 becoming three classes (class 0 empty), a single class trained to "accuracy
@@ -102,4 +102,40 @@ def check_finite_features(x: np.ndarray, source: str, row_label: str = "row", ro
         f"{source}: feature {col + 1} of {row_label} {row + row_offset} {why} "
         f"({n_bad} such value{'s' if n_bad != 1 else ''} in the file). NaN/inf features train into a non-finite "
         "loss or meaningless predictions; fix or drop those rows (or impute them) and try again."
+    )
+
+
+def shared_groups(named_groups: dict[str, np.ndarray | None]) -> list[tuple[str, str, list]]:
+    """``(split a, split b, groups in both)`` for every pair of splits that share a group (e.g. a patient).
+
+    Splits whose groups are None (a dataset without groups) are skipped.
+    """
+    sets = {name: set(np.asarray(g).tolist()) for name, g in named_groups.items() if g is not None}
+    names = list(sets)
+    out = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            both = sets[a] & sets[b]
+            if both:
+                out.append((a, b, sorted(both, key=str)))
+    return out
+
+
+def check_groups_disjoint(named_groups: dict[str, np.ndarray | None], context: str) -> None:
+    """Raise a :class:`DataError` when a group (a patient) has bags in two of the named splits.
+
+    ``context`` says whose splits they are (``"fold 0"``); the message names the splits, the groups
+    and the fix.  A model evaluated on a patient it trained on (or was selected on) measures recognising
+    the patient, not the task.
+    """
+    clashes = shared_groups(named_groups)
+    if not clashes:
+        return
+    parts = [f"{a} and {b} share {len(g)} group(s) ({', '.join(map(str, g[:5]))}{', ...' if len(g) > 5 else ''})"
+             for a, b, g in clashes]
+    raise DataError(
+        f"the splits of {context} are not separated by group (patient): {'; '.join(parts)}. A model evaluated "
+        "on a patient it trained on (or was selected on) measures recognising that patient, not the task. Give "
+        "each patient's bags to one split only (the dataset's split column or files), or let the protocol draw "
+        "the splits, which it groups by patient."
     )

@@ -11,6 +11,10 @@
   split is predicted by every fold model, then combined by majority vote (the
   DSMIL/PSMIL whole-slide protocol).
 
+Groups are kept apart everywhere: k-fold splits and validation carve-outs are drawn by group, and
+``make_folds`` refuses any fold where a group has bags in two of its splits (train, val, test, or a split the
+dataset brings), with a :class:`~milzoo.errors.DataError` naming the groups.
+
 ``folds_for(recipe)`` is the one way from a recipe to its folds (dataset source -> splits -> folds): runs,
 reports and plugins' commands rebuild exactly the bags a run trained and evaluated on through it.
 """
@@ -24,6 +28,7 @@ import numpy as np
 import torch
 
 from milzoo.datasets.base import MILDataset
+from milzoo.datasets.checks import check_groups_disjoint
 from milzoo.errors import UserError
 from milzoo.registry import get_component
 
@@ -91,13 +96,14 @@ def kfold_indices(labels: np.ndarray, groups: np.ndarray | None, k: int, seed: i
 
             splitter = GroupKFold(n_splits=k, shuffle=True, random_state=seed)
         folds = list(splitter.split(X, labels, groups))
-        assert_no_group_leak(folds, groups)
     elif _stratify_ok(labels, k):
         folds = stratified_kfold(labels, k, seed)
     else:
         from sklearn.model_selection import KFold
 
         folds = list(KFold(n_splits=k, shuffle=True, random_state=seed).split(X))
+    if groups is not None:
+        assert_no_group_leak(folds, np.asarray(groups))
     return [(np.sort(tr), np.sort(te)) for tr, te in folds]
 
 
@@ -119,8 +125,13 @@ def check_trainable(folds: list[FoldData]) -> None:
     """Refuse folds whose training bags hold a single class: such a model predicts it everywhere and its
     accuracy on a test split of that class would read as perfect."""
     for data in folds:
-        present = np.unique(data.train.labels)
+        present = np.unique(data.train.strata)
         if len(present) < 2:
+            if not np.issubdtype(np.asarray(data.train.labels).dtype, np.integer):
+                raise UserError(
+                    f"the training bags of fold {data.fold} all fall in one stratum of their labels (e.g. no "
+                    "survival event, or one value of a regression target): nothing can be learnt from them. Check "
+                    "the labels, or lower protocol.folds (or protocol.val_fraction).")
             name = data.train.class_names[int(present[0])] if len(present) else "?"
             raise UserError(
                 f"the training bags of fold {data.fold} all have the class {name!r} ({len(data.train)} bags); a "
@@ -137,14 +148,26 @@ def assert_no_group_leak(folds, groups: np.ndarray) -> None:
 
 
 def carve_validation(ds: MILDataset, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split ``ds`` into (train, val) positions, stratified (grouped when groups exist)."""
+    """Split ``ds`` into (train, val) positions, stratified (grouped when groups exist: a group, e.g. a
+    patient, is all in train or all in val).
+
+    With groups, the validation set is the first of ``round(1 / fraction)`` grouped folds (as many as there
+    are groups when there are fewer: one group then validates)."""
     n = len(ds)
-    labels = ds.labels
+    labels = ds.strata
     n_val = max(1, int(round(fraction * n)))
     groups = ds.groups
     if groups is not None and len(np.unique(groups)) < n:
-        k = max(2, int(round(1 / fraction)))
+        n_groups = len(np.unique(groups))
+        if n_groups < 2:
+            raise UserError(
+                f"protocol.val_fraction = {fraction} but the {n} training bags come from a single group (e.g. one "
+                "patient), which cannot be split between training and validation; set protocol.val_fraction = 0 "
+                "or give the dataset more groups."
+            )
+        k = min(n_groups, max(2, int(round(1 / fraction))))
         tr, va = kfold_indices(labels, groups, k, seed)[0]
+        assert_no_group_leak([(tr, va)], np.asarray(groups))
         return tr, va
     from sklearn.model_selection import train_test_split
 
@@ -193,7 +216,35 @@ def make_folds(protocol, splits: dict[str, MILDataset], seed: int) -> list[FoldD
     folds = _make_folds(protocol, splits, seed)
     assert len(folds) == fold_count(protocol), (protocol.kind, len(folds))
     check_trainable(folds)
+    check_separated(folds)
     return folds
+
+
+def check_separated(folds: list[FoldData]) -> None:
+    """Refuse folds where a group (a patient) has bags in two of a fold's splits: training and any split it
+    is evaluated on, or validation and test.  The folds the protocols draw are grouped already; this
+    catches splits a dataset brings (a ``test`` or ``val`` split that shares patients with ``train``)."""
+    for data in folds:
+        named = {"train": data.train.groups}
+        named.update({name: ds.groups for name, ds in data.evals.items() if ds is not data.train})
+        if data.val is not None and "val" not in named:
+            named["val"] = data.val.groups
+        check_groups_disjoint(named, f"fold {data.fold}")
+
+
+def dataset_info(folds: list[FoldData]) -> dict | None:
+    """What the dataset says a run should record of it (its ``data_info`` dict: e.g. the slides source's bag
+    rule, patient column, split and patch sizes), found on the first fold's training bags or the datasets
+    they are a subset of; None when the dataset says nothing.  JSON-able, for the run's record."""
+    if not folds:
+        return None
+    ds = folds[0].train
+    while ds is not None:
+        info = getattr(ds, "data_info", None)
+        if isinstance(info, dict) and info:
+            return dict(info)
+        ds = getattr(ds, "parent", None)
+    return None
 
 
 def _make_folds(protocol, splits: dict[str, MILDataset], seed: int) -> list[FoldData]:
@@ -223,11 +274,11 @@ def _make_folds(protocol, splits: dict[str, MILDataset], seed: int) -> list[Fold
 
     if protocol.kind == "cv":
         pool = _pool(splits, "all", "train")
-        if not _stratify_ok(pool.labels, protocol.folds) and len(pool) >= protocol.folds:
-            warn_unstratified(pool.labels, protocol.folds)
+        if not _stratify_ok(pool.strata, protocol.folds) and len(pool) >= protocol.folds:
+            warn_unstratified(pool.strata, protocol.folds)
         folds = []
         for r in range(protocol.repeats):
-            for i, (tr, te) in enumerate(kfold_indices(pool.labels, pool.groups, protocol.folds, seed + r)):
+            for i, (tr, te) in enumerate(kfold_indices(pool.strata, pool.groups, protocol.folds, seed + r)):
                 train = pool.subset(tr)
                 val = None
                 if protocol.val_fraction > 0:
@@ -241,11 +292,11 @@ def _make_folds(protocol, splits: dict[str, MILDataset], seed: int) -> list[Fold
 
     # cv_ensemble
     pool = _pool(splits, "train")
-    if not _stratify_ok(pool.labels, protocol.folds) and len(pool) >= protocol.folds:
-        warn_unstratified(pool.labels, protocol.folds)
+    if not _stratify_ok(pool.strata, protocol.folds) and len(pool) >= protocol.folds:
+        warn_unstratified(pool.strata, protocol.folds)
     test = splits.get("test")
     folds = []
-    for i, (tr, va) in enumerate(kfold_indices(pool.labels, pool.groups, protocol.folds, seed)):
+    for i, (tr, va) in enumerate(kfold_indices(pool.strata, pool.groups, protocol.folds, seed)):
         evals = {"val": pool.subset(va)}
         if test is not None:
             evals["test"] = test

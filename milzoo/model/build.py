@@ -29,31 +29,44 @@ def build_components(
     class_names: list[str] | None = None,
     standardize: bool = False,
     channels_last: bool = False,
+    task: dict[str, Any] | None = None,
 ) -> MILModel:
-    """Build a :class:`MILModel` from ``{"name": ..., **options}`` tables."""
+    """Build a :class:`MILModel` from ``{"name": ..., **options}`` tables.
+
+    ``num_classes`` is the size of the pooling's head (a task's :meth:`~milzoo.components.Task.out_dim`);
+    ``task`` is the task's table, classification when None.
+    """
+    task_cls, task_cfg = _config("task", task or {"name": "classification"})
+    task_obj = task_cls(task_cfg)
     enc_cls, enc_cfg = _config("encoder", encoder)
     enc = enc_cls(enc_cfg, tuple(in_shape))
     if not getattr(enc, "out_dim", 0):
         raise ComponentError(f"encoder {enc_cls.name!r} did not set out_dim; it is broken (report it to its author).")
     pool_cls, pool_cfg = _config("pooling", pooling)
     pool = pool_cls(pool_cfg, enc.out_dim, int(num_classes))
+    pool.check_task(task_obj)
     aug = None
     if augment:
         aug_cls, aug_cfg = _config("augment", augment)
         aug = aug_cls(aug_cfg, tuple(in_shape))
-    return MILModel(enc, pool, aug, standardize=standardize, class_names=class_names, channels_last=channels_last)
+    return MILModel(enc, pool, aug, standardize=standardize, class_names=class_names, channels_last=channels_last,
+                    task=task_obj)
 
 
 def build_model(recipe, in_shape: tuple[int, ...], num_classes: int, class_names: list[str] | None = None) -> MILModel:
-    """Build the model a validated :class:`~milzoo.recipe.Recipe` describes."""
+    """Build the model a validated :class:`~milzoo.recipe.Recipe` describes (``num_classes``: the dataset's;
+    the pooling's head gets the task's ``out_dim`` of it)."""
     comps = recipe.components
     table = lambda key: {"name": getattr(recipe.root, key).name, **comps[key].model_dump()}  # noqa: E731
+    task = table("task") if comps.get("task") is not None else {"name": "classification"}
+    task_cls, task_cfg = _config("task", dict(task))
     return build_components(
         encoder=table("encoder") if recipe.root.encoder else {"name": "identity"},
         pooling=table("pooling"),
         augment=table("augment") if recipe.root.augment is not None else None,
+        task=task,
         in_shape=in_shape,
-        num_classes=num_classes,
+        num_classes=task_cls(task_cfg).out_dim(num_classes),
         class_names=class_names,
         standardize=recipe.root.protocol.standardize,
         channels_last=recipe.root.train.channels_last,
@@ -64,11 +77,22 @@ def build_losses(recipe, model: MILModel, num_classes: int) -> list:
     """The recipe's losses, or the pooling's default loss when the recipe names none."""
     tables = [(t.name, c) for t, c in zip(recipe.root.loss, recipe.components["loss"])]
     if not tables:
-        default = type(model.pooling).default_loss
+        default = getattr(model.task, "default_loss", None) or type(model.pooling).default_loss
         cls = get_component("loss", default)
         tables = [(default, cls.Config())]
     losses = []
     for name, cfg in tables:
         cls = get_component("loss", name)
-        losses.append(cls(cfg, num_classes))
+        if getattr(cls, "needs_classes", True) != bool(getattr(model.task, "classes", False)):
+            raise ComponentError(_task_mismatch(cls, model.task))
+        losses.append(cls(cfg, model.num_classes))
     return losses
+
+
+def _task_mismatch(loss: type, task) -> str:
+    default = getattr(task, "default_loss", None)
+    if getattr(loss, "needs_classes", True):
+        return (f"the {loss.name!r} loss trains class labels, but the recipe's task is {task.name!r}; name a loss "
+                f"of that task in [[loss]] (or leave [[loss]] out: its default is {default!r}; docs/tasks.md).")
+    return (f"the {loss.name!r} loss trains another task's labels, not the class labels of the {task.name!r} "
+            "task; leave [[loss]] out (the pooling's own loss) or name a classification loss such as bag_ce.")

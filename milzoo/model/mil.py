@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from milzoo.datasets.batch import MILBatch
-from milzoo.components.base import Augment, Encoder, Pooling, component_options
+from milzoo.components.base import Augment, Encoder, Pooling, Task, component_options
 from milzoo.errors import DataError
 from milzoo.components.output import MILOutput
 
@@ -53,6 +53,10 @@ class Predicts:
     """``predict``, shared by :class:`MILModel` and :class:`~milzoo.model.ensemble.Ensemble`: the batch is
     checked (``check_batch``), then the module runs forward in eval mode without gradients."""
 
+    #: the binary threshold chosen on validation that the checkpoint recorded (None: argmax); set by
+    #: ``milzoo.model.decision.apply_recorded_threshold``
+    decision_threshold: float | None = None
+
     def check_batch(self, batch: MILBatch) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
@@ -62,15 +66,27 @@ class Predicts:
 
         The batch is checked first (:meth:`check_batch`): empty bags, instances of another shape and NaN/inf
         features are a :class:`~milzoo.errors.DataError` naming the problem, never a torch error or NaN
-        probabilities.
+        probabilities.  ``out.extras["prediction"]`` holds the task's predictions (class probabilities, a
+        regression target in its units, a survival risk; columns in ``out.extras["prediction_columns"]``).  For
+        class labels, ``out.extras["pred"]`` holds each bag's class and
+        ``out.extras["decision_rule"]`` the rule that chose it (:mod:`milzoo.model.decision`: the recorded
+        validation threshold, else argmax; an ensemble's vote).
         """
         self.check_batch(batch)
         was = self.training
         self.eval()
         try:
-            return self(batch)
+            out = self(batch)
         finally:
             self.train(was)
+        from milzoo.model.decision import attach_decisions
+
+        attach_decisions(self, out)
+        task = getattr(self, "task", None)
+        if task is not None:  # the task's predictions in the label's units (a regression target, a survival risk)
+            out.extras["prediction"] = task.predict(out)
+            out.extras["prediction_columns"] = task.columns(self.class_names)
+        return out
 
 
 class MILModel(Predicts, nn.Module):
@@ -84,11 +100,19 @@ class MILModel(Predicts, nn.Module):
         standardize: bool = False,
         class_names: list[str] | None = None,
         channels_last: bool = False,
+        task: Task | None = None,
     ):
         super().__init__()
         self.encoder = encoder
         self.pooling = pooling
         self.augment = augment
+        if task is None:  # classification, what every model was before tasks (docs/tasks.md)
+            from milzoo.registry import get_component
+
+            cls = get_component("task", "classification")
+            task = cls(cls.Config())
+        #: what the labels are and what a prediction is; its fitted state (buffers) is saved with the weights
+        self.task = task
         self.standardizer = Standardize(int(torch.Size(encoder.in_shape).numel())) if standardize else None
         self.class_names = list(class_names or [str(i) for i in range(pooling.num_classes)])
         self.channels_last = channels_last
@@ -216,7 +240,7 @@ class MILModel(Predicts, nn.Module):
                 return None
             return {"name": c.name, **component_options(c)}
 
-        return {
+        spec = {
             "encoder": comp(self.encoder),
             "pooling": comp(self.pooling),
             "augment": comp(self.augment),
@@ -226,3 +250,7 @@ class MILModel(Predicts, nn.Module):
             "standardize": self.standardizer is not None,
             "channels_last": self.channels_last,
         }
+        task = comp(self.task)
+        if task != {"name": "classification"}:  # the default: classification checkpoints read as they always did
+            spec["task"] = task
+        return spec

@@ -40,7 +40,7 @@ class Recipe:
 
     def __init__(self, root: RecipeModel, components: dict[str, Any], source: str):
         self.root = root
-        self.components = components  # "data"/"encoder"/"pooling"/"augment" -> Config; "loss" -> list
+        self.components = components  # "data"/"encoder"/"pooling"/"augment"/"task" -> Config; "loss" -> list
         self.source = source
 
     def __getattr__(self, item):
@@ -49,10 +49,12 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         """The fully resolved recipe (defaults filled in), JSON/TOML-able."""
         d = self.root.model_dump(mode="json", exclude_none=True)
-        for key in ("data", "encoder", "pooling", "augment"):
+        for key in ("data", "encoder", "pooling", "augment", "task"):
             cfg = self.components.get(key)
             if cfg is not None:
                 d[key] = {"name": getattr(self.root, key).name, **cfg.model_dump(mode="json", exclude_none=True)}
+        if d.get("task") == {"name": "classification"}:
+            del d["task"]  # the default: resolved recipes of classification runs read as they always did
         d["loss"] = [
             {"name": t.name, **c.model_dump(mode="json", exclude_none=True)}
             for t, c in zip(self.root.loss, self.components["loss"])
@@ -141,14 +143,14 @@ def validate_recipe(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
     components: dict[str, Any] = {"loss": []}
     tables: list[tuple[str, str, Any]] = []
     if root is not None:
-        for key in ("data", "encoder", "pooling", "augment"):
+        for key in ("data", "encoder", "pooling", "augment", "task"):
             t = getattr(root, key)
             if t is not None:
                 tables.append((key, key, t))
         for i, t in enumerate(root.loss):
             tables.append(("loss", f"loss.{i}", t))
     else:
-        for key in ("data", "encoder", "pooling", "augment"):
+        for key in ("data", "encoder", "pooling", "augment", "task"):
             t = raw.get(key)
             if isinstance(t, dict) and isinstance(t.get("name"), str):
                 tables.append((key, key, ComponentTable.model_validate(t)))
@@ -156,7 +158,8 @@ def validate_recipe(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
         for i, t in enumerate(loss if isinstance(loss, list) else []):
             if isinstance(t, dict) and isinstance(t.get("name"), str):
                 tables.append(("loss", f"loss.{i}", ComponentTable.model_validate(t)))
-    kind_of = {"data": "dataset", "encoder": "encoder", "pooling": "pooling", "augment": "augment", "loss": "loss"}
+    kind_of = {"data": "dataset", "encoder": "encoder", "pooling": "pooling", "augment": "augment", "loss": "loss",
+               "task": "task"}
     # a recipe.toml inside a run directory: unknown names say which recorded distribution to install
     recorded = provenance.from_recipe_source(source)
     for key, where, table in tables:
@@ -166,11 +169,26 @@ def validate_recipe(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
             components["loss"].append(cfg)
         else:
             components[key] = cfg
+    if root is not None and components.get("task") is not None:
+        problems.extend(_task_problems(root))
     if problems:
         raise RecipeError(source, problems)
     if "encoder" not in components:
         components["encoder"] = registry.get_component("encoder", "identity").Config()
     return Recipe(root, components, source)
+
+
+def _task_problems(root: RecipeModel) -> list[str]:
+    """What the protocol asks that the recipe's task cannot give: class votes and thresholds need classes."""
+    task = registry.get_component("task", root.task.name)
+    out = []
+    if root.protocol.kind == "cv_ensemble" and not getattr(task, "classes", False):
+        out.append(f"protocol.kind: cv_ensemble takes a majority vote of the folds' predicted classes, but the "
+                   f"{task.name!r} task predicts no classes; use kind = \"cv\" (or \"holdout\").")
+    if root.protocol.threshold == "youden" and not getattr(task, "thresholds", False):
+        out.append(f"protocol.threshold: a Youden threshold splits two classes, but the {task.name!r} task has "
+                   "none; remove the key (or set it to \"argmax\").")
+    return out
 
 
 def load_recipe(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> Recipe:

@@ -126,6 +126,9 @@ class ProtocolConfig(_Section):
     monitor: str = Field(default="loss", description="validation metric for model selection")
     eval_splits: list[str] | None = Field(default=None, description="splits evaluated each epoch (default: all but train)")
     threshold: Literal["argmax", "youden"] = Field(default="argmax", description="binary threshold rule (youden: chosen on validation)")
+    patient_metrics: Literal["none", "mean"] = Field(
+        default="none", description="also measure each split per patient (the dataset's groups): 'mean' averages "
+        "a patient's bag predictions; metrics named patient_<metric> (docs/tasks.md)")
 
 
 class RecipeModel(_Section):
@@ -137,6 +140,8 @@ class RecipeModel(_Section):
     pooling: ComponentTable
     augment: ComponentTable | None = None
     loss: list[ComponentTable] = Field(default_factory=list)
+    #: what a label is (docs/tasks.md): classification unless the recipe says otherwise
+    task: ComponentTable = ComponentTable(name="classification")
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     train: TrainConfig = TrainConfig()

@@ -1,4 +1,4 @@
-"""The component table: encoders, poolings, losses, datasets, augments and pretrained entries by name.
+"""The component table: encoders, poolings, losses, datasets, augments, tasks and pretrained entries by name.
 
 ``get_component(kind, name)`` gives the class (or the pretrained entry) registered as ``name`` or
 ``"distribution:name"``; the rules for contested and unknown names are those of every provider table
@@ -35,6 +35,7 @@ ROWS = (
     component_kind("loss", "milzoo_register_losses"),
     component_kind("dataset", "milzoo_register_datasets"),
     component_kind("augment", "milzoo_register_augmentations"),
+    component_kind("task", "milzoo_register_tasks"),
     Kind("pretrained", "milzoo_register_pretrained", stage=stage_pretrained, wording=Wording("pretrained model")),
 )
 COMPONENTS = ProviderTable(ROWS, what="component")

@@ -54,6 +54,11 @@ def milzoo_register_augmentations(register):
 
 
 @hookspec
+def milzoo_register_tasks(register):
+    """Register :class:`milzoo.components.Task` subclasses (what a label is: docs/tasks.md)."""
+
+
+@hookspec
 def milzoo_register_pretrained(register):
     """Register pretrained-model entries (see :mod:`milzoo.hub.pretrained`)."""
 

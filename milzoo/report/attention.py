@@ -6,13 +6,16 @@
 - feature bags: a bar chart of attention per instance, coloured by the
   instance prediction;
 - slides (bags with ``coords``): the WSI plugin's heatmap
-  (``milzoo_wsi.localization.draw_heatmap``) when it is installed, else a
-  simple scatter of the patches.
+  (``milzoo_wsi.localization.draw_heatmap``) when it is installed, over the
+  slide's thumbnail when its image is given and a slide reader is installed,
+  else a simple scatter of the patches; plus a GeoJSON of the patches for QuPath.
 
-Numbers come from one eval-mode forward of the bag alone.  Per-class
-attention (``[N, k]``) is shown for the bag's predicted class.  A pooling
-without attention is shown through its instance probability of the predicted
-class.
+Numbers come from one eval-mode forward of the bag alone.  The bag's class is
+decided by the one rule of :mod:`milzoo.model.decision` (the checkpoint's
+validation threshold, else argmax), and the header says which rule gave it.
+Per-class attention (``[N, k]``) is shown for the bag's predicted class.  A
+pooling without attention is shown through its instance probability of the
+predicted class.  Values are drawn in :data:`~milzoo.report.common.VALUE_CMAP`.
 """
 
 from __future__ import annotations
@@ -20,14 +23,15 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from milzoo.datasets.batch import Bag, collate_bags
 from milzoo.errors import ComponentError, UserError
-from milzoo.report.common import figure_png, new_figure
+from milzoo.model.decision import Decision, decide_output, model_threshold, rule_text
+from milzoo.report.common import NO_PATCH_COLOR, NO_PATCH_LABEL, VALUE_CMAP, figure_png, new_figure
 from milzoo.report.embedding import class_colors
 
 _OK, _WRONG = "#1a7f37", "#c62828"
@@ -44,6 +48,11 @@ class BagView:
     bag_pred: int
     bag_prob: float
     class_names: list[str]
+    decision: Decision | None = None  # how bag_pred was chosen (milzoo.model.decision)
+    rule: str = "argmax"  # the model's rule in words
+    patch_size: float | None = None  # slides: the patches' side in level-0 pixels (None: the grid step)
+    slide_image: str | None = None  # slides: the image drawn under the heatmap
+    notes: list[str] = field(default_factory=list)  # e.g. why the slide image was not used
 
     @property
     def inst_true(self) -> np.ndarray | None:
@@ -83,8 +92,9 @@ def bag_view(model, ds, position: int) -> BagView:
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     out = model.predict(collate_bags([bag]).to(device))
     n = len(bag)
-    probs = out.bag_probs[0].float().cpu().numpy()
-    pred = int(probs.argmax())
+    names = list(getattr(ds, "class_names", None) or model.class_names)
+    decision = decide_output(out, 0, model_threshold(model), names, getattr(model, "thresholds", None))
+    pred = decision.index
     ip = out.inst_probs
     inst_pred = inst_conf = None
     if ip is not None:
@@ -105,14 +115,21 @@ def bag_view(model, ds, position: int) -> BagView:
             "there is nothing to show per instance; use a pooling that fills MILOutput.attention or inst_logits."
         )
     return BagView(bag=bag, position=position, values=values, value_name=name, inst_pred=inst_pred,
-                   inst_conf=inst_conf, bag_pred=pred, bag_prob=float(probs[pred]),
-                   class_names=list(getattr(ds, "class_names", None) or model.class_names))
+                   inst_conf=inst_conf, bag_pred=pred, bag_prob=decision.prob, class_names=names,
+                   decision=decision, rule=rule_text(model, names))
+
+
+def prediction_text(v: BagView) -> str:
+    """``predicted tumor (p(tumor)=0.432 >= threshold 0.310 chosen on validation)``: the class and its rule."""
+    if v.decision is not None:
+        return v.decision.text
+    return f"predicted {v.name(v.bag_pred)} (p={v.bag_prob:.3f}, argmax)"
 
 
 def _header(v: BagView) -> str:
     mark = "✓" if v.bag_pred == int(v.bag.y) else "✗"
-    return (f"bag {v.bag.bag_id or v.position!s} · label {v.name(int(v.bag.y))} · predicted {v.name(v.bag_pred)} "
-            f"(p = {v.bag_prob:.2f}) {mark} · {len(v.bag)} instances")
+    return (f"bag {v.bag.bag_id or v.position!s} · label {v.name(int(v.bag.y))} · {prediction_text(v)} {mark} · "
+            f"{len(v.bag)} instances")
 
 
 def _image(x: torch.Tensor) -> tuple[np.ndarray, str | None]:
@@ -141,7 +158,7 @@ def plot_image_grid(v: BagView, max_show: int = 64, order: str = "attention", ti
     cell_w, cell_h = 1.4, 1.85
     fig = new_figure(cell_w * ncols + 1.0, cell_h * nrows + 0.9)
     vmax = float(v.values.max()) if n else 1.0
-    cmap = matplotlib.colormaps["Reds"]
+    cmap = matplotlib.colormaps[VALUE_CMAP]
     norm = Normalize(0.0, vmax if vmax > 0 else 1.0)
     true = v.inst_true
     grid = fig.add_gridspec(nrows, ncols + 1, width_ratios=[1] * ncols + [0.12], hspace=0.55, wspace=0.15)
@@ -151,7 +168,7 @@ def plot_image_grid(v: BagView, max_show: int = 64, order: str = "attention", ti
         ax.imshow(img, cmap=cm, vmin=0, vmax=1, interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
-        edge = cmap(0.15 + 0.85 * norm(float(v.values[i])))
+        edge = cmap(norm(float(v.values[i])))
         for s in ax.spines.values():
             s.set_edgecolor(edge)
             s.set_linewidth(3.5)
@@ -268,30 +285,54 @@ def _side_by_side(pngs: list[bytes]) -> bytes:
     return buf.getvalue()
 
 
-def heatmap_png(v: BagView, title: str = "") -> bytes:
-    """The slide heatmap: the WSI plugin's ``draw_heatmap`` when installed, else a patch scatter.
+def heatmap_png(v: BagView, title: str = "", slides: str | None = None) -> bytes:
+    """The slide heatmap: the WSI plugin's ``draw_heatmap`` when installed (over the slide's thumbnail when
+    ``slides`` holds its image and a slide reader is installed), else a patch scatter.
 
-    With known patch labels, a second map of the true labels is drawn beside it.
+    With known patch labels, a second map of the true labels is drawn beside it.  Notes (why the slide image
+    was not used) go to ``v.notes``; the image drawn under the values to ``v.slide_image``.
     """
     coords = v.bag.coords.float().cpu().numpy()
-    head = f"{title}\n{_header(v)}\ncolour: {v.value_name}" if title else f"{_header(v)}\ncolour: {v.value_name}"
+    mark = "✓" if v.bag_pred == int(v.bag.y) else "✗"
+    lines = [title] if title else []
+    lines += [f"bag {v.bag.bag_id or v.position!s} · label {v.name(int(v.bag.y))} · {len(v.bag)} instances",
+              f"{prediction_text(v)} {mark}", f"colour: {v.value_name}"]
+    head = "\n".join(lines)
     true = v.inst_true
-    panels = [(v.values, head, "viridis")]  # sequential: no value looks like the grey of empty cells
+    panels = [(v.values, head, None)]
     if true is not None:
         labels = np.where(true >= 0, true, np.nan).astype(np.float64)
-        names = ", ".join(f"{c} = {v.name(c)}" for c in sorted({int(t) for t in true if t >= 0}))
-        panels.append((labels, f"true patch labels ({names})\n(grey: no patch or unknown)\n", "coolwarm"))
+        present = sorted({int(t) for t in true if t >= 0})
+        cats = {c: v.name(c) for c in range(max(max(present), 1) + 1)} if present else {0: v.name(0)}
+        panels.append((labels, "true patch labels\n(white: no patch, or label unknown)\n", cats))
     try:
-        from milzoo_wsi.localization import draw_heatmap
+        from milzoo_wsi.localization import draw_heatmap, slide_image_for
     except ImportError:
-        draw_heatmap = None
+        draw_heatmap = slide_image_for = None
+    image = None
+    if draw_heatmap is not None and slides:
+        sid = str((v.bag.meta or {}).get("slide_id", v.bag.bag_id))
+        image, note = slide_image_for(slides, sid)
+        if note:
+            v.notes.append(note)
+    elif slides:
+        v.notes.append("the slide image needs the milzoo-wsi plugin (pip install \"milzoo-wsi[slides]\"); the "
+                       "heatmap is a scatter of the patches")
     pngs = []
-    for values, text, cmap in panels:
+    for values, text, cats in panels:
         if draw_heatmap is not None:
             fd, tmp = tempfile.mkstemp(suffix=".png")
             os.close(fd)
             try:
-                draw_heatmap(coords, values, tmp, title=text, cmap=cmap)
+                kw = dict(title=text, patch_size=v.patch_size, categories=cats,
+                          value_label=None if cats else v.value_name)
+                try:
+                    drawn = draw_heatmap(coords, values, tmp, slide=image, **kw)
+                except UserError as exc:  # an unreadable slide image: the grid, and say why
+                    v.notes.append(f"{exc}; the heatmap is drawn on the patch grid")
+                    image = None
+                    drawn = draw_heatmap(coords, values, tmp, **kw)
+                v.slide_image = v.slide_image or drawn
                 with open(tmp, "rb") as fh:
                     pngs.append(fh.read())
             finally:
@@ -299,39 +340,77 @@ def heatmap_png(v: BagView, title: str = "") -> bytes:
             continue
         fig = new_figure(8.0, 6.5)
         ax = fig.add_subplot(1, 1, 1)
-        sc = ax.scatter(coords[:, 0], coords[:, 1], c=values, cmap=cmap, marker="s", s=8, linewidths=0)
+        ax.set_facecolor(NO_PATCH_COLOR)
+        sc = ax.scatter(coords[:, 0], coords[:, 1], c=values, cmap=VALUE_CMAP, marker="s", s=8, linewidths=0)
         ax.invert_yaxis()
         ax.set_aspect("equal")
-        ax.set_axis_off()
+        ax.set_xticks([])
+        ax.set_yticks([])
         fig.colorbar(sc, ax=ax, fraction=0.046, pad=0.02)
-        ax.set_title(text + "\n(install milzoo-wsi for the slide heatmap)", fontsize=9)
+        ax.set_title(text + f"\n(white: {NO_PATCH_LABEL}; install milzoo-wsi for the slide heatmap)", fontsize=9)
         pngs.append(figure_png(fig))
     return pngs[0] if len(pngs) == 1 else _side_by_side(pngs)
 
 
+def attention_geojson(v: BagView, object_type: str = "detection") -> str | None:
+    """The GeoJSON text of a slide bag's patches with their values (QuPath objects), or None when the bag has
+    no coordinates or the WSI plugin is not installed."""
+    if v.bag.coords is None:
+        return None
+    try:
+        from milzoo_wsi.geojson import dumps, patch_features
+        from milzoo_wsi.localization import _grid_step
+    except ImportError:
+        return None
+    coords = v.bag.coords.float().cpu().numpy().astype(np.float64)
+    measures = {v.value_name: v.values}
+    if v.inst_pred is not None:
+        measures["instance class"] = v.inst_pred.astype(np.float64)
+        measures["instance p"] = v.inst_conf
+    if v.inst_true is not None:
+        measures["true label"] = np.where(v.inst_true >= 0, v.inst_true, np.nan).astype(np.float64)
+    size = v.patch_size or _grid_step(coords)
+    fc = patch_features(coords, size, measures, color_by=v.value_name, object_type=object_type,
+                        slide_id=str((v.bag.meta or {}).get("slide_id", v.bag.bag_id)))
+    return dumps(fc)
+
+
 def attention_png(v: BagView, title: str = "", max_show: int | None = None,
-                  order: str | None = None) -> tuple[bytes, str]:
+                  order: str | None = None, slides: str | None = None) -> tuple[bytes, str]:
     """``(PNG bytes, kind)`` with kind ``images``, ``bars`` or ``heatmap``.
 
     ``order``: ``attention`` (highest first) or ``bag``; by default images are
-    sorted by attention and bars keep the bag order.
+    sorted by attention and bars keep the bag order.  ``slides``: a folder of
+    slide images (heatmaps over the slide; see :func:`heatmap_png`).
     """
     if order not in (None, "attention", "bag"):
         raise UserError(f"order {order!r} is not known; use attention or bag.")
     if v.bag.coords is not None:
-        return heatmap_png(v, title), "heatmap"
+        return heatmap_png(v, title, slides), "heatmap"
     if v.bag.x.dim() == 4:
         return figure_png(plot_image_grid(v, max_show or 64, order or "attention", title)), "images"
     return figure_png(plot_bars(v, max_show or 300, order or "bag", title)), "bars"
 
 
 def run_attention(ctx, fold: int = 0, split: str = "test", bag_id: str | None = None, index: int | None = None,
-                  max_show: int | None = None, order: str | None = None, label: str | None = None):
-    """``(PNG bytes, kind, BagView)`` for one bag of one fold of a run (a :class:`RunContext`)."""
+                  max_show: int | None = None, order: str | None = None, label: str | None = None,
+                  slides: str | None = None):
+    """``(PNG bytes, kind, BagView)`` for one bag of one fold of a run (a :class:`RunContext`).
+
+    ``slides``: a folder of slide images; a slide bag's heatmap is drawn over its thumbnail when a slide
+    reader is installed (``milzoo-wsi[slides]``), else on the patch grid with a note in ``BagView.notes``.
+    """
     model, which = ctx.model(fold)
     ds = ctx.dataset(fold, split)
     pos = choose_bag(ds, bag_id, index)
     v = bag_view(model, ds, pos)
+    if v.bag.coords is not None:
+        try:
+            from milzoo_wsi.localization import bag_patch_size, patch_size_of
+        except ImportError:
+            pass
+        else:
+            v.patch_size = bag_patch_size(v.bag) or patch_size_of(ds, pos)
     title = f"{label or ctx.display_name} · fold {fold} ({which}) · '{split}'"
-    png, kind = attention_png(v, title, max_show, order)
+    png, kind = attention_png(v, title, max_show, order, slides)
     return png, kind, v

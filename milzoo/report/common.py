@@ -20,6 +20,15 @@ from milzoo.errors import RunDirError
 NOT_CURVES = {"fold", "epoch", "split", "time_s", "threshold"}
 #: preferred order of metrics in curves and tables; others follow alphabetically
 METRIC_ORDER = ["loss", "acc", "auc", "f1", "inst_acc"]
+#: the one colour map of per-instance values (attention, instance scores) in every picture: slide heatmaps
+#: (``milzoo localize``, ``milzoo attention``), the frames of image grids, GeoJSON patch colours.  Sequential
+#: and perceptually uniform, readable in greyscale and by colour-blind readers (docs/report.md)
+VALUE_CMAP = "viridis"
+#: where a slide has no patch: white, a colour that is not on ``VALUE_CMAP`` (so no value looks like background);
+#: over a slide image, cells without a patch are transparent instead
+NO_PATCH_COLOR = "#ffffff"
+#: the legend entry of those cells
+NO_PATCH_LABEL = "no patch"
 #: run colours (matplotlib's tab10 without the grey)
 RUN_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
 

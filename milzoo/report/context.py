@@ -79,10 +79,15 @@ class RunContext:
         )
 
     def model(self, fold: int):
-        """``(model in eval mode on the CPU, "best" or "last")``."""
+        """``(model in eval mode on the CPU, "best" or "last")``.
+
+        The model decides by the threshold its checkpoint recorded (chosen on validation), else by argmax
+        (:mod:`milzoo.model.decision`), as ``milzoo localize`` does.
+        """
         if fold not in self._models:
             from milzoo.checkpoint import load_model
+            from milzoo.model.decision import apply_recorded_threshold
 
             path, which = self.model_dir(fold)
-            self._models[fold] = (load_model(path), which)
+            self._models[fold] = (apply_recorded_threshold(load_model(path), path), which)
         return self._models[fold]

@@ -188,6 +188,34 @@ def final_table(runs: list[RunData]) -> str:
     return "\n".join(out)
 
 
+def run_decision_rule(run: RunData) -> str:
+    """How the classes behind a run's accuracy and F1 were chosen (milzoo.model.decision)."""
+    from milzoo.model.decision import summary_rule_text
+
+    if run.summary is not None:
+        return summary_rule_text(run.summary)
+    folds = {}
+    for r in run.records:
+        if r.get("split") not in (None, "train"):
+            folds.setdefault(int(r.get("fold", 0)), is_number(r.get("threshold")))
+    if folds and all(folds.values()):
+        return "p(class 1) >= each fold's threshold chosen on validation"
+    if any(folds.values()):
+        return "p(class 1) >= the fold's threshold chosen on validation where one was, else argmax"
+    return "argmax"
+
+
+def decision_rules(runs: list[RunData]) -> str:
+    """The note under the final table: each run's decision rule (runs whose table has accuracy or F1)."""
+    runs = [r for r in runs if any({"acc", "f1"} & set(row["metrics"]) for row in final_rows(r))]
+    if not runs:
+        return ""
+    items = [f"{esc(r.label)}: {esc(run_decision_rule(r))}" if len(runs) > 1 else esc(run_decision_rule(r))
+             for r in runs]
+    return ('<p class="note decision-rule"><b>Classes behind acc and F1</b> (the validation-selected and last '
+            "epochs; the ensemble votes the members' classes): " + "; ".join(items) + ".</p>")
+
+
 def fold_table(run: RunData) -> str:
     """Each fold's last-epoch metrics per split, straight from metrics.jsonl."""
     latest: dict[tuple[int, str], dict] = {}
@@ -316,8 +344,12 @@ def build_report(
     split: str = "test",
     max_instances: int = 1000,
     method: str = "tsne",
+    slides: str | None = None,
 ) -> str:
-    """The HTML text of the report on one or several run directories."""
+    """The HTML text of the report on one or several run directories.
+
+    ``slides``: a folder of slide images, for attention views of slides drawn over the slide's thumbnail.
+    """
     from milzoo.report.curves import curve_figures
     from milzoo._version import milzoo_version
 
@@ -333,7 +365,7 @@ def build_report(
             parts.append(f'<p class="note warn">{esc(run.label)}: {esc(note)}</p>')
     if len(runs) > 1:
         parts.append("<h3>Recipe differences</h3>" + differences_table(runs))
-    parts.append('<h2 id="final">Final metrics</h2>' + final_table(runs))
+    parts.append('<h2 id="final">Final metrics</h2>' + final_table(runs) + decision_rules(runs))
 
     parts.append('<h2 id="curves">Curves per epoch</h2>')
     figs = curve_figures(runs)
@@ -374,9 +406,15 @@ def build_report(
                          "<code>milzoo attention RUN_DIR --bag ID</code>.</p>")
             for run in runs:
                 def one(run=run):
+                    from milzoo.report.attention import prediction_text
+
                     c = ctx(run)
-                    png, _, _ = run_attention(c, fold=fold, split=_report_split(c, fold, split), label=run.label)
-                    return png_tag(png, f"attention view of {run.label}")
+                    png, _, view = run_attention(c, fold=fold, split=_report_split(c, fold, split), label=run.label,
+                                                 slides=slides)
+                    notes = "".join(f'<p class="note warn">{esc(n)}</p>' for n in dict.fromkeys(view.notes))
+                    return (png_tag(png, f"attention view of {run.label}")
+                            + f'<p class="decision">bag {esc(view.bag.bag_id or view.position)}: '
+                            f"{esc(prediction_text(view))}; decision rule: {esc(view.rule)}</p>" + notes)
                 parts.append(f"<h3>{esc(run.label)}</h3>" + _try("the attention view", one))
 
     parts.append('<h2 id="details">Recipes and versions</h2>')

@@ -217,11 +217,15 @@ class RunRecord:
         self.info = info
 
     @classmethod
-    def start(cls, run_dir: Path, recipe: Recipe, resume: bool, fold: int | None) -> RunRecord:
-        """Write run.json for a start of the run (its earlier starts stay in ``history``)."""
+    def start(cls, run_dir: Path, recipe: Recipe, resume: bool, fold: int | None,
+              data: dict | None = None) -> RunRecord:
+        """Write run.json for a start of the run (its earlier starts stay in ``history``); ``data``: what the
+        dataset says a run should record of it (e.g. slides' patient column and patch sizes)."""
         path = run_dir / RUN_RECORD
         info = {"started": _now(), "command": sys.argv, "resume": resume, "fold": fold,
                 "recipe_source": recipe.source, **environment()}
+        if data:
+            info["data"] = data
         history = _previous_info(path).get("history", [])
         info["history"] = history + [{"started": info["started"], "resume": resume, "fold": fold}]
         atomic_write_json(path, info)

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from milzoo.datasets.protocols import FoldData, folds_for
+from milzoo.datasets.protocols import FoldData, dataset_info, folds_for
 from milzoo.errors import UserError
 from milzoo.model.build import build_model
 from milzoo.model.sizing import check_model_size
@@ -80,7 +80,8 @@ def run(
     try:
         if is_main:  # temp files of writes a kill interrupted (only our folds': others may be writing)
             _remove_interrupted_writes(run_dir, todo, whole_run=fold is None)
-        with RunRecord.start(run_dir, recipe, resume, fold) if is_main else contextlib.nullcontext():
+        record = RunRecord.start(run_dir, recipe, resume, fold, dataset_info(folds)) if is_main else None
+        with record if is_main else contextlib.nullcontext():
             if is_main:
                 _drop_records_to_retrain(run_dir, fold)
             show = recipe.root.train.progress if progress is None else progress

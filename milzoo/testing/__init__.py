@@ -47,7 +47,7 @@ Optional class attributes read by the suite (none is needed by milzoo itself):
 from __future__ import annotations
 
 # check modules register their checks on import, in this order (it is the order of the test ids)
-from milzoo.testing import config, pooling, encoder, loss, precision  # noqa: F401  isort: skip
+from milzoo.testing import config, pooling, encoder, loss, precision, task  # noqa: F401  isort: skip
 from milzoo.testing._core import (
     ATOL, ComponentSpec, ContractFailure, IN_SHAPE_CANDIDATES, KIND_BASES, POOLING_SETTINGS, RTOL,
     all_registered_components, checks_for, resolve,
@@ -69,7 +69,7 @@ from milzoo.testing.precision import (
     check_augment_float64, check_encoder_float64, check_loss_float64, check_pooling_float64,
 )
 from milzoo.testing.run import (
-    check_augment, check_component, check_encoder, check_loss, check_pooling, parametrize_with_checks,
+    check_augment, check_component, check_encoder, check_loss, check_pooling, check_task, parametrize_with_checks,
 )
 
 __all__ = [
@@ -80,6 +80,7 @@ __all__ = [
     "check_encoder",
     "check_loss",
     "check_pooling",
+    "check_task",
     "checks_for",
     "parametrize_with_checks",
     "resolve",

@@ -13,12 +13,13 @@ import torch
 from torch import Tensor
 
 from milzoo.datasets.batch import Bag, MILBatch, collate_bags
-from milzoo.components.base import Augment, ComponentConfig, DatasetSource, Encoder, Loss, Pooling
+from milzoo.components.base import Augment, ComponentConfig, DatasetSource, Encoder, Loss, Pooling, Task
 from milzoo.components.output import MILOutput
 
 
 #: the kinds the suite covers (datasets are not: they load files)
-KIND_BASES: dict[str, type] = {"encoder": Encoder, "pooling": Pooling, "loss": Loss, "augment": Augment}
+KIND_BASES: dict[str, type] = {"encoder": Encoder, "pooling": Pooling, "loss": Loss, "augment": Augment,
+                               "task": Task}
 #: instance shapes tried when an encoder/augment sets no ``contract_in_shape``
 IN_SHAPE_CANDIDATES: tuple[tuple[int, ...], ...] = ((16,), (1, 28, 28), (3, 32, 32))
 #: (in_dim, num_classes) settings every pooling is checked with (the defaults must work for any in_dim >= 1;
@@ -72,14 +73,14 @@ def _kind_of(cls: Any) -> str:
         if issubclass(cls, DatasetSource):
             raise TypeError(
                 f"{cls.__name__} is a dataset source; the contract suite covers encoders, poolings, "
-                "losses and augments only."
+                "losses, augments and tasks only."
             )
         for kind, base in KIND_BASES.items():
             if issubclass(cls, base):
                 return kind
     raise TypeError(
         f"{cls!r} is not a milzoo component class (a subclass of milzoo.components.base.Encoder, Pooling, "
-        "Loss or Augment)."
+        "Loss, Augment or Task)."
     )
 
 

@@ -11,7 +11,7 @@ from milzoo.components.base import ComponentConfig
 from milzoo.testing._core import ComponentSpec, _UNKNOWN_KEY, register_check, fail
 
 
-@register_check("encoder", "pooling", "loss", "augment")
+@register_check("encoder", "pooling", "loss", "augment", "task")
 def check_config(spec: ComponentSpec) -> None:
     """Metadata, default Config, dump/JSON/TOML round trips and rejection of unknown keys."""
     import tomli_w

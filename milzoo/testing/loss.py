@@ -53,6 +53,14 @@ def _loss_pooling_spec(spec: ComponentSpec) -> ComponentSpec:
     return resolve(chosen)
 
 
+def contract_task(spec: ComponentSpec):
+    """The task a loss is checked under: its ``contract_task`` (a registry name; default classification)."""
+    from milzoo.registry import get_component
+
+    cls = get_component("task", getattr(spec.cls, "contract_task", "classification"))
+    return cls(cls.Config())
+
+
 class _LossSetup:
     """A small model (mlp encoder + the paired pooling [+ views]) and dataset, with the loss bound to them."""
 
@@ -64,14 +72,20 @@ class _LossSetup:
         self.pool_spec = _loss_pooling_spec(spec)
         views = getattr(spec.cls, "contract_needs_views", False)
         torch.manual_seed(seed)
+        task = contract_task(spec)
         enc = MLPEncoder(MLPEncoder.Config(dims=[LOSS_DIM]), (LOSS_DIM,))
-        pool = self.pool_spec.cls(self.pool_spec.config(), enc.out_dim, k)
+        pool = self.pool_spec.cls(self.pool_spec.config(), enc.out_dim, task.out_dim(k))
         aug = None
         if views:
             n = 3 if views is True else int(views)
             aug = _ContractViews(_ContractViews.Config(num_views=n), (LOSS_DIM,))
-        self.model = MILModel(enc, pool, aug)
-        self.dataset = make_dataset(make_bags(LOSS_LENGTHS, (LOSS_DIM,), k, seed=80 + k, candidates=True), k)
+        self.model = MILModel(enc, pool, aug, task=task)
+        bags = make_bags(LOSS_LENGTHS, (LOSS_DIM,), k, seed=80 + k, candidates=True)
+        if not task.classes:  # the task's own kind of label (a regression target, a survival time and event)
+            for bag, y in zip(bags, task.example_labels(len(bags), seed=80 + k)):
+                bag.y = y
+        self.dataset = make_dataset(bags, k)
+        task.fit(self.dataset)
         self.batch = padded_batch(self.dataset, pad_to)
         self.state = TrainState(epoch=1, num_epochs=3, step=5)
 

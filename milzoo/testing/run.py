@@ -42,6 +42,7 @@ check_encoder = _check_kind("encoder")
 check_pooling = _check_kind("pooling")
 check_loss = _check_kind("loss")
 check_augment = _check_kind("augment")
+check_task = _check_kind("task")
 
 
 ExpectedFailures = dict[str, dict[str, str]] | Callable[[ComponentSpec, str], str | None] | None

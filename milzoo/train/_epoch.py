@@ -16,7 +16,7 @@ import torch
 
 from milzoo.checkpoint import STATE
 from milzoo.components.output import TrainState
-from milzoo.errors import TrainingDiverged
+from milzoo.errors import TrainingDiverged, UserError
 from milzoo.train import _feed
 from milzoo.train.settings import lr_at
 
@@ -80,6 +80,22 @@ def freeze_epochs(train_config, losses) -> int:
     """Epochs the encoder stays frozen: the longest of ``train.freeze_encoder_epochs`` and any loss's own."""
     return max([train_config.freeze_encoder_epochs]
                + [int(getattr(loss, "freeze_encoder_epochs", 0) or 0) for loss in losses])
+
+
+def check_bags_per_step(losses, batch_size: int, train_bags: int) -> None:
+    """Refuse a step too small for a loss that compares bags within a step (``min_bags_per_step``, e.g. the Cox
+    partial likelihood, whose risk set is the step's bags)."""
+    for loss in losses:
+        need = int(getattr(loss, "min_bags_per_step", 1) or 1)
+        if batch_size < need:
+            raise UserError(
+                f"the {loss.name!r} loss compares the bags of a training step with each other and needs at least "
+                f"{need} bags per step, but train.batch_size is {batch_size}. Set train.batch_size = {need} or more "
+                "(--set train.batch_size=...), or choose a loss that works on single bags."
+            )
+        if train_bags < need:
+            raise UserError(f"the {loss.name!r} loss needs at least {need} bags per step, but the fold has only "
+                            f"{train_bags} training bags; use more data or another loss.")
 
 
 def set_encoder_frozen(encoder: torch.nn.Module, trainable: list[bool], frozen: bool) -> None:

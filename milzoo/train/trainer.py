@@ -22,6 +22,7 @@ from milzoo.checkpoint.predictions import write_predictions
 from milzoo.datasets import resident
 from milzoo.datasets.base import MILDataset
 from milzoo.datasets.protocols import FoldData
+from milzoo.errors import UserError
 from milzoo.model.build import build_losses, build_model
 from milzoo.train import _epoch, _evaluate
 from milzoo.train._feed import Feed
@@ -50,6 +51,10 @@ class Trainer:
         ds = data.train
         torch.manual_seed(self.seed * 1000 + data.fold)
         self.model = build_model(recipe, ds.instance_shape, ds.num_classes, ds.class_names)
+        self.task = self.model.task
+        for name, split in [("train", ds), *data.evals.items()]:
+            self.task.check_labels(split.labels, f"the {name} bags of fold {data.fold}")
+        self.task.fit(ds)  # per-fold state from the training labels only (kept in the checkpoint)
         # float64 everywhere (train.precision = "fp64"): weights here; MILModel casts its inputs to them
         float64 = tc.precision == "fp64"
         if float64:
@@ -72,6 +77,7 @@ class Trainer:
         self.batch_size = resolve_batch_size(tc.batch_size, self.device)
         if tc.batch_size == "auto":
             log.info("train.batch_size = auto: %d bags per step on %s", self.batch_size, self.device)
+        _epoch.check_bags_per_step(self.losses, self.batch_size, len(ds))
         if self.device.type == "cuda" and not tc.deterministic:
             torch.backends.cudnn.benchmark = True  # fixed image shapes: let cuDNN time its algorithms once
         if tc.compile:
@@ -153,31 +159,45 @@ class Trainer:
     def eval_epoch(self, epoch: int) -> dict[str, dict[str, Any]]:
         """Every evaluated split's predictions (through :meth:`predict`) and metrics; updates the threshold."""
         preds = _evaluate.predict_splits(self.predict, self.data.evals, self.device)
-        self.threshold = _evaluate.updated_threshold(self.recipe.root.protocol, preds, self.threshold)
-        return {name: {"metrics": self.evaluate(p, self.threshold), "preds": p} for name, p in preds.items()}
+        if self.task.thresholds:
+            self.threshold = _evaluate.updated_threshold(self.recipe.root.protocol, preds, self.threshold)
+        return {name: {"metrics": self.evaluate(p, self.threshold, self._patients(self.data.evals[name])), "preds": p}
+                for name, p in preds.items()}
 
     def predict(self, ds: MILDataset) -> dict[str, Any]:
         """Bag probabilities, labels and instance predictions of a whole split."""
         return _evaluate.predict(self, ds)
 
-    def evaluate(self, preds: dict[str, Any], threshold: float | None) -> dict[str, float]:
-        """Metrics of one split's :meth:`predict` output at ``threshold``."""
-        return _evaluate.evaluate(preds, threshold)
+    def evaluate(self, preds: dict[str, Any], threshold: float | None,
+                 groups: dict[str, Any] | None = None) -> dict[str, float]:
+        """Metrics of one split's :meth:`predict` output at ``threshold`` (and per patient with ``groups``)."""
+        return _evaluate.evaluate(self.task, preds, threshold, groups)
+
+    def _patients(self, ds: MILDataset) -> dict[str, Any] | None:
+        """Bag id -> patient of a split when ``protocol.patient_metrics`` asks for patient-level metrics."""
+        if self.recipe.root.protocol.patient_metrics == "none":
+            return None
+        groups = ds.groups
+        if groups is None:
+            raise UserError("protocol.patient_metrics needs patients, but the dataset has none (no patient column; "
+                            "docs/wsi.md says which columns name them); remove the option or add the column.")
+        return dict(zip(ds.bag_ids, groups.tolist()))
 
     def result(self, stopped_early: bool) -> dict[str, Any]:
         """The fold's summary: last epoch, validation-selected epoch, and (labelled) best epoch on test."""
         return _evaluate.summary(self.data.fold, self.history, self.best, self.monitor, list(self.data.evals),
-                                 stopped_early)
+                                 stopped_early, headline=self.task.headline)
 
     def _select(self, epoch: int, results: dict[str, Any]) -> None:
         """Keep ``epoch`` as the best one (and save it) when validation improved on the monitored metric."""
         if "val" not in results:
             return
-        value = results["val"]["metrics"].get(self.monitor, float("nan"))
-        if not _evaluate.improved(self.best, value, self.monitor):
+        val = results["val"]["metrics"]
+        value, loss = val.get(self.monitor, float("nan")), val.get("loss", float("nan"))
+        if not _evaluate.improved(self.best, value, self.monitor, loss):
             self.bad_epochs += 1
             return
-        self.best = {"epoch": epoch, "value": value, "threshold": self.threshold}
+        self.best = {"epoch": epoch, "value": value, "threshold": self.threshold, "loss": loss}
         self.bad_epochs = 0
         if self.is_main:
             save_model(self.eval_model, self.out_dir / "best", {"epoch": epoch, "threshold": self.threshold})
@@ -185,7 +205,8 @@ class Trainer:
 
     def _write_predictions(self, which: str, results: dict[str, Any]) -> None:
         for name, r in results.items():
-            write_predictions(self.out_dir / which, name, r["preds"], self.data.train.class_names)
+            write_predictions(self.out_dir / which, name, r["preds"], self.task.columns(self.data.train.class_names),
+                              self.task.label_columns())
 
     # ------------------------------------------------------------------ state
     def state_dict(self, epoch: int) -> dict[str, Any]:

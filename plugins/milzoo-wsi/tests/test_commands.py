@@ -198,3 +198,135 @@ def test_split_writes_the_runs_test_split(runner, tmp_path, trained):
                                "data.split_seed=6"])
     assert res3.exit_code == 0
     assert [r["split"] for r in _rows(tmp_path / "c.csv")] != [r["split"] for r in got]
+
+
+# --------------------------------------------------------------------------- one decision rule, slide images
+
+
+def _decision_line(output: str, prefix: str) -> str:
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip().startswith(prefix)]
+    assert len(lines) == 1, output
+    return lines[0]
+
+
+def test_localize_attention_and_predict_agree_and_print_the_same_rule(runner, trained, tmp_path):
+    """One model and slide: `localize`, `attention` and `model.predict` give the same class by the same rule.
+
+    The recorded threshold is moved so that it and the argmax disagree on this slide: all three must follow
+    the threshold (the bug was `localize` thresholding and `attention` taking the argmax).
+    """
+    import shutil
+
+    from milzoo.cli.report import add_commands
+    from milzoo.datasets.batch import collate_bags
+    from milzoo.model.decision import model_decisions, rule_text
+    from milzoo.report.context import RunContext
+
+    add_commands(cli)
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained["run"], run_dir)
+    ctx = RunContext(run_dir)
+    ds = ctx.dataset(0, "test")
+    sid, bag = ds.bag_ids[0], ds[0]
+    model, which = ctx.model(0)
+    assert which == "best"
+    p_tumor = float(model.predict(collate_bags([bag])).bag_probs[0, 1])
+    argmax = int(p_tumor >= 0.5)
+    threshold = p_tumor - 1e-3 if argmax == 0 else p_tumor + 1e-3  # the threshold decides the other class
+    cfg_path = run_dir / "fold-00" / "best" / "config.json"
+    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "threshold": threshold}))
+
+    res = runner.invoke(cli, ["localize", str(run_dir), "--fold", "0", "--slide", sid])
+    assert res.exit_code == 0, res.output
+    loc = _decision_line(res.output, f"{sid}:")[len(sid) + 1:].strip()
+    loc_rule = _decision_line(res.output, "decision rule:")
+
+    res = runner.invoke(cli, ["attention", str(run_dir), "--fold", "0", "--bag", sid,
+                              "--out", str(tmp_path / "a.png")])
+    assert res.exit_code == 0, res.output
+    att = _decision_line(res.output, "predicted ")
+    att_rule = _decision_line(res.output, "decision rule:")
+
+    model, _ = RunContext(run_dir).model(0)
+    out = model.predict(collate_bags([bag]))
+    (pred,) = model_decisions(model, out)
+
+    expected = ["normal", "tumor"][1 - argmax]
+    assert loc == att == pred.text
+    assert pred.class_name == expected and int(out.extras["pred"][0]) == 1 - argmax
+    assert f"threshold {threshold:.3f} chosen on validation" in loc
+    assert loc_rule == att_rule == f"decision rule: {rule_text(model)}" == \
+        f"decision rule: {out.extras['decision_rule']}"
+    index = _rows(run_dir / "localization" / "fold-00" / "test" / "slides.csv")
+    assert index[0]["pred"] == expected and index[0]["decision"] == pred.reason
+
+
+def _tissue_tiff(path, coords, margin=300):
+    """A pyramidal TIFF of a slide: pink tissue under its patches, on grey glass."""
+    tifffile = pytest.importorskip("tifffile")
+    w, h = int(coords[:, 0].max()) + 256 + margin, int(coords[:, 1].max()) + 256 + margin
+    img = np.full((h, w, 3), 235, np.uint8)
+    for x, y in coords:
+        img[y: y + 256, x: x + 256] = (190, 110, 180)
+    with tifffile.TiffWriter(str(path)) as tw:
+        tw.write(img, tile=(256, 256), photometric="rgb", subifds=0)
+        for f in (4, 16):
+            tw.write(np.ascontiguousarray(img[::f, ::f]), tile=(256, 256), photometric="rgb", subfiletype=1)
+    return str(path)
+
+
+def test_localize_and_attention_over_slide_images(runner, trained, tmp_path, monkeypatch):
+    from milzoo.cli.report import add_commands
+    from milzoo_wsi import slide_images
+    from milzoo_wsi.stores import read_slide, slide_file
+
+    pytest.importorskip("tifffile")
+    if slide_images.available_reader() is None:
+        pytest.skip("no slide reader (pip install 'milzoo-wsi[slides]')")
+    add_commands(cli)
+    info, run_dir = trained["info"], trained["run"]
+    test_ids = sorted(r["slide_id"] for r in _rows(Path(info["table"])) if r["split"] == "test")
+    images = tmp_path / "images"
+    images.mkdir()
+    coords, files = {}, {}
+    for sid, ext in zip(test_ids[:2], (".tiff", ".tif")):  # images of two of the four test slides
+        coords[sid] = read_slide(slide_file(f"{info['features']}/{sid}.safetensors")).coords.numpy()
+        files[sid] = _tissue_tiff(images / f"{sid}{ext}", coords[sid])
+    out = tmp_path / "loc"
+    res = runner.invoke(cli, ["localize", str(run_dir), "--slides", str(images), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "4 heatmaps (2 over the slide image), 4 GeoJSON files" in res.output
+    assert f"note: no image of slide {test_ids[2]!r}" in res.output
+    index = {r["slide_id"]: r for r in _rows(out / "slides.csv")}
+    for sid in test_ids:
+        assert index[sid]["slide_image"] == files.get(sid, "")
+        assert (out / f"{sid}.png").read_bytes()[:8] == PNG
+        fc = json.loads((out / f"{sid}.geojson").read_text())
+        table = _rows(out / f"{sid}.csv")
+        assert fc["type"] == "FeatureCollection" and len(fc["features"]) == len(table)
+        for feat, row in zip(fc["features"], table):
+            ring = feat["geometry"]["coordinates"][0]
+            assert ring[0] == [float(row["x"]), float(row["y"])] and ring[2] == [float(row["x"]) + 256,
+                                                                              float(row["y"]) + 256]
+            assert feat["properties"]["objectType"] == "detection"
+            assert feat["properties"]["measurements"]["attention"] == pytest.approx(float(row["attention"]))
+            assert feat["properties"]["measurements"]["score_tumor"] == pytest.approx(float(row["score_tumor"]))
+
+    sid = test_ids[0]
+    res = runner.invoke(cli, ["attention", str(run_dir), "--bag", sid, "--slides", str(images),
+                              "--out", str(tmp_path / "att.png")])
+    assert res.exit_code == 0, res.output
+    assert f"over {files[sid]}" in res.output
+    fc = json.loads((tmp_path / "att.geojson").read_text())
+    assert len(fc["features"]) == len(coords[sid])
+    assert sum(f["properties"]["measurements"]["attention"] for f in fc["features"]) == pytest.approx(1.0, abs=1e-4)
+
+    # without a reader: today's grid, and a note that says what to install
+    monkeypatch.setattr(slide_images, "available_reader", lambda: None)
+    res = runner.invoke(cli, ["localize", str(run_dir), "--slides", str(images), "--slide", sid,
+                              "--out", str(tmp_path / "noreader")])
+    assert res.exit_code == 0, res.output
+    assert "(0 over the slide image)" in res.output and 'pip install "milzoo-wsi[slides]"' in res.output
+    res = runner.invoke(cli, ["attention", str(run_dir), "--bag", sid, "--slides", str(images),
+                              "--out", str(tmp_path / "att2.png")])
+    assert res.exit_code == 0 and 'note: the heatmaps are drawn on the patch grid: install' in res.output

@@ -146,3 +146,25 @@ def test_draw_heatmap_grid_values(tmp_path):
     assert (tmp_path / "s.png").read_bytes().startswith(PNG)
     with pytest.raises(ValueError, match="coordinates for"):
         draw_heatmap(coords, [1.0], str(tmp_path / "x.png"))
+
+
+def test_write_localization_decides_by_the_models_rule_and_writes_geojson(tmp_path):
+    import json
+
+    from milzoo.report.common import VALUE_CMAP
+
+    model = _mean_model()
+    bag = _bag(6, sid="a")
+    with torch.no_grad():
+        p1 = float(model.predict(collate_bags([bag])).bag_probs[0, 1])
+    model.decision_threshold = p1 + 0.01 if p1 >= 0.5 else p1 - 0.01  # the recorded threshold flips the argmax
+    (out,) = write_localization(model, [bag], str(tmp_path / "loc"))
+    assert out["pred"] == int(p1 < 0.5) and out["decision"].rule == "threshold"
+    assert out["decision"].text.startswith(f"predicted {model.class_names[out['pred']]} (p(tumor)={p1:.3f}")
+    (argmax,) = write_localization(model, [bag], str(tmp_path / "loc2"), threshold=float("nan"))
+    assert argmax["pred"] == out["pred"]  # a junk explicit threshold falls back to the model's own
+    fc = json.loads(open(out["geojson"]).read())
+    assert len(fc["features"]) == 6 and fc["milzoo"] == {"slide_id": "a", "patch_size_level0": 512.0}
+    assert fc["features"][0]["properties"]["measurements"].keys() == {"attention", "score_normal", "score_tumor"}
+    assert out["slide_image"] is None and out["note"] is None
+    assert draw_heatmap.__kwdefaults__["cmap"] == VALUE_CMAP

@@ -34,6 +34,8 @@ class DEMILPooling(Pooling):
     """DEMIL / DEMIPL disambiguated attention embedding (Tang et al. 2023)."""
 
     name = "demil"
+    #: classification only: it learns per-bag soft labels over the candidate classes (docs/tasks.md)
+    tasks = ("classification",)
     default_loss = "demil"
     #: the ``demil`` loss reads ``extras["sigmoid_attention"]`` for its entropy term
     provides_sigmoid_attention: ClassVar[bool] = True

@@ -45,6 +45,8 @@ class DSMILPooling(Pooling):
     """DSMIL: dual-stream MIL with critical-instance attention (Li et al. 2021)."""
 
     name = "dsmil"
+    #: classification only: its max-instance stream is a per-class instance classifier trained by the class loss, which picks the critical instance (docs/tasks.md)
+    tasks = ("classification",)
     default_loss = "dsmil"
 
     class Config(ComponentConfig):

@@ -154,6 +154,8 @@ class DTFDPooling(Pooling):
     """DTFD-MIL: pseudo-bags, tier-1 attention, feature distillation, tier-2 attention (Zhang et al. 2022)."""
 
     name = "dtfd"
+    #: classification only: tier 1 distils per-class instance probabilities (Grad-CAM of the class logits) into pseudo-bags (docs/tasks.md)
+    tasks = ("classification",)
     default_loss = "dtfd"
 
     class Config(ComponentConfig):

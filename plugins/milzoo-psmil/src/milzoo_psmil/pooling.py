@@ -81,6 +81,28 @@ class PSAttPooling(Pooling):
         # uint8 flag: 1 once Q holds a real initialisation (saved with the checkpoint)
         self.register_buffer("initialized", torch.tensor([1 if done else 0], dtype=torch.uint8))
 
+    def check_task(self, task) -> None:
+        """Classification in either prototype update; another task only with ``proto_update = "all"`` (the
+        paper's eq. 11, which moves each prototype towards the instances assigned to it and reads no label) and
+        at least two outputs (the survival task's time bins: one prototype per bin).  The official ``"label"``
+        update moves the column of each bag's class, which only class labels have."""
+        from milzoo.errors import ComponentError
+
+        if getattr(task, "classes", False):
+            return
+        if self.config.proto_update != "all":
+            raise ComponentError(
+                f"PSAtt's prototype update '{self.config.proto_update}' moves the column of each bag's class, but "
+                f"the {task.name!r} task has no classes; set pooling.proto_update = \"all\" (the paper's eq. 11: "
+                "each prototype follows the instances assigned to it), or use another pooling."
+            )
+        if self.num_classes < 2:
+            raise ComponentError(
+                f"PSAtt attends through a softmax over its {self.num_classes} output(s): with one output (the "
+                f"{task.name!r} task's head) every instance gets the same weight. Use a task head with several "
+                "outputs (survival's discrete time bins) or another pooling (abmil, transmil)."
+            )
+
     # --- pieces ---------------------------------------------------------------
     def instance_logits(self, h: Tensor) -> Tensor:
         return self.classifier(h)

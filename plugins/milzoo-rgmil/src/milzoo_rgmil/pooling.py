@@ -70,6 +70,8 @@ class RGMILPooling(Pooling):
     """Regressor-guided pooling: the bag classifier's instance scores, standardised, are the attention (Du et al. 2023)."""
 
     name = "rgmil"
+    #: classification only: it has one binary branch per class (docs/tasks.md)
+    tasks = ("classification",)
     default_loss = "rgmil_branch_ce"
 
     class Config(ComponentConfig):

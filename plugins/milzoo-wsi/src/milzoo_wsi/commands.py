@@ -17,6 +17,7 @@ import click
 from milzoo.errors import UserError
 
 _FORMATS = ["auto", "h5", "pt", "csv", "safetensors"]
+_SHOWN_SLIDES = 20  # slides whose decision `localize` prints one per line
 
 
 # --------------------------------------------------------------------------- features
@@ -154,11 +155,13 @@ def _load_model(source: str, fold: int | None, checkpoint: str) -> tuple[Any, fl
     """A model (or ensemble) from a checkpoint folder or any reference ``milzoo.hub.load_pretrained`` knows."""
     from milzoo import checkpoint as ckpt
 
+    from milzoo.model.decision import apply_recorded_threshold, recorded_threshold
+
     path = Path(source).expanduser()
     if path.is_dir() and (path / ckpt.CONFIG).is_file() and (path / ckpt.WEIGHTS).is_file():
         cfg = ckpt.read_config(path)
         if cfg.get("format") == ckpt.FORMAT:
-            return ckpt.load_model(path), cfg.get("threshold")
+            return apply_recorded_threshold(ckpt.load_model(path), cfg), recorded_threshold(cfg)
     try:
         from milzoo.hub import load_pretrained
     except ImportError:
@@ -176,10 +179,12 @@ def _write_index(out_dir: str, rows: list[dict[str, Any]], class_names: list[str
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["split", "slide_id", "label", "pred", *[f"p_{c}" for c in class_names], "csv", "png"])
+    w.writerow(["split", "slide_id", "label", "pred", *[f"p_{c}" for c in class_names], "decision", "csv", "png",
+                "geojson", "slide_image"])
     for r in rows:
         w.writerow([r["split"], r["slide_id"], class_names[r["label"]], class_names[r["pred"]],
-                    *[f"{p:.6g}" for p in r["probs"]], r["csv"], r["png"] or ""])
+                    *[f"{p:.6g}" for p in r["probs"]], r["decision"].reason, r["csv"], r["png"] or "",
+                    r.get("geojson") or "", r.get("slide_image") or ""])
     url = out_dir.rstrip("/") + "/slides.csv"
     _write_bytes(url, buf.getvalue().encode("utf-8"))
     return url
@@ -205,19 +210,29 @@ def _write_index(out_dir: str, rows: list[dict[str, Any]], class_names: list[str
 @click.option("--heatmap-class", type=int, default=None,
               help="class index drawn for per-class outputs (default: each slide's predicted class)")
 @click.option("--patch-size", type=float, default=None, help="patch size in pixels (default: from the coordinates)")
-@click.option("--no-heatmaps", is_flag=True, help="write the per-patch tables only")
+@click.option("--no-heatmaps", is_flag=True, help="write the per-patch tables only (no PNG, no GeoJSON)")
+@click.option("--slides", "slide_dir", default=None, metavar="DIR",
+              help="folder of the slide images (matched by slide id, with or without extension): heatmaps are "
+                   "drawn over each slide's thumbnail (needs openslide-python + openslide-bin, or tiffslide)")
+@click.option("--geojson/--no-geojson", default=True, show_default=True,
+              help="also write SLIDE.geojson: one polygon per patch with its scores, for QuPath")
+@click.option("--object-type", type=click.Choice(["detection", "annotation", "tile"]), default="detection",
+              show_default=True, help="QuPath object type of the GeoJSON patches")
 def localize_cmd(source, fold, split, out, checkpoint, recipe_path, features, table, overrides, slides,
-                 heatmap_value, heatmap_class, patch_size, no_heatmaps):
+                 heatmap_value, heatmap_class, patch_size, no_heatmaps, slide_dir, geojson, object_type):
     """Per-patch attention/instance-score tables and heatmaps of every slide, from a trained model.
 
     SOURCE is a run directory (the fold's model; the slides are rebuilt from
     RUN_DIR/recipe.toml with the same folds and splits), a checkpoint folder, or
     a pretrained reference (zoo name, hf-hub:org/name, Hub folder; an ensemble
     averages its members' attention and votes) given the slides with --features
-    and --table or --recipe.  Writes SLIDE.csv and SLIDE.png per slide and an
-    index slides.csv.
+    and --table or --recipe.  Writes SLIDE.csv, SLIDE.png and SLIDE.geojson per
+    slide and an index slides.csv.  Each slide's class comes from the model's
+    validation threshold when its checkpoint recorded one, else the argmax (an
+    ensemble: the members' vote); the rule is printed.
     """
-    from milzoo_wsi.localization import write_localization
+    from milzoo.model.decision import apply_recorded_threshold
+    from milzoo_wsi.localization import decision_rule, write_localization
 
     path = Path(source).expanduser()
     if _is_run_dir(path):
@@ -226,8 +241,8 @@ def localize_cmd(source, fold, split, out, checkpoint, recipe_path, features, ta
         from milzoo import checkpoint as ckpt
 
         model_dir = _fold_checkpoint(path, f, checkpoint)
-        model = ckpt.load_model(model_dir)
-        threshold = ckpt.read_config(model_dir).get("threshold")
+        model = apply_recorded_threshold(ckpt.load_model(model_dir), ckpt.read_config(model_dir))
+        threshold = model.decision_threshold
         split = split or ("test" if "test" in splits else "val" if "val" in splits else "train")
         out = out or str(path / "localization" / f"fold-{f:02d}" / split)
         where = f"fold {f} of {path}"
@@ -266,15 +281,29 @@ def localize_cmd(source, fold, split, out, checkpoint, recipe_path, features, ta
                 continue
         res = write_localization(model, ds, out, heatmaps=not no_heatmaps, heatmap_value=heatmap_value,
                                  heatmap_class=heatmap_class, patch_size=patch_size, indices=idx,
-                                 threshold=threshold)
+                                 threshold=threshold, slides=slide_dir, geojson=geojson and not no_heatmaps,
+                                 object_type=object_type)
         rows += [{"split": name, **r} for r in res]
     missing = [s for s in slides if s not in found]
     if missing:
         raise UserError(f"slide(s) {missing} are not in the split(s) {chosen}; check --slide and --split.")
     index = _write_index(out, rows, list(model.class_names))
     n_png = sum(1 for r in rows if r["png"])
+    n_geo = sum(1 for r in rows if r.get("geojson"))
+    n_img = sum(1 for r in rows if r.get("slide_image"))
+    over = f" ({n_img} over the slide image)" if slide_dir else ""
     click.echo(f"localised {len(rows)} slide(s) of {', '.join(chosen)} with {where}: {len(rows)} tables, "
-               f"{n_png} heatmaps in {out} (index {index})")
+               f"{n_png} heatmaps{over}, {n_geo} GeoJSON files in {out} (index {index})")
+    click.echo(f"decision rule: {decision_rule(model, threshold)}")
+    for r in rows[:_SHOWN_SLIDES]:
+        click.echo(f"  {r['slide_id']}: {r['decision'].text}")
+    if len(rows) > _SHOWN_SLIDES:
+        click.echo(f"  ... {len(rows) - _SHOWN_SLIDES} more in {index}")
+    notes = list(dict.fromkeys(r["note"] for r in rows if r.get("note")))
+    for note in notes[:5]:
+        click.echo(f"note: {note}")
+    if len(notes) > 5:
+        click.echo(f"note: ... and {len(notes) - 5} more slides without an image")
 
 
 def add_commands(cli) -> None:

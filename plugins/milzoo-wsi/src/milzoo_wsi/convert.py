@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import posixpath
 import uuid
@@ -53,6 +54,16 @@ class ConvertSummary:
         return s
 
 
+def _patching_of(sf) -> dict:
+    """How the source slide was patched (its h5 attributes, ...); {} when unknown or unreadable."""
+    if sf.fmt == "csv":
+        return {}
+    try:
+        return dict(probe_slide(sf).patching)
+    except DataError:
+        return {}
+
+
 def _join(root: str, name: str) -> str:
     return root.rstrip("/") + "/" + name
 
@@ -75,7 +86,8 @@ def convert_features(
     fsspec URLs.  Each output holds ``features`` (``dtype``, fp16 by default),
     ``coords`` when the source has them (int64, or float32 when fractional)
     and ``inst_labels`` when present, with the slide id and source in the
-    safetensors metadata.
+    safetensors metadata, and how the slide was patched (the TRIDENT/CLAM h5
+    attributes: patch size, magnification, level) as ``patching`` (JSON).
 
     Each file is written to a hidden temporary name in ``dst_dir`` and renamed
     when complete, so an interrupted run never leaves a half-written slide;
@@ -138,8 +150,12 @@ def convert_features(
             tensors[COORDS] = c.contiguous()
         if data.inst_labels is not None:
             tensors[INST_LABELS] = data.inst_labels.contiguous()
-        blob = save(tensors, metadata={"slide_id": sid, "source": sf.url, "source_format": sf.fmt,
-                                       "producer": "milzoo-wsi convert_features"})
+        metadata = {"slide_id": sid, "source": sf.url, "source_format": sf.fmt,
+                    "producer": "milzoo-wsi convert_features"}
+        patching = _patching_of(sf)
+        if patching:  # the TRIDENT/CLAM attributes (patch size, magnification, level) travel with the features
+            metadata["patching"] = json.dumps(patching)
+        blob = save(tensors, metadata=metadata)
         tmp = _join(dst_root, f".{sid}.{uuid.uuid4().hex[:8]}.tmp")
         try:
             if local:

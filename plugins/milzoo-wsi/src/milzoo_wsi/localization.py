@@ -3,7 +3,14 @@
 The numbers come from one eval-mode forward of the whole slide
 (``model.predict(collate_bags([bag]))``): ``MILOutput.attention`` (``[B, N]``
 or per class ``[B, N, k]``) and ``MILOutput.inst_probs`` (``[B, N, k]``,
-softmax of the instance logits or the method's own instance probabilities).
+softmax of the instance logits or the method's own instance probabilities).  A slide's class comes from
+the one decision rule of :mod:`milzoo.model.decision` (the checkpoint's validation threshold, else argmax;
+an ensemble's vote), and every output says which rule gave it.
+
+Heatmaps are drawn in the one colour map of :data:`milzoo.report.common.VALUE_CMAP` (viridis); cells without
+a patch are white (not on the map) on the patch grid, and transparent over a slide image
+(:mod:`milzoo_wsi.slide_images`, when a reader is installed).  Each slide with coordinates also gets a
+GeoJSON file of its patches that QuPath opens (:mod:`milzoo_wsi.geojson`).
 """
 
 from __future__ import annotations
@@ -18,10 +25,12 @@ import numpy as np
 import torch
 
 from milzoo.datasets.batch import Bag, collate_bags
-from milzoo.model.ensemble import fold_predictions
-from milzoo.errors import ComponentError
+from milzoo.errors import ComponentError, DataError
+from milzoo.model.decision import Decision, decide_output, model_threshold, rule_text, valid_threshold
+from milzoo.report.common import NO_PATCH_COLOR, NO_PATCH_LABEL, VALUE_CMAP
 
 _MAX_CELLS = 4_000_000  # heatmap grid cells before the grid is coarsened
+_OVERLAY_ALPHA = 0.6  # opacity of the values drawn over a slide image
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -41,13 +50,13 @@ def _colnames(prefix: str, k: int, class_names: Sequence[str]) -> list[str]:
 
 
 def instance_outputs(model, bag: Bag, threshold: float | None = None) -> dict[str, Any]:
-    """One eval forward of ``bag``: ``attention`` ([n] or [n, k]), ``scores`` ([n, k]), ``bag_probs`` ([k])
-    and ``pred``.
+    """One eval forward of ``bag``: ``attention`` ([n] or [n, k]), ``scores`` ([n, k]), ``bag_probs`` ([k]),
+    ``pred`` and ``decision``.
 
-    ``pred`` is the ensemble's vote when the model returns one (``extras["vote"]``
-    of :class:`milzoo.hub.Ensemble`), else ``p1 >= threshold`` for a binary
-    model given a threshold (its validation-chosen Youden threshold), else the
-    argmax.  Missing outputs are None.  Raises :class:`ComponentError` when the
+    ``decision`` (:class:`milzoo.model.decision.Decision`) is the ensemble's vote when the model returns one
+    (``extras["vote"]`` of :class:`milzoo.hub.Ensemble`), else ``p1 >= threshold`` for a binary model with a
+    threshold (``threshold``, or the one its checkpoint recorded: ``model.decision_threshold``), else the
+    argmax; ``pred`` is its class index.  Missing outputs are None.  Raises :class:`ComponentError` when the
     model exports neither attention nor instance probabilities.
     """
     batch = collate_bags([bag]).to(_device(model))
@@ -62,12 +71,10 @@ def instance_outputs(model, bag: Bag, threshold: float | None = None) -> dict[st
             "so it cannot localise; use a pooling that fills MILOutput.attention or inst_logits."
         )
     probs = out.bag_probs[0].detach().float().cpu().numpy()
-    vote = (out.extras or {}).get("vote")
-    if vote is not None:
-        pred = int(vote[0])
-    else:
-        pred = int(fold_predictions(probs[None].astype(np.float64), threshold)[0])
-    return {"attention": att, "scores": scores, "bag_probs": probs, "pred": pred}
+    thr = valid_threshold(threshold)
+    decision = decide_output(out, 0, thr if thr is not None else model_threshold(model), list(model.class_names),
+                             getattr(model, "thresholds", None))
+    return {"attention": att, "scores": scores, "bag_probs": probs, "pred": decision.index, "decision": decision}
 
 
 def _rows(bag: Bag, outs: dict[str, Any], class_names: Sequence[str]) -> list[dict[str, Any]]:
@@ -159,6 +166,74 @@ def heatmap_grid(coords, values, patch_size: float | None = None) -> tuple[np.nd
     return img, (float(x0), float(y0), step)
 
 
+def patch_size_of(dataset, index: int) -> float | None:
+    """The side of slide ``index``'s patches in level-0 pixels, from its feature file's attributes, or None.
+
+    TRIDENT writes ``patch_size_level0`` on the ``coords`` dataset of its h5 files; CLAM writes ``patch_size``
+    at ``patch_level`` with that level's ``downsample``; converted safetensors files keep them as metadata.
+    The header is read through ``milzoo_wsi.stores.probe_slide`` (its ``patching``), and h5 attributes
+    directly where that says nothing.  None when the file says nothing: the coordinates' grid step is used.
+    """
+    records = getattr(dataset, "records", None)
+    try:
+        sf = records[int(index)].file
+    except (TypeError, IndexError, AttributeError, KeyError):
+        return None
+    try:
+        from milzoo_wsi.stores import probe_slide
+
+        size = (getattr(probe_slide(sf), "patching", None) or {}).get("patch_size_level0")
+        if isinstance(size, (int, float)) and not isinstance(size, bool) and size > 0:
+            return float(size)
+    except Exception:  # noqa: BLE001 - a header we cannot read is a size we do not know
+        pass
+    if getattr(sf, "fmt", None) != "h5":
+        return None
+    try:
+        import h5py
+
+        url = sf.url
+        local = url if "://" not in url else (url[len("file://"):] if url.startswith("file://") else None)
+        if local is not None:
+            with h5py.File(local, "r") as f:
+                return _h5_patch_size(f)
+        with fsspec.open(url, "rb") as fh, h5py.File(fh, "r") as f:
+            return _h5_patch_size(f)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def bag_patch_size(bag: Bag) -> float | None:
+    """The patch side in level-0 pixels that the ``slides`` dataset put in ``bag.meta["patching"]``, or None."""
+    patching = (bag.meta or {}).get("patching") if isinstance(bag.meta, dict) else None
+    size = patching.get("patch_size_level0") if isinstance(patching, dict) else None
+    if isinstance(size, (int, float)) and not isinstance(size, bool) and size > 0:
+        return float(size)
+    return None
+
+
+def _h5_patch_size(f) -> float | None:
+    for attrs in ([f["coords"].attrs] if "coords" in f else []) + [f.attrs]:
+        if "patch_size_level0" in attrs:
+            value = float(np.ravel(attrs["patch_size_level0"])[0])
+            return value if value > 0 else None
+        if "patch_size" in attrs:
+            size = float(np.ravel(attrs["patch_size"])[0])
+            level = int(np.ravel(attrs.get("patch_level", [0]))[0])
+            if "downsample" in attrs:
+                size *= float(np.ravel(attrs["downsample"])[0])
+            elif level != 0:
+                return None  # a size at another level, without its downsample
+            return size if size > 0 else None
+    return None
+
+
+def _legend_patch(face, label):
+    from matplotlib.patches import Patch
+
+    return Patch(facecolor=face, edgecolor="#888888", linewidth=0.8, label=label)
+
+
 def draw_heatmap(
     coords,
     values,
@@ -166,51 +241,124 @@ def draw_heatmap(
     patch_size: float | None = None,
     *,
     title: str | None = None,
-    cmap: str = "coolwarm",
-) -> None:
+    cmap: str = VALUE_CMAP,
+    slide=None,
+    categories: dict[int, str] | None = None,
+    value_label: str | None = None,
+) -> str | None:
     """Draw per-patch ``values`` at their slide ``coords`` (top-left corners, level-0 pixels) as a PNG.
 
-    Patches are painted on a grid of ``patch_size`` pixels (default: the
-    smallest spacing between distinct coordinates); where patches share a cell
-    the largest value shows.  Very large grids are coarsened to at most 4M
-    cells.  Uses matplotlib's Agg canvas (no display, no pyplot state);
-    ``out_png`` may be any fsspec URL.
+    Patches are painted on a grid of ``patch_size`` pixels (default: the smallest spacing between distinct
+    coordinates); where patches share a cell the largest value shows.  Very large grids are coarsened to at
+    most 4M cells.  The colour map is :data:`~milzoo.report.common.VALUE_CMAP` (viridis); cells without a
+    patch are white (not on the map), with a legend entry.
+
+    ``slide``: a slide image path or a :class:`~milzoo_wsi.slide_images.SlideThumbnail`; the values are
+    then drawn over its thumbnail (cells without a patch let the slide show through).  ``categories``
+    (value -> name) draws a categorical map (e.g. patch labels) with a legend instead of a colour bar.
+    Uses matplotlib's Agg canvas (no display, no pyplot state); ``out_png`` may be any fsspec URL.  Returns
+    the path of the slide image drawn under the values, or None.
     """
+    import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
     img, (x0, y0, step) = heatmap_grid(coords, values, patch_size)
     v = np.asarray(values, dtype=np.float64).reshape(-1)
     h, w = img.shape
-    finite = v[np.isfinite(v)]
-    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    if vmax <= vmin:
-        vmax = vmin + 1e-12
+    if categories:
+        vmin, vmax = 0.0, float(max(max(categories), 1))
+    else:
+        finite = v[np.isfinite(v)]
+        vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        if vmax <= vmin:
+            vmax = vmin + 1e-12
+    thumb = None
+    if slide is not None:
+        from milzoo_wsi.slide_images import SlideThumbnail, read_thumbnail
 
-    aspect = h / max(w, 1)
+        thumb = slide if isinstance(slide, SlideThumbnail) else read_thumbnail(slide)
+    grid_extent = (x0, x0 + w * step, y0 + h * step, y0)
+    if thumb is not None:
+        sw, sh = thumb.dimensions
+        left, top = min(0.0, x0), min(0.0, y0)
+        right, bottom = max(float(sw), grid_extent[1]), max(float(sh), grid_extent[2])
+    else:
+        left, right, bottom, top = grid_extent
+    aspect = (bottom - top) / max(right - left, 1e-9)
     width = 8.0
-    fig = Figure(figsize=(width, max(2.0, min(12.0, width * aspect)) + 0.6), dpi=100)
+    fig = Figure(figsize=(width, max(2.0, min(12.0, width * aspect)) + 0.9), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    import matplotlib
-
-    cm = matplotlib.colormaps[cmap].with_extremes(bad="#f0f0f0")
-    im = ax.imshow(
-        np.ma.masked_invalid(img), cmap=cm, vmin=vmin, vmax=vmax, interpolation="nearest",
-        extent=(x0, x0 + w * step, y0 + h * step, y0),
-    )
-    ax.set_axis_off()
+    base = matplotlib.colormaps[cmap]
+    norm = Normalize(vmin, vmax)
+    if thumb is not None:
+        ax.imshow(thumb.image, extent=thumb.extent, interpolation="bilinear")
+        ax.imshow(np.ma.masked_invalid(img), cmap=base.with_extremes(bad=(0, 0, 0, 0)), norm=norm,
+                  interpolation="nearest", extent=grid_extent, alpha=_OVERLAY_ALPHA)
+        no_patch = _legend_patch("none", f"{NO_PATCH_LABEL}: the slide shows through")
+    else:
+        ax.imshow(np.ma.masked_invalid(img), cmap=base.with_extremes(bad=NO_PATCH_COLOR), norm=norm,
+                  interpolation="nearest", extent=grid_extent)
+        no_patch = _legend_patch(NO_PATCH_COLOR, NO_PATCH_LABEL)
+    ax.set_xlim(left, right)
+    ax.set_ylim(bottom, top)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for sp in ax.spines.values():
+        sp.set_edgecolor("#888888")
+        sp.set_linewidth(0.8)
     if title:
-        ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+        import textwrap
+
+        lines = [textwrap.fill(line, 80) if line else line for line in title.split("\n")]
+        ax.set_title("\n".join(lines), fontsize=9)
+    handles = [no_patch]
+    if categories:
+        handles = [_legend_patch(base(norm(c)), str(name)) for c, name in sorted(categories.items())] + handles
+    else:
+        cb = fig.colorbar(ScalarMappable(norm=norm, cmap=base), ax=ax, fraction=0.046, pad=0.02)
+        if value_label:
+            cb.set_label(value_label + (f" (drawn {_OVERLAY_ALPHA:.0%} opaque over the slide)" if thumb is not None
+                                        else ""), fontsize=8)
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=min(len(handles), 4),
+              fontsize=8, frameon=False)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
+    fig.savefig(buf, format="png", bbox_inches="tight", facecolor="white")
     _write_bytes(out_png, buf.getvalue())
+    return thumb.path if thumb is not None else None
+
+
+def slide_image_for(slides: str | None, slide_id: str) -> tuple[str | None, str | None]:
+    """``(image path, note)`` for drawing ``slide_id`` over its image from the folder ``slides``.
+
+    The path is None, and the note says why, when no reader is installed or the folder holds no image of the
+    slide; both are None without ``slides``.
+    """
+    if not slides:
+        return None, None
+    from milzoo_wsi.slide_images import INSTALL_HINT, available_reader, find_slide_image
+
+    if available_reader() is None:
+        return None, f"the heatmaps are drawn on the patch grid: {INSTALL_HINT}"
+    path = find_slide_image(slides, slide_id)
+    if path is None:
+        return None, f"no image of slide {slide_id!r} in {slides}; its heatmap is drawn on the patch grid"
+    return path, None
 
 
 def _safe_name(slide_id: str) -> str:
     name = re.sub(r"[^0-9A-Za-z_.-]+", "_", slide_id).strip(".")
     return name or "slide"
+
+
+def _value_column(kind: str, vals: np.ndarray, cls: int, class_names: Sequence[str]) -> str:
+    prefix = "attention" if kind == "attention" else "score"
+    if vals.ndim == 2:
+        return _colnames(prefix, vals.shape[1], class_names)[cls]
+    return prefix
 
 
 def write_localization(
@@ -224,16 +372,25 @@ def write_localization(
     patch_size: float | None = None,
     indices: Sequence[int] | None = None,
     threshold: float | None = None,
+    slides: str | None = None,
+    geojson: bool = True,
+    object_type: str = "detection",
 ) -> list[dict[str, Any]]:
-    """Write ``<slide_id>.csv`` (see :func:`localization_table`) and ``<slide_id>.png`` per slide.
+    """Write ``<slide_id>.csv`` (see :func:`localization_table`), ``<slide_id>.png`` (heatmap) and
+    ``<slide_id>.geojson`` (QuPath objects) per slide.
 
     ``heatmap_value``: ``"attention"``, ``"score"`` (instance probability) or
     ``"auto"`` (attention when the model has it, else the score).  The class
     shown (for per-class attention and for scores) is ``heatmap_class``, or the
-    slide's predicted class when None.  Slides without coordinates get no PNG.
-    ``threshold``: the binary decision threshold of the model (see
-    :func:`instance_outputs`; an ensemble's vote needs none).
-    Returns one dict per slide: ``slide_id, label, pred, probs, csv, png``.
+    slide's predicted class when None.  Slides without coordinates get no PNG and no GeoJSON.
+    ``threshold``: the binary decision threshold (default: the model's recorded one,
+    ``model.decision_threshold``; see :func:`instance_outputs`; an ensemble's vote needs none).
+    ``patch_size``: the patches' side in level-0 pixels (default: what the feature file says,
+    ``bag.meta["patching"]`` or its header, else the coordinates' grid step).
+    ``slides``: a folder of slide images; with a slide reader installed each heatmap is drawn over its slide's
+    thumbnail (:mod:`milzoo_wsi.slide_images`).  ``geojson``/``object_type``: see :mod:`milzoo_wsi.geojson`.
+    Returns one dict per slide: ``slide_id, label, pred, probs, decision, csv, png, geojson, slide_image, note``
+    (``decision``: the :class:`~milzoo.model.decision.Decision`; ``note``: why a slide image was not used).
     """
     if heatmap_value not in ("auto", "attention", "score"):
         raise ValueError("heatmap_value must be auto, attention or score")
@@ -243,10 +400,11 @@ def write_localization(
     idx = range(len(dataset)) if indices is None else indices
     summary = []
     used: set[str] = set()
+    class_names = list(model.class_names)
     for i in idx:
         bag = dataset[int(i)]
         outs = instance_outputs(model, bag, threshold)
-        rows = _rows(bag, outs, model.class_names)
+        rows = _rows(bag, outs, class_names)
         sid = rows[0]["slide_id"]
         name = _safe_name(sid)
         while name in used:
@@ -255,9 +413,13 @@ def write_localization(
         csv_url = f"{base}/{name}.csv"
         _write_bytes(csv_url, rows_to_csv(rows).encode("utf-8"))
         probs = outs["bag_probs"]
-        pred = outs["pred"]
-        png_url = None
-        if heatmaps and bag.coords is not None:
+        decision: Decision = outs["decision"]
+        pred = decision.index
+        png_url = geo_url = image = note = None
+        if bag.coords is not None:
+            coords = bag.coords.cpu().numpy()
+            size = (patch_size or bag_patch_size(bag) or patch_size_of(dataset, int(i))
+                    or _grid_step(np.asarray(coords, np.float64)))
             cls = pred if heatmap_class is None else int(heatmap_class)
             kind = heatmap_value
             if kind == "auto":
@@ -266,21 +428,40 @@ def write_localization(
             if vals is None:
                 raise ComponentError(f"the model exports no {kind} values to draw; use heatmap_value='auto'.")
             label = kind
+            if vals.ndim == 2 and not 0 <= cls < vals.shape[1]:
+                raise ValueError(
+                    f"slide {sid!r}: class {cls} is not among the {vals.shape[1]} {kind} columns; pass heatmap_class"
+                )
+            column = _value_column(kind, vals, cls, class_names)
             if vals.ndim == 2:
-                if not 0 <= cls < vals.shape[1]:
-                    raise ValueError(
-                        f"slide {sid!r}: class {cls} is not among the {vals.shape[1]} {kind} columns; "
-                        "pass heatmap_class"
-                    )
                 vals = vals[:, cls]
-                cname = model.class_names[cls] if cls < len(model.class_names) else str(cls)
+                cname = class_names[cls] if cls < len(class_names) else str(cls)
                 label = f"{kind} ({cname})"
-            png_url = f"{base}/{name}.png"
-            draw_heatmap(
-                bag.coords.cpu().numpy(), vals, png_url, patch_size=patch_size,
-                title=f"{sid}: {label}, predicted {model.class_names[pred] if pred < len(model.class_names) else pred}"
-                f" (p={float(probs[pred]):.3f})",
-            )
+            if heatmaps:
+                png_url = f"{base}/{name}.png"
+                image, note = slide_image_for(slides, sid)
+                title = f"{sid}: {label}\n{decision.text}"
+                try:
+                    image = draw_heatmap(coords, vals, png_url, patch_size=size, title=title, slide=image,
+                                         value_label=label)
+                except DataError as exc:  # an unreadable slide image: the grid, and say why
+                    note = f"{exc}; its heatmap is drawn on the patch grid"
+                    image = draw_heatmap(coords, vals, png_url, patch_size=size, title=title, value_label=label)
+            if geojson:
+                from milzoo_wsi.geojson import dumps, patch_features
+
+                measures = {k: [r[k] for r in rows] for k in rows[0] if k.startswith(("attention", "score_"))}
+                fc = patch_features(coords, size, measures, color_by=column, object_type=object_type,
+                                    slide_id=sid)
+                geo_url = f"{base}/{name}.geojson"
+                _write_bytes(geo_url, dumps(fc).encode("utf-8"))
         summary.append({"slide_id": sid, "label": int(bag.y), "pred": pred, "probs": [float(p) for p in probs],
-                        "csv": csv_url, "png": png_url})
+                        "decision": decision, "csv": csv_url, "png": png_url, "geojson": geo_url,
+                        "slide_image": image, "note": note})
     return summary
+
+
+def decision_rule(model, threshold: float | None = None) -> str:
+    """The rule ``write_localization`` decides each slide's class by, in words."""
+    thr = valid_threshold(threshold)
+    return rule_text(thr if thr is not None and not hasattr(model, "members") else model, list(model.class_names))

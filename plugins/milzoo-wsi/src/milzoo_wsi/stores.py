@@ -20,6 +20,16 @@ format         extensions                      content
 
 Any format may also carry ``inst_labels`` ``[n]`` (patch labels, -1 unknown),
 returned as :attr:`SlideData.inst_labels`; the synthetic generator writes them.
+
+How the slide was patched (patch size, magnification, level) is read from the
+attributes TRIDENT and CLAM write on the ``coords`` dataset of their h5 files
+(:func:`patching_from_attrs`), from the ``patching`` metadata of safetensors
+files that ``milzoo features convert`` wrote, and from scalar entries of a
+``.pt`` dict; :attr:`SlideInfo.patching` holds it.
+
+A slide table's ``slide_id`` may carry the whole-slide file's extension
+(``TCGA-XX.svs``): :func:`slide_id_stem` drops it, and the ``slides`` dataset
+matches either form to the feature file ``TCGA-XX.h5``.
 """
 
 from __future__ import annotations
@@ -28,8 +38,8 @@ import contextlib
 import io
 import json
 import posixpath
-from dataclasses import dataclass
-from typing import Iterator, Literal
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Literal, Mapping
 
 import fsspec
 import numpy as np
@@ -56,6 +66,19 @@ FEATURES = "features"
 COORDS = "coords"
 INST_LABELS = "inst_labels"
 
+#: extensions of whole-slide image files (and of the feature files themselves) that a slide table's
+#: ``slide_id`` may carry: ``TCGA-XX.svs`` names the slide ``TCGA-XX`` (:func:`slide_id_stem`)
+SLIDE_EXTENSIONS = (
+    ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm", ".czi",
+    ".qptiff", ".isyntax", ".btf", ".jpg", ".jpeg", ".png", ".ome.tif", ".ome.tiff", *EXTENSIONS,
+)
+
+#: what :func:`patching_from_attrs` reports, in this order
+PATCHING_KEYS = (
+    "producer", "patch_size", "magnification", "patch_level", "downsample", "level0_magnification",
+    "patch_size_level0", "overlap",
+)
+
 _ST_ITEMSIZE = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8, "I8": 1, "U8": 1, "I16": 2, "I32": 4, "I64": 8}
 
 
@@ -80,6 +103,8 @@ class SlideData:
     features: Tensor  # [n, D] floating
     coords: Tensor | None = None  # [n, 2] int64 or float32
     inst_labels: Tensor | None = None  # [n] long
+    #: a patient's bag (``bag = "patient"``): the patch count of each of its slides, in order
+    parts: tuple[int, ...] | None = None
 
     @property
     def num_patches(self) -> int:
@@ -92,13 +117,127 @@ class SlideData:
 
 @dataclass(frozen=True)
 class SlideInfo:
-    """What a file's header tells without reading the features (None = unknown)."""
+    """What a file's header tells without reading the features (None = unknown).
+
+    ``patching``: how the slide was patched, when the file says so (see :func:`patching_from_attrs`).
+    """
 
     n: int | None = None
     dim: int | None = None
     itemsize: int | None = None
     has_coords: bool | None = None
     has_inst_labels: bool | None = None
+    patching: dict = field(default_factory=dict, compare=False)
+
+
+# --------------------------------------------------------------------------- slide ids and patching
+
+
+def slide_id_stem(slide_id: str) -> str:
+    """``slide_id`` without a whole-slide (or feature) file extension: ``TCGA-XX.svs`` -> ``TCGA-XX``.
+
+    The extensions are :data:`SLIDE_EXTENSIONS`, matched without regard to case (``.SVS``); an id
+    without one is returned as it is.
+    """
+    low = slide_id.lower()
+    for ext in sorted(SLIDE_EXTENSIONS, key=len, reverse=True):  # .ome.tiff before .tiff
+        if low.endswith(ext) and len(slide_id) > len(ext):
+            return slide_id[: -len(ext)]
+    return slide_id
+
+
+def _plain(v: Any) -> Any:
+    """An attribute value as a JSON-able Python value (numpy scalars and arrays, bytes)."""
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return [_plain(x) for x in v.reshape(-1)] if v.size != 1 else _plain(v.reshape(-1)[0])
+    if isinstance(v, Tensor):
+        return _plain(v.detach().cpu().numpy())
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+def _number(v: Any) -> float | int | None:
+    """A positive (or zero) number from an attribute; a pair of equal numbers counts as one; else None."""
+    v = _plain(v)
+    if isinstance(v, list):
+        if not v or any(x != v[0] for x in v):
+            return None
+        v = v[0]
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    if not np.isfinite(v) or v < 0:  # TRIDENT writes -1 for "unknown"
+        return None
+    return int(v) if float(v).is_integer() else float(v)
+
+
+def patching_from_attrs(attrs: Mapping[str, Any]) -> dict:
+    """How a slide was patched, from the attributes of a TRIDENT or CLAM h5 file (or a dict of such keys).
+
+    - TRIDENT writes on ``coords``: ``patch_size`` (pixels at the target magnification),
+      ``target_magnification``, ``level0_magnification``, ``patch_size_level0``, ``overlap``.
+    - CLAM writes on ``coords``: ``patch_size`` and ``patch_level`` (pixels at that pyramid level),
+      ``downsample`` (the level's downsample, a pair), ``level_dim``, ``downsampled_level_dim``.
+
+    Returns the keys of :data:`PATCHING_KEYS` that are known: ``producer`` (``"trident"`` or ``"clam"``),
+    ``patch_size``, ``magnification`` (TRIDENT's ``target_magnification``), ``patch_level``, ``downsample``,
+    ``level0_magnification``, ``patch_size_level0`` (the patch's side in level-0 pixels, the frame of the
+    coordinates: given by TRIDENT, ``patch_size * downsample`` for CLAM, ``patch_size * level0 / target
+    magnification`` otherwise) and ``overlap``.  Unknown values (absent, or TRIDENT's -1) are left out;
+    an empty dict means the file says nothing.
+    """
+    a = {str(k): v for k, v in attrs.items()}
+    out: dict = {}
+    if isinstance(a.get("producer"), str) and a["producer"] in ("trident", "clam"):
+        out["producer"] = a["producer"]
+    elif "target_magnification" in a or "level0_magnification" in a or "patch_size_level0" in a:
+        out["producer"] = "trident"
+    elif "patch_level" in a:
+        out["producer"] = "clam"
+    for key, src in (("patch_size", ("patch_size",)), ("magnification", ("magnification", "target_magnification")),
+                     ("patch_level", ("patch_level",)), ("downsample", ("downsample",)),
+                     ("level0_magnification", ("level0_magnification",)),
+                     ("patch_size_level0", ("patch_size_level0",)), ("overlap", ("overlap",))):
+        for name in src:
+            v = _number(a[name]) if name in a else None
+            if v is not None:
+                out[key] = v
+                break
+    if "patch_size_level0" not in out and "patch_size" in out:
+        if "downsample" in out:
+            size0 = out["patch_size"] * out["downsample"]
+        elif out.get("magnification") and "level0_magnification" in out:
+            size0 = out["patch_size"] * out["level0_magnification"] / out["magnification"]
+        elif out.get("patch_level") == 0:
+            size0 = out["patch_size"]
+        else:
+            size0 = None
+        if size0 is not None:
+            out["patch_size_level0"] = int(round(size0)) if abs(size0 - round(size0)) < 1e-6 else float(size0)
+    return {k: out[k] for k in PATCHING_KEYS if k in out}
+
+
+def _h5_patching(f) -> dict:
+    """Patching attributes of an open h5 file: the file's, then ``features``', then ``coords``' (which win)."""
+    attrs: dict = dict(f.attrs.items())
+    for name in (FEATURES, COORDS):
+        if name in f:
+            attrs.update(f[name].attrs.items())
+    return patching_from_attrs(attrs)
+
+
+def _safetensors_patching(header: dict) -> dict:
+    raw = (header.get("__metadata__") or {}).get("patching")
+    if not raw:
+        return {}
+    try:
+        return patching_from_attrs(json.loads(raw))
+    except (ValueError, TypeError, AttributeError):
+        return {}
 
 
 # --------------------------------------------------------------------------- paths
@@ -436,13 +575,14 @@ def _safetensors_header(sf: SlideFile) -> dict:
     return json.loads(blob)
 
 
-def _shape_info(shape, itemsize, has_coords, has_inst) -> SlideInfo:
+def _shape_info(shape, itemsize, has_coords, has_inst, patching: dict | None = None) -> SlideInfo:
     shape = list(shape)
+    patching = dict(patching or {})
     if len(shape) == 3 and shape[0] == 1:
         shape = shape[1:]
     if len(shape) != 2:
-        return SlideInfo(has_coords=has_coords, has_inst_labels=has_inst)
-    return SlideInfo(int(shape[0]), int(shape[1]), itemsize, has_coords, has_inst)
+        return SlideInfo(has_coords=has_coords, has_inst_labels=has_inst, patching=patching)
+    return SlideInfo(int(shape[0]), int(shape[1]), itemsize, has_coords, has_inst, patching)
 
 
 def probe_slide(sf: SlideFile, csv_header: CsvHeader = "auto") -> SlideInfo:
@@ -459,19 +599,24 @@ def probe_slide(sf: SlideFile, csv_header: CsvHeader = "auto") -> SlideInfo:
             if FEATURES not in header:
                 raise _missing_key(sf, [k for k in header if k != "__metadata__"])
             ent = header[FEATURES]
-            return _shape_info(ent["shape"], _ST_ITEMSIZE.get(ent["dtype"]), COORDS in header, INST_LABELS in header)
+            return _shape_info(ent["shape"], _ST_ITEMSIZE.get(ent["dtype"]), COORDS in header, INST_LABELS in header,
+                               _safetensors_patching(header))
         if sf.fmt == "h5":
             with _h5(sf) as f:
                 if FEATURES not in f:
                     raise _missing_key(sf, f.keys())
                 ds = f[FEATURES]
-                return _shape_info(ds.shape, ds.dtype.itemsize, COORDS in f, INST_LABELS in f)
+                return _shape_info(ds.shape, ds.dtype.itemsize, COORDS in f, INST_LABELS in f, _h5_patching(f))
         if sf.fmt == "pt":
             if sf.local_path is None:
                 return SlideInfo()
-            feats, coords, inst = _unpack_pt(sf, _torch_load(sf, mmap=True))
+            obj = _torch_load(sf, mmap=True)
+            feats, coords, inst = _unpack_pt(sf, obj)
             feats = _as_tensor(feats)
-            return _shape_info(feats.shape, feats.element_size(), coords is not None, inst is not None)
+            patching = patching_from_attrs(
+                {k: v for k, v in obj.items() if isinstance(k, str) and k not in (FEATURES, COORDS, INST_LABELS)}
+            ) if isinstance(obj, dict) else {}
+            return _shape_info(feats.shape, feats.element_size(), coords is not None, inst is not None, patching)
         if sf.fmt == "csv":
             with _open_binary(sf.url) as fh:
                 lines = [fh.readline().decode("utf-8"), fh.readline().decode("utf-8")]

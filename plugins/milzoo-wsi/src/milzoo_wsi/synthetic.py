@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 
 import fsspec
@@ -35,18 +36,26 @@ def _slide_layout(rng: np.random.Generator, n: int) -> np.ndarray:
     return np.stack([gx[keep], gy[keep]], axis=1)
 
 
-def _write(fs, path: str, fmt: str, feats: np.ndarray, coords: np.ndarray, inst: np.ndarray) -> None:
+def _write(fs, path: str, fmt: str, feats: np.ndarray, coords: np.ndarray, inst: np.ndarray,
+           patching: dict | None = None) -> None:
+    """One slide file; ``patching`` (TRIDENT's ``coords`` attributes) goes into h5 attributes and
+    safetensors metadata."""
     if fmt == "safetensors":
         from safetensors.numpy import save
 
-        blob = save({FEATURES: feats, COORDS: coords, INST_LABELS: inst}, metadata={"producer": "milzoo-wsi synthetic"})
+        meta = {"producer": "milzoo-wsi synthetic"}
+        if patching:
+            meta["patching"] = json.dumps(patching)
+        blob = save({FEATURES: feats, COORDS: coords, INST_LABELS: inst}, metadata=meta)
     elif fmt == "h5":
         import h5py
 
         buf = io.BytesIO()
         with h5py.File(buf, "w") as f:
             f.create_dataset(FEATURES, data=feats)
-            f.create_dataset(COORDS, data=coords)
+            c = f.create_dataset(COORDS, data=coords)
+            for k, v in (patching or {}).items():
+                c.attrs[k] = v
             f.create_dataset(INST_LABELS, data=inst)
         blob = buf.getvalue()
     elif fmt == "pt":
@@ -86,8 +95,11 @@ def make_synthetic_slides(
     column is written when ``n_test > 0``); labels ``normal``/``tumor`` with
     about ``positive_fraction`` tumour slides; patch counts vary log-normally
     around ``mean_patches`` (between a tenth and 4x of it).  Patients group
-    ``slides_per_patient`` consecutive slides.  ``out_dir`` may be any fsspec
-    URL.  Returns ``{"features", "table", "n_slides", "n_patches", "dim"}``.
+    ``slides_per_patient`` consecutive slides, never across the train/test
+    boundary.  h5 and safetensors files say how the slides were patched as
+    TRIDENT does (``patch_size``, ``patch_size_level0``, a 20x target and
+    level-0 magnification).  ``out_dir`` may be any fsspec URL.  Returns
+    ``{"features", "table", "n_slides", "n_patches", "dim"}``.
 
     Labels, sizes and the signal direction come from ``seed``; each slide's
     content from its own generator seeded by ``(seed, i)``, so with
@@ -116,12 +128,16 @@ def make_synthetic_slides(
     sizes = np.round(mean_patches * np.exp(sigma * rng.standard_normal(total) - sigma**2 / 2)).astype(np.int64)
     sizes = np.clip(sizes, max(1, mean_patches // 10), mean_patches * 4)
 
+    patching = {"patch_size": patch_size, "patch_size_level0": patch_size, "target_magnification": 20,
+                "level0_magnification": 20, "overlap": 0}
     rows = []
     for i in range(total):
         n = int(sizes[i])
         sid = f"slide_{i:04d}"
-        row = {"slide_id": sid, "label": "tumor" if labels[i] else "normal",
-               "patient_id": f"patient_{i // max(1, slides_per_patient):04d}"}
+        spp = max(1, slides_per_patient)
+        # test patients start after the last training patient, so no patient straddles the split
+        patient = i // spp if i < n_slides else -(-n_slides // spp) + (i - n_slides) // spp
+        row = {"slide_id": sid, "label": "tumor" if labels[i] else "normal", "patient_id": f"patient_{patient:04d}"}
         if n_test > 0:
             row["split"] = "test" if i >= n_slides else "train"
         rows.append(row)
@@ -142,7 +158,7 @@ def make_synthetic_slides(
             feats[tumour] += signal * direction
         coords = (cells * patch_size).astype(np.int64)
         tmp = f"{feat_dir}/.{sid}.tmp"
-        _write(fs, tmp, fmt, feats.astype(np.float16), coords, inst)
+        _write(fs, tmp, fmt, feats.astype(np.float16), coords, inst, patching)
         fs.mv(tmp, path)
 
     buf = io.StringIO()

@@ -1,25 +1,38 @@
 """The slide table (which slides, their labels, patients and split) and the train/test split.
 
-CSV columns: ``slide_id`` and ``label`` (required), ``patient_id`` and
-``split`` (optional; ``train`` or ``test``).  Other columns are ignored.
+CSV columns: ``slide_id`` and ``label`` (required); the patient (``patient_id``, or ``case_id`` as CLAM
+writes it, or the column the recipe names with ``patient_column``) and ``split`` (``train`` or ``test``)
+are optional.  Other columns are ignored.  A ``slide_id`` may carry the whole-slide file's extension
+(``TCGA-XX.svs``); the ``slides`` dataset matches it to the feature file ``TCGA-XX.h5`` either way.
+
+Every split groups the slides by patient: the held-out test patients (:func:`stratified_group_split`), the
+folds (``milzoo.datasets.protocols``), and an official ``split`` column, which is refused when a patient
+has slides on both sides (:func:`check_split_column`).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 import warnings
-from collections import Counter
-from dataclasses import dataclass
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import fsspec
 import numpy as np
 
 from milzoo.datasets.checks import class_indices
-from milzoo.errors import DataError
+from milzoo.errors import DataError, MilzooWarning
 
 SPLITS = ("train", "test")
+
+#: the columns a patient id is taken from when the recipe names none, in this order (CLAM writes ``case_id``)
+PATIENT_COLUMNS = ("patient_id", "case_id")
+
+#: a TCGA barcode's patient part: its first 12 characters, ``TCGA-<site>-<participant>``
+TCGA_PATIENT = re.compile(r"^(TCGA-[A-Za-z0-9]{2}-[A-Za-z0-9]{4})(?:$|[-._])", re.IGNORECASE)
 
 
 @dataclass
@@ -30,6 +43,10 @@ class SlideTable:
     patient_ids: list[str] | None
     splits: list[str] | None  # "train"/"test" per slide, when the table has a split column
     source: str = ""
+    #: the column ``patient_ids`` came from (None: the table has no patient column)
+    patient_column: str | None = None
+    #: the table's columns, as written
+    columns: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.slide_ids)
@@ -38,6 +55,16 @@ class SlideTable:
     def groups(self) -> np.ndarray:
         """Patient ids, or the slide ids when the table has none."""
         return np.asarray(self.patient_ids if self.patient_ids is not None else self.slide_ids, dtype=object)
+
+    @property
+    def grouping(self) -> str:
+        """How the slides are grouped into patients, in words (for split descriptions and messages)."""
+        if self.patient_column is None:
+            return (f"by slide: the table has no patient column (looked for {', '.join(PATIENT_COLUMNS)}; "
+                    "`patient_column` names another)")
+        if self.patient_column == "slide_id":
+            return "by slide (`patient_column = \"slide_id\"`)"
+        return f"by patient (column {self.patient_column})"
 
 
 def _problems_error(source: str, problems: list[str]) -> DataError:
@@ -88,11 +115,39 @@ def _class_index(labels: list[str], class_names: Sequence[str] | None, source: s
     return np.asarray([pos[lab] for lab in labels], dtype=np.int64), names
 
 
-def read_slide_table(url: str, class_names: Sequence[str] | None = None) -> SlideTable:
+def _patient_column(fields: list[str], patient_column: str | None, url: str) -> str | None:
+    if patient_column is not None:
+        if patient_column not in fields:
+            raise DataError(
+                f"the slide table {url} has no column {patient_column!r}, which `patient_column` names (its columns "
+                f"are {fields}); name one of them, or leave `patient_column` unset to use "
+                f"{' or '.join(PATIENT_COLUMNS)} when the table has one."
+            )
+        return patient_column
+    present = [c for c in PATIENT_COLUMNS if c in fields]
+    return present[0] if present else None
+
+
+def _same_partition(a: list[str], b: list[str]) -> bool:
+    """Whether two id columns group the rows the same way (whatever the ids are called)."""
+    pairs = set(zip(a, b))
+    return len(pairs) == len(set(a)) == len(set(b))
+
+
+def read_slide_table(url: str, class_names: Sequence[str] | None = None, *,
+                     patient_column: str | None = None) -> SlideTable:
     """Read and check a slide table (all problems are reported at once).
 
     Class order: ``class_names`` when given, else ``0..max`` for integer labels,
     else the sorted label names (``normal`` < ``tumor``, ``LUAD`` < ``LUSC``).
+
+    Patients: the column ``patient_column`` (``"slide_id"``: every slide its own patient), else the first of
+    :data:`PATIENT_COLUMNS` the table has.  A table with both ``patient_id`` and ``case_id`` that group the
+    slides differently is refused.  Without any, every slide is its own patient; if slide ids then share a
+    TCGA patient barcode (``TCGA-XX-XXXX``), a warning names the columns looked for.
+
+    A slide listed twice with the same label, patient and split is kept once (a warning names it); listed
+    twice with different values, it is an error.
     """
     try:
         with fsspec.open(url, "rb") as fh:
@@ -112,11 +167,15 @@ def read_slide_table(url: str, class_names: Sequence[str] | None = None) -> Slid
     if missing:
         raise DataError(
             f"the slide table {url} lacks the column(s) {missing} (it has {fields}); it needs `slide_id` and "
-            "`label`, optionally `patient_id` and `split`."
+            f"`label`, optionally a patient column ({', '.join(PATIENT_COLUMNS)}, or the one `patient_column` "
+            "names) and `split`."
         )
-    has_pat, has_split = "patient_id" in fields, "split" in fields
-    ids, labels, pats, splits, problems = [], [], [], [], []
-    seen: dict[str, int] = {}
+    pcol = _patient_column(fields, patient_column, url)
+    other_pcol = next((c for c in PATIENT_COLUMNS if c in fields and c != pcol), None) if patient_column is None else None
+    has_split = "split" in fields
+    ids, labels, pats, others, splits, problems = [], [], [], [], [], []
+    seen: dict[str, tuple[int, tuple]] = {}
+    repeated: list[str] = []
     for line, row in enumerate(reader, start=2):
         sid = (row.get("slide_id") or "").strip()
         lab = (row.get("label") or "").strip()
@@ -125,30 +184,102 @@ def read_slide_table(url: str, class_names: Sequence[str] | None = None) -> Slid
         if not sid:
             problems.append(f"line {line}: empty slide_id")
             continue
+        pat = (row.get(pcol) or "").strip() if pcol else ""
+        sp = (row.get("split") or "").strip().lower() if has_split else ""
+        values = (lab, pat, sp)
         if sid in seen:
-            problems.append(f"line {line}: slide {sid!r} repeats line {seen[sid]}")
+            first, before = seen[sid]
+            if before == values:
+                repeated.append(f"{sid!r} (lines {first} and {line})")
+            else:
+                what = [n for n, x, y in zip(("label", pcol or "patient", "split"), before, values) if x != y]
+                problems.append(f"line {line}: slide {sid!r} repeats line {first} with another {' and '.join(what)}")
             continue
-        seen[sid] = line
+        seen[sid] = (line, values)
         if not lab:
             problems.append(f"line {line}: slide {sid!r} has no label")
-        pat = (row.get("patient_id") or "").strip() if has_pat else ""
-        if has_pat and not pat:
-            problems.append(f"line {line}: slide {sid!r} has no patient_id")
-        sp = (row.get("split") or "").strip().lower() if has_split else ""
+        if pcol and not pat:
+            problems.append(f"line {line}: slide {sid!r} has no {pcol}")
         if has_split and sp not in SPLITS:
             problems.append(f"line {line}: slide {sid!r} has split {sp!r}; use train or test")
         ids.append(sid)
         labels.append(lab)
         pats.append(pat)
+        others.append((row.get(other_pcol) or "").strip() if other_pcol else "")
         splits.append(sp)
     if problems:
         raise _problems_error(url, problems)
     if not ids:
         raise DataError(f"the slide table {url} lists no slides.")
+    if repeated:
+        warnings.warn(
+            f"the slide table {url} lists {len(repeated)} slide(s) twice with the same label, patient and split "
+            f"({', '.join(repeated[:5])}{', ...' if len(repeated) > 5 else ''}); each is used once. Remove the "
+            "repeated rows to silence this warning.",
+            MilzooWarning, stacklevel=2,
+        )
+    if other_pcol and all(others) and not _same_partition(pats, others):
+        raise DataError(
+            f"the slide table {url} has both {pcol} and {other_pcol} columns, and they group the slides into "
+            f"different patients ({len(set(pats))} by {pcol}, {len(set(others))} by {other_pcol}); set "
+            "`patient_column` to the one that names the patient."
+        )
     y, names = _class_index(labels, class_names, url)
-    return SlideTable(
-        slide_ids=ids, labels=y, class_names=names, patient_ids=pats if has_pat else None,
-        splits=splits if has_split else None, source=url,
+    table = SlideTable(
+        slide_ids=ids, labels=y, class_names=names, patient_ids=pats if pcol else None,
+        splits=splits if has_split else None, source=url, patient_column=pcol, columns=fields,
+    )
+    if pcol is None:
+        warn_tcga_patients(table)
+    return table
+
+
+def tcga_patients(slide_ids: Sequence[str]) -> dict[str, list[str]]:
+    """TCGA patient barcodes (``TCGA-XX-XXXX``, upper case) shared by several slide ids -> those ids."""
+    by: dict[str, list[str]] = defaultdict(list)
+    for sid in slide_ids:
+        m = TCGA_PATIENT.match(sid)
+        if m:
+            by[m.group(1).upper()].append(sid)
+    return {p: v for p, v in by.items() if len(v) > 1}
+
+
+def warn_tcga_patients(table: SlideTable) -> None:
+    """Warn when a table without a patient column has several slides of one TCGA patient."""
+    multi = tcga_patients(table.slide_ids)
+    if not multi:
+        return
+    ex = ", ".join(f"{p} ({len(v)} slides)" for p, v in list(multi.items())[:3])
+    warnings.warn(
+        f"the slide table {table.source} has no patient column (looked for {', '.join(PATIENT_COLUMNS)}), so every "
+        f"slide counts as its own patient, but {len(multi)} TCGA patients have several slides, e.g. {ex}: the "
+        "test split and the folds can put one patient's slides on both sides, and the test metrics then "
+        "measure recognising the patient. Add a case_id or patient_id column (the barcode's first 12 "
+        "characters, TCGA-XX-XXXX), or name the column with `patient_column`.",
+        MilzooWarning, stacklevel=3,
+    )
+
+
+def check_split_column(table: SlideTable) -> None:
+    """Refuse an official split (the ``split`` column) that puts one patient's slides on both sides."""
+    if table.splits is None or table.patient_ids is None:
+        return
+    sides: dict[str, dict[str, list[str]]] = defaultdict(lambda: {"train": [], "test": []})
+    for sid, pat, sp in zip(table.slide_ids, table.patient_ids, table.splits):
+        sides[pat][sp].append(sid)
+    both = {p: s for p, s in sides.items() if s["train"] and s["test"]}
+    if not both:
+        return
+    shown = "; ".join(
+        f"{p} (train: {', '.join(s['train'][:3])}; test: {', '.join(s['test'][:3])})" for p, s in list(both.items())[:5]
+    )
+    more = f"; and {len(both) - 5} more" if len(both) > 5 else ""
+    raise DataError(
+        f"the split column of the slide table {table.source} puts slides of {len(both)} patient(s) (column "
+        f"{table.patient_column}) on both sides of the train/test split: {shown}{more}. A model tested on a "
+        "patient it trained on is measured on recognising the patient, not on the task. Put every slide of "
+        "these patients on one side, or remove the split column so that `test_fraction` draws a split grouped "
+        "by patient."
     )
 
 
@@ -185,18 +316,20 @@ def stratified_group_split(labels, groups, test_fraction: float, seed: int) -> n
         )
         _, test_g = train_test_split(idx, test_size=test_fraction, random_state=seed)
     test_groups = {uniq[i] for i in test_g}
-    return np.asarray([g in test_groups for g in groups.tolist()], dtype=bool)
+    mask = np.asarray([g in test_groups for g in groups.tolist()], dtype=bool)
+    assert not set(groups[mask].tolist()) & set(groups[~mask].tolist()), "a patient on both sides of the split"
+    return mask
 
 
 def write_split_table(rows: Sequence[dict], url: str) -> None:
-    """Write ``slide_id, label, [patient_id,] split`` rows as CSV (a valid slide table).
+    """Write ``slide_id, label, [patient column,] split`` rows as CSV (a valid slide table).
 
-    Feeding the file back as ``table`` reproduces the split exactly.
+    The columns are the keys of the rows, in order (the patient column keeps the name the table gave it);
+    a column empty on every row is left out.  Feeding the file back as ``table`` reproduces the split exactly.
     """
     rows = list(rows)
-    cols = ["slide_id", "label", "patient_id", "split"]
-    if not any(r.get("patient_id") for r in rows):
-        cols.remove("patient_id")  # an empty patient_id column would not read back
+    keys = list(dict.fromkeys(k for r in rows for k in r)) or ["slide_id", "label", "split"]
+    cols = [k for k in keys if k in ("slide_id", "label", "split") or any(r.get(k) for r in rows)]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
     w.writeheader()
