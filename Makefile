@@ -13,7 +13,7 @@ $(BIN)/python:
 
 # the core plus every plugin in plugins/ (first-party ones and the example third-party one), editable
 install: $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[test]" $(foreach p,$(PLUGINS),-e ./$(p))
+	$(BIN)/python -m pip install --quiet -e ".[test]" $(foreach p,$(PLUGINS),-e "./$(p)[test]")
 
 quickstart: install
 	$(BIN)/milzoo run recipes/quickstart.toml --out runs/quickstart --overwrite

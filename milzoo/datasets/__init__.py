@@ -8,15 +8,20 @@ from milzoo._lazy import attach
 _EXPORTS = {
     # base
     "MILDataset": "base", "BagListDataset": "base", "MILSubset": "base", "dataset_size_for_state": "base",
+    "label_strata": "base",
     # batch
     "Bag": "batch", "MILBatch": "batch", "collate_bags": "batch",
     # checks
     "FLOAT32_MAX": "checks", "LABEL_CONVENTIONS": "checks", "class_indices": "checks",
-    "first_nonfinite_row": "checks", "check_finite_features": "checks", "check_groups_disjoint": "checks", "shared_groups": "checks",
+    "first_nonfinite_row": "checks", "check_finite_features": "checks", "check_groups_disjoint": "checks",
+    "shared_groups": "checks",
+    # labels
+    "read_survival_labels": "labels",
     # protocols
-    "FoldData": "protocols", "stratified_kfold": "protocols", "kfold_indices": "protocols", "warn_unstratified": "protocols",
-    "check_trainable": "protocols", "assert_no_group_leak": "protocols", "carve_validation": "protocols",
-    "make_folds": "protocols", "check_separated": "protocols", "dataset_info": "protocols", "build_dataset": "protocols", "folds_for": "protocols", "fold_count": "protocols",
+    "FoldData": "protocols", "stratified_kfold": "protocols", "kfold_indices": "protocols",
+    "warn_unstratified": "protocols", "check_trainable": "protocols", "assert_no_group_leak": "protocols",
+    "carve_validation": "protocols", "make_folds": "protocols", "check_separated": "protocols",
+    "dataset_info": "protocols", "build_dataset": "protocols", "folds_for": "protocols", "fold_count": "protocols",
 }
 
 __getattr__, __dir__, __all__ = attach(__name__, _EXPORTS)

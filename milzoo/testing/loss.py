@@ -54,11 +54,12 @@ def _loss_pooling_spec(spec: ComponentSpec) -> ComponentSpec:
 
 
 def contract_task(spec: ComponentSpec):
-    """The task a loss is checked under: its ``contract_task`` (a registry name; default classification)."""
+    """The task a loss is checked under: its ``contract_task`` (a registry name; default classification) with
+    the options of ``contract_task_options`` (e.g. the survival task's Cox head)."""
     from milzoo.registry import get_component
 
     cls = get_component("task", getattr(spec.cls, "contract_task", "classification"))
-    return cls(cls.Config())
+    return cls(cls.Config(**getattr(spec.cls, "contract_task_options", {})))
 
 
 class _LossSetup:
