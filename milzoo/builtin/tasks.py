@@ -102,6 +102,10 @@ class RegressionTask(Task):
         return y
 
     def check_labels(self, labels: Any, where: str) -> None:
+        if np.issubdtype(np.asarray(labels).dtype, np.integer):
+            raise DataError(f"{where}: the regression task got integer labels, which is what a dataset gives for "
+                            "class indices; give the continuous target column (the slides dataset: target = "
+                            "\"regression\" and target_columns), or write integer targets as floats.")
         y = self._as_matrix(labels, where)
         bad = np.flatnonzero(~np.isfinite(y).all(axis=1))
         if bad.size:

@@ -119,7 +119,8 @@ def validate_spec(cfg: Any, where: str = "config.json") -> CheckpointSpec:
     except ValidationError as exc:
         raise CheckpointError(f"{where} is invalid: {validation_problems(exc)}. The checkpoint is damaged or was "
                               "not written by milzoo.") from None
-    if spec.class_names is not None and len(spec.class_names) != spec.num_classes:
+    # classification: one name per output; another task names its labels (survival's "risk" over its time bins)
+    if spec.task is None and spec.class_names is not None and len(spec.class_names) != spec.num_classes:
         raise CheckpointError(f"{where} is invalid: it has {len(spec.class_names)} class_names for num_classes = "
                               f"{spec.num_classes}.")
     return spec

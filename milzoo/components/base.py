@@ -214,6 +214,11 @@ class Task(Component, nn.Module):
         """Metrics of a split's predictions ``pred`` ``[n, p]`` against its labels ``y`` (numpy arrays)."""
         raise NotImplementedError  # pragma: no cover - interface
 
+    def report_figures(self, run_dir: Any, fold: int = 0) -> list[tuple[str, bytes, str]]:
+        """What ``milzoo report`` draws for this task beyond the curves: ``(title, PNG bytes, caption)`` per
+        figure, from a run directory's files (e.g. survival's Kaplan-Meier curves); none by default."""
+        return []
+
     def example_labels(self, n: int, seed: int = 0) -> list[Any]:
         """``n`` plausible labels of this task (the contract suite trains and checks losses on them)."""
         raise NotImplementedError(f"task {self.name!r} gives no example labels")  # pragma: no cover - interface

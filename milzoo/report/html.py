@@ -326,6 +326,28 @@ def _try(what: str, fn: Callable[[], str]) -> str:
         return f'<p class="note warn">{esc(what)} skipped: {esc(type(exc).__name__)}: {esc(exc)}</p>'
 
 
+def task_figures(runs: list[RunData], fold: int) -> list[str]:
+    """The figures each run's task draws (``Task.report_figures``: survival's Kaplan-Meier curves), as HTML."""
+    out: list[str] = []
+    for run in runs:
+        table = run.recipe.get("task") if isinstance(run.recipe.get("task"), dict) else None
+        if not table or table.get("name") in (None, "classification"):
+            continue
+
+        def one(run=run, table=table):
+            from milzoo.registry import get_component
+
+            cls = get_component("task", table["name"])
+            task = cls(cls.Config(**{k: v for k, v in table.items() if k != "name"}))
+            return "".join(f"<h3>{esc(run.label)}: {esc(title)}</h3>" + png_tag(png, title)
+                           + f'<p class="note">{esc(caption)}</p>' for title, png, caption in
+                           task.report_figures(run.path, fold))
+        html = _try(f"the {table['name']} task's figures", one)
+        if html:
+            out.append(f'<h2 id="task-{esc(table["name"])}">{esc(table["name"]).capitalize()} figures</h2>' + html)
+    return out
+
+
 def _report_split(ctx, fold: int, split: str) -> str:
     """``split`` when the fold has it, else its first evaluated split other than val, else val or train."""
     names = ctx.split_names(fold)
@@ -373,6 +395,7 @@ def build_report(
         parts.append('<p class="note">No epoch has finished yet.</p>')
     for split_name, fig in figs:
         parts.append(f'<h3>{esc(split_name)}</h3>' + png_tag(figure_png(fig), f"curves of split {split_name}"))
+    parts.extend(task_figures(runs, fold))
 
     if embed or attention:
         from milzoo.report.context import RunContext

@@ -106,6 +106,10 @@ def test_shipped_recipe_runs_end_to_end(fake_fmnist, tmp_path, recipe, monitor):
         f'data.root="{fake_fmnist}"', "data.bag_size=8", "data.max_key=3", "data.train_bags=64", "data.val_bags=32",
         "data.test_bags=64", "train.epochs=2", "train.threads=1"])
     assert math.isfinite(summary["selected"]["test"][monitor]["mean"])
+    # the checkpoint loads back with its task and fitted state (time bins, target scaler), predicting the same
+    model = milzoo.load_model(out / "fold-00" / "last")
+    assert model.task.name == recipe.split("/")[0]
+    assert model.task.columns(model.class_names)[0] in ("risk", "pred")
     if recipe.startswith("survival"):
         from milzoo_survival.km import km_report_for_run
 
@@ -113,3 +117,9 @@ def test_shipped_recipe_runs_end_to_end(fake_fmnist, tmp_path, recipe, monitor):
         assert header.startswith("bag_id,time,event,risk")
         rep, _, _ = km_report_for_run(out, 0)
         assert rep.cutoff_split == "val" and rep.n_low + rep.n_high == 64
+        # the HTML report draws what the task draws: the Kaplan-Meier curves, with the cut-off's origin
+        from milzoo.report import build_report
+
+        html = build_report([out], embed=False, attention=False)
+        assert "Survival figures" in html and "Kaplan-Meier curves of fold 0" in html
+        assert "quantile of the val bags" in html and "skipped" not in html

@@ -94,6 +94,19 @@ class SurvivalTask(Task):
     def columns(self, class_names: list[str]) -> list[str]:
         return ["risk"] + ([f"S_bin{j}" for j in range(self.config.bins)] if self.discrete else [])
 
+    def report_figures(self, run_dir: Any, fold: int = 0) -> list[tuple[str, bytes, str]]:
+        """Kaplan-Meier curves of the test bags split at a risk cut-off chosen on validation (the fold's
+        validation-selected checkpoint when it exists, else its last), with the log-rank p-value."""
+        from pathlib import Path
+
+        from milzoo_survival.km import km_report_for_run
+
+        folder = Path(run_dir) / f"fold-{fold:02d}"
+        checkpoint = "best" if (folder / "best" / "predictions-val.csv").is_file() else "last"
+        report, _, _ = km_report_for_run(run_dir, fold=fold, checkpoint=checkpoint)
+        return [(f"Kaplan-Meier curves of fold {fold}'s test bags ({checkpoint} checkpoint)", report.png,
+                 report.summary() + f". Same command: milzoo survival km {run_dir} --fold {fold}.")]
+
     def example_labels(self, n: int, seed: int = 0) -> list[Any]:
         """``n`` labels ``(time, event)``: distinct exponential times, every third bag censored."""
         g = np.random.default_rng(seed)

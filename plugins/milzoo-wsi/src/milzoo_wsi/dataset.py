@@ -5,11 +5,11 @@ from __future__ import annotations
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from milzoo.datasets.batch import Bag, MILBatch, collate_bags
 from milzoo.components.base import ComponentConfig, DatasetSource
@@ -31,9 +31,15 @@ from milzoo_wsi.stores import (
     slide_id_stem,
 )
 from milzoo_wsi.table import (
+    CENSORSHIP_COLUMN,
+    EVENT_COLUMN,
     PATIENT_COLUMNS,
+    TARGET_COLUMNS,
+    TIME_COLUMN,
     SlideTable,
+    Target,
     check_split_column,
+    class_names_problem,
     read_slide_table,
     stratified_group_split,
     write_split_table,
@@ -41,13 +47,17 @@ from milzoo_wsi.table import (
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
+#: what the held-out test patients are stratified by (milzoo.datasets.label_strata), per target
+_STRATA = {"class": "label", "survival": "event indicator", "regression": "target quartile"}
+
 
 @dataclass(frozen=True)
 class SlideRecord:
     """One bag: a slide, or with ``bag = "patient"`` every slide of a patient, concatenated in table order."""
 
     slide_id: str  # the bag's id: the slide id as the table writes it, or the patient id
-    label: int
+    #: a class index (int); a regression target (float) or targets (tuple); a (time, event) tuple (survival)
+    label: Any
     group: str  # patient id, or the slide id when the table has none
     file: SlideFile  # the slide's file (a patient's bag: its first slide's)
     files: tuple[SlideFile, ...] = ()  # a patient's bag: the file of each of its slides
@@ -61,6 +71,24 @@ class SlideRecord:
     @property
     def all_files(self) -> tuple[SlideFile, ...]:
         return self.files or (self.file,)
+
+
+def bag_label(label: Any) -> Any:
+    """A record's label as ``Bag.y``: a class index (int), a target (float), or a float32 vector (several
+    regression targets; a survival ``(time, event)`` pair)."""
+    if isinstance(label, tuple):
+        return np.asarray(label, dtype=np.float32)
+    if isinstance(label, (int, np.integer)):
+        return int(label)
+    return float(label)
+
+
+def labels_array(labels: list[Any], target: str) -> np.ndarray:
+    """``MILDataset.labels`` of records' labels: int64 class indices ``[n]``; float64 ``[n]``, ``[n, t]``
+    (regression) or ``[n, 2]`` (survival: time, event)."""
+    if target == "class":
+        return np.asarray(labels, dtype=np.int64)
+    return np.asarray(labels, dtype=np.float64)
 
 
 def concat_slides(parts: list[SlideData]) -> SlideData:
@@ -140,6 +168,10 @@ def _map_collect(fn: Callable, items: list, workers: int) -> tuple[list, list[st
 class SlideDataset(MILDataset):
     """Slides of one split.  Labels, groups and ids come from the table (no feature is read).
 
+    ``labels`` are int64 class indices (``target = "class"``), float64 ``(time, event)`` pairs ``[n, 2]``
+    (``"survival"``, event 1 = observed) or float64 targets ``[n]`` / ``[n, t]`` (``"regression"``); a bag's
+    ``y`` is the int, the float, or a float32 vector (:func:`bag_label`).
+
     With a cache (a dict slide id -> :class:`SlideData` held in fp16 or fp32)
     bags come from memory, otherwise each access reads the slide's file.  Bags
     hold ``bag_dtype`` features (float32 unless set to float16), ``coords``
@@ -160,10 +192,13 @@ class SlideDataset(MILDataset):
         split_info: dict | None = None,
         split_rows: list[dict] | None = None,
         data_info: dict | None = None,
+        target: str = "class",
     ):
         if not records:
             raise DataError("a slide dataset needs at least one slide")
         self.records = list(records)
+        #: what a label is: "class" (int64 labels), "survival" ([n, 2] time, event) or "regression"
+        self.target = target
         self.class_names = list(class_names)
         self.feature_dim = int(feature_dim)
         self.instance_shape = (self.feature_dim,)
@@ -172,7 +207,7 @@ class SlideDataset(MILDataset):
         self.expected_from = expected_from
         self._cache = cache
         self._has_inst = bool(has_instance_labels)
-        self._labels = np.asarray([r.label for r in self.records], dtype=np.int64)
+        self._labels = labels_array([r.label for r in self.records], target)
         self._groups = np.asarray([r.group for r in self.records], dtype=object)
         #: how the train/test split was made (shared by the splits of one load)
         self.split_info = dict(split_info or {})
@@ -225,7 +260,7 @@ class SlideDataset(MILDataset):
         data = self.slide(i)
         return Bag(
             x=data.features.to(self.bag_dtype),
-            y=int(rec.label),
+            y=bag_label(rec.label),
             bag_id=rec.slide_id,
             inst_y=data.inst_labels,
             coords=data.coords,
@@ -271,7 +306,7 @@ class ResidentSlides(ResidentSplit):
 
     def __init__(self, ds: SlideDataset, moved: Moved):
         self.bag_ids = ds.bag_ids
-        self.labels = [int(r.label) for r in ds.records]
+        self.labels = [bag_label(r.label) for r in ds.records]
         self.bag_dtype = ds.bag_dtype
         self.slides = []
         self.metas = []
@@ -298,11 +333,38 @@ class SlidesSource(DatasetSource):
     class Config(ComponentConfig):
         features: str = Field(description="folder (or fsspec URL) holding one feature file per slide")
         table: str = Field(
-            description="slide table CSV (path or URL): slide_id, label[, patient_id or case_id][, split]"
+            description="slide table CSV (path or URL): slide_id, the label column(s) of `target`[, patient_id or "
+            "case_id][, split]"
         )
         format: FormatName = Field(default="auto", description="feature file format; auto = from the extension")
+        target: Target = Field(
+            default="class",
+            description="what a slide's label is: class (the column `label`), survival (time and censoring columns: "
+            "(time, event) labels for [task] name = 'survival') or regression (the numeric `target_columns`, for "
+            "[task] name = 'regression')",
+        )
+        time_column: str = Field(
+            default=TIME_COLUMN, min_length=1,
+            description="target = 'survival': the column of the follow-up time (CLAM/MCAT/PORPOISE: survival_months)",
+        )
+        censorship_column: str | None = Field(
+            default=CENSORSHIP_COLUMN,
+            description="target = 'survival': the censoring column where 1 MEANS CENSORED (CLAM/MCAT/PORPOISE's "
+            "censorship); used when the table has it; '' ignores it",
+        )
+        event_column: str | None = Field(
+            default=EVENT_COLUMN,
+            description="target = 'survival': the event column where 1 means the event was observed; used when the "
+            "table has it (with both, they must agree); '' ignores it",
+        )
+        target_columns: list[str] = Field(
+            default=list(TARGET_COLUMNS), min_length=1,
+            description="target = 'regression': the numeric target column(s), one per output of the task "
+            "(task.targets); the dataset's class_names are these names",
+        )
         class_names: list[str] | None = Field(
-            default=None, min_length=2, description="class order; default: 0..max for integer labels, else sorted names"
+            default=None, min_length=2,
+            description="target = 'class': class order; default: 0..max for integer labels, else sorted names",
         )
         feature_dim: int | None = Field(
             default=None, gt=0, description="expected D; default: the first slide's, checked on every slide"
@@ -342,6 +404,36 @@ class SlidesSource(DatasetSource):
         recursive: bool = Field(default=True, description="also look for feature files in sub-folders")
         load_workers: int = Field(default=4, ge=1, description="threads reading headers and filling the cache")
 
+        @field_validator("censorship_column", "event_column", mode="before")
+        @classmethod
+        def _none_is_empty(cls, value):
+            # "" (or None from Python) = the column is not read; kept as "" so that a resolved recipe (which
+            # leaves out None values) reads back the same
+            return "" if value is None else value.strip() if isinstance(value, str) else value
+
+        @model_validator(mode="after")
+        def _target_options(self):
+            if self.target != "class" and self.class_names is not None:
+                raise ValueError(class_names_problem(self.target))
+            # options of another target are a recipe that forgot `target` (a resolved recipe writes the defaults)
+            fields = type(self).model_fields
+            owner = {"time_column": "survival", "censorship_column": "survival", "event_column": "survival",
+                     "target_columns": "regression"}
+            stray = [k for k, t in owner.items()
+                     if t != self.target and getattr(self, k) != fields[k].get_default(call_default_factory=True)]
+            if stray:
+                raise ValueError(
+                    f"{stray[0]} is read only with target = {owner[stray[0]]!r}, but target = {self.target!r}; set "
+                    f"`target = \"{owner[stray[0]]}\"` when the table holds {owner[stray[0]]} labels, or remove "
+                    f"{', '.join(stray)}."
+                )
+            if len(set(self.target_columns)) != len(self.target_columns):
+                raise ValueError(f"target_columns {self.target_columns} names a column twice; name each once.")
+            if self.target == "survival" and not self.censorship_column and not self.event_column:
+                raise ValueError("target = 'survival' needs a censoring column: set censorship_column (1 = censored) "
+                                 "or event_column (1 = event observed); both are empty.")
+            return self
+
     def __init__(self, config):
         super().__init__(config)
         self.split_info: dict = {}
@@ -356,7 +448,9 @@ class SlidesSource(DatasetSource):
     def read_table(self) -> SlideTable:
         """The recipe's slide table, read and checked (its patient column as the recipe says)."""
         cfg = self.config
-        return read_slide_table(cfg.table, cfg.class_names, patient_column=cfg.patient_column)
+        return read_slide_table(cfg.table, cfg.class_names, patient_column=cfg.patient_column, target=cfg.target,
+                                time_column=cfg.time_column, censorship_column=cfg.censorship_column or None,
+                                event_column=cfg.event_column or None, target_columns=cfg.target_columns)
 
     def _files(self, table: SlideTable) -> list[SlideFile]:
         cfg = self.config
@@ -433,8 +527,9 @@ class SlidesSource(DatasetSource):
     def _split(self, table: SlideTable) -> np.ndarray:
         """Boolean test mask (one per slide), and ``self.split_info``.  Every split is grouped by patient."""
         cfg = self.config
-        if cfg.patient_column is not None and table.patient_column != cfg.patient_column:
-            table = self.read_table()  # a table read without the recipe's patient column
+        other_patients = cfg.patient_column is not None and table.patient_column != cfg.patient_column
+        if other_patients or table.target != cfg.target:
+            table = self.read_table()  # a table read without the recipe's patient column or target
         grouped_by = table.patient_column or "slide_id"
         if table.splits is not None:
             # a resolved recipe (the run directory's recipe.toml) sets every field, so compare with the default
@@ -445,8 +540,8 @@ class SlidesSource(DatasetSource):
             info = {"method": "table column", "source": table.source}
         elif cfg.test_fraction > 0:
             is_test = stratified_group_split(table.labels, table.groups, cfg.test_fraction, cfg.split_seed)
-            info = {"method": "stratified by label, grouped " + table.grouping, "test_fraction": cfg.test_fraction,
-                    "seed": cfg.split_seed}
+            info = {"method": f"stratified by {_STRATA[table.target]}, grouped " + table.grouping,
+                    "test_fraction": cfg.test_fraction, "seed": cfg.split_seed}
         else:
             is_test = np.zeros(len(table), dtype=bool)
             info = {"method": "none"}
@@ -460,11 +555,11 @@ class SlidesSource(DatasetSource):
         self.split_rows = [
             {
                 "slide_id": sid,
-                "label": table.class_names[int(y)],
+                **table.label_fields(i),
                 pkey: table.patient_ids[i] if table.patient_ids is not None and table.patient_column != "slide_id" else "",
                 "split": "test" if is_test[i] else "train",
             }
-            for i, (sid, y) in enumerate(zip(table.slide_ids, table.labels))
+            for i, sid in enumerate(table.slide_ids)
         ]
         return is_test
 
@@ -472,9 +567,9 @@ class SlidesSource(DatasetSource):
         """One record per slide, or with ``bag = "patient"`` one per patient (in order of first appearance)."""
         groups = table.groups
         slides = [
-            SlideRecord(slide_id=sid, label=int(y), group=str(groups[i]), file=sfs[i],
+            SlideRecord(slide_id=sid, label=table.label_of(i), group=str(groups[i]), file=sfs[i],
                         patching=tuple(infos[i].patching.items()))
-            for i, (sid, y) in enumerate(zip(table.slide_ids, table.labels))
+            for i, sid in enumerate(table.slide_ids)
         ]
         if self.config.bag == "slide":
             return slides
@@ -488,15 +583,17 @@ class SlidesSource(DatasetSource):
         for r in slides:
             by.setdefault(r.group, []).append(r)
         mixed = [
-            f"{p} ({', '.join(f'{r.slide_id}: {table.class_names[r.label]}' for r in rs[:4])})"
+            f"{p} ({', '.join(f'{r.slide_id}: {table.describe_label(r.label)}' for r in rs[:4])})"
             for p, rs in by.items() if len({r.label for r in rs}) > 1
         ]
         if mixed:
+            what, whats = {"class": ("label", "labels"), "survival": ("survival time and event", "times or events"),
+                           "regression": ("target", "targets")}[table.target]
             raise DataError(
-                f"`bag = \"patient\"` gives each patient one bag with one label, but {len(mixed)} patient(s) of "
-                f"{table.source} have slides of different labels: {'; '.join(mixed[:5])}"
+                f"`bag = \"patient\"` gives each patient one bag with one {what}, but {len(mixed)} patient(s) of "
+                f"{table.source} have slides of different {whats}: {'; '.join(mixed[:5])}"
                 f"{'; ...' if len(mixed) > 5 else ''}. Use `bag = \"slide\"` (one bag per slide, the patient "
-                "still grouping the splits), or give each patient's slides the patient's label."
+                f"still grouping the splits), or give each patient's slides the patient's {what}."
             )
         return [
             SlideRecord(slide_id=p, label=rs[0].label, group=p, file=rs[0].file,
@@ -554,6 +651,8 @@ class SlidesSource(DatasetSource):
             on_test = np.asarray([r.group in test_groups for r in records], dtype=bool)
         self.data_info = {
             "bag": cfg.bag,
+            "target": table.target,
+            "label_columns": list(table.label_columns),
             "patient_column": table.patient_column,
             "grouped": table.grouping,
             "slides": len(table),
@@ -570,6 +669,7 @@ class SlidesSource(DatasetSource):
                 recs, table.class_names, dim, cache=sub_cache, bag_dtype=_DTYPES[cfg.bag_dtype],
                 csv_header=cfg.csv_header, expected_from=expected_from, has_instance_labels=has_inst,
                 split_info=self.split_info, split_rows=self.split_rows, data_info=self.data_info,
+                target=table.target,
             )
 
         out = {"train": make(~on_test)}

@@ -6,6 +6,11 @@ offset (a "stain/batch" effect); in a positive slide a few spatially
 contiguous patches (0.5-5 %, a "tumour region") are shifted by ``signal``
 along one fixed random unit direction, so the class signal is weak and
 localised.  Patch labels are written as ``inst_labels`` (except in CSV).
+
+With ``outcomes=True`` the table also holds a patient-level survival outcome
+(``survival_months``, ``censorship`` with **1 = censored**, as CLAM/MCAT/PORPOISE
+tables) and a regression target (``target``), both driven by the share of the
+patient's patches that are tumour patches (see :func:`patient_outcomes`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,29 @@ from fsspec.implementations.local import LocalFileSystem
 from milzoo_wsi.stores import COORDS, FEATURES, INST_LABELS
 
 _EXT = {"safetensors": "safetensors", "h5": "h5", "pt": "pt", "csv": "csv"}
+
+#: the tumour share of a tumour slide's patches is uniform in this range
+_TUMOUR_SHARE = (0.005, 0.05)
+
+
+def patient_outcomes(tumour_share: np.ndarray, seed: int, censoring: float = 0.3) -> dict[str, np.ndarray]:
+    """Survival and regression outcomes of patients whose patches are ``tumour_share`` tumour (``[p]``).
+
+    - ``target``: the tumour percentage plus Gaussian noise (sd 0.05 points);
+    - ``survival_months``: an event time ``T ~ Exponential`` with a median of 36 months for a patient without
+      tumour and a log hazard ratio of 1.5 per 5% of tumour patches (at most 3), so more tumour means shorter
+      survival; a ``censoring`` share of the patients (drawn at random) is censored at a uniform 5-100% of ``T``;
+    - ``censorship``: **1 = censored**, 0 = the event was observed at ``survival_months`` (CLAM/MCAT's column).
+    """
+    g = np.random.default_rng([seed, 2])
+    share = np.asarray(tumour_share, dtype=np.float64)
+    rate = math.log(2) / 36.0 * np.exp(1.5 * np.minimum(share / _TUMOUR_SHARE[1], 2.0))
+    t = g.exponential(1.0 / rate)
+    censored = g.random(len(share)) < censoring
+    time = np.where(censored, t * g.uniform(0.05, 1.0, size=len(share)), t)
+    target = 100.0 * share + 0.05 * g.standard_normal(len(share))
+    return {"survival_months": np.round(time, 2), "censorship": censored.astype(np.int64),
+            "target": np.round(target, 4)}
 
 
 def _slide_layout(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -88,6 +116,9 @@ def make_synthetic_slides(
     patch_size: int = 256,
     slides_per_patient: int = 1,
     skip_existing: bool = False,
+    outcomes: bool = False,
+    censoring: float = 0.3,
+    patient_column: str = "patient_id",
 ) -> dict:
     """Write ``out_dir/features/<slide_id>.<ext>`` (fp16) and the slide table ``out_dir/slides.csv``.
 
@@ -96,10 +127,18 @@ def make_synthetic_slides(
     about ``positive_fraction`` tumour slides; patch counts vary log-normally
     around ``mean_patches`` (between a tenth and 4x of it).  Patients group
     ``slides_per_patient`` consecutive slides, never across the train/test
-    boundary.  h5 and safetensors files say how the slides were patched as
-    TRIDENT does (``patch_size``, ``patch_size_level0``, a 20x target and
-    level-0 magnification).  ``out_dir`` may be any fsspec URL.  Returns
-    ``{"features", "table", "n_slides", "n_patches", "dim"}``.
+    boundary; ``patient_column`` names their column (``case_id`` for a
+    CLAM/TCGA-shaped table).  h5 and safetensors files say how the slides
+    were patched as TRIDENT does (``patch_size``, ``patch_size_level0``, a
+    20x target and level-0 magnification).  ``out_dir`` may be any fsspec
+    URL.  Returns ``{"features", "table", "n_slides", "n_patches", "dim"}``.
+
+    With ``outcomes`` the table also has the columns ``survival_months``,
+    ``censorship`` (**1 = censored**; about ``censoring`` of the patients) and
+    ``target``, the same for every slide of a patient and driven by its share
+    of tumour patches (:func:`patient_outcomes`).  The tumour share of each
+    slide then comes from its own generator ``(seed, i, 1)``, so that the
+    outcomes are known without generating (or reading) any slide.
 
     Labels, sizes and the signal direction come from ``seed``; each slide's
     content from its own generator seeded by ``(seed, i)``, so with
@@ -130,16 +169,28 @@ def make_synthetic_slides(
 
     patching = {"patch_size": patch_size, "patch_size_level0": patch_size, "target_magnification": 20,
                 "level0_magnification": 20, "overlap": 0}
+    spp = max(1, slides_per_patient)
+    # test patients start after the last training patient, so no patient straddles the split
+    patients = np.asarray([i // spp if i < n_slides else -(-n_slides // spp) + (i - n_slides) // spp
+                           for i in range(total)], dtype=np.int64)
+    tumour_count = None
+    if outcomes:  # each slide's tumour patch count, known without generating its content
+        share = np.asarray([np.random.default_rng([seed, i, 1]).uniform(*_TUMOUR_SHARE) for i in range(total)])
+        tumour_count = np.where(labels == 1, np.maximum(1, np.round(sizes * share)), 0).astype(np.int64)
+        n_pat = int(patients.max()) + 1
+        per_patient = np.bincount(patients, weights=tumour_count, minlength=n_pat) / np.bincount(
+            patients, weights=sizes, minlength=n_pat)
+        outcome = patient_outcomes(per_patient, seed, censoring)
     rows = []
     for i in range(total):
         n = int(sizes[i])
         sid = f"slide_{i:04d}"
-        spp = max(1, slides_per_patient)
-        # test patients start after the last training patient, so no patient straddles the split
-        patient = i // spp if i < n_slides else -(-n_slides // spp) + (i - n_slides) // spp
-        row = {"slide_id": sid, "label": "tumor" if labels[i] else "normal", "patient_id": f"patient_{patient:04d}"}
+        patient = int(patients[i])
+        row = {"slide_id": sid, "label": "tumor" if labels[i] else "normal", patient_column: f"patient_{patient:04d}"}
         if n_test > 0:
             row["split"] = "test" if i >= n_slides else "train"
+        if outcomes:
+            row.update({k: str(v[patient]) for k, v in outcome.items()})
         rows.append(row)
         path = f"{feat_dir}/{sid}.{_EXT[fmt]}"
         if skip_existing and fs.exists(path):
@@ -150,7 +201,9 @@ def make_synthetic_slides(
         feats += srng.normal(0.0, 0.1, size=dim).astype(np.float32)  # per-slide offset
         inst = np.zeros(n, dtype=np.int64)
         if labels[i] == 1:
-            k = max(1, int(round(n * srng.uniform(0.005, 0.05))))
+            k = max(1, int(round(n * srng.uniform(*_TUMOUR_SHARE))))
+            if tumour_count is not None:
+                k = int(tumour_count[i])
             centre = cells[srng.integers(n)]
             d2 = ((cells - centre) ** 2).sum(axis=1)
             tumour = np.argpartition(d2, k - 1)[:k]

@@ -1,9 +1,17 @@
 """The slide table (which slides, their labels, patients and split) and the train/test split.
 
-CSV columns: ``slide_id`` and ``label`` (required); the patient (``patient_id``, or ``case_id`` as CLAM
-writes it, or the column the recipe names with ``patient_column``) and ``split`` (``train`` or ``test``)
-are optional.  Other columns are ignored.  A ``slide_id`` may carry the whole-slide file's extension
-(``TCGA-XX.svs``); the ``slides`` dataset matches it to the feature file ``TCGA-XX.h5`` either way.
+CSV columns: ``slide_id`` and the label columns of the target (required); the patient (``patient_id``, or
+``case_id`` as CLAM writes it, or the column the recipe names with ``patient_column``) and ``split``
+(``train`` or ``test``) are optional.  Other columns are ignored.  The label columns depend on ``target``:
+
+- ``"class"`` (the default): ``label``, a class name or index;
+- ``"survival"``: the follow-up time (``survival_months``) and the censoring indicator, read by
+  :func:`milzoo.datasets.read_survival_labels` with the CLAM/MCAT/PORPOISE defaults: ``censorship``, where
+  **1 means censored**, or ``event``, where 1 means the event was observed;
+- ``"regression"``: one or more numeric target columns (``target``).
+
+A ``slide_id`` may carry the whole-slide file's extension (``TCGA-XX.svs``); the ``slides`` dataset matches
+it to the feature file ``TCGA-XX.h5`` either way.
 
 Every split groups the slides by patient: the held-out test patients (:func:`stratified_group_split`), the
 folds (``milzoo.datasets.protocols``), and an official ``split`` column, which is refused when a patient
@@ -14,19 +22,34 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import re
 import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Literal, Sequence
 
 import fsspec
 import numpy as np
 
+from milzoo.datasets import label_strata, read_survival_labels
 from milzoo.datasets.checks import class_indices
 from milzoo.errors import DataError, MilzooWarning
 
 SPLITS = ("train", "test")
+
+#: what a slide's label is: a class (``label``), a survival pair (time, event) or continuous target(s)
+Target = Literal["class", "survival", "regression"]
+TARGETS: tuple[str, ...] = ("class", "survival", "regression")
+
+#: the label column defaults of each target (survival: CLAM/MCAT/PORPOISE's, where censorship 1 = censored)
+TIME_COLUMN = "survival_months"
+CENSORSHIP_COLUMN = "censorship"
+EVENT_COLUMN = "event"
+TARGET_COLUMNS = ("target",)
+
+#: the ``class_names`` of a survival dataset: its one "class" is the risk the survival task predicts
+SURVIVAL_CLASS_NAMES = ["risk"]
 
 #: the columns a patient id is taken from when the recipe names none, in this order (CLAM writes ``case_id``)
 PATIENT_COLUMNS = ("patient_id", "case_id")
@@ -38,7 +61,10 @@ TCGA_PATIENT = re.compile(r"^(TCGA-[A-Za-z0-9]{2}-[A-Za-z0-9]{4})(?:$|[-._])", r
 @dataclass
 class SlideTable:
     slide_ids: list[str]
-    labels: np.ndarray  # [n] int64 class indices
+    #: ``[n]`` int64 class indices (target "class"), ``[n, 2]`` float (time, event) with event 1 = observed
+    #: (target "survival"), ``[n]`` or ``[n, t]`` float (target "regression": one or t target columns)
+    labels: np.ndarray
+    #: the classes; ``["risk"]`` for survival, the target column names for regression
     class_names: list[str]
     patient_ids: list[str] | None
     splits: list[str] | None  # "train"/"test" per slide, when the table has a split column
@@ -47,9 +73,42 @@ class SlideTable:
     patient_column: str | None = None
     #: the table's columns, as written
     columns: list[str] = field(default_factory=list)
+    #: what a label is: "class", "survival" or "regression"
+    target: str = "class"
+    #: the columns the labels were read from (``label``; the time and censoring columns; the target columns)
+    label_columns: list[str] = field(default_factory=lambda: ["label"])
+    #: per slide, the values of ``label_columns`` as the table writes them (the published split repeats them)
+    label_values: list[tuple[str, ...]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.slide_ids)
+
+    def label_of(self, i: int) -> Any:
+        """Slide ``i``'s label as a bag carries it: a class index (int), a target (float), a tuple of targets,
+        or a ``(time, event)`` tuple of floats (event 1 = observed); hashable, so slides can be compared."""
+        y = self.labels[i]
+        if self.target == "class":
+            return int(y)
+        if np.ndim(y) == 0:
+            return float(y)
+        return tuple(float(v) for v in y)
+
+    def label_fields(self, i: int) -> dict[str, str]:
+        """Slide ``i``'s label as columns of a slide table: ``{"label": class name}``, or the label columns
+        with the values the table wrote (so a published split is read back with the same options)."""
+        if self.target == "class":
+            return {"label": self.class_names[int(self.labels[i])]}
+        return dict(zip(self.label_columns, self.label_values[i]))
+
+    def describe_label(self, label: Any) -> str:
+        """A label (as :meth:`label_of` gives it) in words, for messages."""
+        if self.target == "class":
+            return self.class_names[int(label)]
+        if self.target == "survival":
+            time, event = label
+            return f"{self.label_columns[0]} {time:g}, {'event' if event else 'censored'}"
+        values = label if isinstance(label, tuple) else (label,)
+        return ", ".join(f"{c} {v:g}" for c, v in zip(self.label_columns, values))
 
     @property
     def groups(self) -> np.ndarray:
@@ -134,12 +193,141 @@ def _same_partition(a: list[str], b: list[str]) -> bool:
     return len(pairs) == len(set(a)) == len(set(b))
 
 
+def class_names_problem(target: str) -> str:
+    """Why ``class_names`` cannot be given with a ``target`` other than "class" (one paragraph)."""
+    own = '["risk"]' if target == "survival" else "the target column names"
+    return (f"`class_names` lists classes, but `target = \"{target}\"` reads {target} labels, which have no "
+            f"classes (the dataset's class_names are {own}); remove `class_names`, or set `target = \"class\"` "
+            "for class labels.")
+
+
+def _number(text: str) -> float | None:
+    """A table cell as a number (None when it is not one)."""
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _same_value(text: str) -> Any:
+    """A label cell in a form that compares equal for equal numbers (``12`` and ``12.0``)."""
+    x = _number(text)
+    return text if x is None else x
+
+
+@dataclass(frozen=True)
+class _LabelSpec:
+    """Which columns hold a slide's label, and how each row's cells are checked."""
+
+    target: str
+    columns: tuple[str, ...]  # the label columns present in the table, read in this order
+    censorship: str | None = None  # survival: the censorship column (1 = censored), when present
+    event: str | None = None  # survival: the event column (1 = event observed), when present
+
+    def problems(self, sid: str, cells: tuple[str, ...]) -> list[str]:
+        """What is wrong with one slide's label cells (empty when nothing)."""
+        if self.target == "class":
+            return [] if cells[0] else [f"slide {sid!r} has no label"]
+        out = []
+        values = dict(zip(self.columns, cells))
+        if self.target == "regression":
+            for col in self.columns:
+                x = _number(values[col])
+                if x is None or not math.isfinite(x):
+                    what = "is empty" if not values[col] else f"is {values[col]!r}, not a finite number"
+                    out.append(f"slide {sid!r}: target {col} {what}")
+            return out
+        time_col = self.columns[0]
+        t = _number(values[time_col])
+        if t is None or not math.isfinite(t) or t < 0:
+            what = "is empty" if not values[time_col] else f"is {values[time_col]!r}, not a time >= 0"
+            out.append(f"slide {sid!r}: {time_col} {what}")
+        flags = {}
+        for col, meaning in ((self.censorship, "1 = censored, 0 = event observed"),
+                             (self.event, "1 = event observed, 0 = censored")):
+            if col is None:
+                continue
+            x = _number(values[col])
+            if x not in (0.0, 1.0):
+                out.append(f"slide {sid!r}: {col} is {values[col]!r}; it must be 0 or 1 ({meaning})")
+            else:
+                flags[col] = x
+        if len(flags) == 2 and flags[self.censorship] == flags[self.event]:
+            out.append(f"slide {sid!r}: {self.censorship} = {flags[self.censorship]:g} (1 = censored) and "
+                       f"{self.event} = {flags[self.event]:g} (1 = event observed) contradict each other")
+        return out
+
+
+def _label_spec(fields: list[str], url: str, target: str, time_column: str, censorship_column: str | None,
+                event_column: str | None, target_columns: Sequence[str]) -> _LabelSpec:
+    """The label columns of ``target`` in a table with columns ``fields`` (a DataError when some are missing)."""
+    if target not in TARGETS:
+        raise DataError(f"unknown target {target!r} for the slide table {url}; use one of {', '.join(TARGETS)}.")
+    missing = [c for c in ("slide_id", "label") if c not in fields and (c == "slide_id" or target == "class")]
+    if missing:
+        needs = "`slide_id` and `label`" if target == "class" else "`slide_id` and the label columns"
+        hint = (" For survival or regression labels set `target = \"survival\"` or `\"regression\"`."
+                if target == "class" else "")
+        raise DataError(
+            f"the slide table {url} lacks the column(s) {missing} (it has {fields}); it needs {needs}, optionally "
+            f"a patient column ({', '.join(PATIENT_COLUMNS)}, or the one `patient_column` names) and `split`.{hint}"
+        )
+    if target == "class":
+        return _LabelSpec("class", ("label",))
+    if target == "survival":
+        # the columns (and the censorship convention) exactly as read_survival_labels takes them: its messages
+        # name a missing time column, or a table with neither censoring column
+        read_survival_labels({c: [] for c in fields}, time_column=time_column, censorship_column=censorship_column,
+                             event_column=event_column, source=f"the slide table {url}")
+        cens = censorship_column if censorship_column is not None and censorship_column in fields else None
+        event = event_column if event_column is not None and event_column in fields else None
+        return _LabelSpec("survival", tuple(c for c in (time_column, cens, event) if c is not None), cens, event)
+    cols = [str(c) for c in target_columns]
+    if not cols or len(set(cols)) != len(cols):
+        raise DataError(f"`target_columns` {cols} must name at least one column, each once.")
+    missing = [c for c in cols if c not in fields]
+    if missing:
+        raise DataError(
+            f"the slide table {url} lacks the target column(s) {missing} that `target_columns` names (its columns "
+            f"are {fields}); name the columns holding the regression targets with `target_columns`."
+        )
+    return _LabelSpec("regression", tuple(cols))
+
+
+def _label_array(spec: _LabelSpec, values: list[tuple[str, ...]], class_names: Sequence[str] | None, url: str,
+                 time_column: str) -> tuple[np.ndarray, list[str]]:
+    """The labels array and the class names of checked label cells."""
+    if spec.target == "class":
+        return _class_index([v[0] for v in values], class_names, url)
+    if spec.target == "regression":
+        y = np.asarray([[float(c) for c in v] for v in values], dtype=np.float64)
+        return (y[:, 0] if y.shape[1] == 1 else y), list(spec.columns)
+    rows = [dict(zip(spec.columns, v)) for v in values]
+    y = read_survival_labels(rows, time_column=time_column, censorship_column=spec.censorship,
+                             event_column=spec.event, source=f"the slide table {url}")
+    return np.asarray(y, dtype=np.float64), list(SURVIVAL_CLASS_NAMES)
+
+
 def read_slide_table(url: str, class_names: Sequence[str] | None = None, *,
-                     patient_column: str | None = None) -> SlideTable:
+                     patient_column: str | None = None, target: Target = "class",
+                     time_column: str = TIME_COLUMN, censorship_column: str | None = CENSORSHIP_COLUMN,
+                     event_column: str | None = EVENT_COLUMN,
+                     target_columns: Sequence[str] = TARGET_COLUMNS) -> SlideTable:
     """Read and check a slide table (all problems are reported at once).
 
-    Class order: ``class_names`` when given, else ``0..max`` for integer labels,
-    else the sorted label names (``normal`` < ``tumor``, ``LUAD`` < ``LUSC``).
+    Labels (``target``):
+
+    - ``"class"``: the column ``label``.  Class order: ``class_names`` when given, else ``0..max`` for integer
+      labels, else the sorted label names (``normal`` < ``tumor``, ``LUAD`` < ``LUSC``).
+    - ``"survival"``: ``(time, event)`` pairs, a float ``[n, 2]`` array with **event 1 = observed, 0 =
+      censored**, read by :func:`milzoo.datasets.read_survival_labels` from ``time_column`` and
+      ``censorship_column`` (**1 = censored**, CLAM/MCAT/PORPOISE's convention) and/or ``event_column``
+      (1 = event observed); both present, they must agree.  ``class_names`` is ``["risk"]``.
+    - ``"regression"``: the numbers of ``target_columns``, a float ``[n]`` array for one column, ``[n, t]``
+      for t; ``class_names`` is the column names.  Missing or non-finite values are refused, rows named.
+
+    With a target other than ``"class"`` the table needs no ``label`` column and ``class_names`` must not be
+    given.
 
     Patients: the column ``patient_column`` (``"slide_id"``: every slide its own patient), else the first of
     :data:`PATIENT_COLUMNS` the table has.  A table with both ``patient_id`` and ``case_id`` that group the
@@ -149,6 +337,8 @@ def read_slide_table(url: str, class_names: Sequence[str] | None = None, *,
     A slide listed twice with the same label, patient and split is kept once (a warning names it); listed
     twice with different values, it is an error.
     """
+    if target != "class" and class_names is not None:
+        raise DataError(class_names_problem(target))
     try:
         with fsspec.open(url, "rb") as fh:
             raw = fh.read()
@@ -163,13 +353,8 @@ def read_slide_table(url: str, class_names: Sequence[str] | None = None, *,
     reader = csv.DictReader(io.StringIO(text))
     fields = [f.strip() for f in (reader.fieldnames or [])]
     reader.fieldnames = fields
-    missing = [c for c in ("slide_id", "label") if c not in fields]
-    if missing:
-        raise DataError(
-            f"the slide table {url} lacks the column(s) {missing} (it has {fields}); it needs `slide_id` and "
-            f"`label`, optionally a patient column ({', '.join(PATIENT_COLUMNS)}, or the one `patient_column` "
-            "names) and `split`."
-        )
+    spec = _label_spec(fields, url, target, time_column, censorship_column, event_column, target_columns)
+    what_label = "label" if target == "class" else " and ".join(spec.columns)
     pcol = _patient_column(fields, patient_column, url)
     other_pcol = next((c for c in PATIENT_COLUMNS if c in fields and c != pcol), None) if patient_column is None else None
     has_split = "split" in fields
@@ -178,32 +363,31 @@ def read_slide_table(url: str, class_names: Sequence[str] | None = None, *,
     repeated: list[str] = []
     for line, row in enumerate(reader, start=2):
         sid = (row.get("slide_id") or "").strip()
-        lab = (row.get("label") or "").strip()
-        if not sid and not lab and not any((v or "").strip() for v in row.values() if isinstance(v, str)):
+        cells = tuple((row.get(c) or "").strip() for c in spec.columns)
+        if not sid and not any(cells) and not any((v or "").strip() for v in row.values() if isinstance(v, str)):
             continue  # blank line
         if not sid:
             problems.append(f"line {line}: empty slide_id")
             continue
         pat = (row.get(pcol) or "").strip() if pcol else ""
         sp = (row.get("split") or "").strip().lower() if has_split else ""
-        values = (lab, pat, sp)
+        values = (tuple(_same_value(c) for c in cells), pat, sp)
         if sid in seen:
             first, before = seen[sid]
             if before == values:
                 repeated.append(f"{sid!r} (lines {first} and {line})")
             else:
-                what = [n for n, x, y in zip(("label", pcol or "patient", "split"), before, values) if x != y]
+                what = [n for n, x, y in zip((what_label, pcol or "patient", "split"), before, values) if x != y]
                 problems.append(f"line {line}: slide {sid!r} repeats line {first} with another {' and '.join(what)}")
             continue
         seen[sid] = (line, values)
-        if not lab:
-            problems.append(f"line {line}: slide {sid!r} has no label")
+        problems += [f"line {line}: {p}" for p in spec.problems(sid, cells)]
         if pcol and not pat:
             problems.append(f"line {line}: slide {sid!r} has no {pcol}")
         if has_split and sp not in SPLITS:
             problems.append(f"line {line}: slide {sid!r} has split {sp!r}; use train or test")
         ids.append(sid)
-        labels.append(lab)
+        labels.append(cells)
         pats.append(pat)
         others.append((row.get(other_pcol) or "").strip() if other_pcol else "")
         splits.append(sp)
@@ -224,10 +408,11 @@ def read_slide_table(url: str, class_names: Sequence[str] | None = None, *,
             f"different patients ({len(set(pats))} by {pcol}, {len(set(others))} by {other_pcol}); set "
             "`patient_column` to the one that names the patient."
         )
-    y, names = _class_index(labels, class_names, url)
+    y, names = _label_array(spec, labels, class_names, url, time_column)
     table = SlideTable(
         slide_ids=ids, labels=y, class_names=names, patient_ids=pats if pcol else None,
         splits=splits if has_split else None, source=url, patient_column=pcol, columns=fields,
+        target=target, label_columns=list(spec.columns), label_values=labels,
     )
     if pcol is None:
         warn_tcga_patients(table)
@@ -286,14 +471,15 @@ def check_split_column(table: SlideTable) -> None:
 def stratified_group_split(labels, groups, test_fraction: float, seed: int) -> np.ndarray:
     """Boolean mask of the test slides: ``test_fraction`` of the groups (patients), stratified.
 
-    A group's stratum is its most frequent label (ties: the lowest class).  The
-    groups are split with scikit-learn's ``train_test_split`` (seeded), so every
-    slide of a patient lands on the same side.  When some class has too few
-    groups to stratify, the split falls back to an unstratified one (warning).
+    The strata are :func:`milzoo.datasets.label_strata` of the labels: the class of class labels, the event
+    indicator of ``(time, event)`` pairs, the quartile of a regression target.  A group's stratum is the most
+    frequent stratum of its slides (ties: the lowest).  The groups are split with scikit-learn's
+    ``train_test_split`` (seeded), so every slide of a patient lands on the same side.  When some stratum has
+    too few groups to stratify, the split falls back to an unstratified one (warning).
     """
     from sklearn.model_selection import train_test_split
 
-    labels = np.asarray(labels)
+    strata = label_strata(np.asarray(labels))
     groups = np.asarray(groups, dtype=object)
     if not 0.0 < test_fraction < 1.0:
         raise ValueError("test_fraction must be in (0, 1)")
@@ -302,7 +488,7 @@ def stratified_group_split(labels, groups, test_fraction: float, seed: int) -> n
         raise DataError("a train/test split needs at least two patients (groups).")
     g_label = []
     for g in uniq:
-        counts = Counter(labels[groups == g].tolist())
+        counts = Counter(strata[groups == g].tolist())
         top = max(counts.values())
         g_label.append(min(c for c, v in counts.items() if v == top))
     g_label = np.asarray(g_label)
@@ -311,7 +497,8 @@ def stratified_group_split(labels, groups, test_fraction: float, seed: int) -> n
         _, test_g = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=g_label)
     except ValueError:
         warnings.warn(
-            "too few patients per class to stratify the train/test split; it is drawn unstratified",
+            "too few patients per stratum (class, survival event indicator or target quartile) to stratify "
+            "the train/test split; it is drawn unstratified",
             stacklevel=2,
         )
         _, test_g = train_test_split(idx, test_size=test_fraction, random_state=seed)
@@ -322,7 +509,10 @@ def stratified_group_split(labels, groups, test_fraction: float, seed: int) -> n
 
 
 def write_split_table(rows: Sequence[dict], url: str) -> None:
-    """Write ``slide_id, label, [patient column,] split`` rows as CSV (a valid slide table).
+    """Write ``slide_id, <label columns>, [patient column,] split`` rows as CSV (a valid slide table).
+
+    The label columns are ``label`` for class labels, else the columns the labels were read from, with the
+    values the table wrote (``survival_months, censorship``; the regression targets).
 
     The columns are the keys of the rows, in order (the patient column keeps the name the table gave it);
     a column empty on every row is left out.  Feeding the file back as ``table`` reproduces the split exactly.
