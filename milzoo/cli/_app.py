@@ -75,6 +75,12 @@ def warnings_to_stderr():
         logger.removeHandler(handler)
 
 
+#: the metrics the summary shows, of every task (docs/tasks.md), bag level then patient level
+SUMMARY_METRICS = ("acc", "auc", "f1", "inst_acc", "r2", "rmse", "mae", "pearson", "c_index", "c_index_uno",
+                   "td_auc", "ibs")
+SUMMARY_METRICS = SUMMARY_METRICS + tuple(f"patient_{m}" for m in ("acc", "auc", "r2", "rmse", "c_index"))
+
+
 def format_summary(summary: dict) -> str:
     if summary.get("complete") is False:
         return f"fold {summary['fold']} done; other folds are still missing in {summary['run_dir']}."
@@ -89,8 +95,8 @@ def format_summary(summary: dict) -> str:
         for split, metrics in block.items():
             if split == "val" or not isinstance(metrics, dict):
                 continue
-            shown = "  ".join(filter(None, (_metric_text(k, v) for k, v in metrics.items()
-                                             if isinstance(v, dict) and k in ("acc", "auc", "f1", "inst_acc"))))
+            shown = "  ".join(filter(None, (_metric_text(k, metrics[k]) for k in SUMMARY_METRICS
+                                             if isinstance(metrics.get(k), dict))))
             lines.append(f"  {label:<32} {split:<16} {shown}")
     for split, m in (summary.get("ensemble") or {}).items():
         auc = "auc undefined (one class)" if m.get("auc") is None or m["auc"] != m["auc"] else f"auc {m['auc']:.3f}"
