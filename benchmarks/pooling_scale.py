@@ -59,8 +59,10 @@ POOLINGS: dict[str, tuple[str, dict]] = {
     "psatt": ("psatt", {}),
     "mean": ("mean", {}),
     "max": ("max", {}),
+    "clam_sb": ("clam_sb", {}),
+    "clam_mb": ("clam_mb", {}),
 }
-ABMIL_FAMILY = {"abmil", "abmil_gated", "dsmil", "dtfd", "demil", "rgmil", "psatt", "mean", "max"}
+ABMIL_FAMILY = {"abmil", "abmil_gated", "dsmil", "dtfd", "demil", "rgmil", "psatt", "mean", "max", "clam_sb", "clam_mb"}
 GIB = 1024**3
 DIM = 1024
 
