@@ -61,6 +61,7 @@ POOLINGS: dict[str, tuple[str, dict]] = {
     "max": ("max", {}),
     "clam_sb": ("clam_sb", {}),
     "clam_mb": ("clam_mb", {}),
+    "vit_mil": ("vit_mil", {}),
 }
 ABMIL_FAMILY = {"abmil", "abmil_gated", "dsmil", "dtfd", "demil", "rgmil", "psatt", "mean", "max", "clam_sb", "clam_mb"}
 GIB = 1024**3
