@@ -12,8 +12,10 @@ from milzoo.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSIC = ROOT / "recipes" / "classic"
-MODELS = ["abmil", "abmil_gated", "dsmil", "dtfd", "transmil", "demil", "rgmil", "psatt"]
+MODELS = ["abmil", "abmil_gated", "dsmil", "dtfd", "transmil", "demil", "rgmil", "psatt", "clam_sb", "vitmil"]
 DATASETS = ["musk1", "musk2", "elephant"]
+#: the pooling each model's recipes name, where it is not the model's own name
+POOLING_OF = {"abmil_gated": "abmil", "vitmil": "vit_mil"}
 ALL = [f"{m}_{d}" for m in MODELS for d in DATASETS]
 
 
@@ -40,8 +42,9 @@ def test_recipe_validates_and_follows_the_protocol(stem):
     assert p.val_fraction == 0.0 or p.monitor != "acc" or p.eval_splits is None  # never selects on test
     assert root.train.early_stopping is None  # early stopping would need a validation split, not the test fold
     assert root.train.threads == 1
-    assert root.pooling.name == ("abmil" if model.startswith("abmil") else model)
-    assert recipe.components["pooling"].model_dump().get("gated", False) == (model == "abmil_gated")
+    assert root.pooling.name == POOLING_OF.get(model, model)
+    if model.startswith("abmil"):
+        assert recipe.components["pooling"].model_dump().get("gated", False) == (model == "abmil_gated")
     raw = tomllib.loads((CLASSIC / f"{stem}.toml").read_text())
     assert raw["loss"], "each classic recipe names its model's loss explicitly"
 

@@ -3,22 +3,47 @@
 User errors (bad recipe, unknown component, missing file, broken plugin,
 unusable run directory) print one paragraph naming the problem and the fix,
 and exit with code 2 -- never a traceback.  Plugins add commands through the
-``milzoo_register_commands`` hook.
+``milzoo_register_commands`` hook; the core commands' names are reserved, and
+no plugin replaces another plugin's command (the second is refused, and its
+plugin shown as failed in ``milzoo plugins``).  The plugins are loaded only when
+a command is looked up, so ``milzoo --version`` loads none.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sys
 
 import click
 
-from milzoo.errors import UserError
+from milzoo.errors import PluginConflictError, UserError
 
 
 class MilzooGroup(click.Group):
-    """A click group that turns :class:`UserError` into a clean message and exit code 2."""
+    """A click group that turns :class:`UserError` into a clean message and exit code 2.
+
+    Its commands are attached on first lookup (:func:`add_all_commands`), so ``--version`` loads no plugin, and
+    it refuses to replace a command it already has (a plugin that tries it at import fails alone).
+    """
+
+    def add_command(self, cmd, name=None):
+        name = name or cmd.name
+        have = self.commands.get(name)
+        if have is not None and have is not cmd:
+            raise PluginConflictError(
+                f"the command {name!r} already exists in milzoo and cannot be replaced; give the new command "
+                "another name")
+        super().add_command(cmd, name)
+
+    def get_command(self, ctx, cmd_name):
+        add_all_commands()
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx):
+        add_all_commands()
+        return super().list_commands(ctx)
 
     def invoke(self, ctx):
         try:
@@ -200,15 +225,97 @@ def _add_core_commands() -> None:
         module.add_commands(cli)
 
 
-def _add_plugin_commands() -> None:
+class _PluginCli:
+    """What a plugin's ``milzoo_register_commands(cli)`` receives: it collects commands, it adds none.
+
+    ``add_command``, ``command`` and ``group`` work as on a click group; ``commands`` is a read-only view of the
+    commands there are.  What the hook collected is checked and added only once the hook has returned.
+    """
+
+    def __init__(self, group: click.Group):
+        self._group = group
+        self.added: list[tuple[str, click.Command]] = []
+
+    @property
+    def commands(self):
+        import types
+
+        return types.MappingProxyType({**self._group.commands, **dict(self.added)})
+
+    @property
+    def name(self):
+        return self._group.name
+
+    def add_command(self, cmd, name=None):
+        self.added.append((name or getattr(cmd, "name", None), cmd))
+
+    def command(self, *args, **kwargs):
+        def decorator(f):
+            cmd = click.command(*args, **kwargs)(f)
+            self.add_command(cmd)
+            return cmd
+
+        return decorator
+
+    def group(self, *args, **kwargs):
+        kwargs.setdefault("cls", click.Group)
+        return self.command(*args, **kwargs)
+
+    def get_command(self, ctx, name):
+        return self.commands.get(name)
+
+
+#: the names of the core commands: no plugin may add a command by one of these names
+RESERVED_COMMANDS: frozenset[str] = frozenset()
+_COMMAND_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _refusal(name, cmd, owners: dict[str, str], plugin_key: str) -> str | None:
+    """Why a plugin's command cannot be added, or ``None``."""
     from milzoo.registry import _manager as plugins
 
+    if not isinstance(cmd, click.Command):
+        return (f"its milzoo_register_commands added {cmd!r}, which is not a click command; pass a "
+                "click.Command or click.Group to cli.add_command")
+    if not isinstance(name, str) or not _COMMAND_NAME.fullmatch(name):
+        return (f"its command name {name!r} is not valid (letters, digits and . _ -, no spaces or line breaks); "
+                "rename the command")
+    dist, version = plugins.plugin_distribution(plugin_key)
+    if name in RESERVED_COMMANDS:
+        return (f"its command {name!r} would replace milzoo's own `milzoo {name}`, and the core command names are "
+                f"reserved ({', '.join(sorted(RESERVED_COMMANDS))}); {dist} {version} must rename its command")
+    if name in owners:
+        other = owners[name]
+        other_dist, other_version = plugins.plugin_distribution(other)
+        return (f"its command {name!r} is already added by the plugin {other} ({other_dist} {other_version}); a "
+                f"plugin cannot replace another plugin's command, so {dist} {version}'s was refused. Rename one of "
+                f"them, or disable one (MILZOO_DISABLE_PLUGINS={dist})")
+    return None
+
+
+def _add_plugin_commands() -> None:
+    from milzoo.registry import _manager as plugins
+    from milzoo.registry._providers import check_hook_result
+
     pm = plugins.get_plugin_manager()
-    for impl in pm.hook.milzoo_register_commands.get_hookimpls():
-        try:
-            impl.function(cli=cli)
-        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the CLI
-            plugins.record_failure(impl.plugin_name, exc)
+    owners: dict[str, str] = {}  # command name -> the plugin that added it
+    order = {rec.key: i for i, rec in enumerate(plugins.plugin_records())}
+    impls = sorted(pm.hook.milzoo_register_commands.get_hookimpls(), key=lambda i: order.get(i.plugin_name, 1 << 30))
+    for impl in impls:
+        proxy = _PluginCli(cli)
+        with plugins.isolated(impl.plugin_name, "in milzoo_register_commands") as outcome:
+            check_hook_result("milzoo_register_commands", impl.function(cli=proxy))
+            taken = dict(owners)
+            for name, cmd in proxy.added:
+                why = _refusal(name, cmd, taken, impl.plugin_name)
+                if why is not None:
+                    raise PluginConflictError(why)
+                taken[name] = impl.plugin_name
+        if outcome.failed:  # none of its commands: a refused hook adds nothing, like any failed hook
+            continue
+        for name, cmd in proxy.added:
+            owners[name] = impl.plugin_name
+            click.Group.add_command(cli, cmd, name)
 
 
 _commands_added = False
@@ -216,10 +323,11 @@ _commands_added = False
 
 def add_all_commands() -> None:
     """Attach the core command modules and the plugins' commands (once)."""
-    global _commands_added
+    global _commands_added, RESERVED_COMMANDS
     if not _commands_added:
         _commands_added = True
         _add_core_commands()
+        RESERVED_COMMANDS = frozenset(cli.commands)
         _add_plugin_commands()
 
 
@@ -229,11 +337,14 @@ def main(argv: list[str] | None = None) -> int:
     # a plugin written against the old module paths works; its FutureWarning is for its author, and
     # `milzoo plugins` names it, instead of every command printing it
     warnings.filterwarnings("ignore", message=r".* moved to milzoo", category=FutureWarning)
-    add_all_commands()
+    # the commands (and with them the plugins) are attached when click looks one up: `--version` loads none
     try:
         cli.main(args=argv, prog_name="milzoo", standalone_mode=True)
     except SystemExit as exc:
-        return int(exc.code or 0)
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        click.echo(str(exc.code), err=True)  # sys.exit("message"), as Python itself does it
+        return 1
     return 0
 
 

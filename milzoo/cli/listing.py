@@ -20,7 +20,13 @@ def conflict_lines() -> list[str]:
     out = []
     for kind, name, found in registry.conflicts():
         dists = [e.distribution for e in found]
-        choices = " or ".join(f'"{d}:{name}"' for d in dists)
+        choices = " or ".join(f'"{e.distribution}:{e.spelling(name)}"' for e in found)
+        spellings = list(dict.fromkeys(e.spelling(name) for e in found))
+        if len(spellings) > 1:  # names equal ignoring case are one name
+            shown = " and ".join(repr(n) for n in spellings)
+            out.append(f"  {kind} {shown} (equal ignoring case) are registered by {', '.join(dists)}: a bare "
+                       f"{' or '.join(repr(n) for n in spellings)} is an error; write {choices}")
+            continue
         out.append(f"  {kind} {name!r} is registered by {', '.join(dists)}: a bare {name!r} is an error; "
                    f"write {choices}")
     if out:
@@ -44,12 +50,25 @@ def format_components(items: list[dict[str, Any]]) -> str:
     return "\n".join(lines + ([""] + extra if extra else []))
 
 
+def import_time(seconds: float | None, status: str) -> str:
+    """``12 ms``, ``9.0 s``; ``-`` for a plugin that was not imported (disabled)."""
+    if status == "disabled" or seconds is None:
+        return "-"
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
+
+
 def format_plugins(records: list[dict[str, Any]]) -> str:
-    rows = [["name", "distribution", "version", "status", "error"]]
+    rows = [["name", "distribution", "version", "status", "import", "error"]]
+    slow = []
     for r in records:
         status = r["status"] + (" (conflict)" if r.get("conflicts") else "")
-        rows.append([r["name"], r["distribution"], r["version"], status, r["error"]])
-    extra = conflict_lines() + moved_import_lines(records)
+        rows.append([r["name"], r["distribution"], r["version"], status, import_time(r.get("import_s"), r["status"]),
+                     r["error"]])
+        if (r.get("import_s") or 0) > 1.0:
+            slow.append(f"note: {r['name']} ({r['distribution']}) took {r['import_s']:.1f} s to import, and every "
+                        "milzoo command that loads plugins waits for it; report it to its author, or skip it with "
+                        f"MILZOO_DISABLE_PLUGINS={r['distribution']}.")
+    extra = conflict_lines() + moved_import_lines(records) + slow
     return "\n".join(table(rows) + ([""] + extra if extra else []))
 
 

@@ -91,12 +91,15 @@ def embed_cmd(run_dir, fold, split, max_instances, method, seed, out):
 def attention_cmd(run_dir, bag_id, index, fold, split, order, max_show, out, slides, geojson):
     """Draw one bag's attention: an image grid, a bar chart, or a slide heatmap.
 
-    Without --bag/--index the first bag not of class 0 is shown.  Image bags get
+    Without --bag/--index the first bag not of class 0 is shown (survival: the
+    first bag with an observed event).  Image bags get
     a grid of their instances titled with attention and instance prediction;
     feature bags a bar chart; slides (bags with coordinates) the heatmap of the
     milzoo-wsi plugin, over the slide image with --slides, and a GeoJSON of the
     patches for QuPath.  The bag's class comes from the checkpoint's validation
-    threshold when it recorded one, else the argmax; the rule is printed.
+    threshold when it recorded one, else the argmax; the rule is printed.  A
+    model whose task has no classes (regression, survival) shows the attention
+    and prints the task's prediction (risk, pred) and the bag's label instead.
     """
     import re
 
@@ -117,8 +120,12 @@ def attention_cmd(run_dir, bag_id, index, fold, split, order, max_show, out, sli
             geo = path.with_suffix(".geojson")
             write_bytes(geo, text.encode("utf-8"))
             click.echo(f"wrote {geo} (one polygon per patch, for QuPath)")
-    click.echo(prediction_text(view))
-    click.echo(f"decision rule: {view.rule}")
+    if view.classes:
+        click.echo(prediction_text(view))
+        click.echo(f"decision rule: {view.rule}")
+    else:  # a task without classes (regression, survival): its prediction and the label, no decision rule
+        click.echo(f"{prediction_text(view)}; label {view.label}")
+        click.echo(view.rule)
     for note in dict.fromkeys(view.notes):
         click.echo(f"note: {note}")
 

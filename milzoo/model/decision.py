@@ -13,6 +13,12 @@ agree and print the same rule:
 
 A model carries its threshold as ``model.decision_threshold`` (None: argmax); whoever loads a checkpoint sets it
 with :func:`apply_recorded_threshold`.
+
+A model whose task has no classes (regression, survival: ``task.classes`` is False) decides nothing: it predicts
+values in the label's units (``task.predict``; ``out.extras["prediction"]``).  :func:`task_prediction` gives one
+bag's values and their words (:class:`TaskPrediction`: ``risk -0.432 (survival, discrete head)``),
+:func:`label_text` a label in words (``time 14, event 1``), and :func:`no_classes_text` what is printed where a
+class model prints its rule (``no classes: the task predicts risk, S_bin0, S_bin1 (survival, discrete head)``).
 """
 
 from __future__ import annotations
@@ -150,6 +156,8 @@ def rule_text(model_or_threshold=None, class_names: Sequence[str] | None = None)
     """The rule a model (or a bare threshold) decides by, in words, without a bag's numbers."""
     if model_or_threshold is not None and not isinstance(model_or_threshold, (int, float)):
         model = model_or_threshold
+        if not predicts_classes(model):
+            return no_classes_text(model)
         if getattr(model, "thresholds", None) is not None and hasattr(model, "members"):
             n = len(model.members)
             known = [valid_threshold(t) for t in model.thresholds]
@@ -170,11 +178,142 @@ def rule_text(model_or_threshold=None, class_names: Sequence[str] | None = None)
             f"validation), else {_name(0, class_names)}")
 
 
+def task_of(model):
+    """The model's task (an ensemble: its first member's), or None for a model without one (classification)."""
+    first = model.members[0] if hasattr(model, "members") and len(model.members) else model
+    return getattr(first, "task", None)
+
+
 def predicts_classes(model) -> bool:
     """Whether the model's labels are classes (its task, or its first member's; no task: classification)."""
-    first = model.members[0] if hasattr(model, "members") and len(model.members) else model
-    task = getattr(first, "task", None)
+    task = task_of(model)
     return task is None or bool(getattr(task, "classes", True))
+
+
+# --------------------------------------------------------------------------- tasks without classes
+
+
+def _num(value: float) -> str:
+    return f"{float(value):.4g}"
+
+
+def task_words(model) -> str:
+    """``survival, discrete head``, ``regression``: the task and its head, when it has one, in words."""
+    task = task_of(model)
+    if task is None:
+        return "classification"
+    words = str(getattr(task, "name", type(task).__name__))
+    head = getattr(getattr(task, "config", None), "head", None)
+    if isinstance(head, str) and head:
+        words += f", {head} head"
+    return words
+
+
+def prediction_columns(model) -> list[str]:
+    """The names of the model's prediction columns (``task.columns(class_names)``: ``risk, S_bin0``, ``pred``)."""
+    task = task_of(model)
+    names = list(getattr(model, "class_names", None) or [])
+    if task is None:
+        return [f"p_{c}" for c in names]
+    return list(task.columns(names))
+
+
+def label_columns(model) -> list[str]:
+    """The names of the model's label columns (``task.label_columns()``: ``time, event``, ``target``)."""
+    task = task_of(model)
+    return ["label"] if task is None else list(task.label_columns())
+
+
+def no_classes_text(model) -> str:
+    """What a model without classes says where a class model prints its decision rule."""
+    return f"no classes: the task predicts {', '.join(prediction_columns(model))} ({task_words(model)})"
+
+
+def label_values(y) -> list[float]:
+    """A bag's label of a task without classes (``Bag.y``: a float, a float vector, ``(time, event)``) as floats."""
+    if hasattr(y, "detach"):
+        y = y.detach().cpu().numpy()
+    return [float(v) for v in np.asarray(y, dtype=np.float64).reshape(-1)]
+
+
+def label_text(model, y) -> str:
+    """A bag's label in words: the class name for class models, else ``time 14, event 1`` / ``target 11.7``."""
+    if predicts_classes(model):
+        return _name(int(y), list(getattr(model, "class_names", None) or []))
+    values = label_values(y)
+    cols = label_columns(model)
+    if len(cols) != len(values):
+        cols = [f"label_{i}" for i in range(len(values))] if len(values) > 1 else ["label"]
+    return ", ".join(f"{c} {_num(v)}" for c, v in zip(cols, values))
+
+
+@dataclass(frozen=True)
+class TaskPrediction:
+    """One bag's prediction by a model whose task has no classes: its values, in the label's units."""
+
+    columns: tuple[str, ...]
+    values: tuple[float, ...]
+    task: str  # the task (and head) in words: "survival, discrete head"
+    detail: str = ""  # e.g. "mean of 5 members"
+
+    def _headline(self) -> list[tuple[str, float]]:
+        if not self.columns:
+            return []
+        stem = self.columns[0].split("_")[0]
+        return [(c, v) for c, v in zip(self.columns, self.values) if c.split("_")[0] == stem]
+
+    @property
+    def shown(self) -> list[tuple[str, float]]:
+        """The headline values: the first column and the columns that share its stem (``pred_0``, ``pred_1``;
+        survival's ``risk`` without the ``S_bin*`` curve), at most four."""
+        return self._headline()[:4]
+
+    @property
+    def reason(self) -> str:
+        """``survival, discrete head`` (and the detail)."""
+        return self.task + (f", {self.detail}" if self.detail else "")
+
+    @property
+    def text(self) -> str:
+        """``risk -0.432 (survival, discrete head)``, ``pred 12.3 (regression)``."""
+        headline = self._headline()
+        if not headline:
+            return f"no prediction ({self.reason})"
+        values = ", ".join(f"{c} {_num(v)}" for c, v in headline[:4]) + (", ..." if len(headline) > 4 else "")
+        return f"{values} ({self.reason})"
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def task_predictions(model, out, batch=None) -> tuple[np.ndarray | None, str]:
+    """``([B, p] predictions, detail)`` of a ``predict`` output by a model without classes.
+
+    ``out.extras["prediction"]`` when the model put it there (``MILModel.predict``); for an ensemble, whose output
+    has none, the mean of its members' predictions of ``batch`` (detail: ``mean of M members``); else None.
+    """
+    pred = (getattr(out, "extras", None) or {}).get("prediction")
+    if pred is not None:
+        return pred.detach().float().cpu().numpy().reshape(pred.shape[0], -1), ""
+    members = getattr(model, "members", None)
+    if members and batch is not None:
+        preds = [m.predict(batch).extras.get("prediction") for m in members]
+        if all(p is not None for p in preds):
+            stacked = np.stack([p.detach().float().cpu().numpy().reshape(p.shape[0], -1) for p in preds])
+            return stacked.mean(0), f"mean of {len(preds)} members"
+    return None, ""
+
+
+def task_prediction(model, out, b: int = 0, batch=None) -> TaskPrediction | None:
+    """Bag ``b``'s :class:`TaskPrediction` from a ``predict`` output (see :func:`task_predictions`), or None."""
+    values, detail = task_predictions(model, out, batch)
+    if values is None:
+        return None
+    cols = (getattr(out, "extras", None) or {}).get("prediction_columns") or prediction_columns(model)
+    row = values[b]
+    if len(cols) != len(row):
+        cols = [f"pred_{i}" for i in range(len(row))]
+    return TaskPrediction(tuple(str(c) for c in cols), tuple(float(v) for v in row), task_words(model), detail)
 
 
 def attach_decisions(model, out) -> None:

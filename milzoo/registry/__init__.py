@@ -32,7 +32,7 @@ _EXPORTS = {
     "ALL_KINDS": "_table", "HOOK_KINDS": "_table", "ROWS": "_table", "COMPONENTS": "_table", "names": "_table",
     "entries": "_table", "providers": "_table", "conflicts": "_table", "ambiguous_message": "_table",
     "get_entry": "_table", "get_component": "_table", "qualified_unknown_message": "_table",
-    "unknown_name_message": "_table", "list_components": "_table",
+    "unknown_name_message": "_table", "list_components": "_table", "provenance_of": "_table",
     # _provenance
     "installed_version": "_provenance", "from_checkpoint_config": "_provenance", "from_run_dir": "_provenance",
     "from_recipe_source": "_provenance",

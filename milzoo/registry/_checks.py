@@ -24,17 +24,43 @@ _PRETRAINED_FIELDS = ("repo_id", "recipe")
 
 def _named(kind: str, obj: Any, name: Any, aliases: Any) -> tuple[str, tuple[str, ...]]:
     """The registry name (``name=`` or the object's own) and the aliases, both checked."""
-    reg_name = name or (obj.get("name") if isinstance(obj, Mapping) else getattr(obj, "name", ""))
-    if not reg_name or not isinstance(reg_name, str):
+    if name is not None:
+        reg_name, source = name, "name="
+    else:
+        reg_name = obj.get("name") if isinstance(obj, Mapping) else getattr(obj, "name", None)
+        source = "its `name`"
+    if reg_name is None or reg_name == "":
         raise RegistrationError(f"a {kind} was registered without a name; give it a `name` or call "
                                 "register(..., name=...)")
-    if not NAME_PATTERN.match(reg_name):
-        raise RegistrationError(f"{kind} name {reg_name!r} is not a valid registry name ({NAME_RULE}, no ':')")
-    aliases = tuple(aliases or ())
-    for alias in aliases:
-        if not isinstance(alias, str) or not NAME_PATTERN.match(alias):
-            raise RegistrationError(f"{kind} {reg_name!r} has an invalid alias {alias!r}")
-    return reg_name, aliases
+    if not isinstance(reg_name, str):
+        raise RegistrationError(
+            f"a {kind} was registered with {source} {reg_name!r} ({type(reg_name).__name__}); a registry name must "
+            f"be a string ({NAME_RULE}), e.g. name={str(reg_name)!r}")
+    if not NAME_PATTERN.fullmatch(reg_name):
+        raise RegistrationError(f"{kind} name {reg_name!r} is not a valid registry name ({NAME_RULE}, no ':', no "
+                                "spaces, tabs or line breaks); register it under a valid name")
+    return reg_name, _aliases(kind, reg_name, aliases)
+
+
+def _aliases(kind: str, reg_name: str, aliases: Any) -> tuple[str, ...]:
+    """``aliases`` as a tuple of valid names; a bare string (``aliases="xyz"``) is refused, not split into letters."""
+    if aliases is None:
+        return ()
+    if isinstance(aliases, (str, bytes)):
+        raise RegistrationError(
+            f"{kind} {reg_name!r} was registered with aliases={aliases!r}, a single string; aliases must be a list "
+            f"of names: write aliases=[{aliases!r}]")
+    try:
+        found = tuple(aliases)
+    except TypeError:
+        raise RegistrationError(
+            f"{kind} {reg_name!r} was registered with aliases={aliases!r} ({type(aliases).__name__}); aliases must "
+            "be a list of names, e.g. aliases=['other_name']") from None
+    for alias in found:
+        if not isinstance(alias, str) or not NAME_PATTERN.fullmatch(alias):
+            raise RegistrationError(f"{kind} {reg_name!r} has an invalid alias {alias!r}: an alias must be a string "
+                                    f"of {NAME_RULE} (no ':', spaces or line breaks)")
+    return found
 
 
 def _check_defaults(kind: str, name: str, cfg: type[ComponentConfig]) -> None:

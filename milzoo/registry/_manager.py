@@ -27,12 +27,15 @@ themselves after :func:`reset_plugins`.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata as md
+import io
 import logging
 import os
 import sys
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 
 import pluggy
@@ -46,6 +49,8 @@ log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "milzoo"
 DEFAULT_PLUGINS = ("milzoo.builtin",)
+#: a plugin whose import (or one hook call) takes longer than this many seconds is named in a log warning
+SLOW_PLUGIN_S = 1.0
 
 
 @dataclass
@@ -63,6 +68,8 @@ class PluginRecord:
     components: list[str] = field(default_factory=list)
     #: "kind:name" of its registrations that another distribution registers too
     conflicts: list[str] = field(default_factory=list)
+    #: seconds its entry point took to import (0.0 for disabled plugins)
+    import_s: float = 0.0
 
     def __post_init__(self):
         if not self.key:
@@ -85,7 +92,61 @@ def _csv_env(name: str) -> set[str] | None:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return (f"SystemExit({exc.code!r}): the plugin tried to end the process (sys.exit, or argparse reading "
+                "milzoo's command line) instead of registering; a plugin must not exit")
+    if not isinstance(exc, Exception):
+        return f"{type(exc).__name__} (a BaseException, not an Exception): {exc}"
     return f"{type(exc).__name__}: {exc}"
+
+
+@contextlib.contextmanager
+def isolated(plugin_key: str, what: str):
+    """Run plugin code: anything it raises, ``SystemExit`` and other ``BaseException``s included, fails that plugin.
+
+    Only a real Ctrl-C (``KeyboardInterrupt``) goes through.  What the plugin prints meanwhile is held back:
+    shown as printed when the plugin succeeds, quoted in its error when it fails (argparse's usage text).
+    Use as ``with isolated(key, "import") as outcome: ...``; ``outcome.failed`` says whether it failed.
+    """
+    outcome = _Outcome()
+    out, err = io.StringIO(), io.StringIO()
+    start = time.perf_counter()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            yield outcome
+    except KeyboardInterrupt:
+        _replay(out, err)
+        raise
+    except BaseException as exc:  # noqa: BLE001 - isolation is the point: SystemExit and GeneratorExit too
+        outcome.failed = True
+        printed = (err.getvalue() or out.getvalue()).strip()
+        described = _describe(exc)
+        if printed:
+            last = printed.splitlines()[-1].strip()
+            described += f" (it printed: {last[:200]!r})"
+        record_failure(plugin_key, exc, described)
+    else:
+        _replay(out, err)
+    finally:
+        outcome.seconds = time.perf_counter() - start
+        if outcome.seconds > SLOW_PLUGIN_S:
+            dist, version = plugin_distribution(plugin_key)
+            log.warning("plugin %s (%s %s) took %.1f s (%s); every milzoo command that loads plugins waits for "
+                        "it. Report it to the plugin's author, or skip it with MILZOO_DISABLE_PLUGINS=%s",
+                        plugin_key, dist, version, outcome.seconds, what, dist)
+
+
+@dataclass
+class _Outcome:
+    failed: bool = False
+    seconds: float = 0.0
+
+
+def _replay(out: io.StringIO, err: io.StringIO) -> None:
+    if out.getvalue():
+        sys.stdout.write(out.getvalue())
+    if err.getvalue():
+        sys.stderr.write(err.getvalue())
 
 
 def canonical_distribution(name: str) -> str:
@@ -116,7 +177,8 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
             rec.status = "disabled"
             _records.append(rec)
             continue
-        try:
+        _records.append(rec)
+        with isolated(key, "to import") as outcome:
             plugin = ep.load()
             other = pm.get_name(plugin)
             if other is not None:
@@ -125,14 +187,11 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
                     "one module cannot be two plugins"
                 )
             pm.register(plugin, name=key)
-        except Exception as exc:  # noqa: BLE001 - isolation is the point
-            rec.status, rec.error = "failed", _describe(exc)
+        rec.import_s = round(outcome.seconds, 4)
+        if outcome.failed:
             log.debug("plugin %s failed to load: %s", key, rec.error)
-            try:
+            with contextlib.suppress(Exception):
                 pm.unregister(name=key)
-            except Exception:  # noqa: BLE001
-                pass
-        _records.append(rec)
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
@@ -144,9 +203,11 @@ def get_plugin_manager() -> pluggy.PluginManager:
         pm = pluggy.PluginManager(hookspecs.PROJECT)
         pm.add_hookspecs(hookspecs)
         for modname in DEFAULT_PLUGINS:
+            start = time.perf_counter()
             mod = importlib.import_module(modname)
             pm.register(mod, name=modname)
-            _records.append(PluginRecord(modname, "milzoo", milzoo_version(), "ok", module=modname))
+            _records.append(PluginRecord(modname, "milzoo", milzoo_version(), "ok", module=modname,
+                                         import_s=round(time.perf_counter() - start, 4)))
         _load_entry_points(pm)
         try:
             pm.check_pending()
@@ -182,14 +243,22 @@ def record_for(key: str) -> PluginRecord | None:
     return None
 
 
-def record_failure(plugin_key: str, exc: BaseException) -> None:
-    """Mark a plugin failed after it loaded (e.g. its hook raised while registering)."""
-    log.debug("plugin %s failed: %s", plugin_key, _describe(exc))
+def record_failure(plugin_key: str, exc: BaseException, described: str | None = None) -> None:
+    """Mark a plugin failed (its import or a hook raised, or what it registered was refused).
+
+    A plugin that fails twice keeps its first error; later ones are added after it.
+    """
+    text = described or _describe(exc)
+    log.debug("plugin %s failed: %s", plugin_key, text)
     rec = record_for(plugin_key)
-    if rec is not None:
-        rec.status, rec.error = "failed", _describe(exc)
+    if rec is None:
+        _records.append(PluginRecord(plugin_key, "?", "?", "failed", text))
         return
-    _records.append(PluginRecord(plugin_key, "?", "?", "failed", _describe(exc)))
+    if rec.status == "failed" and rec.error and text not in rec.error:
+        rec.error = f"{rec.error}; {text}"
+    elif rec.status != "failed" or not rec.error:
+        rec.error = text
+    rec.status = "failed"
 
 
 def plugin_distribution(plugin_key: str) -> tuple[str, str]:

@@ -71,14 +71,22 @@ def _provider(words: Wording, e: Entry) -> str:
         else f"milzoo {e.version} (built in)"
 
 
+def _spelled(e: Entry, name: str) -> str:
+    spelling = e.spelling(name)
+    return "" if spelling == name else f" as {spelling!r}"
+
+
 def ambiguous(words: Wording, name: str, found: Sequence[Entry]) -> str:
     """A bare name that several distributions register: who they are, and the two ways to choose."""
-    listed = " and ".join(_provider(words, e) for e in found)
-    choices = " or ".join(words.choice.format(qualified=f"{e.distribution}:{name}") for e in found)
+    listed = " and ".join(_provider(words, e) + _spelled(e, name) for e in found)
+    choices = " or ".join(words.choice.format(qualified=f"{e.distribution}:{e.spelling(name)}") for e in found)
     other = ([e.distribution for e in found if e.distribution != "milzoo"] or [found[-1].distribution])[-1]
+    case = (" Names that differ only in case are one name here, so that a recipe cannot mean one and get the other."
+            if any(e.spelling(name) != name for e in found) else "")
     return (
-        f"{words.noun} {name!r} is {words.verbs[2]} by {len(found)} installed distributions: {listed}. milzoo does "
-        f"not pick one by itself. Say which one you mean {words.qualify.format(choices=choices)}, or remove the "
+        f"{words.noun} {name!r} is {words.verbs[2]} by {len(found)} installed distributions: {listed}.{case} "
+        f"milzoo does not pick one by itself. Say which one you mean {words.qualify.format(choices=choices)}, or "
+        "remove the "
         f"one you do not want (`pip uninstall {other}`, or MILZOO_DISABLE_PLUGINS={other}). {words.catalogue} "
         "lists every conflict."
     )

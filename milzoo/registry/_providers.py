@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import fnmatch
+import inspect
 import logging
 import re
 import threading
@@ -38,7 +39,9 @@ from milzoo.registry._provenance import explain_missing
 
 log = logging.getLogger(__name__)
 
-#: what a registry name may look like (no ":", which separates the distribution)
+#: what a registry name may look like (no ":", which separates the distribution).  Check a name with
+#: ``fullmatch``: ``match`` lets a trailing newline through ``$``.  (The pattern is also given to pydantic, whose
+#: regex engine has no ``\Z``.)
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 NAME_RULE = "letters, digits and . _ + -"
 #: the distribution part of a qualified name
@@ -81,6 +84,11 @@ class Entry:
     @property
     def qualified(self) -> str:
         return f"{self.distribution}:{self.name}"
+
+    def spelling(self, name: str) -> str:
+        """Which of its names (the name or an alias) is ``name`` ignoring case, as this entry spells it."""
+        folded = name.casefold()
+        return next((k for k in (self.name, *self.aliases) if k.casefold() == folded), name)
 
     def describe(self) -> dict[str, Any]:
         summary = getattr(self.obj, "summary", None)  # pretrained entries describe themselves
@@ -127,6 +135,16 @@ class Kind:
     @property
     def words(self) -> Wording:
         return self.wording or Wording(self.name)
+
+
+def check_hook_result(hook: str, result: Any) -> None:
+    """A hook that returns a generator or a coroutine never ran its body: refuse it, naming the fix."""
+    if inspect.isgenerator(result) or inspect.iscoroutine(result):
+        result.close()
+        what = "a generator function (it uses `yield`)" if inspect.isgenerator(result) else "an async function"
+        raise RegistrationError(
+            f"its {hook} hook is {what}, so calling it runs none of its code and registers nothing; make it a plain "
+            "function that calls register(...) (or cli.add_command(...)) for each thing it adds")
 
 
 def reset() -> None:
@@ -195,7 +213,13 @@ class ProviderTable:
 
     @staticmethod
     def _run_hook(row: Kind, impl: Any, by_name: dict[str, list[Entry]]) -> None:
-        """Register what one plugin's hook registers; a hook that raises registers nothing and fails its plugin."""
+        """Register what one plugin's hook registers; a hook that raises registers nothing and fails its plugin.
+
+        Whatever the hook raises (``SystemExit`` included; only Ctrl-C goes through) fails its plugin alone.
+        A hook that is a generator or a coroutine function runs no code when called, so it would register
+        nothing and look fine: it fails too.  Every staged name is checked once more against the kind's pattern
+        (whole string: no trailing newline), and a name equal to another one ignoring case is a conflict.
+        """
         rec = _manager.record_for(impl.plugin_name)
         dist, version = _manager.plugin_distribution(impl.plugin_name)
         ep_name = rec.name if rec is not None else impl.plugin_name
@@ -204,41 +228,62 @@ class ProviderTable:
         def register(*args: Any, **kwargs: Any) -> None:
             staged.extend(row.stage(*args, **kwargs))
 
-        try:
-            impl.function(register=register) if "register" in impl.argnames else impl.function()
-        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the rest
-            _manager.record_failure(impl.plugin_name, exc)
+        with _manager.isolated(impl.plugin_name, f"in {row.hook}") as outcome:
+            result = impl.function(register=register) if "register" in impl.argnames else impl.function()
+            check_hook_result(row.hook, result)
+            for name, _, aliases in staged:
+                for key in (name, *aliases):
+                    if not isinstance(key, str) or not row.pattern.fullmatch(key):
+                        raise RegistrationError(
+                            f"{row.words.noun} name {key!r} is not a valid name ({row.rule}; no spaces, tabs or "
+                            "line breaks); register it under a valid name")
+        if outcome.failed:
             return
         for name, obj, aliases in staged:
             entry = row.entry(row.name, name, obj, ep_name, dist, version, list(aliases), impl.plugin_name)
             for key in dict.fromkeys((name, *aliases)):
-                providers = by_name.setdefault(key, [])
-                same = [p for p in providers if canonical(p.distribution) == canonical(dist)]
+                variants = [p for k, ps in by_name.items() if k.casefold() == key.casefold() for p in ps]
+                same = [p for p in variants if canonical(p.distribution) == canonical(dist)]
                 if same:  # one distribution registering a name twice is that plugin's own bug
+                    other = same[0].spelling(key)
+                    spelled = ("" if other == key
+                               else f" (as {other!r}: names that differ only in case are the same name)")
                     _manager.record_failure(impl.plugin_name, RegistrationError(
                         f"{row.words.noun} name {key!r} is already registered by {same[0].plugin} of the same "
-                        f"distribution ({dist}); rename one of them"))
+                        f"distribution ({dist}){spelled}; rename one of them"))
                     continue
-                providers.append(entry)
+                by_name.setdefault(key, []).append(entry)
             if rec is not None:
                 rec.components.append(f"{row.name}:{name}")
             if row.adopt is not None:
                 row.adopt(entry)
 
     @staticmethod
-    def _mark_conflicts(table: dict[str, dict[str, list[Entry]]]) -> None:
-        """Each contested name on its providers' records, and each entry's rivals (in the order of its names)."""
+    def _groups(by_name: dict[str, list[Entry]]) -> dict[str, list[tuple[str, Entry]]]:
+        """Names equal ignoring case, together: casefolded name -> ``(spelling, entry)`` of every registration."""
+        groups: dict[str, list[tuple[str, Entry]]] = {}
+        for key in sorted(by_name):
+            groups.setdefault(key.casefold(), []).extend((key, e) for e in by_name[key])
+        return groups
+
+    @classmethod
+    def _mark_conflicts(cls, table: dict[str, dict[str, list[Entry]]]) -> None:
+        """Each contested name on its providers' records, and each entry's rivals (in the order of its names).
+
+        Names that differ only in case (``ABMIL`` beside ``abmil``) contest each other like one name.
+        """
         for kind, by_name in table.items():
-            for key, providers in by_name.items():
-                if len(providers) > 1:
-                    for p in providers:
+            groups = cls._groups(by_name)
+            for group in groups.values():
+                if len(group) > 1:
+                    for key, p in group:
                         rec = _manager.record_for(p.key)
-                        if rec is not None:
+                        if rec is not None and f"{kind}:{key}" not in rec.conflicts:
                             rec.conflicts.append(f"{kind}:{key}")
             for entry in {id(e): e for providers in by_name.values() for e in providers}.values():
                 entry.rivals = []
                 for key in (entry.name, *entry.aliases):
-                    for p in by_name.get(key, []):
+                    for _, p in groups.get(key.casefold(), []):
                         if p is not entry and all(p is not r for r in entry.rivals):
                             entry.rivals.append(p)
 
@@ -276,10 +321,21 @@ class ProviderTable:
         self.row(kind)
         return list(self._table()[kind].get(name, []))
 
+    def variants(self, kind: str, name: str) -> list[Entry]:
+        """The registrations of ``name`` and of every name equal to it ignoring case (``ABMIL``, ``abmil``)."""
+        self.row(kind)
+        group = self._groups(self._table()[kind]).get(name.casefold(), [])
+        return [e for _, e in group]
+
     def conflicts(self) -> list[tuple[str, str, list[Entry]]]:
-        """``(kind, name, providers)`` for every name (or alias) that more than one distribution registers."""
+        """``(kind, name, providers)`` for every name (or alias) that more than one distribution registers.
+
+        Names equal ignoring case are one contested name: ``name`` is then the first spelling, and each
+        provider's own is ``entry.spelling(name)``.
+        """
         table = self._table()
-        return [(kind, key, list(ps)) for kind in self.rows for key, ps in sorted(table[kind].items()) if len(ps) > 1]
+        return [(kind, group[0][0], [e for _, e in group]) for kind in self.rows
+                for group in self._groups(table[kind]).values() if len(group) > 1]
 
     # ---------------------------------------------------------------- lookup
     def parse(self, kind: str, ref: Any) -> tuple[str | None, str]:
@@ -294,7 +350,7 @@ class ProviderTable:
         if not isinstance(ref, str):
             return False
         dist, name = split_qualified(ref)
-        return bool(self.row(kind).pattern.match(name)) and (dist is None or bool(_DISTRIBUTION.match(dist)))
+        return bool(self.row(kind).pattern.fullmatch(name)) and (dist is None or bool(_DISTRIBUTION.fullmatch(dist)))
 
     def get(self, kind: str, ref: Any, *, lead: str | None = None) -> Entry:
         """The registration of ``name`` or ``"distribution:name"``; unknown and contested bare names raise.
@@ -305,10 +361,11 @@ class ProviderTable:
         dist, name = self.parse(kind, ref)
         found = self.providers(kind, name)
         if dist is None:
-            if len(found) == 1:
+            variants = self.variants(kind, name) if found else []
+            if len(found) == 1 and len(variants) == 1:
                 return found[0]
-            if found:
-                raise row.ambiguous_error(self.ambiguous_message(kind, name, found))
+            if found:  # several providers of the name, or of names equal to it ignoring case
+                raise row.ambiguous_error(self.ambiguous_message(kind, name, variants))
             raise row.unknown_error(self.unknown_message(kind, name, lead=lead))
         chosen = [e for e in found if canonical(e.distribution) == canonical(dist)]
         if chosen:

@@ -25,7 +25,7 @@ from milzoo.registry._providers import (
 __all__ = [
     "ALL_KINDS", "COMPONENTS", "HOOK_KINDS", "NAME_PATTERN", "ROWS", "Entry", "ambiguous_message", "canonical",
     "conflicts", "entries", "get_component", "get_entry", "list_components", "names", "providers",
-    "qualified_unknown_message", "recorded_providers", "split_qualified", "unknown_name_message",
+    "provenance_of", "qualified_unknown_message", "recorded_providers", "split_qualified", "unknown_name_message",
 ]
 
 #: one row per kind: its name, the hook that registers it, and what it accepts
@@ -90,3 +90,18 @@ def unknown_name_message(kind: str, name: str) -> str:
 
 def qualified_unknown_message(kind: str, dist: str, name: str, found: list[Entry]) -> str:
     return COMPONENTS.qualified_unknown_message(kind, dist, name, found)
+
+
+def provenance_of(cls: Any) -> dict[str, str]:
+    """``{"plugin", "distribution", "version"}`` of a registered component class, running the hooks if need be.
+
+    A class's own ``provenance`` attribute is filled in only when the registry is built (the first lookup or
+    listing); before that, e.g. for a class imported straight from a plugin's module, it is the base class's
+    empty ``{}``.  This function builds the registry first, so it answers at any time.  A class that is not
+    registered itself (a subclass of a registered one included) gives ``{}``.
+    """
+    for kind in ALL_KINDS:  # building one kind builds the whole table
+        COMPONENTS.names(kind)
+        break
+    own = vars(cls).get("provenance") if isinstance(cls, type) else None
+    return dict(own) if own else {}

@@ -16,6 +16,12 @@ validation threshold, else argmax), and the header says which rule gave it.
 Per-class attention (``[N, k]``) is shown for the bag's predicted class.  A
 pooling without attention is shown through its instance probability of the
 predicted class.  Values are drawn in :data:`~milzoo.report.common.VALUE_CMAP`.
+
+A model whose task has no classes (regression, survival) shows the attention
+(its instance scores are no class probabilities, so it has no instance
+predictions), and the header gives the task's prediction and the label in the
+label's units (``risk -0.432 (survival, discrete head)``, ``label time 14,
+event 1``) instead of a class.
 """
 
 from __future__ import annotations
@@ -30,7 +36,18 @@ import torch
 
 from milzoo.datasets.batch import Bag, collate_bags
 from milzoo.errors import ComponentError, UserError
-from milzoo.model.decision import Decision, decide_output, model_threshold, rule_text
+from milzoo.model.decision import (
+    Decision,
+    TaskPrediction,
+    decide_output,
+    label_text,
+    model_threshold,
+    no_classes_text,
+    predicts_classes,
+    rule_text,
+    task_of,
+    task_prediction,
+)
 from milzoo.report.common import NO_PATCH_COLOR, NO_PATCH_LABEL, VALUE_CMAP, figure_png, new_figure
 from milzoo.report.embedding import class_colors
 
@@ -53,6 +70,24 @@ class BagView:
     patch_size: float | None = None  # slides: the patches' side in level-0 pixels (None: the grid step)
     slide_image: str | None = None  # slides: the image drawn under the heatmap
     notes: list[str] = field(default_factory=list)  # e.g. why the slide image was not used
+    #: a model whose task has no classes: its prediction of the bag (``bag_pred`` is -1, ``decision`` None)
+    prediction: TaskPrediction | None = None
+    #: such a model: the bag's label in words (``time 14, event 1``)
+    label_words: str | None = None
+
+    @property
+    def classes(self) -> bool:
+        """Whether the model predicts classes (False: regression, survival)."""
+        return self.prediction is None and self.label_words is None
+
+    @property
+    def label(self) -> str:
+        """The bag's label in words: its class name, or ``time 14, event 1`` for a task without classes."""
+        return self.name(int(self.bag.y)) if self.classes else str(self.label_words)
+
+    def inst_name(self, c: int) -> str:
+        """The name of instance label ``c``: its class, or ``label c`` for a task without classes."""
+        return self.name(c) if self.classes else f"label {c}"
 
     @property
     def inst_true(self) -> np.ndarray | None:
@@ -65,8 +100,12 @@ class BagView:
         return self.class_names[c] if 0 <= c < len(self.class_names) else str(c)
 
 
-def choose_bag(ds, bag_id: str | None = None, index: int | None = None) -> int:
-    """Position of the bag to show: by id, by position, or the first bag not of class 0 (else the first)."""
+def choose_bag(ds, bag_id: str | None = None, index: int | None = None, task=None) -> int:
+    """Position of the bag to show: by id, by position, or the first bag not of class 0 (else the first).
+
+    For a ``task`` without classes the default is the first bag whose event was observed (a label column
+    ``event`` equal to 1, as survival labels have), else the first bag.
+    """
     if bag_id is not None and index is not None:
         raise UserError("give either --bag or --index, not both.")
     if bag_id is not None:
@@ -82,6 +121,14 @@ def choose_bag(ds, bag_id: str | None = None, index: int | None = None) -> int:
             raise UserError(f"--index {index} is out of range; the split has {len(ds)} bags (0..{len(ds) - 1}).")
         return index % len(ds)
     labels = np.asarray(ds.labels)
+    if task is not None and not getattr(task, "classes", True):
+        cols = list(task.label_columns())
+        if "event" in cols and labels.ndim == 2 and labels.shape[1] == len(cols):
+            observed = np.flatnonzero(labels[:, cols.index("event")] == 1)
+            return int(observed[0]) if len(observed) else 0
+        return 0
+    if labels.ndim != 1:
+        return 0
     nonzero = np.flatnonzero(labels != 0)
     return int(nonzero[0]) if len(nonzero) else 0
 
@@ -90,9 +137,12 @@ def choose_bag(ds, bag_id: str | None = None, index: int | None = None) -> int:
 def bag_view(model, ds, position: int) -> BagView:
     bag = ds[position]
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    out = model.predict(collate_bags([bag]).to(device))
+    batch = collate_bags([bag]).to(device)
+    out = model.predict(batch)
     n = len(bag)
     names = list(getattr(ds, "class_names", None) or model.class_names)
+    if not predicts_classes(model):
+        return _task_view(model, out, batch, bag, position, names)
     decision = decide_output(out, 0, model_threshold(model), names, getattr(model, "thresholds", None))
     pred = decision.index
     ip = out.inst_probs
@@ -119,16 +169,46 @@ def bag_view(model, ds, position: int) -> BagView:
                    decision=decision, rule=rule_text(model, names))
 
 
+def _task_view(model, out, batch, bag: Bag, position: int, names: list[str]) -> BagView:
+    """The view of a bag by a model whose task has no classes: the attention and the task's prediction."""
+    n = len(bag)
+    att = out.attention
+    if att is None:
+        raise ComponentError(
+            f"pooling {getattr(getattr(model, 'pooling', None), 'name', '?')!r} exports no attention, and the "
+            f"{getattr(task_of(model), 'name', '?')} task has no classes, so its instance scores are no class "
+            "probabilities: there is nothing to show per instance. Use a pooling with attention (abmil, transmil)."
+        )
+    a = att[0, :n].float().cpu().numpy()
+    name = "attention"
+    if a.ndim == 2:  # attention per head output: the first output's
+        a = a[:, 0]
+        name = "attention (output 0)"
+    prediction = task_prediction(model, out, 0, batch)
+    return BagView(bag=bag, position=position, values=a, value_name=name, inst_pred=None, inst_conf=None,
+                   bag_pred=-1, bag_prob=math.nan, class_names=names, decision=None, rule=no_classes_text(model),
+                   prediction=prediction, label_words=label_text(model, bag.y))
+
+
 def prediction_text(v: BagView) -> str:
-    """``predicted tumor (p(tumor)=0.432 >= threshold 0.310 chosen on validation)``: the class and its rule."""
+    """``predicted tumor (p(tumor)=0.432 >= threshold 0.310 chosen on validation)``: the class and its rule; for a
+    task without classes its prediction, ``risk -0.432 (survival, discrete head)``."""
+    if not v.classes:
+        return v.prediction.text if v.prediction is not None else v.rule
     if v.decision is not None:
         return v.decision.text
     return f"predicted {v.name(v.bag_pred)} (p={v.bag_prob:.3f}, argmax)"
 
 
+def _mark(v: BagView) -> str:
+    """`` ✓`` / `` ✗``: whether the predicted class is the label (nothing for a task without classes)."""
+    if not v.classes:
+        return ""
+    return " ✓" if v.bag_pred == int(v.bag.y) else " ✗"
+
+
 def _header(v: BagView) -> str:
-    mark = "✓" if v.bag_pred == int(v.bag.y) else "✗"
-    return (f"bag {v.bag.bag_id or v.position!s} · label {v.name(int(v.bag.y))} · {prediction_text(v)} {mark} · "
+    return (f"bag {v.bag.bag_id or v.position!s} · label {v.label} · {prediction_text(v)}{_mark(v)} · "
             f"{len(v.bag)} instances")
 
 
@@ -183,7 +263,7 @@ def plot_image_grid(v: BagView, max_show: int = 64, order: str = "attention", ti
                 color, mark = (_OK, " ✓") if ok else (_WRONG, " ✗")
             lines.append(f"pred {_short(v.name(p))}{mark}")
         if known:
-            lines.append(f"true {_short(v.name(int(true[i])))}")
+            lines.append(f"true {_short(v.inst_name(int(true[i])))}")
         ax.set_title("\n".join(lines), fontsize=6.5, color=color, pad=2, linespacing=1.15)
     cax = fig.add_subplot(grid[:, ncols])
     fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax).set_label(v.value_name, fontsize=8)
@@ -194,7 +274,8 @@ def plot_image_grid(v: BagView, max_show: int = 64, order: str = "attention", ti
     if v.inst_pred is not None:
         legend = "frame colour: attention · pred: instance prediction (✓ right, ✗ wrong)"
     else:
-        legend = "frame colour: attention · no instance predictions from this pooling"
+        legend = ("frame colour: attention · no instance predictions from this pooling" if v.classes
+                  else "frame colour: attention · no instance classes (the task has none)")
     fig.suptitle(f"{title + ' · ' if title else ''}{_header(v)}\n{sub} · {legend}", fontsize=9)
     return fig
 
@@ -243,7 +324,7 @@ def plot_bars(v: BagView, max_show: int = 300, order: str = "bag", title: str = 
     if true is not None:
         present = sorted(set(present) | {int(t) for t in true[idx] if t >= 0})
     for c in present:
-        handles.append(Patch(color=colors[c % len(colors)], label=v.name(c)))
+        handles.append(Patch(color=colors[c % len(colors)], label=v.inst_name(c)))
     from matplotlib.lines import Line2D
 
     if v.value_name == "attention" and n > 0:
@@ -252,7 +333,8 @@ def plot_bars(v: BagView, max_show: int = 300, order: str = "bag", title: str = 
         handles.append(Patch(facecolor="white", edgecolor="black", label="prediction wrong"))
     if handles:
         ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
-                  title="instance class" if v.inst_pred is not None else None, title_fontsize=8)
+                  title="instance class" if v.inst_pred is not None else
+                  ("instance label" if not v.classes and true is not None else None), title_fontsize=8)
     ax.set_ylabel(v.value_name, fontsize=9)
     if m <= 60:
         ax.set_xticks(xs)
@@ -293,17 +375,16 @@ def heatmap_png(v: BagView, title: str = "", slides: str | None = None) -> bytes
     was not used) go to ``v.notes``; the image drawn under the values to ``v.slide_image``.
     """
     coords = v.bag.coords.float().cpu().numpy()
-    mark = "✓" if v.bag_pred == int(v.bag.y) else "✗"
     lines = [title] if title else []
-    lines += [f"bag {v.bag.bag_id or v.position!s} · label {v.name(int(v.bag.y))} · {len(v.bag)} instances",
-              f"{prediction_text(v)} {mark}", f"colour: {v.value_name}"]
+    lines += [f"bag {v.bag.bag_id or v.position!s} · label {v.label} · {len(v.bag)} instances",
+              f"{prediction_text(v)}{_mark(v)}", f"colour: {v.value_name}"]
     head = "\n".join(lines)
     true = v.inst_true
     panels = [(v.values, head, None)]
     if true is not None:
         labels = np.where(true >= 0, true, np.nan).astype(np.float64)
         present = sorted({int(t) for t in true if t >= 0})
-        cats = {c: v.name(c) for c in range(max(max(present), 1) + 1)} if present else {0: v.name(0)}
+        cats = {c: v.inst_name(c) for c in range(max(max(present), 1) + 1)} if present else {0: v.inst_name(0)}
         panels.append((labels, "true patch labels\n(white: no patch, or label unknown)\n", cats))
     try:
         from milzoo_wsi.localization import draw_heatmap, slide_image_for
@@ -402,7 +483,7 @@ def run_attention(ctx, fold: int = 0, split: str = "test", bag_id: str | None = 
     """
     model, which = ctx.model(fold)
     ds = ctx.dataset(fold, split)
-    pos = choose_bag(ds, bag_id, index)
+    pos = choose_bag(ds, bag_id, index, task_of(model))
     v = bag_view(model, ds, pos)
     if v.bag.coords is not None:
         try:

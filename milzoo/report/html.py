@@ -425,7 +425,8 @@ def build_report(
             from milzoo.report.attention import run_attention
 
             parts.append('<h2 id="attention">Attention view</h2><p class="note">One bag of fold '
-                         f"{fold}'s '{esc(split)}' split (the first bag not of class 0). Other bags: "
+                         f"{fold}'s '{esc(split)}' split (the first bag not of class 0; for survival the first with an "
+                         "event, for regression the first bag). Other bags: "
                          "<code>milzoo attention RUN_DIR --bag ID</code>.</p>")
             for run in runs:
                 def one(run=run):
@@ -437,7 +438,9 @@ def build_report(
                     notes = "".join(f'<p class="note warn">{esc(n)}</p>' for n in dict.fromkeys(view.notes))
                     return (png_tag(png, f"attention view of {run.label}")
                             + f'<p class="decision">bag {esc(view.bag.bag_id or view.position)}: '
-                            f"{esc(prediction_text(view))}; decision rule: {esc(view.rule)}</p>" + notes)
+                            f"{esc(prediction_text(view))}; "
+                            f"{'decision rule: ' if getattr(view, 'classes', True) else ''}{esc(view.rule)}</p>"
+                            + notes)
                 parts.append(f"<h3>{esc(run.label)}</h3>" + _try("the attention view", one))
 
     parts.append('<h2 id="details">Recipes and versions</h2>')

@@ -64,7 +64,7 @@ def split_cmd(recipe, out, overrides):
     """
     from milzoo.recipe import load_recipe
     from milzoo_wsi.dataset import SlidesSource
-    from milzoo_wsi.table import read_slide_table, write_split_table
+    from milzoo_wsi.table import write_split_table
 
     r = load_recipe(recipe, list(overrides))
     if r.root.data.name != SlidesSource.name:
@@ -73,7 +73,7 @@ def split_cmd(recipe, out, overrides):
     source = SlidesSource(cfg)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        source._split(read_slide_table(cfg.table, cfg.class_names))
+        source._split(source.read_table())  # the table as the recipe reads it: patients, target columns
     write_split_table(source.split_rows, out)
     info = source.split_info
     click.echo(f"wrote {out}: {info['train']} train and {info['test']} test slides ({info['method']})")
@@ -131,8 +131,10 @@ def _run_splits(run_dir: Path, fold: int, overrides: list[str]) -> tuple[dict[st
 
 
 def _loose_splits(recipe_path: str | None, features: str | None, table: str | None,
-                  overrides: tuple[str, ...]) -> dict[str, Any]:
-    """Splits for a model that comes without a run directory: from --recipe, or --features/--table."""
+                  overrides: tuple[str, ...], model: Any = None) -> dict[str, Any]:
+    """Splits for a model that comes without a run directory: from --recipe, or --features/--table (read with the
+    labels of the model's task: ``target = "survival"`` with the default columns, or ``"regression"`` with the
+    model's target names)."""
     from milzoo.datasets import build_dataset
     from milzoo.recipe import load_recipe
 
@@ -145,10 +147,24 @@ def _loose_splits(recipe_path: str | None, features: str | None, table: str | No
         )
     from milzoo_wsi.dataset import SlidesSource
 
-    cfg = SlidesSource.Config(features=features, table=table, test_fraction=0.0)
+    cfg = SlidesSource.Config(features=features, table=table, test_fraction=0.0, **_table_target(model))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*test_fraction.*")
         return SlidesSource(cfg).load()
+
+
+def _table_target(model: Any) -> dict[str, Any]:
+    """The slide table options that read the labels of ``model``'s task (none for classes)."""
+    from milzoo.model.decision import predicts_classes, task_of
+
+    if model is None or predicts_classes(model):
+        return {}
+    name = getattr(task_of(model), "name", None)
+    if name == "survival":
+        return {"target": "survival"}
+    if name == "regression":
+        return {"target": "regression", "target_columns": list(model.class_names)}
+    return {}
 
 
 def _load_model(source: str, fold: int | None, checkpoint: str) -> tuple[Any, float | None]:
@@ -174,20 +190,37 @@ def _load_model(source: str, fold: int | None, checkpoint: str) -> tuple[Any, fl
     return load_pretrained(source, fold=fold, checkpoint=checkpoint), None
 
 
-def _write_index(out_dir: str, rows: list[dict[str, Any]], class_names: list[str]) -> str:
+def _write_index(out_dir: str, rows: list[dict[str, Any]], class_names: list[str], model: Any = None) -> str:
+    """The index ``slides.csv``: ``split, slide_id, label, pred, p_<class>, decision, ...`` for class models; the
+    task's label and prediction columns (``time, event, risk, S_bin0, ...``) for a ``model`` without classes."""
+    from milzoo.model.decision import label_columns, predicts_classes, prediction_columns
     from milzoo_wsi.localization import _write_bytes
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["split", "slide_id", "label", "pred", *[f"p_{c}" for c in class_names], "decision", "csv", "png",
-                "geojson", "slide_image"])
-    for r in rows:
-        w.writerow([r["split"], r["slide_id"], class_names[r["label"]], class_names[r["pred"]],
-                    *[f"{p:.6g}" for p in r["probs"]], r["decision"].reason, r["csv"], r["png"] or "",
-                    r.get("geojson") or "", r.get("slide_image") or ""])
+    files = ["csv", "png", "geojson", "slide_image"]
+    if model is not None and not predicts_classes(model):
+        labels, preds = label_columns(model), prediction_columns(model)
+        w.writerow(["split", "slide_id", *labels, *preds, *files])
+        for r in rows:
+            values = list(r["prediction"].values) if r.get("prediction") is not None else []
+            w.writerow([r["split"], r["slide_id"], *_cells(r["label"], len(labels)), *_cells(values, len(preds)),
+                        r["csv"], r["png"] or "", r.get("geojson") or "", r.get("slide_image") or ""])
+    else:
+        w.writerow(["split", "slide_id", "label", "pred", *[f"p_{c}" for c in class_names], "decision", *files])
+        for r in rows:
+            w.writerow([r["split"], r["slide_id"], class_names[r["label"]], class_names[r["pred"]],
+                        *[f"{p:.6g}" for p in r["probs"]], r["decision"].reason, r["csv"], r["png"] or "",
+                        r.get("geojson") or "", r.get("slide_image") or ""])
     url = out_dir.rstrip("/") + "/slides.csv"
     _write_bytes(url, buf.getvalue().encode("utf-8"))
     return url
+
+
+def _cells(values: list[float], n: int) -> list[str]:
+    """``n`` CSV cells of numbers (empty where a value is missing)."""
+    cells = [f"{float(v):.6g}" for v in list(values)[:n]]
+    return cells + [""] * (n - len(cells))
 
 
 @click.command("localize")
@@ -206,9 +239,11 @@ def _write_index(out_dir: str, rows: list[dict[str, Any]], class_names: list[str
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a recipe value (repeatable)")
 @click.option("--slide", "slides", multiple=True, help="only this slide id (repeatable)")
 @click.option("--heatmap-value", type=click.Choice(["auto", "attention", "score"]), default="auto",
-              show_default=True, help="what the heatmaps draw (auto: attention when the model has it)")
+              show_default=True, help="what the heatmaps draw (auto: attention when the model has it; tasks "
+                                      "without classes: attention only)")
 @click.option("--heatmap-class", type=int, default=None,
-              help="class index drawn for per-class outputs (default: each slide's predicted class)")
+              help="class index drawn for per-class outputs (default: each slide's predicted class; tasks without "
+                   "classes: the head output, default 0)")
 @click.option("--patch-size", type=float, default=None, help="patch size in pixels (default: from the coordinates)")
 @click.option("--no-heatmaps", is_flag=True, help="write the per-patch tables only (no PNG, no GeoJSON)")
 @click.option("--slides", "slide_dir", default=None, metavar="DIR",
@@ -229,9 +264,11 @@ def localize_cmd(source, fold, split, out, checkpoint, recipe_path, features, ta
     and --table or --recipe.  Writes SLIDE.csv, SLIDE.png and SLIDE.geojson per
     slide and an index slides.csv.  Each slide's class comes from the model's
     validation threshold when its checkpoint recorded one, else the argmax (an
-    ensemble: the members' vote); the rule is printed.
+    ensemble: the members' vote); the rule is printed.  A model whose task has
+    no classes (regression, survival) draws the attention and gives each slide
+    the task's prediction (risk, pred) next to its label instead of a class.
     """
-    from milzoo.model.decision import apply_recorded_threshold
+    from milzoo.model.decision import apply_recorded_threshold, no_classes_text, predicts_classes
     from milzoo_wsi.localization import decision_rule, write_localization
 
     path = Path(source).expanduser()
@@ -250,7 +287,7 @@ def localize_cmd(source, fold, split, out, checkpoint, recipe_path, features, ta
         if recipe_path is None and overrides:
             raise UserError("--set applies to a recipe; give --recipe (or a run directory as SOURCE).")
         model, threshold = _load_model(source, fold, checkpoint)
-        splits = _loose_splits(recipe_path, features, table, overrides)
+        splits = _loose_splits(recipe_path, features, table, overrides, model)
         split = split or "all"
         if out is None:
             raise UserError("give --out DIR: where to write the tables and heatmaps of this model.")
@@ -287,16 +324,24 @@ def localize_cmd(source, fold, split, out, checkpoint, recipe_path, features, ta
     missing = [s for s in slides if s not in found]
     if missing:
         raise UserError(f"slide(s) {missing} are not in the split(s) {chosen}; check --slide and --split.")
-    index = _write_index(out, rows, list(model.class_names))
+    classes = predicts_classes(model)
+    index = _write_index(out, rows, list(model.class_names), model)
     n_png = sum(1 for r in rows if r["png"])
     n_geo = sum(1 for r in rows if r.get("geojson"))
     n_img = sum(1 for r in rows if r.get("slide_image"))
     over = f" ({n_img} over the slide image)" if slide_dir else ""
     click.echo(f"localised {len(rows)} slide(s) of {', '.join(chosen)} with {where}: {len(rows)} tables, "
                f"{n_png} heatmaps{over}, {n_geo} GeoJSON files in {out} (index {index})")
-    click.echo(f"decision rule: {decision_rule(model, threshold)}")
+    if classes:
+        click.echo(f"decision rule: {decision_rule(model, threshold)}")
+    else:
+        click.echo(no_classes_text(model))
     for r in rows[:_SHOWN_SLIDES]:
-        click.echo(f"  {r['slide_id']}: {r['decision'].text}")
+        if classes:
+            click.echo(f"  {r['slide_id']}: {r['decision'].text}")
+        else:
+            said = r["prediction"].text if r.get("prediction") is not None else "no prediction"
+            click.echo(f"  {r['slide_id']}: {said}; label {r['label_text']}")
     if len(rows) > _SHOWN_SLIDES:
         click.echo(f"  ... {len(rows) - _SHOWN_SLIDES} more in {index}")
     notes = list(dict.fromkeys(r["note"] for r in rows if r.get("note")))

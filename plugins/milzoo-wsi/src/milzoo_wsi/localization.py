@@ -7,6 +7,10 @@ softmax of the instance logits or the method's own instance probabilities).  A s
 the one decision rule of :mod:`milzoo.model.decision` (the checkpoint's validation threshold, else argmax;
 an ensemble's vote), and every output says which rule gave it.
 
+A model whose task has no classes (regression, survival) has no class to decide and no instance class
+probabilities: its outputs are the attention and the task's prediction of the slide in the label's units
+(``risk``, ``pred``: :func:`milzoo.model.decision.task_prediction`).
+
 Heatmaps are drawn in the one colour map of :data:`milzoo.report.common.VALUE_CMAP` (viridis); cells without
 a patch are white (not on the map) on the patch grid, and transparent over a slide image
 (:mod:`milzoo_wsi.slide_images`, when a reader is installed).  Each slide with coordinates also gets a
@@ -26,7 +30,21 @@ import torch
 
 from milzoo.datasets.batch import Bag, collate_bags
 from milzoo.errors import ComponentError, DataError
-from milzoo.model.decision import Decision, decide_output, model_threshold, rule_text, valid_threshold
+from milzoo.model.decision import (
+    Decision,
+    TaskPrediction,
+    decide_output,
+    label_text,
+    label_values,
+    model_threshold,
+    no_classes_text,
+    prediction_columns,
+    predicts_classes,
+    rule_text,
+    task_of,
+    task_prediction,
+    valid_threshold,
+)
 from milzoo.report.common import NO_PATCH_COLOR, NO_PATCH_LABEL, VALUE_CMAP
 
 _MAX_CELLS = 4_000_000  # heatmap grid cells before the grid is coarsened
@@ -41,6 +59,10 @@ def _device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _task_name(model) -> str:
+    return str(getattr(task_of(model), "name", "?"))
+
+
 def _colnames(prefix: str, k: int, class_names: Sequence[str]) -> list[str]:
     if len(class_names) == k:
         names = [re.sub(r"[^0-9A-Za-z_.-]+", "_", str(c)) for c in class_names]
@@ -51,18 +73,34 @@ def _colnames(prefix: str, k: int, class_names: Sequence[str]) -> list[str]:
 
 def instance_outputs(model, bag: Bag, threshold: float | None = None) -> dict[str, Any]:
     """One eval forward of ``bag``: ``attention`` ([n] or [n, k]), ``scores`` ([n, k]), ``bag_probs`` ([k]),
-    ``pred`` and ``decision``.
+    ``pred``, ``decision`` and ``prediction``.
 
     ``decision`` (:class:`milzoo.model.decision.Decision`) is the ensemble's vote when the model returns one
     (``extras["vote"]`` of :class:`milzoo.hub.Ensemble`), else ``p1 >= threshold`` for a binary model with a
     threshold (``threshold``, or the one its checkpoint recorded: ``model.decision_threshold``), else the
     argmax; ``pred`` is its class index.  Missing outputs are None.  Raises :class:`ComponentError` when the
     model exports neither attention nor instance probabilities.
+
+    A model whose task has no classes (regression, survival) gets ``prediction``, a
+    :class:`~milzoo.model.decision.TaskPrediction` (``risk -0.43 (survival, discrete head)``), and None for
+    ``scores``, ``bag_probs``, ``pred`` and ``decision``: its instance "probabilities" are a softmax over
+    regression targets or time bins, not classes.  Such a model needs attention (a :class:`ComponentError`
+    otherwise).  For class models ``prediction`` is None.
     """
     batch = collate_bags([bag]).to(_device(model))
     out = model.predict(batch)
     n = len(bag)
     att = None if out.attention is None else out.attention[0, :n].detach().float().cpu().numpy()
+    if not predicts_classes(model):
+        if att is None:
+            raise ComponentError(
+                f"pooling {getattr(getattr(model, 'pooling', None), 'name', '?')!r} exports no attention, and the "
+                f"{_task_name(model)} task has no classes, so its instance scores are no class "
+                "probabilities: there is nothing per patch to localise. Use a pooling with attention (abmil, "
+                "transmil)."
+            )
+        return {"attention": att, "scores": None, "bag_probs": None, "pred": None, "decision": None,
+                "prediction": task_prediction(model, out, 0, batch)}
     ip = out.inst_probs
     scores = None if ip is None else ip[0, :n].detach().float().cpu().numpy()
     if att is None and scores is None:
@@ -74,7 +112,8 @@ def instance_outputs(model, bag: Bag, threshold: float | None = None) -> dict[st
     thr = valid_threshold(threshold)
     decision = decide_output(out, 0, thr if thr is not None else model_threshold(model), list(model.class_names),
                              getattr(model, "thresholds", None))
-    return {"attention": att, "scores": scores, "bag_probs": probs, "pred": decision.index, "decision": decision}
+    return {"attention": att, "scores": scores, "bag_probs": probs, "pred": decision.index, "decision": decision,
+            "prediction": None}
 
 
 def _rows(bag: Bag, outs: dict[str, Any], class_names: Sequence[str]) -> list[dict[str, Any]]:
@@ -107,8 +146,9 @@ def localization_table(model, bag: Bag) -> list[dict[str, Any]]:
 
     Columns: ``attention`` (or ``attention_<class>`` for per-class attention)
     when the pooling exports attention; ``score_<class>`` (instance class
-    probabilities) when it exports instance scores.  ``x``/``y`` are empty
-    without coordinates.  ``patch`` is the patch's row in the slide's file.
+    probabilities) when it exports instance scores (class models only: a task
+    without classes has none).  ``x``/``y`` are empty without coordinates.
+    ``patch`` is the patch's row in the slide's file.
     """
     return _rows(bag, instance_outputs(model, bag), model.class_names)
 
@@ -389,11 +429,27 @@ def write_localization(
     ``bag.meta["patching"]`` or its header, else the coordinates' grid step).
     ``slides``: a folder of slide images; with a slide reader installed each heatmap is drawn over its slide's
     thumbnail (:mod:`milzoo_wsi.slide_images`).  ``geojson``/``object_type``: see :mod:`milzoo_wsi.geojson`.
-    Returns one dict per slide: ``slide_id, label, pred, probs, decision, csv, png, geojson, slide_image, note``
-    (``decision``: the :class:`~milzoo.model.decision.Decision`; ``note``: why a slide image was not used).
+    Returns one dict per slide: ``slide_id, label, pred, probs, decision, prediction, csv, png, geojson,
+    slide_image, note`` (``decision``: the :class:`~milzoo.model.decision.Decision`; ``note``: why a slide
+    image was not used).
+
+    A model whose task has no classes (regression, survival) draws the attention (``heatmap_value`` ``"auto"``
+    or ``"attention"``; ``"score"`` is refused: its instance scores are no class probabilities), and
+    ``heatmap_class`` picks the head output of per-output attention (default 0).  Its dicts hold ``label``, the
+    label's values in the order of ``task.label_columns()`` (``[time, event]``, ``[target]``), ``label_text``
+    (``time 14, event 1``) and ``prediction``, a :class:`~milzoo.model.decision.TaskPrediction` (``.text``:
+    ``risk -0.43 (survival, discrete head)``; ``.values`` in the order of ``task.columns``); ``pred``,
+    ``probs`` and ``decision`` are None.  For class models ``prediction`` is None.
     """
     if heatmap_value not in ("auto", "attention", "score"):
         raise ValueError("heatmap_value must be auto, attention or score")
+    classes = predicts_classes(model)
+    if not classes and heatmap_value == "score":
+        raise ComponentError(
+            f"heatmap_value 'score' draws instance class probabilities, but the {_task_name(model)} task has no "
+            f"classes (it predicts {', '.join(prediction_columns(model))}), so its instance scores are no class "
+            "probabilities; draw the attention (heatmap_value 'attention' or 'auto'; --heatmap-value attention)."
+        )
     fs, root = fsspec.core.url_to_fs(out_dir)
     fs.makedirs(root, exist_ok=True)
     base = out_dir.rstrip("/")
@@ -413,14 +469,16 @@ def write_localization(
         csv_url = f"{base}/{name}.csv"
         _write_bytes(csv_url, rows_to_csv(rows).encode("utf-8"))
         probs = outs["bag_probs"]
-        decision: Decision = outs["decision"]
-        pred = decision.index
+        decision: Decision | None = outs["decision"]
+        prediction: TaskPrediction | None = outs["prediction"]
+        pred = decision.index if decision is not None else None
+        said = decision.text if decision is not None else _prediction_words(model, bag, prediction)
         png_url = geo_url = image = note = None
         if bag.coords is not None:
             coords = bag.coords.cpu().numpy()
             size = (patch_size or bag_patch_size(bag) or patch_size_of(dataset, int(i))
                     or _grid_step(np.asarray(coords, np.float64)))
-            cls = pred if heatmap_class is None else int(heatmap_class)
+            cls = (pred if classes else 0) if heatmap_class is None else int(heatmap_class)
             kind = heatmap_value
             if kind == "auto":
                 kind = "attention" if outs["attention"] is not None else "score"
@@ -434,13 +492,17 @@ def write_localization(
                 )
             column = _value_column(kind, vals, cls, class_names)
             if vals.ndim == 2:
+                k = vals.shape[1]
                 vals = vals[:, cls]
-                cname = class_names[cls] if cls < len(class_names) else str(cls)
+                if classes:
+                    cname = class_names[cls] if cls < len(class_names) else str(cls)
+                else:  # per-output attention of a task without classes (e.g. one per regression target)
+                    cname = class_names[cls] if len(class_names) == k else f"output {cls}"
                 label = f"{kind} ({cname})"
             if heatmaps:
                 png_url = f"{base}/{name}.png"
                 image, note = slide_image_for(slides, sid)
-                title = f"{sid}: {label}\n{decision.text}"
+                title = f"{sid}: {label}\n{said}"
                 try:
                     image = draw_heatmap(coords, vals, png_url, patch_size=size, title=title, slide=image,
                                          value_label=label)
@@ -455,13 +517,29 @@ def write_localization(
                                     slide_id=sid)
                 geo_url = f"{base}/{name}.geojson"
                 _write_bytes(geo_url, dumps(fc).encode("utf-8"))
-        summary.append({"slide_id": sid, "label": int(bag.y), "pred": pred, "probs": [float(p) for p in probs],
-                        "decision": decision, "csv": csv_url, "png": png_url, "geojson": geo_url,
-                        "slide_image": image, "note": note})
+        if classes:
+            summary.append({"slide_id": sid, "label": int(bag.y), "pred": pred, "probs": [float(p) for p in probs],
+                            "decision": decision, "prediction": None, "csv": csv_url, "png": png_url,
+                            "geojson": geo_url, "slide_image": image, "note": note})
+        else:
+            summary.append({"slide_id": sid, "label": label_values(bag.y), "label_text": label_text(model, bag.y),
+                            "pred": None, "probs": None, "decision": None, "prediction": prediction,
+                            "csv": csv_url, "png": png_url, "geojson": geo_url, "slide_image": image,
+                            "note": note})
     return summary
 
 
+def _prediction_words(model, bag: Bag, prediction: TaskPrediction | None) -> str:
+    """``risk -0.43 (survival, discrete head) · label time 14, event 1``: what a model without classes says of a
+    slide."""
+    said = prediction.text if prediction is not None else no_classes_text(model)
+    return f"{said} · label {label_text(model, bag.y)}"
+
+
 def decision_rule(model, threshold: float | None = None) -> str:
-    """The rule ``write_localization`` decides each slide's class by, in words."""
+    """The rule ``write_localization`` decides each slide's class by, in words (a model whose task has no classes:
+    ``no classes: the task predicts risk, S_bin0, S_bin1 (survival, discrete head)``)."""
+    if not predicts_classes(model):
+        return no_classes_text(model)
     thr = valid_threshold(threshold)
     return rule_text(thr if thr is not None and not hasattr(model, "members") else model, list(model.class_names))
