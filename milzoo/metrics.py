@@ -34,6 +34,17 @@ def f1(y_true: np.ndarray, pred: np.ndarray, label: int) -> float:
     return 2 * tp / denominator if denominator else 0.0
 
 
+def check_finite_predictions(pred: np.ndarray) -> None:
+    """Refuse NaN/inf predictions (``[n, p]``) with the bags' positions: bad data never gives a confident number."""
+    bad = np.flatnonzero(~np.isfinite(pred).all(axis=1))
+    if bad.size:
+        raise DataError(
+            f"the model's predictions of {bad.size} of {len(pred)} bags are NaN/inf (bags at positions "
+            f"{bad[:5].tolist()}{' ...' if bad.size > 5 else ''} of the split): their features hold NaN/inf "
+            "values, or the weights diverged. Check the data (or lower optim.lr / set train.grad_clip)."
+        )
+
+
 def bag_metrics(y_true: np.ndarray, probs: np.ndarray, threshold: float | None = None) -> dict[str, float]:
     """Accuracy, AUC and F1 of bag predictions.
 
@@ -44,13 +55,7 @@ def bag_metrics(y_true: np.ndarray, probs: np.ndarray, threshold: float | None =
     y_true = np.asarray(y_true).astype(int)
     probs = np.asarray(probs, dtype=np.float64)
     k = probs.shape[1]
-    bad = np.flatnonzero(~np.isfinite(probs).all(axis=1))
-    if bad.size:
-        raise DataError(
-            f"the model's predictions of {bad.size} of {len(probs)} bags are NaN/inf (bags at positions "
-            f"{bad[:5].tolist()}{' ...' if bad.size > 5 else ''} of the split): their features hold NaN/inf "
-            "values, or the weights diverged. Check the data (or lower optim.lr / set train.grad_clip)."
-        )
+    check_finite_predictions(probs)
     if k == 2 and threshold is not None:
         pred = (probs[:, 1] >= threshold).astype(int)
     else:
@@ -145,13 +150,7 @@ def regression_metrics(y_true: np.ndarray, pred: np.ndarray) -> dict[str, float]
     correlation with a constant side is NaN, never a confident number."""
     y_true = np.asarray(y_true, dtype=np.float64).reshape(len(pred), -1)
     pred = np.asarray(pred, dtype=np.float64).reshape(len(y_true), -1)
-    bad = np.flatnonzero(~np.isfinite(pred).all(axis=1))
-    if bad.size:
-        raise DataError(
-            f"the model's predictions of {bad.size} of {len(pred)} bags are NaN/inf (bags at positions "
-            f"{bad[:5].tolist()}{' ...' if bad.size > 5 else ''} of the split): their features hold NaN/inf "
-            "values, or the weights diverged. Check the data (or lower optim.lr / set train.grad_clip)."
-        )
+    check_finite_predictions(pred)
     if len(y_true) == 0:
         return {k: math.nan for k in ("mae", "rmse", "r2", "pearson", "spearman")}
     err = pred - y_true
