@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECKOUT = {p.relative_to(ROOT / "recipes").as_posix()[:-len(".toml")]: p for p in (ROOT / "recipes").rglob("*.toml")}
 
 #: who ships what (docs/recipes.md, "Where recipes live")
-HOME = {"quickstart": "milzoo", "wsi/": "milzoo-wsi", "classic/clam_": "milzoo-clam", "classic/vitmil_": "milzoo-vitmil", "classic/ilra_": "milzoo-ilra", "survival/": "milzoo-survival", "regression/": "milzoo-survival", "psmil_": "milzoo-psmil", "psmil/": "milzoo-psmil",
+HOME = {"quickstart": "milzoo", "wsi/": "milzoo-wsi", "classic/clam_": "milzoo-clam", "classic/vitmil_": "milzoo-vitmil", "classic/ilra_": "milzoo-ilra", "classic/rrt_": "milzoo-rrt", "classic/wikg_": "milzoo-wikg", "survival/": "milzoo-survival", "regression/": "milzoo-survival", "psmil_": "milzoo-psmil", "psmil/": "milzoo-psmil",
         "classic/psatt_": "milzoo-psmil", **{f"classic/{m}_": f"milzoo-{m}"
                                              for m in ("abmil", "demil", "dsmil", "dtfd", "rgmil", "transmil")}}
 
