@@ -63,6 +63,8 @@ POOLINGS: dict[str, tuple[str, dict]] = {
     "clam_mb": ("clam_mb", {}),
     "vit_mil": ("vit_mil", {}),
     "ilra": ("ilra", {}),
+    "rrt": ("rrt", {}),
+    "wikg": ("wikg", {}),
 }
 ABMIL_FAMILY = {"abmil", "abmil_gated", "dsmil", "dtfd", "demil", "rgmil", "psatt", "mean", "max", "clam_sb", "clam_mb"}
 GIB = 1024**3

@@ -12,7 +12,7 @@ from milzoo.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSIC = ROOT / "recipes" / "classic"
-MODELS = ["abmil", "abmil_gated", "dsmil", "dtfd", "transmil", "demil", "rgmil", "psatt", "clam_sb", "vitmil", "ilra", "rrt"]
+MODELS = ["abmil", "abmil_gated", "dsmil", "dtfd", "transmil", "demil", "rgmil", "psatt", "clam_sb", "vitmil", "ilra", "rrt", "wikg"]
 DATASETS = ["musk1", "musk2", "elephant"]
 #: the pooling each model's recipes name, where it is not the model's own name
 POOLING_OF = {"abmil_gated": "abmil", "vitmil": "vit_mil"}
