@@ -51,9 +51,16 @@ class MilzooGroup(click.Group):
         except UserError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(2)
-        except KeyboardInterrupt:
-            click.echo("interrupted; a run can be continued with `milzoo run RECIPE --out DIR --resume`.", err=True)
-            ctx.exit(130)
+        except KeyboardInterrupt as exc:
+            if not getattr(exc, "milzoo_hint_shown", False):
+                click.echo("interrupted; a run can be continued with `milzoo run RECIPE --out DIR --resume`.", err=True)
+            ctx.exit(143 if _is_terminated(exc) else 130)
+
+
+def _is_terminated(exc: BaseException) -> bool:
+    from milzoo.runs.rundir import Terminated
+
+    return isinstance(exc, Terminated)
 
 
 @click.group(cls=MilzooGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -78,10 +85,35 @@ def run_cmd(recipe, out, overrides, resume, overwrite, fold, no_progress, jobs):
     from milzoo.runs.runner import run
 
     with maybe_distributed() as dist, warnings_to_stderr():
-        summary = run(recipe, out=out, overrides=list(overrides), resume=resume, overwrite=overwrite, fold=fold,
-                      progress=False if no_progress else None, distributed=dist, jobs=jobs)
+        try:
+            summary = run(recipe, out=out, overrides=list(overrides), resume=resume, overwrite=overwrite, fold=fold,
+                          progress=False if no_progress else None, distributed=dist, jobs=jobs)
+        except KeyboardInterrupt as exc:
+            if dist is None or dist.rank == 0:
+                _resume_hint(exc, recipe, out, overrides)
+            raise
         if dist is None or dist.rank == 0:
             click.echo(format_summary(summary))
+
+
+def _resume_hint(exc: KeyboardInterrupt, recipe: str, out: str | None, overrides) -> None:
+    """Say how the run ends and the exact command that continues it (its real recipe and folder)."""
+    import shlex
+
+    run_dir = getattr(exc, "run_dir", None) or out
+    if run_dir is None:  # stopped before the recipe was read: nothing was written
+        return
+    from milzoo.runs.rundir import printable
+
+    words = ["milzoo", "run", recipe, "--out", str(run_dir), "--resume"]
+    if getattr(exc, "fold", None) is not None:
+        words += ["--fold", str(exc.fold)]
+    for item in overrides:
+        words += ["--set", item]
+    how = "terminated (SIGTERM)" if _is_terminated(exc) else "interrupted"
+    click.echo(f"{how}; the checkpoints of finished epochs are kept in {printable(run_dir)}. Continue with: "
+               f"{printable(shlex.join(words))}", err=True)
+    exc.milzoo_hint_shown = True
 
 
 @contextlib.contextmanager
@@ -107,9 +139,11 @@ SUMMARY_METRICS = SUMMARY_METRICS + tuple(f"patient_{m}" for m in ("acc", "auc",
 
 
 def format_summary(summary: dict) -> str:
+    from milzoo.runs.rundir import printable
+
     if summary.get("complete") is False:
-        return f"fold {summary['fold']} done; other folds are still missing in {summary['run_dir']}."
-    lines = [f"{summary['name']} ({summary['protocol']}, {summary['num_folds']} fold(s))"]
+        return f"fold {summary['fold']} done; other folds are still missing in {printable(summary['run_dir'])}."
+    lines = [f"{printable(summary['name'])} ({summary['protocol']}, {summary['num_folds']} fold(s))"]
     for section, label in (("last", "last epoch"), ("selected", "validation-selected"),
                            ("best_epoch_on_test", "best epoch on test (optimistic)")):
         block = summary.get(section)
@@ -338,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     # `milzoo plugins` names it, instead of every command printing it
     warnings.filterwarnings("ignore", message=r".* moved to milzoo", category=FutureWarning)
     # the commands (and with them the plugins) are attached when click looks one up: `--version` loads none
+    previous = _catch_sigterm()
     try:
         cli.main(args=argv, prog_name="milzoo", standalone_mode=True)
     except SystemExit as exc:
@@ -345,7 +380,31 @@ def main(argv: list[str] | None = None) -> int:
             return exc.code or 0
         click.echo(str(exc.code), err=True)  # sys.exit("message"), as Python itself does it
         return 1
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _catch_sigterm():
+    """SIGTERM (Slurm, Kubernetes, ``kill``) ends a command like Ctrl-C: a run keeps its checkpoints, records
+    "terminated" and says how to resume; the exit code is 143.  Returns the handler it replaced (None when
+    signals cannot be caught here: not the main thread)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def terminate(signum, frame):
+        from milzoo.runs.rundir import Terminated
+
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, terminate)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,6 +14,8 @@ _EXPORTS = {
     "RESUME_FREE_KEYS": "rundir", "holds_results": "rundir", "remove_orphaned_temp_files": "rundir",
     "check_run_dir": "rundir", "prepare_run_dir": "rundir", "MetricsWriter": "rundir", "RunRecord": "rundir",
     "fold_dir": "rundir", "fold_is_complete": "rundir", "trim_metrics": "rundir", "log_to_file": "rundir",
+    "RunLock": "rundir", "Terminated": "rundir", "default_run_dir": "rundir", "folder_name": "rundir",
+    "printable": "rundir",
     # _fold
     "train_fold": "_fold",
     # summary

@@ -13,6 +13,7 @@ Layout::
         best/            the validation-selected model (when a validation split exists)
         state.safetensors  everything --resume needs (model, optimiser, RNG, history)
         result.json      the fold's final result (written when the fold is complete)
+      .lock              while a start runs: its pid, host and start time (.lock.fold-NN for a --fold job)
 
 This module owns the directory as a whole: deciding whether a run may start, continue or replace it
 (``check_run_dir``, ``prepare_run_dir``), removing the temp files of writes a kill interrupted, the run record
@@ -25,10 +26,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import shutil
+import socket
 import sys
 import time
+import unicodedata
 from pathlib import Path
 from typing import Callable
 
@@ -70,6 +74,43 @@ def fold_dir(run_dir: Path, fold: int) -> Path:
 def fold_is_complete(run_dir: Path, fold: int) -> bool:
     """Whether fold ``fold`` finished (its ``result.json`` exists)."""
     return (fold_dir(run_dir, fold) / FOLD_RESULT).exists()
+
+
+# --------------------------------------------------------------------------- the default folder
+
+#: characters a default run folder keeps from the recipe's name; every other one becomes "_"
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+#: the longest default folder name (a file name may have 255 bytes; the run's temp files add a suffix)
+MAX_NAME = 100
+
+
+def printable(text: object) -> str:
+    """``text`` as it can be shown on a terminal: control, format (bidi overrides such as U+202E), line and
+    paragraph separators and unassigned characters are escaped (``\\x1b``, ``\\u202e``), the rest kept."""
+    out = []
+    for ch in str(text):
+        if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"):
+            out.append(ch.encode("unicode_escape", "backslashreplace").decode("ascii"))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def folder_name(name: str) -> str:
+    """The default run folder's name for a recipe ``name`` (``runs/<this>``): every character other than
+    ``A-Z a-z 0-9 . _ -`` becomes ``_`` (so ``/`` never nests nor escapes ``runs/``), cut to :data:`MAX_NAME`
+    characters.  A name that leaves nothing but dots (``""``, ``"."``, ``".."``) is refused."""
+    safe = _SAFE_NAME.sub("_", str(name))[:MAX_NAME]
+    if not safe.strip("."):
+        raise RunDirError(
+            f"the recipe name {printable(repr(name))} cannot name a run folder (it leaves {safe!r}); give the run "
+            "a folder with --out DIR, or set the recipe's name to letters, digits, '.', '_' or '-'.")
+    return safe
+
+
+def default_run_dir(recipe: Recipe) -> Path:
+    """Where a run goes without ``--out``: ``runs/<folder_name(recipe name)>``."""
+    return Path("runs") / folder_name(recipe.root.name)
 
 
 # --------------------------------------------------------------------------- checks and preparation
@@ -119,6 +160,23 @@ def remove_orphaned_temp_files(directory: Path) -> list[Path]:
     return removed
 
 
+def _contents(run_dir: Path) -> list[Path]:
+    """What a run directory holds, its lock files (:class:`RunLock`) aside."""
+    return [p for p in run_dir.iterdir() if not _LOCK_NAMES.match(p.name)]
+
+
+def _refuse_runs_inside(run_dir: Path) -> None:
+    """Replacing ``run_dir`` must never delete another run kept inside it (``--out A`` over ``A/B``)."""
+    inside = sorted({p.parent for name in (RECIPE, RUN_RECORD) for p in run_dir.rglob(name)
+                     if p.parent != run_dir})
+    if inside:
+        shown = ", ".join(printable(p) for p in inside[:5]) + (f" and {len(inside) - 5} more" if len(inside) > 5 else "")
+        raise RunDirError(
+            f"refusing to replace {printable(run_dir)}: it holds other run director{'ies' if len(inside) > 1 else 'y'} "
+            f"({shown}), which --overwrite would delete. Move them out of {printable(run_dir)}, or give this run "
+            "another --out.")
+
+
 def _check_out_path(run_dir: Path) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"--out {run_dir} is a file, not a directory; give a directory for the run (new or "
@@ -154,7 +212,7 @@ def check_run_dir(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, 
         raise RunDirError("--resume and --overwrite contradict each other: --resume continues the run in --out, "
                           "--overwrite replaces it. Pass one of them.")
     _check_out_path(run_dir)
-    if not (run_dir.exists() and any(run_dir.iterdir())):
+    if not (run_dir.exists() and _contents(run_dir)):
         if resume:
             raise RunDirError(f"nothing to resume: {run_dir} does not exist. Run without --resume to start it.")
         return "new"
@@ -174,6 +232,7 @@ def check_run_dir(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, 
             f"the run directory {run_dir} exists already and holds results. Choose another --out, pass "
             "--resume to continue that run, or --overwrite to replace it."
         )
+    _refuse_runs_inside(run_dir)
     return "replace"  # --overwrite, or a start that failed before any result (only its log is replaced)
 
 
@@ -190,12 +249,158 @@ def prepare_run_dir(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool
     if action == "replace":
         if not overwrite:
             log.info("replacing %s: an earlier start there failed before writing any result", run_dir)
-        shutil.rmtree(run_dir)
+        for path in _contents(run_dir):  # the lock files stay: this start holds one of them
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / RECIPE, recipe.to_toml())
 
 
+# --------------------------------------------------------------------------- locks
+
+#: a run's lock file (``.lock``) and a per-fold job's (``.lock.fold-03``), both directly in the run directory
+_LOCK_NAMES = re.compile(r"^\.lock(\.fold-\d+)?$")
+#: a lock file that cannot be read is being written; one unreadable for longer than this was left by a crash
+_UNREADABLE_LOCK_S = 10.0
+
+
+class RunLock:
+    """The lock of a run directory, or of one fold of it (``--fold I``): a file created with ``O_EXCL`` holding
+    the pid, host and start time of the start that holds it.
+
+    A whole run holds ``RUN/.lock`` and refuses to start while a per-fold job holds a fold's lock; a per-fold
+    job holds ``RUN/.lock.fold-NN`` and refuses while a whole run holds ``RUN/.lock``, so different folds
+    still run in parallel.  A lock left by a dead process of this host is taken over, with a note; a lock of
+    another host is respected (its process cannot be checked from here) and named in the error.
+    """
+
+    def __init__(self, path: Path, created_dir: Path | None):
+        self.path = path
+        self.created_dir = created_dir
+
+    @staticmethod
+    def path_for(run_dir: Path, fold: int | None) -> Path:
+        return Path(run_dir) / (".lock" if fold is None else f".lock.fold-{fold:02d}")
+
+    @classmethod
+    def acquire(cls, run_dir: Path, fold: int | None = None) -> RunLock:
+        """Take the lock (creating ``run_dir`` when needed) or raise :class:`RunDirError` naming its holder."""
+        run_dir = Path(run_dir)
+        created = None
+        if not run_dir.exists():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            created = run_dir
+        path = cls.path_for(run_dir, fold)
+        mine = False
+        try:
+            cls._create(path)
+            mine = True
+            # the other kind of lock: a whole run excludes every fold job, a fold job the whole run
+            others = [p for p in run_dir.iterdir() if _LOCK_NAMES.match(p.name) and p != path
+                      and (fold is None or p.name == ".lock")]
+            for other in others:
+                holder = _read_lock(other)
+                if holder is not None and not _is_stale(holder):
+                    raise RunDirError(_held_message(run_dir, other, holder))
+        except BaseException:
+            if mine:
+                path.unlink(missing_ok=True)
+            cls._remove_created(created)
+            raise
+        return cls(path, created)
+
+    @staticmethod
+    def _create(path: Path) -> None:
+        mine = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": _now(),
+                           "command": sys.argv}).encode()
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _read_lock(path)
+                if holder is None and time.time() - _mtime(path) < _UNREADABLE_LOCK_S:
+                    raise RunDirError(f"{printable(path.parent)} is being locked by another start of milzoo right "
+                                      "now; wait for it to end, or give this run another --out.") from None
+                if holder is not None and not _is_stale(holder):
+                    raise RunDirError(_held_message(path.parent, path, holder)) from None
+                log.warning("taking over the lock %s left by %s, which is no longer running", path,
+                            _holder_text(holder) if holder else "a start that crashed while writing it")
+                path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(mine)
+            return
+        raise RunDirError(f"another start of milzoo took the lock {printable(path)} at the same moment; wait for "
+                          "it to end, or give this run another --out.")
+
+    def release(self) -> None:
+        """Remove the lock (and the run directory this start created, when nothing else is in it)."""
+        if (_read_lock(self.path) or {}).get("pid") == os.getpid():
+            self.path.unlink(missing_ok=True)
+        self._remove_created(self.created_dir)
+
+    @staticmethod
+    def _remove_created(created: Path | None) -> None:
+        if created is not None and created.is_dir() and not any(created.iterdir()):
+            created.rmdir()
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_lock(path: Path) -> dict | None:
+    try:
+        holder = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return holder if isinstance(holder, dict) and isinstance(holder.get("pid"), int) else None
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _is_stale(holder: dict) -> bool:
+    """Whether a lock's holder is a process of this host that no longer runs (another host's never is)."""
+    if holder.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, OSError):
+        return False  # it exists (another user's), or cannot be asked: respect the lock
+    return False
+
+
+def _holder_text(holder: dict) -> str:
+    return (f"pid {holder.get('pid')} on host {printable(holder.get('host'))} (started "
+            f"{printable(holder.get('started', '?'))})")
+
+
+def _held_message(run_dir: Path, path: Path, holder: dict) -> str:
+    what = "a per-fold job (" + path.name.removeprefix(".lock.") + ")" if path.name != ".lock" else "a run"
+    other_host = holder.get("host") != socket.gethostname()
+    fix = ("if that machine's run has ended, delete " + printable(path) if other_host else
+           "wait for it to end (or stop it), then continue with --resume")
+    return (f"the run directory {printable(run_dir)} is in use by {what}: {_holder_text(holder)}, lock file "
+            f"{printable(path)}. Two starts writing one run would corrupt it; {fix}, or give this run another --out.")
+
+
 # --------------------------------------------------------------------------- run.json
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (Slurm, Kubernetes, ``kill``): the command line raises it in the main thread, and a run treats it
+    as Ctrl-C (its last checkpoint stays, ``run.json`` records ``"terminated"``), then exits with 143."""
 
 
 def _now() -> str:
@@ -206,7 +411,7 @@ class RunRecord:
     """``run.json``: what started the run (command, recipe, versions, plugins) and how each start ended.
 
     Use the record of a start as a context manager around the start's work: leaving it writes the outcome
-    ("finished", "diverged", "interrupted" or "failed", with the error's message) at the top level and in the
+    ("finished", "diverged", "interrupted", "terminated" (SIGTERM) or "failed", with the error's message) at the top level and in the
     start's ``history`` entry, so a run directory that stopped says why without its log, and tables built from
     copied run directories can tell a diverged run from a killed one (a start killed outright records
     nothing: its run.json has no ``outcome``).
@@ -239,6 +444,8 @@ class RunRecord:
             self.end("finished")
         elif isinstance(exc, TrainingDiverged):
             self.end("diverged", str(exc))
+        elif isinstance(exc, Terminated):
+            self.end("terminated")
         elif isinstance(exc, KeyboardInterrupt):
             self.end("interrupted")
         else:

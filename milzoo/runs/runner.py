@@ -28,8 +28,10 @@ from milzoo.runs.rundir import (
     METRICS,
     RECIPE,
     MetricsWriter,
+    RunLock,
     RunRecord,
     check_run_dir,
+    default_run_dir,
     fold_dir,
     fold_is_complete,
     log_to_file,
@@ -63,12 +65,25 @@ def run(
     """
     jobs = check_jobs(jobs, fold, distributed)
     recipe = _load(recipe, overrides, out if resume else None)
-    run_dir = Path(out) if out is not None else Path("runs") / recipe.root.name
+    run_dir = Path(out) if out is not None else default_run_dir(recipe)
     is_main = distributed is None or distributed.rank == 0
     # Nothing on disk changes until the data has loaded and the model is known to fit: a missing data
     # file, NaN features or too many folds must not cost the finished run that --overwrite would replace.
     if is_main:
         check_run_dir(recipe, run_dir, resume, overwrite, fold)
+    # one start at a time per run directory (per fold for --fold jobs): a second one is refused, naming the first
+    lock = RunLock.acquire(run_dir, fold) if is_main else contextlib.nullcontext()
+    try:
+        with lock:
+            return _run_locked(recipe, run_dir, resume, overwrite, fold, progress, distributed, jobs, is_main)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the command line names the run to --resume
+        exc.run_dir = run_dir
+        exc.fold = fold
+        raise
+
+
+def _run_locked(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, fold: int | None,
+                progress: bool | None, distributed, jobs: int, is_main: bool) -> dict[str, Any]:
     _set_threads(recipe, jobs)
     folds = folds_for(recipe)
     todo = _selected(folds, fold)
