@@ -32,7 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes" / "classic"
 DATASETS = ("musk1", "musk2", "elephant")
-MODELS = ("abmil", "abmil_gated", "dsmil", "dtfd", "transmil", "demil", "rgmil", "psatt")
+MODELS = ("abmil", "abmil_gated", "dsmil", "dtfd", "transmil", "demil", "rgmil", "psatt", "clam_sb", "vitmil", "ilra",
+          "rrt")
 START, END = "<!-- classic-table:start -->", "<!-- classic-table:end -->"
 #: each finished run's summary, resolved recipe, versions and wall time, committed: the table can be rebuilt
 #: (``--no-run``) on a fresh machine whose run directories are gone
@@ -186,7 +187,10 @@ def render(rows: dict, paths: list[Path], out_root: Path, command: str) -> str:
              "recipes, other users) sharing the cores, so they vary with the load; they are not a speed benchmark.", ""]
     have_sel = any("selected" in r["summary"] for r in rows.values())
     for dataset in DATASETS:
-        ds_rows = [(m, rows[(m, dataset)]) for m in MODELS if (m, dataset) in rows]
+        # every model with a recipe, in MODELS order, then models not (yet) in MODELS: a new plugin's recipes
+        # show up in the table before anyone lists it here
+        ds_models = [split_stem(p.stem)[0] for p in paths if split_stem(p.stem)[1] == dataset]
+        ds_rows = [(m, rows[(m, dataset)]) for m in ds_models if (m, dataset) in rows]
         missing = [p.stem for p in paths if split_stem(p.stem)[1] == dataset and split_stem(p.stem) not in rows]
         if not ds_rows and not missing:
             continue
