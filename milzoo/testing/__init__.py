@@ -42,6 +42,10 @@ Optional class attributes read by the suite (none is needed by milzoo itself):
 ``contract_pooling``      losses: the pooling (registry name or class) to pair the loss with; by
                           default a pooling whose ``default_loss`` is this loss, else ``mean``
 ``contract_needs_views``  losses: ``True`` (3 views) or a number of augmented views the model must make
+
+Beyond the contract, :mod:`milzoo.testing.sanity` has training sanity helpers for pooling tests:
+:func:`assert_memory_linear` (no n x n tensor in a training step), :func:`assert_learns_toy_problem` and
+:func:`assert_trains_regression` (a short regression run through the Trainer).
 """
 
 from __future__ import annotations
@@ -71,10 +75,17 @@ from milzoo.testing.precision import (
 from milzoo.testing.run import (
     check_augment, check_component, check_encoder, check_loss, check_pooling, check_task, parametrize_with_checks,
 )
+from milzoo.testing.sanity import (
+    ShapeRecorder, assert_learns_toy_problem, assert_memory_linear, assert_trains_regression,
+)
 
 __all__ = [
     "ComponentSpec",
+    "ShapeRecorder",
     "all_registered_components",
+    "assert_learns_toy_problem",
+    "assert_memory_linear",
+    "assert_trains_regression",
     "check_augment",
     "check_component",
     "check_encoder",

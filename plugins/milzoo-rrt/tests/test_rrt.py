@@ -11,11 +11,10 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
 
-from milzoo.builtin.encoders import IdentityEncoder
-from milzoo.datasets.batch import Bag, collate_bags
 from milzoo.errors import ComponentError
-from milzoo.model.mil import MILModel
-from milzoo.testing import parametrize_with_checks
+from milzoo.testing import (
+    assert_learns_toy_problem, assert_trains_regression, parametrize_with_checks,
+)
 from milzoo_rrt.pooling import RRTPooling, region_grid
 
 
@@ -460,51 +459,15 @@ def test_defaults_build_for_tiny_inputs():
 
 def test_training_sanity_toy_problem():
     torch.manual_seed(0)
-    bags = []
-    for i in range(24):  # positive bags contain one instance shifted along feature 0
-        n = 4 + i % 5
-        x = torch.randn(n, 6) * 0.5
-        y = i % 2
-        if y:
-            x[i % n, 0] += 3.0
-        bags.append(Bag(x=x, y=y))
-    batch = collate_bags(bags)
-    pool = RRTPooling(RRTPooling.Config(n_heads=2, crmsa_heads=2, trans_dropout=0.0), 6, 2)
-    model = MILModel(IdentityEncoder(IdentityEncoder.Config(), (6,)), pool)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(40):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(batch).bag_logits, batch.y)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0]
-    assert (model.predict(batch).bag_logits.argmax(1) == batch.y).float().mean() >= 0.9
+    config = RRTPooling.Config(n_heads=2, crmsa_heads=2, trans_dropout=0.0)
+    assert_learns_toy_problem(lambda in_dim, k: RRTPooling(config, in_dim, k))
 
 
 def test_regression_task_trains_two_epochs(tmp_path):
     """Every task: the head has num_classes outputs (one per target here); a 2-epoch regression run works."""
-    from milzoo.datasets import BagListDataset, FoldData
-    from milzoo.recipe import load_recipe
-    from milzoo.train import Trainer
-
     assert RRTPooling.tasks is None
-    g = np.random.default_rng(0)
-    bags = []
-    for i in range(40):
-        n = int(g.integers(3, 10))
-        x = g.normal(size=(n, 8)).astype("float32")
-        bags.append(Bag(x=torch.from_numpy(x), y=float(x[:, 0].max()), bag_id=f"b{i}", index=i))
-    raw = {"name": "reg", "seed": 0, "data": {"name": "classic", "dataset": "musk1"}, "task": {"name": "regression"},
-           "encoder": {"name": "identity"}, "pooling": {"name": "rrt", "n_heads": 2, "crmsa_heads": 2},
-           "optim": {"name": "adam", "lr": 1e-3}, "train": {"epochs": 2, "batch_size": 4}}
-    train, test = BagListDataset(bags[:30], ["target"]), BagListDataset(bags[30:], ["target"])
-    tr = Trainer(load_recipe(raw), FoldData(0, train, None, {"test": test}), tmp_path, emit=lambda r: None)
-    result = tr.fit(progress=False)
-    assert tr.model.pooling.aggregator.predictor.out_features == 1
-    last = result["last"]["test"]
-    assert np.isfinite(last["loss"]) and np.isfinite(last["rmse"])
+    assert_trains_regression({"name": "rrt", "n_heads": 2, "crmsa_heads": 2}, tmp_path,
+                             head=lambda pooling: pooling.aggregator.predictor)
 
 
 # --- the contract suite ----------------------------------------------------------------------------------------

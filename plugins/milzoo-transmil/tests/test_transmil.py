@@ -5,11 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from milzoo.datasets.batch import Bag, collate_bags
-from milzoo.builtin.encoders import IdentityEncoder
-from milzoo.model.mil import MILModel
+from milzoo.testing import assert_learns_toy_problem, assert_memory_linear
 from milzoo_transmil.nystrom import NystromAttention, iterative_pinv
 from milzoo_transmil.pooling import PPEG, TransMILPooling, square_index
 
@@ -166,34 +163,14 @@ def test_project_then_pad_equals_reference_pad_then_project():
     assert torch.allclose(g_ours, g_ref, atol=1e-12)
 
 
-class _ShapeRecorder(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.shapes = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(t, torch.Tensor):
-                self.shapes.append(tuple(t.shape))
-        return out
-
-
 def test_memory_is_linear_no_n_by_n_tensor():
     torch.manual_seed(0)
     n = 2500
     pool = small(in_dim=4, num_landmarks=16).train()
-    h = torch.randn(1, n, 4)
-    mask = torch.ones(1, n, dtype=torch.bool)
-    rec = _ShapeRecorder()
-    with rec:
-        out = pool(h, mask)
-        (out.bag_logits.sum() + out.attention.sum()).backward()
-    assert len(rec.shapes) > 50
-    biggest = max(torch.Size(s).numel() for s in rec.shapes)
+    _, shapes = assert_memory_linear(pool, in_dim=4, n=n, batch=1)
+    assert len(shapes) > 50
+    biggest = max(torch.Size(s).numel() for s in shapes)
     assert biggest < n * n // 20, biggest
-    assert not [s for s in rec.shapes if sum(d >= n for d in s) >= 2]
-    assert out.attention.shape == (1, n)
 
 
 # --- pooling ---------------------------------------------------------------------
@@ -265,26 +242,4 @@ def test_defaults_build_for_tiny_inputs():
 
 def test_training_sanity_toy_problem():
     torch.manual_seed(0)
-    # positive bags contain one instance shifted along feature 0
-    bags = []
-    for i in range(24):
-        n = 4 + i % 5
-        x = torch.randn(n, 6) * 0.5
-        y = i % 2
-        if y:
-            x[i % n, 0] += 3.0
-        bags.append(Bag(x=x, y=y))
-    batch = collate_bags(bags)
-    pool = small()
-    model = MILModel(IdentityEncoder(IdentityEncoder.Config(), (6,)), pool)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(40):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(batch).bag_logits, batch.y)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0]
-    acc = (model.predict(batch).bag_logits.argmax(1) == batch.y).float().mean()
-    assert acc >= 0.9
+    assert_learns_toy_problem(lambda in_dim, k: small(in_dim, k))

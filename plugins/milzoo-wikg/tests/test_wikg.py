@@ -7,12 +7,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from milzoo.builtin.encoders import IdentityEncoder
-from milzoo.datasets.batch import Bag, collate_bags
-from milzoo.model.mil import MILModel
-from milzoo.testing import parametrize_with_checks
+from milzoo.testing import (
+    assert_learns_toy_problem, assert_memory_linear, assert_trains_regression, parametrize_with_checks,
+)
 from milzoo_wikg.pooling import WiKGPooling
 
 
@@ -290,38 +288,14 @@ def test_blockwise_selection_equals_one_block(monkeypatch):
     assert torch.equal(parts.extras["neighbours"], whole.extras["neighbours"])
 
 
-class _ShapeRecorder(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.shapes = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(t, torch.Tensor):
-                self.shapes.append(tuple(t.shape))
-        return out
-
-
 @pytest.mark.parametrize("padded", [False, True])
 def test_no_n_by_n_tensor_in_a_training_step(padded, monkeypatch):
     """The n x n scores exist only block by block (here [2, 50, 2000]) and never in the backward."""
     monkeypatch.setattr(WiKGPooling, "similarity_block", 200_000)
     torch.manual_seed(0)
-    n = 2000
     pool = WiKGPooling(WiKGPooling.Config(dim_hidden=16), 4, 2).train()
-    h = torch.randn(2, n, 4)
-    mask = torch.ones(2, n, dtype=torch.bool)
-    if padded:
-        mask[1, 1500:] = False
-    rec = _ShapeRecorder()
-    with rec:
-        out = pool(h, mask)
-        (out.bag_logits.sum() + out.attention.sum()).backward()
-    big = [s for s in rec.shapes if sum(d >= n for d in s) >= 2]
-    assert not big, sorted(set(big))[:5]
-    assert (2, 50, n) in rec.shapes  # the blocks of scores
-    assert out.attention.shape == (2, n)
+    _, shapes = assert_memory_linear(pool, in_dim=4, padded=padded)
+    assert (2, 50, 2000) in shapes  # the blocks of scores
 
 
 # --- milzoo's own behaviour -----------------------------------------------------------------------------------
@@ -379,53 +353,13 @@ def test_defaults_build_for_tiny_inputs():
 
 def test_training_sanity_toy_problem():
     torch.manual_seed(0)
-    bags = []
-    for i in range(24):  # positive bags contain one instance shifted along feature 0
-        n = 4 + i % 5
-        x = torch.randn(n, 6) * 0.5
-        y = i % 2
-        if y:
-            x[i % n, 0] += 3.0
-        bags.append(Bag(x=x, y=y))
-    batch = collate_bags(bags)
-    model = MILModel(IdentityEncoder(IdentityEncoder.Config(), (6,)), small(dropout=0.0))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(40):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(batch).bag_logits, batch.y)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0]
-    assert (model.predict(batch).bag_logits.argmax(1) == batch.y).float().mean() >= 0.9
+    assert_learns_toy_problem(lambda in_dim, k: small(in_dim, k, dropout=0.0))
 
 
 def test_regression_task_trains_two_epochs(tmp_path):
     """Every task: the head has num_classes outputs (one per target here); a 2-epoch regression run works."""
-    import numpy as np
-
-    from milzoo.datasets import BagListDataset, FoldData
-    from milzoo.recipe import load_recipe
-    from milzoo.train import Trainer
-
     assert WiKGPooling.tasks is None
-    g = np.random.default_rng(0)
-    bags = []
-    for i in range(40):
-        n = int(g.integers(3, 10))
-        x = g.normal(size=(n, 8)).astype("float32")
-        bags.append(Bag(x=torch.from_numpy(x), y=float(x[:, 0].max()), bag_id=f"b{i}", index=i))
-    raw = {"name": "reg", "seed": 0, "data": {"name": "classic", "dataset": "musk1"}, "task": {"name": "regression"},
-           "encoder": {"name": "identity"}, "pooling": {"name": "wikg", "dim_hidden": 16},
-           "optim": {"name": "adam", "lr": 1e-3}, "train": {"epochs": 2, "batch_size": 4}}
-    train, test = BagListDataset(bags[:30], ["target"]), BagListDataset(bags[30:], ["target"])
-    tr = Trainer(load_recipe(raw), FoldData(0, train, None, {"test": test}), tmp_path, emit=lambda r: None)
-    result = tr.fit(progress=False)
-    assert tr.model.pooling.fc.out_features == 1
-    last = result["last"]["test"]
-    assert np.isfinite(last["loss"]) and np.isfinite(last["rmse"])
-    assert (tmp_path / "last" / "predictions-test.csv").read_text().splitlines()[0] == "bag_id,target,pred"
+    assert_trains_regression({"name": "wikg", "dim_hidden": 16}, tmp_path, head=lambda pooling: pooling.fc)
 
 
 # --- the contract suite ----------------------------------------------------------------------------------------
