@@ -1,6 +1,12 @@
 """Shared by benchmarks/survival_fmnist.py and benchmarks/regression_fmnist.py: run the shipped recipes of
-milzoo-survival through ``milzoo.run`` (resumable, one run directory per recipe and seed), compute the oracle
-on the same test bags, and print a markdown table."""
+milzoo-survival through ``milzoo.run`` (resumable, one run directory per recipe, data draw and model seed),
+compute the oracle on each draw's test bags, and print markdown tables.
+
+A run is a pair (data seed, model seed): the data seed is the dataset option ``data.seed`` (which images form the
+bags, and the drawn event times / targets), the model seed the recipe's ``seed`` (initialisation, batch order).
+``--paired`` runs data seed i with model seed i; without it every combination runs.  Each row is the mean ± sd
+(sample sd, n - 1) over all runs; the oracle row over the data draws; the gap to the oracle is paired: a run's
+metric minus the oracle's on the same draw."""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import argparse
 import json
 import math
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -32,11 +39,35 @@ def parse_args(doc: str, default_out: str, extra: tuple[str, ...] = ()) -> argpa
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out-root", default=default_out, help="run directories go below this folder")
     p.add_argument("--only", nargs="*", default=None, help=f"recipes to run (of {', '.join(POOLINGS + extra)})")
-    p.add_argument("--seeds", nargs="*", type=int, default=[0], help="model seeds (the bags stay the same)")
+    p.add_argument("--data-seeds", nargs="+", type=int, default=[0],
+                   help="data draws (the dataset's data.seed: which images form the bags, the drawn targets)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="model seeds (the recipe's seed)")
+    p.add_argument("--paired", action="store_true",
+                   help="run data seed i with model seed i (equally long lists) instead of every combination")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="a recipe override for every run (repeatable), e.g. train.epochs=5")
     p.add_argument("--json", default=None, help="also write the table's numbers to this JSON file")
-    return p.parse_args()
+    args = p.parse_args()
+    if args.paired and len(args.data_seeds) != len(args.seeds):
+        p.error(f"--paired needs as many --data-seeds ({len(args.data_seeds)}) as --seeds ({len(args.seeds)})")
+    for o in args.overrides:
+        if o.split("=", 1)[0].strip() in ("seed", "data.seed"):
+            p.error(f"--set {o}: give the seeds with --seeds and --data-seeds")
+    return args
+
+
+def design(args: argparse.Namespace) -> list[tuple[int, int]]:
+    """The runs' (data seed, model seed) pairs."""
+    if args.paired:
+        return list(zip(args.data_seeds, args.seeds))
+    return [(d, s) for d in args.data_seeds for s in args.seeds]
+
+
+def describe_design(args: argparse.Namespace) -> str:
+    pairs = design(args)
+    how = "paired" if args.paired else "crossed"
+    return (f"{len(pairs)} runs per model ({how}: data seeds {args.data_seeds}, model seeds {args.seeds}); "
+            f"oracle over {len(set(args.data_seeds))} data draws")
 
 
 def recipe_source(task: str, name: str, tables: dict[str, dict]):
@@ -86,24 +117,74 @@ def metric(summary: dict | None, which: str, split: str, key: str) -> float:
         return math.nan
 
 
-def test_split(recipe_name: str, overrides: list[str]):
-    """The recipe's dataset source, loaded: its test split (with the generative truth) and the source (the
-    same bags as every run's: the data options and seed do not depend on the model's)."""
+def test_split(recipe_name: str, overrides: list[str], data_seed: int):
+    """The recipe's dataset source with ``data.seed = data_seed``, loaded: its test split (with the generative
+    truth), the same bags as those of every run on this data draw (the data options do not depend on the model
+    seed)."""
     from milzoo.recipe import load_recipe
     from milzoo.registry import get_component
 
-    r = load_recipe(recipe_name, overrides)
+    r = load_recipe(recipe_name, [*overrides, f"data.seed={data_seed}"])
     cfg = r.components["data"]
-    src = get_component("dataset", r.root.data.name)(cfg)
-    return src.load()["test"], src
+    return get_component("dataset", r.root.data.name)(cfg).load()["test"]
 
 
-def mean_sd(values: list[float]) -> str:
+def run_models(args: argparse.Namespace, task: str, names: list[str], tables: dict[str, dict],
+               keys: tuple[str, ...], oracle: dict[int, dict[str, float]]) -> dict[str, dict]:
+    """Every recipe in ``names`` on every (data seed, model seed) of the design, into
+    ``<out-root>/<name>-data<d>-seed<s>``: per recipe the lists ``data_seeds``, ``seeds``, one list per metric in
+    ``keys``, ``gap_<key>`` (the run's metric minus the oracle's on its data draw, for the oracle's metrics) and
+    ``wall_s``; or ``{"refused": message}`` when milzoo refuses the recipe."""
+    pairs = design(args)
+    raw: dict[str, dict] = {}
+    for name in names:
+        source = recipe_source(task, name, tables)
+        entry: dict[str, list] = {"data_seeds": [], "seeds": [], **{k: [] for k in keys},
+                                  **{f"gap_{k}": [] for k in keys if k in oracle[pairs[0][0]]}, "wall_s": []}
+        refused = ""
+        for d, s in pairs:
+            out = Path(args.out_root) / f"{name}-data{d}-seed{s}"
+            summary, wall, refused = run_recipe(source, out, [*args.overrides, f"data.seed={d}", f"seed={s}"])
+            if refused:
+                break
+            entry["data_seeds"].append(d)
+            entry["seeds"].append(s)
+            entry["wall_s"].append(wall)
+            for k in keys:
+                v = metric(summary, "selected", "test", k)
+                entry[k].append(v)
+                if k in oracle[d]:
+                    entry[f"gap_{k}"].append(v - oracle[d][k])
+        raw[name] = {"refused": refused} if refused else entry
+    return raw
+
+
+def paired_diff(a: dict, b: dict, key: str) -> list[float]:
+    """``a``'s ``key`` minus ``b``'s on the same (data seed, model seed) runs."""
+    ib = {(d, s): v for d, s, v in zip(b["data_seeds"], b["seeds"], b[key])}
+    return [v - ib[(d, s)] for d, s, v in zip(a["data_seeds"], a["seeds"], a[key]) if (d, s) in ib]
+
+
+def mean_sd(values: list[float], digits: int = 3, signed: bool = False) -> str:
+    """``mean ± sd`` (sample sd, n - 1) of the values that are not NaN; ``n/a`` when none is."""
     vals = [v for v in values if not math.isnan(v)]
     if not vals:
         return "n/a"
+    f = f"{'+' if signed else ''}.{digits}f"
     if len(vals) == 1:
-        return f"{vals[0]:.3f}"
-    m = sum(vals) / len(vals)
-    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / len(vals))
-    return f"{m:.3f} ± {sd:.3f}"
+        return format(vals[0], f)
+    return f"{format(statistics.mean(vals), f)} ± {statistics.stdev(vals):.{digits}f}"
+
+
+def wall_cell(walls: list[float]) -> str:
+    """The median wall time of a recipe's runs (robust to a run slowed by other jobs on the machine)."""
+    vals = [w for w in walls if not math.isnan(w)]
+    return f"{statistics.median(vals):.0f}" if vals else ""
+
+
+def write_json(path: str | None, args: argparse.Namespace, payload: dict) -> None:
+    if path:
+        Path(path).write_text(json.dumps({
+            "cpu": cpu_model(), "overrides": args.overrides, "design": "paired" if args.paired else "crossed",
+            "data_seeds": args.data_seeds, "seeds": args.seeds, "runs_per_model": len(design(args)),
+            "sd": "sample standard deviation (n - 1)", **payload}, indent=1))
