@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from milzoo.registry import get_component
-from milzoo.components.base import ComponentConfig
+from milzoo.components.base import ComponentConfig, Task
 from milzoo.datasets.protocols import build_dataset  # noqa: F401 - defined in datasets/ now; still importable here
 from milzoo.errors import ComponentError
 from milzoo.model.mil import MILModel
@@ -29,15 +29,18 @@ def build_components(
     class_names: list[str] | None = None,
     standardize: bool = False,
     channels_last: bool = False,
-    task: dict[str, Any] | None = None,
+    task: dict[str, Any] | Task | None = None,
 ) -> MILModel:
     """Build a :class:`MILModel` from ``{"name": ..., **options}`` tables.
 
     ``num_classes`` is the size of the pooling's head (a task's :meth:`~milzoo.components.Task.out_dim`);
-    ``task`` is the task's table, classification when None.
+    ``task`` is the task's table or an already built task, classification when None.
     """
-    task_cls, task_cfg = _config("task", task or {"name": "classification"})
-    task_obj = task_cls(task_cfg)
+    if isinstance(task, Task):
+        task_obj = task
+    else:
+        task_cls, task_cfg = _config("task", task or {"name": "classification"})
+        task_obj = task_cls(task_cfg)
     enc_cls, enc_cfg = _config("encoder", encoder)
     enc = enc_cls(enc_cfg, tuple(in_shape))
     if not getattr(enc, "out_dim", 0):
@@ -58,15 +61,15 @@ def build_model(recipe, in_shape: tuple[int, ...], num_classes: int, class_names
     the pooling's head gets the task's ``out_dim`` of it)."""
     comps = recipe.components
     table = lambda key: {"name": getattr(recipe.root, key).name, **comps[key].model_dump()}  # noqa: E731
-    task = table("task") if comps.get("task") is not None else {"name": "classification"}
-    task_cls, task_cfg = _config("task", dict(task))
+    task_cls, task_cfg = _config("task", table("task") if comps.get("task") is not None else {"name": "classification"})
+    task = task_cls(task_cfg)
     return build_components(
         encoder=table("encoder") if recipe.root.encoder else {"name": "identity"},
         pooling=table("pooling"),
         augment=table("augment") if recipe.root.augment is not None else None,
         task=task,
         in_shape=in_shape,
-        num_classes=task_cls(task_cfg).out_dim(num_classes),
+        num_classes=task.out_dim(num_classes),
         class_names=class_names,
         standardize=recipe.root.protocol.standardize,
         channels_last=recipe.root.train.channels_last,
@@ -74,7 +77,11 @@ def build_model(recipe, in_shape: tuple[int, ...], num_classes: int, class_names
 
 
 def build_losses(recipe, model: MILModel, num_classes: int) -> list:
-    """The recipe's losses, or the pooling's default loss when the recipe names none."""
+    """The recipe's losses, or the task's (else the pooling's) default loss when the recipe names none.
+
+    Each loss is built for the model's head size (``model.num_classes``, the task's ``out_dim``), which is
+    ``num_classes`` for classification; the argument stays for the callers that pass it.
+    """
     tables = [(t.name, c) for t, c in zip(recipe.root.loss, recipe.components["loss"])]
     if not tables:
         default = getattr(model.task, "default_loss", None) or type(model.pooling).default_loss
