@@ -120,7 +120,29 @@ FINAL = {
     # its own lr choice (select/paper_demil-plain-lr*: 72.4 % on validation at 0.001 after 5 epochs, 10.4 % at 0.01)
     "paper_demil-lr0.001": (f"{R}paper_demil.toml", ["optim.lr=0.001"]),
 }
-GROUPS = {"select": _select_jobs(), "final": FINAL}
+
+def _draw_jobs() -> dict[str, tuple[str, list[str]]]:
+    """The main rows on two more bag draws (``data.seed`` 1 and 2: another 600-bag training set, another
+    validation hold-out by the same rule, another test bagging; the metric stays on all 10,000 test images),
+    one training seed each, plus the de-confounded PSAli pairs: ABMIL++ and DEMIL++ without PSAli's epoch-0
+    encoder freeze, so each pair (ABMIL vs ABMIL++ no-freeze, DEMIL vs DEMIL++ no-freeze) differs only by PSAli.
+    All in fp32 (``train.precision=fp32``) whatever the CPU, so that rows differ only by the CPU's kernels."""
+    fp32 = ["train.precision=fp32"]
+    nofreeze = ["loss.1.freeze_encoder_epochs=0"]
+    jobs: dict[str, tuple[str, list[str]]] = {}
+    # run order: the rows the pretrained checkpoints come from first (PSMIL, ABMIL), then the rest of draw 1,
+    # then draw 2; the no-freeze pairs on draw 0 (the table's draw) and draw 1
+    for draw in (1, 2):
+        for model in ("psmil", "abmil", "psmil_lam0", "demil", "dtfd", "supervised"):
+            jobs[f"draw{draw}/{model}"] = (f"{R}{model}.toml", [f"data.seed={draw}", *fp32])
+        if draw == 1:
+            for model in ("abmil_pp", "demil_pp"):
+                for d in (0, 1):
+                    jobs[f"draw{d}/{model}-nofreeze"] = (f"{R}{model}.toml", [f"data.seed={d}", *nofreeze, *fp32])
+    return jobs
+
+
+GROUPS = {"select": _select_jobs(), "final": FINAL, "draws": _draw_jobs()}
 JOBS = {k: v for g in GROUPS.values() for k, v in g.items()}
 
 
