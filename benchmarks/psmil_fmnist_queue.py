@@ -7,6 +7,8 @@ ends, so that a session that stops mid-table loses at most the run in flight.
     .venv/bin/python benchmarks/psmil_fmnist_queue.py final                  # the table's rows
     .venv/bin/python benchmarks/psmil_fmnist_queue.py --only abmil,psmil     # named jobs
     ... --no-commit    (copy the files, but leave the commit to you)
+    ... --code DIR     (run milzoo and the recipes from DIR, a git worktree pinned at one commit, while this
+                        checkout keeps changing; results are still copied and committed here)
 
 A job is done when its committed copy under ``benchmarks/results/fmnist/<job>/`` (or ``runs/fmnist/<job>/``)
 holds ``summary.json``; done jobs are skipped, an interrupted run directory on this machine is resumed.
@@ -203,7 +205,17 @@ def last_line(job: str) -> str:
     return ", ".join(accs[-2:])
 
 
-def run(job: str, *, do_commit: bool, threads: int | None, precision: str | None = None) -> int:
+def _pinned_env(code: Path) -> dict:
+    """Environment that imports milzoo and every first-party plugin from the worktree ``code`` (ahead of the
+    editable installs, which point at this checkout), so a queue's runs do not change code halfway."""
+    paths = [str(code)] + sorted(str(p) for p in (code / "plugins").glob("milzoo-*/src"))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(paths + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return env
+
+
+def run(job: str, *, do_commit: bool, threads: int | None, precision: str | None = None,
+        code: Path | None = None) -> int:
     recipe, overrides = JOBS[job]
     st = state(job)
     if st == "done":
@@ -215,7 +227,8 @@ def run(job: str, *, do_commit: bool, threads: int | None, precision: str | None
         print(f"[queue] {job}: done, skipped", flush=True)
         return 0
     out = RUNS / job
-    cmd = [str(ROOT / ".venv" / "bin" / "milzoo"), "run", recipe, "--out", str(out.relative_to(ROOT)), "--no-progress"]
+    cmd = [str(ROOT / ".venv" / "bin" / "milzoo"), "run", recipe, "--out",
+           str(out if code else out.relative_to(ROOT)), "--no-progress"]
     cmd += ["--resume"] if st == "interrupted" else (["--overwrite"] if out.exists() else [])
     sets = list(overrides) + ([f"train.threads={threads}"] if threads else [])
     sets += [f"train.precision={precision}"] if precision else []
@@ -226,11 +239,15 @@ def run(job: str, *, do_commit: bool, threads: int | None, precision: str | None
     t0 = time.time()
     load0 = os.getloadavg()[0]
     with open(str(out) + ".log", "a") as log:
-        rc = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        rc = subprocess.call(cmd, cwd=code or ROOT, stdout=log, stderr=subprocess.STDOUT,
+                             env=_pinned_env(code) if code else None)
     wall = time.time() - t0
     extra = {**machine(), "wall_s": round(wall, 1), "load_start": round(load0, 2),
              "load_end": round(os.getloadavg()[0], 2), "rc": rc, "ended": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
              "command": cmd[1:]}
+    if code:
+        extra["code"] = {"worktree": str(code), "git_sha": subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=code, capture_output=True, text=True).stdout.strip()}
     if (out / "metrics.jsonl").exists():
         dst = snapshot(job, extra)
         if do_commit:
@@ -250,6 +267,7 @@ def main(argv=None) -> int:
     p.add_argument("--precision", choices=["fp32", "bf16", "auto"],
                    help="train.precision for every run (default: the recipe's 'auto'); '--precision fp32' on an "
                         "AVX-512 machine keeps a row's numerics like those of rows run on AVX2-only machines")
+    p.add_argument("--code", type=Path, help="a git worktree to run milzoo and the recipes from (pinned code)")
     args = p.parse_args(argv)
     names = list(GROUPS[args.group]) if args.group else []
     if args.only:
@@ -262,7 +280,8 @@ def main(argv=None) -> int:
             print(f"{state(n):12s} {n:32s} {JOBS[n][0]} {' '.join(JOBS[n][1])}")
         return 0
     for n in names:
-        run(n, do_commit=not args.no_commit, threads=args.threads, precision=args.precision)
+        run(n, do_commit=not args.no_commit, threads=args.threads, precision=args.precision,
+            code=args.code.resolve() if args.code else None)
     return 0
 
 
