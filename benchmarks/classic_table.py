@@ -40,7 +40,7 @@ START, END = "<!-- classic-table:start -->", "<!-- classic-table:end -->"
 SAVED = ROOT / "benchmarks" / "results" / "classic"
 KEEP = ("summary.json", "recipe.toml", "run.json", "bench.json")
 
-#: published accuracies (methods.md 9.1; all [recalled] there); the protocol matters, see the notes
+#: published accuracies (docs/methods.md 9.1; all [unverified] there); the protocol matters, see the notes
 PUBLISHED = {
     "abmil": {"musk1": "0.892 ± 0.040", "musk2": "0.858 ± 0.048", "elephant": "0.868 ± 0.022"},
     "abmil_gated": {"musk1": "0.900 ± 0.050", "musk2": "0.863 ± 0.042", "elephant": "0.857 ± 0.027"},
@@ -235,7 +235,8 @@ def render(rows: dict, paths: list[Path], out_root: Path, command: str) -> str:
         "the ABMIL paper's attention accuracy (MUSK1 0.892, MUSK2 0.858), the goal for every model.",
         "",
         "† DSMIL paper: the best epoch per **test** fold (its `train_mil.py` reports the maximum test accuracy over",
-        "epochs), so it is optimistic and not comparable with a last-epoch number (methods.md 2.4, 2.7.4, 9.1).",
+        "epochs), so it is optimistic and not comparable with a last-epoch number ([methods.md 2.4](methods.md#24-settings),",
+        "[2.7.4](methods.md#27-pitfalls), [9.1](methods.md#91-classic-mil-benchmarks)).",
         "",
         "‡ The best epoch chosen on each test fold itself, shown only to compare with protocols that report it",
         "(DSMIL, RGMIL and PSMIL's benchmark scripts). It is not an estimate of accuracy on new data.",
@@ -243,7 +244,8 @@ def render(rows: dict, paths: list[Path], out_root: Path, command: str) -> str:
         "**Leaked label column.** Several later papers' MUSK/FOX/TIGER/ELEPHANT tables (RGMIL, and the PSMIL",
         "paper's Table 4 for every model in it) used `.mat` files with one extra last column (167 = 166 + 1 for",
         "MUSK, 231 = 230 + 1 for FOX/TIGER/ELEPHANT) that equals the bag label on every instance and separates the",
-        "classes perfectly (methods.md 6.6.1 and 9.1; the RGMIL and PSAMIL READMEs acknowledge it; a FOX",
+        "classes perfectly ([methods.md 6.6.1](methods.md#66-pitfalls) and [9.1](methods.md#91-classic-mil-benchmarks); the",
+        "RGMIL and PSAMIL READMEs acknowledge it; a FOX",
         "accuracy near 0.95 is the tell-tale sign). Those numbers are not comparable with ours: milzoo reads the",
         "`mil` package's CSVs and checks for exactly 166 (MUSK) / 230 (Elephant) features.",
         "",

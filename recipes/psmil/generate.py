@@ -86,7 +86,7 @@ LR.update({("fmnist", "psmil"): 0.01, ("fmnist", "abmil"): 0.001, ("fmnist", "dt
 POOLINGS = {
     "psmil": ({"name": "psatt", "proto_update": "label", "gamma": 0.001}, [{"name": "bag_ce"}]),
     "abmil": ({"name": "abmil", "attn_hidden": 128, "gated": False}, [{"name": "bag_ce"}]),
-    # DEMIL as the seed paper re-implemented it: a plain linear head (methods.md 5.6.2)
+    # DEMIL as the seed paper re-implemented it: a plain linear head (docs/methods.md 5.6.2)
     "demil": ({"name": "demil", "head": "linear"}, [{"name": "demil"}]),
     "transmil": ({"name": "transmil"}, [{"name": "bag_ce"}]),
     # k > 2 classes: rank the instances of a pseudo-bag by its predicted class (docs/models/dtfd.md)
@@ -186,8 +186,8 @@ HEADER = """\
 #   milzoo run {path} --out runs/{ds}/{stem}
 #   (interrupted: the same command with --resume; a quick try: --set data.max_bags_per_class=20 --set train.epochs=2)
 # Data: {where}.
-# Settings (seed paper, methods.md 7.7): SGD momentum 0.9, weight decay 1e-4, lr x0.1 at epoch 10, 20 epochs,
-# one bag of 64 instances per step, gradient norm clipped at 5 (methods.md 7.5), channels_last, and bf16 autocast
+# Settings (seed paper, docs/methods.md 7.7): SGD momentum 0.9, weight decay 1e-4, lr x0.1 at epoch 10, 20 epochs,
+# one bag of 64 instances per step, gradient norm clipped at 5 (docs/methods.md 7.5), channels_last, and bf16 autocast
 # where it is native (precision = "auto": a GPU, or an AVX-512 CPU; fp32 on AVX2-only CPUs, where bf16 is ~14x
 # slower - docs/psmil.md). train.device = "auto". Bags per step: 1 is the paper's; on a large GPU 4 is the faster
 # default we recommend (docs/psmil.md) - set train.batch_size.

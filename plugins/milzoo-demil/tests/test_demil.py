@@ -422,7 +422,7 @@ def test_training_with_candidate_sets_disambiguates(head):
     # disambiguation: the soft labels moved onto the true labels, never outside the candidate sets
     labels = torch.as_tensor(ds.labels)
     assert (lf.soft_labels.argmax(-1) == labels).float().mean() >= 0.9
-    # mass on the true label, 0.5 at the start; the sigmoid_softmax head caps p (methods.md 5.6.2)
+    # mass on the true label, 0.5 at the start; the sigmoid_softmax head caps p (docs/methods.md 5.6.2)
     true_mass = lf.soft_labels.gather(1, labels[:, None]).mean().item()
     assert true_mass > (0.8 if head == "linear" else 0.6)
     assert (lf.soft_labels * (1 - torch.as_tensor(ds.candidate_sets))).abs().sum() == 0

@@ -1,4 +1,4 @@
-"""The DEMIL loss: soft-label cross-entropy with candidate-set disambiguation (methods.md 5.2).
+"""The DEMIL loss: soft-label cross-entropy with candidate-set disambiguation (docs/methods.md 5.2).
 
 ``L = -sum_c s_c log p_c + lambda_A * sum_i (-a_i log a_i)``, averaged over the
 bags of a batch, where ``s`` is the bag's soft label over its candidate set

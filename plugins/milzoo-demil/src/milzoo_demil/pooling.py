@@ -1,4 +1,4 @@
-"""DEMIL pooling: disambiguated (label-space) gated attention (methods.md section 5.1).
+"""DEMIL pooling: disambiguated (label-space) gated attention (docs/methods.md section 5.1).
 
 ``A_V = tanh(H W_V^T + b_V)`` and ``A_U = sigm(H W_U^T + b_U)``, both ``n x L``
 where ``L`` defaults to ``k`` (the "value mapping" into the label space);
@@ -45,7 +45,7 @@ class DEMILPooling(Pooling):
             default=None,
             gt=0,
             description="hidden size of the gated attention; None = the number of classes k "
-            "(DEMIPL's label-space value mapping, methods.md 5.1)",
+            "(DEMIPL's label-space value mapping, docs/methods.md 5.1)",
         )
         score_hidden: int = Field(
             default=128, gt=0, description="hidden size of the score MLP Linear(L->m) -> ReLU -> Linear(m->1)"
@@ -53,12 +53,12 @@ class DEMILPooling(Pooling):
         share_uv: bool = Field(
             default=False,
             description="reuse W_V, b_V in the sigmoid (U) branch, as the official code does "
-            "(methods.md 5.6.1); False = separate W_U, b_U as in the paper (recommended)",
+            "(docs/methods.md 5.6.1); False = separate W_U, b_U as in the paper (recommended)",
         )
         head: Literal["sigmoid_softmax", "linear"] = Field(
             default="sigmoid_softmax",
             description="sigmoid_softmax: clamp(sigmoid(Cz+b)) then softmax (DEMIPL-faithful); "
-            "linear: Cz+b then softmax (use when DEMIL is a PSMIL baseline, methods.md 5.6.2)",
+            "linear: Cz+b then softmax (use when DEMIL is a PSMIL baseline, docs/methods.md 5.6.2)",
         )
         clamp_eps: float = Field(
             default=1e-5, ge=0.0, lt=0.5, description="sigmoid_softmax head: clamp to [eps, 1-eps]"
@@ -71,7 +71,7 @@ class DEMILPooling(Pooling):
         detach_normaliser: bool = Field(
             default=False,
             description="treat sum_i a_i as a constant in backward, as the PSMIL code's default ('cl') branch "
-            "does (same forward); False keeps it in the graph as DEMIPL does (methods.md 5.6.3)",
+            "does (same forward); False keeps it in the graph as DEMIPL does (docs/methods.md 5.6.3)",
         )
 
     def __init__(self, config, in_dim, num_classes):
@@ -107,7 +107,7 @@ class DEMILPooling(Pooling):
         return self._head(self.classifier(h))
 
     def _normalise(self, scores: Tensor, raw: Tensor, mask: Tensor) -> Tensor:
-        """``a_i / S`` with ``S = sum_i a_i``, in the graph (methods.md 5.6.3) unless ``detach_normaliser``.
+        """``a_i / S`` with ``S = sum_i a_i``, in the graph (docs/methods.md 5.6.3) unless ``detach_normaliser``.
 
         When every score of a bag falls below about -88, every ``a_i`` underflows to 0 in fp32 and the backward's
         ``1 / S`` overflows (inf * 0 = NaN): a collapsed model then stops with a non-finite loss instead of

@@ -1,4 +1,4 @@
-"""DSMIL loss (methods.md 2.2): ``0.5 * l(y_bag, y) + 0.5 * l(y_max, y)``.
+"""DSMIL loss (docs/methods.md 2.2): ``0.5 * l(y_bag, y) + 0.5 * l(y_max, y)``.
 
 Multi-label mode: ``l`` is BCE-with-logits against the one-hot target of the
 positive classes (class 0, the negative class, is the all-zero target), as in

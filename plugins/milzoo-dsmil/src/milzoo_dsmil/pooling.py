@@ -1,4 +1,4 @@
-"""DSMIL pooling (methods.md section 2).
+"""DSMIL pooling (docs/methods.md section 2).
 
 Two streams over the instance features ``H [n, d]``:
 

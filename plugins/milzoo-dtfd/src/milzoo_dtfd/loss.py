@@ -1,4 +1,4 @@
-"""DTFD-MIL loss (methods.md 3.3): ``L = L1 + L2``.
+"""DTFD-MIL loss (docs/methods.md 3.3): ``L = L1 + L2``.
 
 ``L1`` is the cross-entropy of every pseudo-bag's tier-1 logits against the
 parent bag label, averaged over the pseudo-bags of a bag (then over bags);

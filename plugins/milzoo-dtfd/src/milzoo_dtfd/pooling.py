@@ -1,4 +1,4 @@
-"""DTFD-MIL pooling (methods.md section 3).
+"""DTFD-MIL pooling (docs/methods.md section 3).
 
 1. Reduction ``X = ReLU(H W_r)`` (no bias), optionally followed by residual blocks
    (no bias either).

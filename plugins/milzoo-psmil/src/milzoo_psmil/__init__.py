@@ -1,5 +1,5 @@
 """PSMIL for milzoo: probability-space attention (PSAtt) and alignment (PSAli).
 
 Seed paper: "Rethinking multiple-instance learning from feature space to
-probability space"; specification in methods.md section 7.
+probability space"; specification in docs/methods.md section 7.
 """

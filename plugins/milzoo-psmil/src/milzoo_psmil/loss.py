@@ -1,4 +1,4 @@
-"""PSAli: probability-space alignment loss (methods.md 7.4; seed paper 3.2, eq. 5 and 9).
+"""PSAli: probability-space alignment loss (docs/methods.md 7.4; seed paper 3.2, eq. 5 and 9).
 
 For every real instance ``i`` and each of its views ``x'`` (view 0 = the weak
 one the pooling saw), ``p(x') = softmax_k(C h(x') + b)`` with the *bag*

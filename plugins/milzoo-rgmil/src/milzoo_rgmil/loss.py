@@ -1,4 +1,4 @@
-"""RGMIL's branch loss (methods.md section 6.2): ``sum_j NLL(log_softmax(logits_j), [j == Y])``.
+"""RGMIL's branch loss (docs/methods.md section 6.2): ``sum_j NLL(log_softmax(logits_j), [j == Y])``.
 
 With two classes there is one branch and this is the plain bag cross-entropy of
 section 6.1.  With ``K > 1`` branches every branch is trained one-vs-rest

@@ -1,4 +1,4 @@
-"""RGMIL: regressor-guided pooling (methods.md section 6).
+"""RGMIL: regressor-guided pooling (docs/methods.md section 6).
 
 For ``k`` classes there are ``K = k - 1`` binary branches (``K = 1`` is the
 binary model of section 6.1; ``K > 1`` the ordinal multi-class model of 6.2).
@@ -77,7 +77,7 @@ class RGMILPooling(Pooling):
     class Config(ComponentConfig):
         train_regressor: bool = Field(
             default=False,
-            description="train the regressors C_j; the official scripts never update them (methods.md 6.3)",
+            description="train the regressors C_j; the official scripts never update them (docs/methods.md 6.3)",
         )
         init: Literal["kaiming_uniform", "kaiming_normal"] = Field(
             default="kaiming_uniform",

@@ -1,4 +1,4 @@
-"""Batched image augmentations for PSAli's views (methods.md section 7.5, augmentations row).
+"""Batched image augmentations for PSAli's views (docs/methods.md section 7.5, augmentations row).
 
 Everything here works on a whole ``[M, C, H, W]`` batch on its device with
 per-sample random parameters; no per-image Python loop and no host sync.

@@ -1,10 +1,10 @@
-"""The PSMIL synthetic image-bag benchmarks (methods.md section 7.6, paper App. A.3).
+"""The PSMIL synthetic image-bag benchmarks (docs/methods.md section 7.6, paper App. A.3).
 
 A bag of class ``c`` holds ``num_key`` (5) key images of class ``c`` and
 ``bag_size - num_key`` (59) background images of ``background_class`` (0).  Key
 images are never reused across bags; background images are drawn at random for
 every bag (distinct within a bag), so they are reused across bags.  Class-0 bags
-follow the [choice] of methods.md 7.6: 5 non-reused class-0 "key" images plus 59
+follow the [choice] of docs/methods.md 7.6: 5 non-reused class-0 "key" images plus 59
 other class-0 images, so there are floor(#class-0 / 5) of them like every class.
 Instance order inside a bag is shuffled.
 

@@ -1,4 +1,4 @@
-"""Whole-slide-image MIL from pre-extracted patch features (methods.md section 7.8).
+"""Whole-slide-image MIL from pre-extracted patch features (docs/methods.md section 7.8).
 
 Modules (import them directly; this package imports nothing heavy so plugin
 discovery stays fast):

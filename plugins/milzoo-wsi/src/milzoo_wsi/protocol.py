@@ -1,4 +1,4 @@
-"""The WSI protocol of methods.md section 7.8, as the milzoo core implements it.
+"""The WSI protocol of docs/methods.md section 7.8, as the milzoo core implements it.
 
 CAMELYON16: 5-fold CV on the training slides (folds stratified by label and
 grouped by patient); per fold the validation-selected model and its Youden
@@ -39,7 +39,7 @@ def dsmil_selection_score(y_true, probs, threshold: float | None = None) -> floa
     """DSMIL's per-fold model-selection score ``(sum_c AUC_c + accuracy) / 2``.
 
     ``probs`` is ``[n, k]``.  The per-class one-vs-rest AUCs are *summed* (two
-    AUCs for k=2, as the official code does; methods.md 2.4 and 7.8); accuracy
+    AUCs for k=2, as the official code does; docs/methods.md 2.4 and 7.8); accuracy
     uses ``threshold`` on ``p1`` for binary tasks, else the argmax (the core's
     :func:`~milzoo.model.ensemble.fold_predictions`).  A class absent from ``y_true``
     contributes 0.
