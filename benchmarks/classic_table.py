@@ -89,7 +89,7 @@ def run_one(path: Path, out_root: Path) -> dict:
              "loadavg_end": os.getloadavg(), "cpu": machine()}
     (run_dir / "bench.json").write_text(json.dumps(bench, indent=2) + "\n")
     acc = summary["last"]["test"]["acc"]
-    print(f"[done] {path.stem}: acc {acc['mean']:.3f} ± {acc['std']:.3f} in {wall:.0f}s", file=sys.stderr, flush=True)
+    print(f"[done] {path.stem}: acc {_pm(acc)} in {wall:.0f}s", file=sys.stderr, flush=True)
     save_results(run_dir, SAVED / path.stem)
     return summary
 
@@ -105,10 +105,24 @@ def save_results(run_dir: Path, dest: Path) -> None:
 # --------------------------------------------------------------------------- the table
 
 
+#: the table's ± is the population standard deviation over the folds (n in the denominator), as its rows were
+#: first published; milzoo itself states the sample one (n - 1: summary.json since it records ``std_ddof``, the
+#: report, model cards).  It is computed here from the folds' values, so summaries of either kind give one table.
+TABLE_SD = "population standard deviation (n)"
+
+
+def _population_sd(stat: dict) -> float:
+    values = [v for v in stat.get("values") or [] if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not values:
+        return stat.get("std") if isinstance(stat.get("std"), (int, float)) else math.nan
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
 def _pm(stat: dict | None, nd: int = 3) -> str:
     if not stat or stat.get("mean") is None or (isinstance(stat["mean"], float) and math.isnan(stat["mean"])):
         return "–"
-    return f"{stat['mean']:.{nd}f} ± {stat['std']:.{nd}f}"
+    return f"{stat['mean']:.{nd}f} ± {_population_sd(stat):.{nd}f}"
 
 
 def _repeat_std(summary: dict, split: str = "test", section: str = "last", metric: str = "acc") -> float | None:
@@ -229,9 +243,10 @@ def render(rows: dict, paths: list[Path], out_root: Path, command: str) -> str:
             lines.append(f"| `{split_stem(stem)[0]}` | not run yet |" + " |" * blanks)
         lines.append("")
     lines += [
-        "Accuracy and AUC are the mean ± standard deviation over the test folds (each fold's model after its",
-        "last epoch; nothing is selected on a test fold). With repeated CV, `runs ±` is the standard deviation of",
-        "the per-repeat means, the spread the ABMIL paper's 5×10-fold numbers describe. ▽ marks a model below",
+        f"Accuracy and AUC are the mean ± {TABLE_SD} over the test folds (each fold's model after its",
+        "last epoch; nothing is selected on a test fold; the rest of milzoo states the sample standard deviation,",
+        "n − 1). With repeated CV, `runs ±` is the population standard deviation of the per-repeat means, the",
+        "spread the ABMIL paper's 5×10-fold numbers describe. ▽ marks a model below",
         "the ABMIL paper's attention accuracy (MUSK1 0.892, MUSK2 0.858), the goal for every model.",
         "",
         "† DSMIL paper: the best epoch per **test** fold (its `train_mil.py` reports the maximum test accuracy over",

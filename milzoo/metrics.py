@@ -111,11 +111,32 @@ def json_safe(obj):
     return obj
 
 
+#: the one standard deviation milzoo states over folds, seeds or ensemble members (``summary.json``, the
+#: ``milzoo run`` summary, the HTML report, model cards): the sample standard deviation, ``n - 1`` in the
+#: denominator (numpy's ``ddof=1``, Python's ``statistics.stdev``); ``summary.json`` records it as ``std_ddof``
+STD_DDOF = 1
+#: the ``std_ddof`` of a ``summary.json`` that has none: written before the key existed, with numpy's default
+LEGACY_SUMMARY_DDOF = 0
+
+
+def std_words(ddof: int = STD_DDOF) -> str:
+    """Which standard deviation, in words, for a page or a printout: ``sample standard deviation (n − 1)``
+    (``ddof`` 1) or ``population standard deviation (n)`` (``ddof`` 0, old ``summary.json`` files)."""
+    if ddof == 0:
+        return "population standard deviation (n)"
+    return "sample standard deviation (n − 1)" if ddof == 1 else f"standard deviation (ddof {ddof})"
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
+    """The mean and the sample standard deviation (:data:`STD_DDOF`) of the values that are not None or NaN.
+
+    The standard deviation of a single value is undefined: NaN (``null`` in JSON), never a spread of 0.
+    """
     arr = np.array([v for v in values if v is not None and not math.isnan(v)], dtype=np.float64)
     if arr.size == 0:
         return math.nan, math.nan
-    return float(arr.mean()), float(arr.std())
+    std = float(arr.std(ddof=STD_DDOF)) if arr.size > STD_DDOF else math.nan
+    return float(arr.mean()), std
 
 
 #: metrics where a smaller value is better (errors and losses); every other metric is better larger

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import statistics
 import tomllib
 from pathlib import Path
 
@@ -88,7 +89,10 @@ def test_one_recipe_runs_and_the_table_renders(tmp_path):
     text = table.render(rows, paths, out_root, "python benchmarks/classic_table.py")
     assert text.startswith(table.START) and text.rstrip().endswith(table.END)
     line = next(l for l in text.splitlines() if l.startswith("| `abmil` | 2-fold"))
-    assert f"{acc['mean']:.3f} ± {acc['std']:.3f}" in line
+    # the table's ± is the population SD of the folds' values, as first published (summary.json: the sample SD)
+    assert acc["std"] == pytest.approx(statistics.stdev(acc["values"]))
+    assert f"{acc['mean']:.3f} ± {statistics.pstdev(acc['values']):.3f}" in line
+    assert "population standard deviation (n)" in text
     assert "0.892 ± 0.040" in line  # the published number beside it
     assert "| `dsmil` | not run yet |" in text
     doc = tmp_path / "results.md"

@@ -454,3 +454,53 @@ def test_one_colour_map_for_attention_values(image_run):
     top = int(np.argmax(v.values))
     frame = matplotlib.colormaps[VALUE_CMAP](v.values[top] / v.values.max())  # the top instance's frame colour
     assert has_colour(rgb, "#%02x%02x%02x" % tuple(int(round(c * 255)) for c in frame[:3]), tol=6, min_pixels=20)
+
+
+# --------------------------------------------------------------------------- ROC curves, confusion matrices, one SD
+
+
+def test_roc_and_confusion_matrices_agree_with_the_runs_own_numbers(feature_runs, tmp_path):
+    from milzoo.report.roc import run_predictions
+
+    abmil, _ = feature_runs
+    out = write_report([abmil], tmp_path / "r.html", embed=False, attention=False)
+    html = out.read_text()
+    page = parse(out)
+    assert html.count("<svg") == 1 and 'id="roc"' in html
+    summary = json.loads((abmil / "summary.json").read_text())
+    models = {m.which: m for m in run_predictions(abmil)}
+    assert sorted(models) == ["best", "last"]
+    for which, section in (("best", "selected"), ("last", "last")):
+        m = models[which]
+        # each fold's AUC of its predictions file is the AUC the run reported for that fold
+        assert [m.roc()[0].aucs[f.fold] for f in m.folds] == pytest.approx(
+            summary[section]["test"]["auc"]["values"], abs=1e-4)
+        # the matrix counts every bag once per fold, and its diagonal is the folds' accuracies times their sizes
+        cells = [c for c in page.cells if c.get("model") == which]
+        counts = {(int(c["true"]), int(c["pred"])): int(c["count"]) for c in cells}
+        assert sum(counts.values()) == m.num_bags
+        right = sum(acc * len(f.y) for acc, f in zip(summary[section]["test"]["acc"]["values"], m.folds))
+        assert counts[(0, 0)] + counts[(1, 1)] == round(right)
+    # the legend's AUC is the final table's (mean ± the sample SD over folds)
+    auc = summary["last"]["test"]["auc"]
+    assert f"AUC {auc['mean']:.3f} ± {auc['std']:.3f}" in html
+    assert "decision rule: argmax" in " ".join(page.text)
+
+
+def test_one_standard_deviation_in_summary_table_and_report(feature_runs, tmp_path):
+    abmil, _ = feature_runs
+    summary = json.loads((abmil / "summary.json").read_text())
+    assert summary["std_ddof"] == 1
+    acc = summary["last"]["test"]["acc"]
+    assert acc["std"] == pytest.approx(np.std(acc["values"], ddof=1), abs=1e-15)
+    # a summary.json written before std_ddof (population SD) is shown with the sample SD of its values too
+    legacy = tmp_path / "legacy"
+    shutil.copytree(abmil, legacy)
+    old = json.loads((legacy / "summary.json").read_text())
+    del old["std_ddof"]
+    old["last"]["test"]["acc"]["std"] = float(np.std(acc["values"]))
+    (legacy / "summary.json").write_text(json.dumps(old))
+    page = parse(write_report([legacy], tmp_path / "r.html", embed=False, attention=False))
+    cell = next(c for c in page.cells if c.get("section") == "last" and c["split"] == "test" and c["metric"] == "acc")
+    assert float(cell["std"]) == pytest.approx(acc["std"], abs=1e-12)
+    assert "Mean ± sample standard deviation (n − 1) over folds" in " ".join(" ".join(page.text).split())

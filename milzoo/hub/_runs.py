@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-
 from milzoo.checkpoint import CONFIG, read_config
 from milzoo.errors import RunDirError, UserError
+from milzoo.metrics import STD_DDOF, mean_std, std_words
 from milzoo._untrusted import read_json
 from milzoo._version import milzoo_version
 
@@ -161,14 +160,17 @@ def run_metrics(run_dir: Path, members: list[Member], protocol: str) -> dict[str
         for s, vals in splits.items():
             for k, v in vals.items():
                 per.setdefault(s, {}).setdefault(k, []).append(v)
-    splits = {s: {k: float(np.mean(v)) for k, v in d.items() if len(v) == len(members)} for s, d in per.items()}
-    std = {s: {k: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for k, v in d.items() if len(v) == len(members)}
-           for s, d in per.items()}
+    # the mean and the standard deviation of summary.json (milzoo.metrics.mean_std: the sample SD, n - 1)
+    stats = {s: {k: mean_std(v) for k, v in d.items() if len(v) == len(members)} for s, d in per.items()}
+    splits = {s: {k: m for k, (m, _) in d.items()} for s, d in stats.items()}
+    std = {s: {k: sd for k, (_, sd) in d.items()} for s, d in stats.items()}
     splits = {s: v for s, v in splits.items() if v}
     if not splits:
         return {}
     return {"source": "summary.json", "splits": splits, "std": {s: std[s] for s in splits},
-            "note": (f"Cross-validation estimate: mean ± std over the {len(members)} member folds, each measured by "
+            "std_ddof": STD_DDOF,
+            "note": (f"Cross-validation estimate: mean ± {std_words()} over the {len(members)} member folds, "
+                     "each measured by "
                      "`milzoo run` on its own held-out fold. The ensemble as a whole was not evaluated on a "
                      "separate test set.")}
 

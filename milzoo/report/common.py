@@ -49,6 +49,25 @@ def figure_png(fig, dpi: int | None = None) -> bytes:
     return buf.getvalue()
 
 
+def figure_svg(fig) -> str:
+    """The figure as one ``<svg>`` element to put inline in an HTML page: text stays text (small, searchable),
+    and matplotlib escapes it (``<`` and ``&`` of a run's name cannot open a tag).  The ids inside are salted
+    at random by matplotlib, so several figures can share a page."""
+    import matplotlib
+
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": None}):
+        fig.savefig(buf, format="svg", bbox_inches="tight", facecolor="white", metadata={"Date": None})
+    text = buf.getvalue()
+    return text[text.index("<svg"):].strip()
+
+
+def plain_text(text: object) -> str:
+    """``text`` for a matplotlib label, drawn as written: a ``$`` would start mathtext (and a stray ``$\\frac``
+    in a run's name would stop the figure)."""
+    return str(text).replace("$", r"\$")
+
+
 def write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

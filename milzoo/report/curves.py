@@ -12,7 +12,15 @@ from typing import Any
 
 import numpy as np
 
-from milzoo.report.common import NOT_CURVES, RUN_COLORS, RunData, is_number, metric_sort_key, new_figure
+from milzoo.report.common import (
+    NOT_CURVES,
+    RUN_COLORS,
+    RunData,
+    is_number,
+    metric_sort_key,
+    new_figure,
+    plain_text,
+)
 
 #: train-record keys not drawn (lr is drawn only when it changes)
 _TRAIN_SKIP = {"time_s"}
@@ -90,9 +98,9 @@ def plot_split(runs: list[RunData], split: str, ncols: int | None = None, panel_
                 for ep, vals in per_fold.values():
                     ax.plot(ep + 1, vals, color=color, lw=0.8, alpha=0.3)
             ep, mean = fold_mean(per_fold)
-            label = run.label if many else ("mean over folds" if len(per_fold) > 1 else None)
+            label = plain_text(run.label) if many else ("mean over folds" if len(per_fold) > 1 else None)
             ax.plot(ep + 1, mean, color=color, lw=2.2, label=label, marker="o" if len(ep) <= 12 else None, ms=3)
-        ax.set_title(_panel_title(split, metric), fontsize=10)
+        ax.set_title(plain_text(_panel_title(split, metric)), fontsize=10)
         ax.set_xlabel("epoch", fontsize=8)
         ax.tick_params(labelsize=8)
         ax.grid(True, alpha=0.3)
@@ -114,7 +122,7 @@ def plot_split(runs: list[RunData], split: str, ncols: int | None = None, panel_
     sub = ("" if many else f"{runs[0].label or runs[0].name} · ") + f"split '{split}'"
     if nfolds and max(nfolds) > 1:
         sub += " · thin lines: folds, thick: mean"
-    fig.suptitle(sub, fontsize=11, y=1.06 if many else 1.0)
+    fig.suptitle(plain_text(sub), fontsize=11, y=1.06 if many else 1.0)
     fig.tight_layout()
     return fig
 

@@ -1,29 +1,41 @@
-"""The static HTML report: one self-contained page, PNGs embedded as base64.
+"""The static HTML report: one self-contained page, rendered from Jinja2 templates with autoescape on.
 
-Every number of the final-metrics tables is also written, unrounded, in the
-cell's ``data-*`` attributes (``data-run``, ``data-section``, ``data-split``,
-``data-metric``, ``data-mean``, ``data-std``, ``data-n``), so a script can read
-the tables back.
+The page is ``templates/report.html.j2``, its pieces the macros of ``templates/parts.html.j2`` and its style
+``templates/report.css`` (package data).  This module only gathers the numbers, texts and pictures into plain
+dicts; every string reaches the page through the templates, escaped.  The pictures are PNGs embedded as base64,
+and the ROC curves inline SVG (:mod:`milzoo.report.roc`).
+
+Every number of the final-metrics tables is also written, unrounded, in the cell's ``data-*`` attributes
+(``data-run``, ``data-section``, ``data-split``, ``data-metric``, ``data-mean``, ``data-std``, ``data-n``), and
+every count of a confusion matrix in ``data-run``, ``data-model``, ``data-split``, ``data-true``, ``data-pred``
+and ``data-count``, so a script can read the tables back.
+
+One standard deviation: the sample one over the folds (``n - 1``, :func:`milzoo.metrics.mean_std`), recomputed
+from the folds' values so that a ``summary.json`` written before milzoo recorded ``std_ddof`` (the population
+one) is shown the same way.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import json
 import logging
 import time
 import traceback
+from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
 from milzoo.errors import MilzooError
-from milzoo.metrics import mean_std
+from milzoo.metrics import mean_std, std_words
 from milzoo.report.common import (
     RUN_COLORS,
     RunData,
     assign_labels,
     figure_png,
+    figure_svg,
     is_number,
     load_run,
     metric_sort_key,
@@ -40,30 +52,35 @@ SECTIONS = [
     ("ensemble", "ensemble of the fold models (vote)", "the fold models' majority vote on the shared test split"),
 ]
 _HIDDEN_METRICS = {"epoch", "threshold"}
+_TEMPLATES = "templates"
+#: the page's style sheet (``templates/report.css``)
+CSS = resources.files("milzoo.report").joinpath(_TEMPLATES, "report.css").read_text(encoding="utf-8")
 
-CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1280px;color:#222;
-padding:0 16px}
-h1{font-size:1.5em;margin-bottom:4px}h2{font-size:1.2em;margin-top:32px;border-bottom:1px solid #ddd;
-padding-bottom:4px}h3{font-size:1.05em}
-table{border-collapse:collapse;margin:8px 0;font-size:0.9em}
-th,td{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}th{background:#f4f4f4}
-td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-tr.optimistic td{background:#fff4e5}tr.optimistic td.section{color:#a04000;font-weight:600}
-.note{color:#666;font-size:0.9em}.warn{color:#a04000}
-img{max-width:100%;height:auto;border:1px solid #eee;margin:6px 0}
-pre{background:#f7f7f7;padding:8px;overflow-x:auto;font-size:0.85em}
-.swatch{display:inline-block;width:12px;height:12px;border-radius:2px;margin-right:6px;vertical-align:middle}
-details{margin:8px 0}summary{cursor:pointer}
-"""
+
+@functools.cache
+def _env():
+    from jinja2 import Environment, PackageLoader, StrictUndefined
+
+    return Environment(loader=PackageLoader("milzoo.report", _TEMPLATES), autoescape=True,
+                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+
+def _parts():
+    """The macros of ``parts.html.j2``, callable from Python."""
+    return _env().get_template("parts.html.j2").module
 
 
 def esc(s: Any) -> str:
+    """``s`` escaped for HTML text and attributes (what the templates' autoescape does)."""
     return html.escape(str(s), quote=True)
 
 
+def png_src(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
 def png_tag(png: bytes, alt: str) -> str:
-    return f'<img alt="{esc(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+    return str(_parts().img(png_src(png), alt))
 
 
 def fmt(v: Any, digits: int = 3) -> str:
@@ -74,17 +91,19 @@ def fmt(v: Any, digits: int = 3) -> str:
 
 
 def _stat(v: Any) -> dict[str, Any] | None:
-    """``{"mean", "std", "n"}`` from a summary entry (``{"mean", "std", "values"}``) or a plain number."""
+    """``{"mean", "std", "n"}`` from a summary entry (``{"mean", "std", "values"}``) or a plain number; the
+    standard deviation is the sample one of the entry's values (:func:`milzoo.metrics.mean_std`)."""
     if isinstance(v, dict) and "mean" in v:
-        vals = [x for x in v.get("values", []) if is_number(x)]
-        return {"mean": v.get("mean"), "std": v.get("std"), "n": len(vals) if vals else None}
+        vals = [float(x) for x in v.get("values", []) if is_number(x)]
+        std = mean_std(vals)[1] if vals else v.get("std")
+        return {"mean": v.get("mean"), "std": std, "n": len(vals) if vals else None}
     if is_number(v):
         return {"mean": float(v), "std": None, "n": 1}
     return None
 
 
-def _from_records(run: RunData) -> dict[str, Any]:
-    """A summary-like ``{"last": {split: {metric: stat}}}`` from each fold's latest epoch (incomplete runs)."""
+def _latest(run: RunData) -> dict[tuple[int, str], dict]:
+    """Each fold's latest evaluation record per split (not train), from metrics.jsonl."""
     latest: dict[tuple[int, str], dict] = {}
     for r in run.records:
         if r.get("split") in (None, "train"):
@@ -92,8 +111,13 @@ def _from_records(run: RunData) -> dict[str, Any]:
         key = (int(r.get("fold", 0)), str(r["split"]))
         if key not in latest or int(r.get("epoch", -1)) >= int(latest[key].get("epoch", -1)):
             latest[key] = r
+    return latest
+
+
+def _from_records(run: RunData) -> dict[str, Any]:
+    """A summary-like ``{"last": {split: {metric: stat}}}`` from each fold's latest epoch (incomplete runs)."""
     per: dict[str, dict[str, list]] = {}
-    for (_, split), r in sorted(latest.items()):
+    for (_, split), r in sorted(_latest(run).items()):
         for k, v in r.items():
             if k in ("fold", "epoch", "split", "threshold") or not is_number(v):
                 continue
@@ -137,55 +161,41 @@ def final_rows(run: RunData) -> list[dict[str, Any]]:
     return rows
 
 
-def _cell(stat: dict[str, Any] | None, attrs: dict[str, Any]) -> str:
+def _cell(stat: dict[str, Any] | None, attrs: dict[str, Any]) -> dict[str, Any] | None:
     if stat is None:
-        return '<td class="num">–</td>'
+        return None
     mean, std, n = stat.get("mean"), stat.get("std"), stat.get("n")
     text = fmt(mean)
     if is_number(std) and (n or 0) > 1:
         text += f" ± {fmt(std)}"
     data = {**attrs, "mean": repr(float(mean)) if is_number(mean) else "nan",
             "std": repr(float(std)) if is_number(std) else "", "n": n if n is not None else ""}
-    data_s = " ".join(f'data-{k}="{esc(v)}"' for k, v in data.items())
-    return f'<td class="num" {data_s}>{esc(text)}</td>'
+    return {"text": text, "data": data}
+
+
+def final_table_data(runs: list[RunData]) -> dict[str, Any]:
+    """The final-metrics table: header, rows of cells, and which standard deviation it shows."""
+    several = len(runs) > 1
+    all_rows = [(run, r) for run in runs for r in final_rows(run)]
+    metrics = sorted({m for _, r in all_rows for m in r["metrics"]}, key=lambda m: (m == "loss", metric_sort_key(m)))
+    order = {k: i for i, (k, _, _) in enumerate(SECTIONS)}
+    all_rows.sort(key=lambda t: (order[t[1]["section"]], t[1]["split"] != "test", t[1]["split"], runs.index(t[0])))
+    rows = []
+    for run, r in all_rows:
+        ep = r["epoch"]
+        rows.append({
+            "optimistic": r["section"] == "best_epoch_on_test", "run": run.label,
+            "color": RUN_COLORS[runs.index(run) % len(RUN_COLORS)], "note": r["note"], "label": r["label"],
+            "split": r["split"], "folds": r["folds"],
+            "cells": [_cell(r["metrics"].get(m), {"run": run.label, "section": r["section"], "split": r["split"],
+                                                  "metric": m}) for m in metrics],
+            "epoch": fmt(ep["mean"] + 1, 1) if ep and is_number(ep["mean"]) else ""})
+    head = (["run"] if several else []) + ["selection", "split", "folds"] + metrics + ["epoch"]
+    return {"several": several, "head": head, "rows": rows, "std_words": std_words()}
 
 
 def final_table(runs: list[RunData]) -> str:
-    several = len(runs) > 1
-    all_rows = [(run, r) for run in runs for r in final_rows(run)]
-    if not all_rows:
-        return '<p class="note">No evaluation has finished yet.</p>'
-    metrics = sorted({m for _, r in all_rows for m in r["metrics"]}, key=lambda m: (m == "loss", metric_sort_key(m)))
-    head = (["run"] if several else []) + ["selection", "split", "folds"] + metrics + ["epoch"]
-    out = ['<table class="final"><thead><tr>' + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead><tbody>"]
-    order = {k: i for i, (k, _, _) in enumerate(SECTIONS)}
-    all_rows.sort(key=lambda t: (order[t[1]["section"]], t[1]["split"] != "test", t[1]["split"], runs.index(t[0])))
-    for run, r in all_rows:
-        cls = ' class="optimistic"' if r["section"] == "best_epoch_on_test" else ""
-        cells = []
-        if several:
-            color = RUN_COLORS[runs.index(run) % len(RUN_COLORS)]
-            cells.append(f'<td><span class="swatch" style="background:{color}"></span>{esc(run.label)}</td>')
-        title = f' title="{esc(r["note"])}"' if r["note"] else ""
-        cells.append(f'<td class="section"{title}>{esc(r["label"])}</td>')
-        cells.append(f"<td>{esc(r['split'])}</td>")
-        cells.append(f'<td class="num">{esc(r["folds"]) if r["folds"] else "–"}</td>')
-        for m in metrics:
-            cells.append(_cell(r["metrics"].get(m), {"run": run.label, "section": r["section"], "split": r["split"],
-                                                      "metric": m}))
-        ep = r["epoch"]
-        cells.append(f'<td class="num">{esc(fmt(ep["mean"] + 1, 1)) if ep and is_number(ep["mean"]) else ""}</td>')
-        out.append(f"<tr{cls}>" + "".join(cells) + "</tr>")
-    out.append("</tbody></table>")
-    out.append(
-        '<p class="note">Mean ± standard deviation over folds. <b>last epoch</b>: the model after the final epoch. '
-        "<b>validation-selected</b>: each fold's epoch with the best validation score. "
-        '<span class="warn"><b>best epoch on test — OPTIMISTIC</b>: each fold\'s epoch chosen on its own test '
-        "split, as some papers report; it uses the test labels for selection and overestimates.</span> "
-        "<b>ensemble</b>: the fold models' vote on the shared test split. The epoch column is the mean chosen "
-        "epoch, counted from 1.</p>"
-    )
-    return "\n".join(out)
+    return str(_parts().final_table(final_table_data(runs)))
 
 
 def run_decision_rule(run: RunData) -> str:
@@ -205,50 +215,46 @@ def run_decision_rule(run: RunData) -> str:
     return "argmax"
 
 
+def _rules(runs: list[RunData]) -> list[dict[str, str]]:
+    """Each run's decision rule (runs whose table has accuracy or F1)."""
+    runs = [r for r in runs if any({"acc", "f1"} & set(row["metrics"]) for row in final_rows(r))]
+    return [{"run": r.label, "rule": run_decision_rule(r)} for r in runs]
+
+
 def decision_rules(runs: list[RunData]) -> str:
     """The note under the final table: each run's decision rule (runs whose table has accuracy or F1)."""
-    runs = [r for r in runs if any({"acc", "f1"} & set(row["metrics"]) for row in final_rows(r))]
-    if not runs:
-        return ""
-    items = [f"{esc(r.label)}: {esc(run_decision_rule(r))}" if len(runs) > 1 else esc(run_decision_rule(r))
-             for r in runs]
-    return ('<p class="note decision-rule"><b>Classes behind acc and F1</b> (the validation-selected and last '
-            "epochs; the ensemble votes the members' classes): " + "; ".join(items) + ".</p>")
+    return str(_parts().decision_rules(_rules(runs))).strip()
+
+
+def _fold_table_data(run: RunData) -> dict[str, Any] | None:
+    latest = _latest(run)
+    if not latest:
+        return None
+    metrics = sorted({k for r in latest.values() for k, v in r.items()
+                      if k not in ("fold", "epoch", "split", "threshold") and is_number(v)}, key=metric_sort_key)
+    rows = []
+    for (fold, split), r in sorted(latest.items()):
+        cells = []
+        for m in metrics:
+            v = r.get(m)
+            data = ({"run": run.label, "fold": fold, "split": split, "metric": m, "value": repr(float(v))}
+                    if is_number(v) else {})
+            cells.append({"text": fmt(v), "data": data})
+        rows.append({"fold": fold, "split": split, "epoch": int(r.get("epoch", -1)) + 1, "cells": cells})
+    return {"head": ["fold", "split", "epoch"] + metrics, "rows": rows}
 
 
 def fold_table(run: RunData) -> str:
     """Each fold's last-epoch metrics per split, straight from metrics.jsonl."""
-    latest: dict[tuple[int, str], dict] = {}
-    for r in run.records:
-        if r.get("split") in (None, "train"):
-            continue
-        key = (int(r.get("fold", 0)), str(r["split"]))
-        if key not in latest or int(r.get("epoch", -1)) >= int(latest[key].get("epoch", -1)):
-            latest[key] = r
-    if not latest:
-        return ""
-    metrics = sorted({k for r in latest.values() for k, v in r.items()
-                      if k not in ("fold", "epoch", "split", "threshold") and is_number(v)}, key=metric_sort_key)
-    head = ["fold", "split", "epoch"] + metrics
-    out = ['<table class="folds"><tr>' + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>"]
-    for (fold, split), r in sorted(latest.items()):
-        cells = [f"<td>{fold}</td>", f"<td>{esc(split)}</td>", f'<td class="num">{int(r.get("epoch", -1)) + 1}</td>']
-        for m in metrics:
-            v = r.get(m)
-            data = (f' data-run="{esc(run.label)}" data-fold="{fold}" data-split="{esc(split)}" data-metric="{esc(m)}"'
-                    f' data-value="{esc(repr(float(v)))}"') if is_number(v) else ""
-            cells.append(f'<td class="num"{data}>{esc(fmt(v))}</td>')
-        out.append("<tr>" + "".join(cells) + "</tr>")
-    out.append("</table>")
-    return "\n".join(out)
+    data = _fold_table_data(run)
+    return str(_parts().fold_table(data)) if data else ""
 
 
 # --------------------------------------------------------------------------- run details
 
 
-def overview_table(runs: list[RunData]) -> str:
-    head = ["", "run", "directory", "recipe", "data", "encoder", "pooling", "loss", "protocol", "epochs", "started"]
-    out = ['<table class="overview"><tr>' + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>"]
+def _overview_rows(runs: list[RunData]) -> list[dict[str, Any]]:
+    rows = []
     for i, run in enumerate(runs):
         rc = run.recipe
         proto = rc.get("protocol", {})
@@ -259,32 +265,31 @@ def overview_table(runs: list[RunData]) -> str:
         data = rc.get("data", {})
         dname = data.get("name", "?") + (f" ({data['dataset']})" if data.get("dataset") else "")
         losses = ", ".join(l.get("name", "?") for l in rc.get("loss", [])) or "(pooling default)"
-        cells = [f'<span class="swatch" style="background:{RUN_COLORS[i % len(RUN_COLORS)]}"></span>', run.label,
-                 str(run.path), run.name, dname, rc.get("encoder", {}).get("name", "identity"),
-                 rc.get("pooling", {}).get("name", "?"), losses, ptxt, rc.get("train", {}).get("epochs", "?"),
-                 run.info.get("started", "?")]
-        out.append("<tr>" + "".join(f"<td>{c if j == 0 else esc(c)}</td>" for j, c in enumerate(cells)) + "</tr>")
-    out.append("</table>")
-    return "\n".join(out)
+        rows.append({"color": RUN_COLORS[i % len(RUN_COLORS)], "cells": [
+            run.label, str(run.path), run.name, dname, rc.get("encoder", {}).get("name", "identity"),
+            rc.get("pooling", {}).get("name", "?"), losses, ptxt, rc.get("train", {}).get("epochs", "?"),
+            run.info.get("started", "?")]})
+    return rows
+
+
+def overview_table(runs: list[RunData]) -> str:
+    return str(_parts().overview_table(_overview_rows(runs)))
+
+
+def _differences(runs: list[RunData]) -> dict[str, Any]:
+    rows = [(k, [v if isinstance(v, str) else json.dumps(v) for v in vals])
+            for k, vals in recipe_differences(runs).items()]
+    return {"labels": [r.label for r in runs], "rows": rows}
 
 
 def differences_table(runs: list[RunData]) -> str:
-    diff = recipe_differences(runs)
-    if not diff:
-        return '<p class="note">The runs\' recipes are identical (apart from name and description).</p>'
-    out = ["<table><tr><th>recipe key</th>" + "".join(f"<th>{esc(r.label)}</th>" for r in runs) + "</tr>"]
-    for k, vals in diff.items():
-        out.append(f"<tr><td><code>{esc(k)}</code></td>" +
-                   "".join(f"<td><code>{esc(json.dumps(v) if not isinstance(v, str) else v)}</code></td>" for v in vals)
-                   + "</tr>")
-    out.append("</table>")
-    return "\n".join(out)
+    return str(_parts().differences_table(_differences(runs)))
 
 
-def versions_table(run: RunData) -> str:
+def _versions(run: RunData) -> dict[str, Any] | None:
     info = run.info
     if not info:
-        return '<p class="note">No run.json in this run directory.</p>'
+        return None
     rows = [("milzoo", info.get("milzoo")), ("python", info.get("python")), ("platform", info.get("platform")),
             ("git commit", info.get("git_sha")), ("started", info.get("started")),
             ("command", " ".join(map(str, info.get("command") or [])))]
@@ -292,43 +297,38 @@ def versions_table(run: RunData) -> str:
         rows.append(("ended", f"{info.get('ended', '')}: {info['outcome']}"
                               f"{' - ' + str(info['error']) if info.get('error') else ''}"))
     rows += [(k, v) for k, v in (info.get("libraries") or {}).items()]
-    out = ["<table><tr><th>what</th><th>version</th></tr>"]
-    out += [f"<tr><td>{esc(k)}</td><td>{esc(v if v is not None else '–')}</td></tr>" for k, v in rows]
-    out.append("</table>")
-    plugins = info.get("plugins") or []
-    if plugins:
-        out.append("<table><tr><th>plugin</th><th>distribution</th><th>version</th><th>status</th></tr>")
-        for p in plugins:
-            status = p.get("status", "") + (f": {p['error']}" if p.get("error") else "")
-            out.append(f"<tr><td>{esc(p.get('name'))}</td><td>{esc(p.get('distribution'))}</td>"
-                       f"<td>{esc(p.get('version'))}</td><td>{esc(status)}</td></tr>")
-        out.append("</table>")
+    rows = [(k, v if v is not None else "–") for k, v in rows]
+    plugins = [{"name": p.get("name"), "distribution": p.get("distribution"), "version": p.get("version"),
+                "status": p.get("status", "") + (f": {p['error']}" if p.get("error") else "")}
+               for p in info.get("plugins") or []]
     hist = info.get("history") or []
-    if len(hist) > 1:
-        out.append('<p class="note">Sessions: ' + "; ".join(
-            f"{esc(h.get('started'))}{' (resume)' if h.get('resume') else ''}"
-            f"{' fold ' + str(h['fold']) if h.get('fold') is not None else ''}"
-            f"{' → ' + str(h['outcome']) if h.get('outcome') else ''}" for h in hist) + "</p>")
-    return "\n".join(out)
+    sessions = [f"{h.get('started')}{' (resume)' if h.get('resume') else ''}"
+                f"{' fold ' + str(h['fold']) if h.get('fold') is not None else ''}"
+                f"{' → ' + str(h['outcome']) if h.get('outcome') else ''}" for h in hist] if len(hist) > 1 else []
+    return {"rows": rows, "plugins": plugins, "sessions": sessions}
+
+
+def versions_table(run: RunData) -> str:
+    return str(_parts().versions_table(_versions(run)))
 
 
 # --------------------------------------------------------------------------- the page
 
 
-def _try(what: str, fn: Callable[[], str]) -> str:
-    """Run one optional part of the report; a failure becomes a note, never a broken report."""
+def _try(what: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run one optional part of the report: its dict, or ``{"what", "error"}`` (a note, never a broken report)."""
     try:
-        return fn()
+        return {"error": None, **fn()}
     except MilzooError as exc:
-        return f'<p class="note warn">{esc(what)} skipped: {esc(exc)}</p>'
+        return {"what": what, "error": str(exc)}
     except Exception as exc:  # noqa: BLE001 - a report must survive whatever one part hits
         log.debug("report: %s failed\n%s", what, traceback.format_exc())
-        return f'<p class="note warn">{esc(what)} skipped: {esc(type(exc).__name__)}: {esc(exc)}</p>'
+        return {"what": what, "error": f"{type(exc).__name__}: {exc}"}
 
 
-def task_figures(runs: list[RunData], fold: int) -> list[str]:
-    """The figures each run's task draws (``Task.report_figures``: survival's Kaplan-Meier curves), as HTML."""
-    out: list[str] = []
+def task_figures(runs: list[RunData], fold: int) -> list[dict[str, Any]]:
+    """The figures each run's task draws (``Task.report_figures``: survival's Kaplan-Meier curves)."""
+    out: list[dict[str, Any]] = []
     for run in runs:
         table = run.recipe.get("task") if isinstance(run.recipe.get("task"), dict) else None
         if not table or table.get("name") in (None, "classification"):
@@ -339,13 +339,42 @@ def task_figures(runs: list[RunData], fold: int) -> list[str]:
 
             cls = get_component("task", table["name"])
             task = cls(cls.Config(**{k: v for k, v in table.items() if k != "name"}))
-            return "".join(f"<h3>{esc(run.label)}: {esc(title)}</h3>" + png_tag(png, title)
-                           + f'<p class="note">{esc(caption)}</p>' for title, png, caption in
-                           task.report_figures(run.path, fold))
-        html = _try(f"the {table['name']} task's figures", one)
-        if html:
-            out.append(f'<h2 id="task-{esc(table["name"])}">{esc(table["name"]).capitalize()} figures</h2>' + html)
+            return {"figures": [{"run": run.label, "title": title, "src": png_src(png), "caption": caption}
+                                for title, png, caption in task.report_figures(run.path, fold)]}
+        part = _try(f"the {table['name']} task's figures", one)
+        if part["error"] or part["figures"]:
+            out.append({"name": str(table["name"]), **part})
     return out
+
+
+def _roc_run(run: RunData, index: int, split: str) -> dict[str, Any]:
+    """One run's ROC curves and confusion matrices (``models`` empty: no class predictions)."""
+    from milzoo.report.roc import roc_figure, run_predictions
+
+    def one():
+        models = run_predictions(run.path, split)
+        if not models:
+            return {"models": []}
+        notes = [f"{m.title}: fold(s) {', '.join(map(str, c.one_class))} hold no bag of class '{c.class_name}' "
+                 f"or only such bags in split '{m.split}': no ROC curve there"
+                 for m in models for c in m.roc() if c.one_class]
+        svg = figure_svg(roc_figure(models, RUN_COLORS[index % len(RUN_COLORS)], run.label))
+        return {"models": [_confusion(run, m) for m in models], "notes": notes, "split": models[0].split,
+                "svg": svg, "files": f"fold-XX/{{best,last}}/predictions-{models[0].split}.csv",
+                "folds_text": "; ".join(f"{m.title}: {len(m.folds)} fold(s), {m.num_bags} bags" for m in models)}
+    return {"label": run.label, **_try("the ROC curves and confusion matrices", one)}
+
+
+def _confusion(run: RunData, m) -> dict[str, Any]:
+    counts = m.confusion()
+    total, correct = int(counts.sum()), int(counts.trace())
+    rows = [{"name": name, "total": int(counts[i].sum()), "cells": [
+        {"count": int(counts[i, j]), "diag": i == j,
+         "data": {"run": run.label, "model": m.which, "split": m.split, "true": i, "pred": j,
+                  "count": int(counts[i, j])}} for j in range(len(m.class_names))]}
+        for i, name in enumerate(m.class_names)]
+    return {"title": m.title, "which": m.which, "classes": m.class_names, "rows": rows, "total": total,
+            "correct": correct, "accuracy": fmt(correct / total if total else None), "rule": m.rule()}
 
 
 def _report_split(ctx, fold: int, split: str) -> str:
@@ -355,6 +384,45 @@ def _report_split(ctx, fold: int, split: str) -> str:
         return split
     others = [n for n in names if n not in ("train", "val")]
     return (others or [n for n in names if n == "val"] or ["train"])[0]
+
+
+class _Contexts(dict):
+    """Each run's :class:`~milzoo.report.context.RunContext`, made once."""
+
+    def of(self, run: RunData):
+        from milzoo.report.context import RunContext
+
+        if run.label not in self:
+            self[run.label] = RunContext(run.path)
+        return self[run.label]
+
+
+def _embedding(runs, contexts: _Contexts, fold: int, split: str, max_instances: int, method: str) -> dict:
+    from milzoo.report.embedding import run_embedding
+
+    def one(run):
+        c = contexts.of(run)
+        fig, _ = run_embedding(c, fold=fold, split=_report_split(c, fold, split), max_instances=max_instances,
+                               method=method, label=run.label)
+        return {"src": png_src(figure_png(fig)), "alt": f"representation map of {run.label}"}
+    return {"fold": fold, "split": split, "max_instances": max_instances,
+            "runs": [{"label": run.label, **_try("the representation map", lambda run=run: one(run))}
+                     for run in runs]}
+
+
+def _attention(runs, contexts: _Contexts, fold: int, split: str, slides: str | None) -> dict:
+    from milzoo.report.attention import prediction_text, run_attention
+
+    def one(run):
+        c = contexts.of(run)
+        png, _, view = run_attention(c, fold=fold, split=_report_split(c, fold, split), label=run.label,
+                                     slides=slides)
+        return {"src": png_src(png), "alt": f"attention view of {run.label}",
+                "bag": view.bag.bag_id or view.position, "prediction": prediction_text(view),
+                "rule": ("decision rule: " if getattr(view, "classes", True) else "") + str(view.rule),
+                "notes": list(dict.fromkeys(view.notes))}
+    return {"fold": fold, "split": split,
+            "runs": [{"label": run.label, **_try("the attention view", lambda run=run: one(run))} for run in runs]}
 
 
 def build_report(
@@ -377,84 +445,29 @@ def build_report(
 
     runs = [load_run(p) for p in run_dirs]
     assign_labels(runs, labels)
-    title = "milzoo report: " + " vs ".join(r.label for r in runs)
-    parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{esc(title)}</title>"
-             f"<style>{CSS}</style></head><body>", f"<h1>{esc(title)}</h1>",
-             f'<p class="note">Written {esc(time.strftime("%Y-%m-%d %H:%M"))} by milzoo {esc(milzoo_version())}.</p>']
-    parts.append("<h2>Runs</h2>" + overview_table(runs))
-    for run in runs:
-        for note in run.notes:
-            parts.append(f'<p class="note warn">{esc(run.label)}: {esc(note)}</p>')
-    if len(runs) > 1:
-        parts.append("<h3>Recipe differences</h3>" + differences_table(runs))
-    parts.append('<h2 id="final">Final metrics</h2>' + final_table(runs) + decision_rules(runs))
-
-    parts.append('<h2 id="curves">Curves per epoch</h2>')
-    figs = curve_figures(runs)
-    if not figs:
-        parts.append('<p class="note">No epoch has finished yet.</p>')
-    for split_name, fig in figs:
-        parts.append(f'<h3>{esc(split_name)}</h3>' + png_tag(figure_png(fig), f"curves of split {split_name}"))
-    parts.extend(task_figures(runs, fold))
-
-    if embed or attention:
-        from milzoo.report.context import RunContext
-
-        contexts = {}
-
-        def ctx(run):
-            if run.label not in contexts:
-                contexts[run.label] = RunContext(run.path)
-            return contexts[run.label]
-
-        if embed:
-            from milzoo.report.embedding import run_embedding
-
-            parts.append('<h2 id="embedding">Representation maps</h2><p class="note">'
-                         f"Encoder features of a seeded sample of up to {max_instances} instances of fold {fold}'s "
-                         f"'{esc(split)}' split, projected to 2-D; the model is the validation-selected one when the "
-                         "run has it, else the last. Same command: <code>milzoo embed RUN_DIR</code>.</p>")
-            for run in runs:
-                def one(run=run):
-                    c = ctx(run)
-                    fig, _ = run_embedding(c, fold=fold, split=_report_split(c, fold, split),
-                                           max_instances=max_instances, method=method, label=run.label)
-                    return png_tag(figure_png(fig), f"representation map of {run.label}")
-                parts.append(f"<h3>{esc(run.label)}</h3>" + _try("the representation map", one))
-        if attention:
-            from milzoo.report.attention import run_attention
-
-            parts.append('<h2 id="attention">Attention view</h2><p class="note">One bag of fold '
-                         f"{fold}'s '{esc(split)}' split (the first bag not of class 0; for survival the first with an "
-                         "event, for regression the first bag). Other bags: "
-                         "<code>milzoo attention RUN_DIR --bag ID</code>.</p>")
-            for run in runs:
-                def one(run=run):
-                    from milzoo.report.attention import prediction_text
-
-                    c = ctx(run)
-                    png, _, view = run_attention(c, fold=fold, split=_report_split(c, fold, split), label=run.label,
-                                                 slides=slides)
-                    notes = "".join(f'<p class="note warn">{esc(n)}</p>' for n in dict.fromkeys(view.notes))
-                    return (png_tag(png, f"attention view of {run.label}")
-                            + f'<p class="decision">bag {esc(view.bag.bag_id or view.position)}: '
-                            f"{esc(prediction_text(view))}; "
-                            f"{'decision rule: ' if getattr(view, 'classes', True) else ''}{esc(view.rule)}</p>"
-                            + notes)
-                parts.append(f"<h3>{esc(run.label)}</h3>" + _try("the attention view", one))
-
-    parts.append('<h2 id="details">Recipes and versions</h2>')
-    for run in runs:
-        parts.append(f"<h3>{esc(run.label)}</h3>")
-        parts.append(f"<details{' open' if len(runs) == 1 else ''}><summary>resolved recipe "
-                     f"({esc(run.path / 'recipe.toml')})</summary>"
-                     f"<pre>{esc(run.recipe_text)}</pre></details>")
-        parts.append(f"<details><summary>versions (run.json)</summary>{versions_table(run)}</details>")
-        ft = fold_table(run)
-        if ft:
-            parts.append(f"<details><summary>each fold's last epoch (metrics.jsonl)</summary>{ft}</details>")
-    parts.append("</body></html>\n")
-    return "\n".join(parts)
+    roc = [_roc_run(run, i, split) for i, run in enumerate(runs)]
+    contexts = _Contexts()
+    context = {
+        "title": "milzoo report: " + " vs ".join(r.label for r in runs),
+        "written": time.strftime("%Y-%m-%d %H:%M"),
+        "version": milzoo_version(),
+        "overview": _overview_rows(runs),
+        "notes": [f"{run.label}: {note}" for run in runs for note in run.notes],
+        "differences": _differences(runs) if len(runs) > 1 else None,
+        "final": final_table_data(runs),
+        "rules": _rules(runs),
+        "std_words": std_words(),
+        "roc": [r for r in roc if r["error"] or r["models"]],
+        "curves": [{"split": s, "src": png_src(figure_png(fig)), "alt": f"curves of split {s}"}
+                   for s, fig in curve_figures(runs)],
+        "task_figures": task_figures(runs, fold),
+        "embedding": _embedding(runs, contexts, fold, split, max_instances, method) if embed else None,
+        "attention": _attention(runs, contexts, fold, split, slides) if attention else None,
+        "details": [{"label": run.label, "open": len(runs) == 1, "recipe_path": str(run.path / "recipe.toml"),
+                     "recipe_text": run.recipe_text, "versions": _versions(run), "folds": _fold_table_data(run)}
+                    for run in runs],
+    }
+    return _env().get_template("report.html.j2").render(**context)
 
 
 def write_report(run_dirs: list[str | Path], out: str | Path | None = None, **kwargs) -> Path:
@@ -468,4 +481,3 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None, **kw
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
     return out
-

@@ -1,6 +1,7 @@
 """A run's summary: the folds' ``result.json`` files read back and aggregated into ``RUN/summary.json``.
 
-Per metric and split: the mean, the standard deviation and each fold's value (an undefined value, such as the
+Per metric and split: the mean, the sample standard deviation over the folds (``n - 1``; ``std_ddof`` says so
+in the file, and a single fold has none: ``null``) and each fold's value (an undefined value, such as the
 AUC of a held-out fold with one class, is counted, never averaged away); the validation-selected epoch's
 metrics; the optimistic best-epoch-on-test numbers, labelled as such; and for ``protocol.kind = "cv_ensemble"``
 the fold models' majority vote on the test split.
@@ -17,7 +18,7 @@ from milzoo._untrusted import read_json
 from milzoo.checkpoint.predictions import read_predictions
 from milzoo.datasets.protocols import fold_count
 from milzoo.errors import RunDirError
-from milzoo.metrics import json_safe, mean_std
+from milzoo.metrics import STD_DDOF, json_safe, mean_std
 from milzoo.model.ensemble import ensemble_metrics
 from milzoo.recipe import Recipe, read_toml, validate_recipe
 from milzoo.runs.rundir import FOLD_RESULT, RECIPE, SUMMARY, fold_dir, fold_is_complete
@@ -70,6 +71,7 @@ def _summary(recipe: Recipe, results: list[dict]) -> dict[str, Any]:
         "name": recipe.root.name,
         "protocol": recipe.root.protocol.kind,
         "num_folds": len(results),
+        "std_ddof": STD_DDOF,  # every "std" below is the sample standard deviation over the folds (n - 1)
         "last": aggregate(results, "last"),
     }
     if any("selected" in r for r in results):
