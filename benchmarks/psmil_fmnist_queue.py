@@ -266,7 +266,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, help="train.threads for every run (default: the recipe's)")
     p.add_argument("--precision", choices=["fp32", "bf16", "auto"],
                    help="train.precision for every run (default: the recipe's 'auto'); '--precision fp32' on an "
-                        "AVX-512 machine keeps a row's numerics like those of rows run on AVX2-only machines")
+                        "AVX-512 machine keeps the arithmetic in fp32 like the rows run on AVX2-only machines "
+                        "(fp32 kernels still differ between CPU types, so the numbers can differ too)")
     p.add_argument("--code", type=Path, help="a git worktree to run milzoo and the recipes from (pinned code)")
     args = p.parse_args(argv)
     names = list(GROUPS[args.group]) if args.group else []

@@ -83,3 +83,17 @@ def test_format_summary_says_when_auc_is_undefined():
         "auc": {"mean": None, "std": None, "values": [None], "undefined_in": 1}}}}
     text = format_summary(summary)
     assert "acc 1.000" in text and "auc undefined" in text
+
+
+def test_best_epoch_on_test_never_picks_a_validation_split():
+    """Image recipes evaluate `val_instances` before `test_instances`: the optimistic 'best epoch on test' must
+    be chosen on the test split, not on the first split that is not called exactly `val`."""
+    from milzoo.train._evaluate import summary
+
+    history = [{"epoch": e, "splits": {"val_instances": {"acc": v}, "test_instances": {"acc": t}}}
+               for e, (v, t) in enumerate([(0.9, 0.1), (0.1, 0.8), (0.2, 0.2)])]
+    res = summary(0, history, None, "acc", ["val_instances", "test_instances"], False)
+    assert res["best_epoch_on_test"]["split"] == "test_instances"
+    assert res["best_epoch_on_test"]["epoch"] == 1
+    only_val = summary(0, history, None, "acc", ["val", "val_instances"], False)
+    assert "best_epoch_on_test" not in only_val

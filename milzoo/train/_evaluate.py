@@ -22,10 +22,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: metrics the progress bar shows, of the test split (else validation)
-SHOWN_METRICS = ("acc", "auc", "inst_acc", "r2", "rmse", "c_index")
-
-
 # ---------------------------------------------------------------------------------------- predictions, metrics
 @torch.no_grad()
 def predict(tr: Trainer, ds: MILDataset) -> dict[str, Any]:
@@ -129,13 +125,6 @@ def epoch_records(fold: int, epoch: int, lr: float, time_s: float, train_stats: 
     return records, entry
 
 
-def progress_fields(train_stats: dict[str, float], results: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """What the progress bar shows of an epoch: the training loss and a few metrics of test (else val)."""
-    metrics = (results.get("test") or results.get("val") or {"metrics": {}})["metrics"]
-    bar_metrics = {k: f"{v:.3f}" for k, v in metrics.items() if k in SHOWN_METRICS}
-    return {"loss": f"{train_stats.get('loss', float('nan')):.3f}", **bar_metrics}
-
-
 # ---------------------------------------------------------------------------------------- selection, summary
 def improved(best: dict[str, Any] | None, value: float, monitor: str, loss: float = math.nan) -> bool:
     """Whether an epoch with validation ``monitor`` = ``value`` (and validation ``loss``) becomes the selected one.
@@ -178,7 +167,8 @@ def summary(fold: int, history: list[dict[str, Any]], best: dict[str, Any] | Non
         sel = next(h for h in history if h["epoch"] == best["epoch"])
         res["selected"] = {"epoch": sel["epoch"], "monitor": f"val/{monitor}",
                            "threshold": best.get("threshold"), **sel["splits"]}
-    test_names = [n for n in eval_names if n != "val"]
+    # validation splits (`val`, and `val_instances` of the image datasets) are never "test"
+    test_names = [n for n in eval_names if n != "val" and not n.startswith("val_")]
     if test_names:
         primary = test_names[0]
         sign = 1 if higher_is_better(headline) else -1
