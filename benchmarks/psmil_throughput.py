@@ -69,20 +69,31 @@ def recipe_for(args, precision: str, channels_last: bool, bps: int):
         "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4},
         "train": {"epochs": 20, "batch_size": bps, "device": args.device, "precision": precision,
                   "channels_last": channels_last, "grad_clip": 5.0, "progress": False,
-                  "compile": bool(getattr(args, "compile", False))},
+                  "compile": getattr(args, "compile", False) or False},
     }
     return load_recipe(raw)
 
 
 class MILBench:
-    """Drives ``Trainer.train_epoch`` (the real training path) over a fixed number of steps."""
+    """Drives ``Trainer.train_epoch`` (the real training path) over a fixed number of steps.
 
-    def __init__(self, args, precision, channels_last, bps, shape, k):
+    With a compiled step (``args.compile`` = "step" or "reduce-overhead") the epoch stays fixed: PSAli's
+    lambda_T changes with the epoch, and a second epoch value costs one more compilation (once per fold in a
+    real run), which a timed round must not pay.  ``compile_backend`` replaces inductor (the CPU dry run of
+    benchmarks/gpu_check.py uses "aot_eager": seconds instead of minutes).
+    """
+
+    def __init__(self, args, precision, channels_last, bps, shape, k, compile_backend=None):
         self.bps = bps
         self.ds = make_dataset(bps * args.steps, args.bag_size, shape, k)
         recipe = recipe_for(args, precision, channels_last, bps)
         self.tmp = tempfile.TemporaryDirectory()
         self.trainer = Trainer(recipe, FoldData(0, self.ds, None, {}), Path(self.tmp.name), emit=lambda r: None)
+        self.compiled = self.trainer.compiled_step is not None
+        if self.compiled and compile_backend is not None:
+            from milzoo.train._compiled import CompiledStep
+
+            self.trainer.compiled_step = CompiledStep(self.trainer, recipe.root.train.compile, backend=compile_backend)
         self.images_per_round = bps * args.steps * args.bag_size * args.views
         self.epoch = 1  # epoch >= 1: encoder trainable and lambda_T > 0, as in most of training
 
@@ -92,7 +103,8 @@ class MILBench:
         t0 = time.perf_counter()
         self.trainer.train_epoch(self.epoch)
         sync(dev)
-        self.epoch = self.epoch % 9 + 1
+        if not self.compiled:
+            self.epoch = self.epoch % 9 + 1
         return self.images_per_round / (time.perf_counter() - t0)
 
 
@@ -108,7 +120,9 @@ class SupBench:
             d = self.encoder(torch.zeros(2, *shape, device=device)).shape[-1]
         self.head = torch.nn.Linear(d, k).to(device)
         params = list(self.encoder.parameters()) + list(self.head.parameters())
-        self.opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4, foreach=True)
+        from milzoo.train.optim import SGD  # the trainer's class (torch's, without the compile guards)
+
+        self.opt = SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4, foreach=True)
         g = torch.Generator().manual_seed(1)
         self.x = (torch.randint(0, 256, (args.steps, batch, *shape), generator=g).float() / 255).to(device)
         self.y = torch.randint(0, k, (args.steps, batch), generator=g).to(device)
@@ -117,21 +131,25 @@ class SupBench:
         self.channels_last = channels_last
         self.encoder.train()
 
+    def step(self, s: int) -> None:
+        """One supervised step on the ``s``-th batch (benchmarks/step_ops.py counts its operators)."""
+        x = self.x[s % self.steps]
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        ctx = torch.autocast(self.device.type, dtype=self.amp) if self.amp else torch.autocast(
+            self.device.type, enabled=False)
+        with ctx:
+            logits = self.head(self.encoder(x))
+        loss = F.cross_entropy(logits.float(), self.y[s % self.steps])
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
     def round(self) -> float:
         sync(self.device)
         t0 = time.perf_counter()
         for s in range(self.steps):
-            x = self.x[s]
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            ctx = torch.autocast(self.device.type, dtype=self.amp) if self.amp else torch.autocast(
-                self.device.type, enabled=False)
-            with ctx:
-                logits = self.head(self.encoder(x))
-            loss = F.cross_entropy(logits.float(), self.y[s])
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
+            self.step(s)
         sync(self.device)
         return self.steps * self.batch / (time.perf_counter() - t0)
 
@@ -141,12 +159,16 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(args, precision: str, channels_last: bool, bps: int, device: torch.device) -> dict:
+def measure(args, precision: str, channels_last: bool, bps: int, device: torch.device,
+            compile_backend=None) -> dict:
     shape = tuple(args.shape)
     torch.manual_seed(0)
-    mil = MILBench(args, precision, channels_last, bps, shape, args.classes)
+    mil = MILBench(args, precision, channels_last, bps, shape, args.classes, compile_backend)
     sup = SupBench(args, precision, channels_last, bps * args.bag_size * args.views, shape, args.classes, device)
-    mil.round(), sup.round()  # warm-up (allocator, kernels, first-bag prototype init)
+    t0 = time.perf_counter()
+    mil.round()  # warm-up (allocator, kernels, first-bag prototype init; with a compiled step, its compilation)
+    warmup_s = time.perf_counter() - t0
+    sup.round()
     m, s = [], []
     for _ in range(args.rounds):
         m.append(mil.round())
@@ -154,12 +176,29 @@ def measure(args, precision: str, channels_last: bool, bps: int, device: torch.d
     mil_ips, sup_ips = statistics.median(m), statistics.median(s)
     return {
         "encoder": args.encoder, "device": str(device), "precision": precision, "channels_last": channels_last,
+        "mil_step": getattr(args, "compile", False) or "eager", "mil_warmup_s": round(warmup_s, 1),
+        **_capture_info(mil.trainer),
         "bags_per_step": bps, "bag_size": args.bag_size, "views": args.views,
         "images_per_step": bps * args.bag_size * args.views, "threads": torch.get_num_threads(),
         "mil_images_per_s": round(mil_ips, 1), "supervised_images_per_s": round(sup_ips, 1),
         "ratio": round(mil_ips / sup_ips, 3),
         "mil_rounds": [round(v, 1) for v in m], "supervised_rounds": [round(v, 1) for v in s],
     }
+
+
+def _capture_info(tr) -> dict:
+    """What the compiled step did (steps captured, why not), and inductor's CUDA-graph skips, if any."""
+    step = tr.compiled_step
+    if step is None:
+        return {}
+    info = {"captured_calls": step.calls, "capture_disabled": step.disabled}
+    try:
+        from torch._dynamo.utils import counters
+
+        info["inductor_counters"] = {k: v for k, v in counters["inductor"].items() if "cudagraph" in k}
+    except Exception:  # noqa: BLE001 - diagnostics only
+        pass
+    return info
 
 
 def main(argv=None) -> int:
@@ -178,7 +217,9 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
-    p.add_argument("--compile", action="store_true", help="train.compile = true on the MIL side (torch.compile)")
+    p.add_argument("--compile", nargs="?", const=True, default=False, choices=[True, "encoder", "step", "reduce-overhead"],
+                   help="train.compile on the MIL side: alone, the encoder (true); 'step' or 'reduce-overhead' "
+                   "(the step captured as a CUDA graph on a GPU)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -193,7 +234,7 @@ def main(argv=None) -> int:
             results.append(r)
             print(f"{r['encoder']} {r['device']} {prec}{'+channels_last' if r['channels_last'] else ''} "
                   f"bags/step={bps} ({r['images_per_step']} images/step, {r['threads']} threads): "
-                  f"MIL {r['mil_images_per_s']:.0f} img/s, supervised {r['supervised_images_per_s']:.0f} img/s, "
+                  f"MIL ({r['mil_step']}) {r['mil_images_per_s']:.0f} img/s, supervised {r['supervised_images_per_s']:.0f} img/s, "
                   f"ratio {r['ratio']:.3f}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

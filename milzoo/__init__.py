@@ -42,6 +42,8 @@ _EXPORTS = {
     "load_pretrained": "milzoo.hub._client",
     "push_to_hub": "milzoo.hub._client",
     "save_pretrained": "milzoo.hub._folders",
+    # weights of other toolkits (`milzoo convert`)
+    "convert": "milzoo.conversion._convert",
     "hookimpl": "milzoo.registry.hookspecs",
 }
 

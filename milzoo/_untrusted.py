@@ -4,7 +4,12 @@ Such text is data: it is size-limited when read, never executed, and quoted
 (``repr``, truncated) when it appears in a message.  A distribution name goes
 into a ``pip install`` hint only when it is a valid PEP 508 name and a version
 only when it is a valid PEP 440 version, so a file cannot make milzoo print a
-command of its own choosing.
+command of its own choosing; and only when the component is truly missing and
+the name is the provider the file recorded (never a look-alike of an installed
+provider, never a name typed before ``:`` in a recipe), with words saying that
+the name comes from the file (:func:`milzoo.registry._provenance.explain_missing`).
+Sizes a file asks for are computed with Python integers before anything is
+built (:mod:`milzoo.model.sizing`).
 """
 
 from __future__ import annotations

@@ -68,8 +68,27 @@ class DataError(UserError):
     """A data file is missing, unreadable or inconsistent."""
 
 
+class MissingExtraError(UserError):
+    """An optional package a chosen feature needs is not installed; the message names the extra that installs it
+    (``pip install "milzoo[tensorboard]"``)."""
+
+
+class LoggerError(UserError):
+    """An experiment logger could not start or finish (a tracking server that refuses, an unwritable folder)."""
+
+
+class DownloadError(DataError):
+    """A download a command needed failed (offline, a server error); the message names the command that fetches
+    it ahead of time (``milzoo data fetch NAME``)."""
+
+
 class CheckpointError(UserError):
     """A checkpoint is missing, corrupt or does not match the model it is loaded into."""
+
+
+class ConversionError(CheckpointError):
+    """Weights from another toolkit cannot be converted (``milzoo convert``): the file is not a plain state dict of
+    tensors, or its keys or shapes are not those of the format named."""
 
 
 class RunDirError(UserError):

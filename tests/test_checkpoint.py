@@ -73,7 +73,12 @@ def test_shape_mismatch_and_changed_options(tmp_path):
     cfg["pooling"]["attn_hidden"] = 4
     cfg["pooling"]["renamed_option"] = 1
     cfg_path.write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match="changed incompatibly"):
+    # written by the installed version: the file was edited, the options did not change
+    with pytest.raises(CheckpointError, match="pooling.renamed_option: Extra inputs.*the file was damaged or edited"):
+        ckpt.load_model(tmp_path / "m")
+    cfg["components"]["pooling"]["version"] = "0.0.1"
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"changed incompatibly.*`pip install milzoo-abmil==0\.0\.1`"):
         ckpt.load_model(tmp_path / "m")
 
 

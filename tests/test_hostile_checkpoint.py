@@ -31,7 +31,7 @@ def _edit(directory, change):
 def test_huge_layer_in_config_is_refused_before_allocating(tmp_path):
     d = _saved(tmp_path)
     _edit(d, lambda c: c["encoder"].update(dims=[10**12]))  # 5e12 floats: 20 TB if it were allocated
-    with pytest.raises(CheckpointError, match="wrong shape or dtype.*nothing was allocated"):
+    with pytest.raises(CheckpointError, match=r"shape \[1000000000000, 5\].*nothing was allocated"):
         ckpt.load_model(d)
 
 
@@ -55,7 +55,9 @@ def test_unknown_core_encoder_does_not_blame_a_plugin(tmp_path):
     with pytest.raises(CheckpointError) as info:
         ckpt.load_model(d)
     msg = str(info.value)
-    assert "milzoo-abmil" not in msg and "nonexistent_encoder" in msg and "pip install milzoo==" in msg
+    # recorded as built into this very milzoo: installing it again would not help, so no command is suggested
+    assert "milzoo-abmil" not in msg and "nonexistent_encoder" in msg and "pip install" not in msg
+    assert "damaged or was edited" in msg
 
 
 def test_missing_plugin_names_only_that_distribution(tmp_path):

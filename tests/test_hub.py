@@ -288,6 +288,19 @@ def test_cv_run_loads_as_ensemble_of_all_folds(cv_run, data, fake_hub):
     assert "Cross-validation estimate" in cfg["metrics"]["note"] and "std" in cfg["metrics"]
 
 
+def test_the_cards_standard_deviation_is_the_summarys(cv_run, tmp_path):
+    """The card's ± and summary.json's std are one number: the sample SD (n - 1) over the member folds."""
+    folder = hub.save_pretrained(cv_run, tmp_path / "hub")
+    cfg = json.loads((folder / "config.json").read_text())
+    summary = json.loads((cv_run / "summary.json").read_text())
+    assert cfg["metrics"]["std_ddof"] == summary["std_ddof"] == 1
+    for key, std in cfg["metrics"]["std"]["test"].items():
+        assert std == pytest.approx(summary["selected"]["test"][key]["std"], abs=1e-12), key
+    card = (folder / "README.md").read_text()
+    acc = summary["selected"]["test"]["acc"]
+    assert f"{acc['mean']:.4f} ± {acc['std']:.4f}" in card and "sample standard deviation (n − 1)" in card
+
+
 def test_cv_ensemble_matches_the_run_summary(ens_run, data, tmp_path):
     folder = hub.save_pretrained(ens_run, tmp_path / "hub")
     cfg = json.loads((folder / "config.json").read_text())
@@ -355,13 +368,13 @@ def test_unpublished_entry_explains_how_to_train_and_push():
 def test_paper_entries_are_listed_honestly():
     pytest.importorskip("milzoo_psmil")
     entries = {e.name: e for e in list_pretrained("psmil-*")}
-    expected = {"psmil-camelyon16", "psmil-tcga-lung", "psmil-fmnist", "psmil-svhn", "psmil-cifar10",
+    expected = {"psmil-camelyon16", "psmil-tcga-lung", "psmil-fmnist-full", "psmil-svhn", "psmil-cifar10",
                 "psmil-cifar100"}
     assert expected <= set(entries)
     for name in expected:
         e = entries[name]
         assert not e.published and e.revision is None and e.metrics == {}
-        assert e.recipe == f"psmil_{name[len('psmil-'):].replace('-', '_')}"  # a shipped recipe's name
+        assert e.recipe == f"psmil_{name[len('psmil-'):].removesuffix('-full').replace('-', '_')}"  # shipped recipe
     with pytest.raises(UnpublishedModelError, match="milzoo run psmil_camelyon16 --out"):
         milzoo.load_pretrained("psmil-camelyon16")
 
@@ -434,8 +447,12 @@ def test_missing_plugin_names_the_distribution(broken):
 
 
 def test_options_changed_incompatibly(broken):
-    edit_config(broken, lambda cfg: cfg["pooling"].update(option_from_the_future=1))
-    with pytest.raises(CheckpointError, match="changed incompatibly"):
+    def future(cfg):
+        cfg["pooling"].update(option_from_the_future=1)
+        cfg["components"]["pooling"]["version"] = "99.0"  # written by another version than the installed one
+
+    edit_config(broken, future)
+    with pytest.raises(CheckpointError, match="option_from_the_future.*changed incompatibly"):
         milzoo.load_pretrained(broken)
 
 
@@ -571,4 +588,4 @@ def test_cli_list_pretrained(cli):
     assert res.exit_code == 0
     line = next(l for l in res.output.splitlines() if "hubtest-unpublished" in l)
     assert "[unpublished]" in line
-    assert "[published] hubtest/tiny@0123456789ab" in res.output
+    assert "[hub hubtest/tiny@0123456789ab]" in res.output

@@ -314,6 +314,35 @@ def test_a_generator_hook_fails_instead_of_registering_nothing(install):
     assert _record("agen").status == "failed" and "async function" in _record("agen").error
 
 
+def test_a_hook_that_returns_its_classes_instead_of_registering_them_fails(install):
+    install({"ret": _hook("""
+        from milzoo.builtin.poolings import MeanPooling
+
+        class P(MeanPooling):
+            name = "iso_ret"
+
+        return [P]
+    """), "listcomp": _pooling('name = "iso_listcomp"', "[register(c) for c in (P,)]"),
+        "cmdret": _hook("import click\n\nreturn [click.Command('iso-cmd')]", "milzoo_register_commands", "cli")})
+    assert "iso_ret" not in registry.names("pooling")
+    rec = _record("ret")
+    assert rec.status == "failed" and "milzoo_register_poolings hook returned [<class" in rec.error
+    assert "instead of calling register(...)" in rec.error
+    assert _record("listcomp").status == "ok" and "iso_listcomp" in registry.names("pooling")  # a list of None
+    from milzoo.cli._app import _add_plugin_commands
+
+    _add_plugin_commands()
+    rec = _record("cmdret")
+    assert rec.status == "failed" and "instead of calling cli.add_command(...)" in rec.error
+
+
+def test_a_download_must_be_a_download(install):
+    install({"baddl": _hook("register({'name': 'iso_dl', 'fetch': print})", "milzoo_register_downloads")})
+    assert "iso_dl" not in registry.names("download")
+    rec = _record("baddl")
+    assert rec.status == "failed" and "download 'iso_dl' is a dict, not a milzoo.components.Download" in rec.error
+
+
 def test_a_name_that_is_not_a_string_says_so(install):
     install({"intname": _pooling('name = "iso_x"', "register(P, name=123)")})
     err = _record("intname").error if registry.list_components() is not None else ""
@@ -341,17 +370,16 @@ def test_provenance_before_the_registry_is_built(install):
             register(ProvPool)
     """})
     cls = importlib.import_module("milzoo_iso_prov").ProvPool
-    # documented (docs/plugins.md, "Provenance"): until the registry is built, the attribute is only what the
-    # class inherits (here: MeanPooling's, the built-in's), never its own
-    assert "provenance" not in vars(cls) and cls.provenance.get("distribution") != "milzoo-fake-prov"
+    # the attribute builds the registry when asked (docs/plugins.md, "Provenance"): never the parent's, never a
+    # stale {} because nothing looked a name up yet
     expected = {"plugin": "prov", "distribution": "milzoo-fake-prov", "version": VERSION}
-    assert registry.provenance_of(cls) == expected  # builds it
     assert cls.provenance == expected
+    assert registry.provenance_of(cls) == expected
 
     class Sub(cls):
         pass
 
-    assert registry.provenance_of(Sub) == {}  # not registered itself
+    assert Sub.provenance == {} and registry.provenance_of(Sub) == {}  # not registered itself
 
 
 def test_plugins_lists_a_case_conflict_with_both_spellings(install):

@@ -1,4 +1,4 @@
-"""What a `pip install milzoo milzoo-abmil` user gets: shipped recipes by name, from non-editable wheels.
+"""What a `pip install milzoo milzoo-abmil` user gets: shipped recipes by name and the docs, from non-editable wheels.
 
 Builds wheels of the core and of milzoo-abmil from copies of their sources (so the checkout gets no build/
 or egg-info folders), installs them with --no-deps into a fresh virtualenv in tmp_path, and runs the CLI
@@ -10,6 +10,7 @@ distribution, so the fresh environment sees only the two wheels' milzoo code, an
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,14 +33,18 @@ def _build_wheels(tmp: Path) -> list[Path]:
     src = tmp / "src"
     core = src / "milzoo"
     core.mkdir(parents=True)
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "MANIFEST.in"):
         shutil.copy2(ROOT / name, core / name)
+    shutil.copytree(ROOT / "docs", core / "docs")  # installed under share/doc/milzoo (pyproject data-files)
     shutil.copytree(ROOT / "milzoo", core / "milzoo", ignore=shutil.ignore_patterns(*_SKIP))
     plugin = src / "milzoo-abmil"
     shutil.copytree(ROOT / "plugins" / "milzoo-abmil", plugin, ignore=shutil.ignore_patterns(*_SKIP, "tests"))
+    weights = src / "milzoo-weights-classic"
+    shutil.copytree(ROOT / "plugins" / "milzoo-weights-classic", weights,
+                    ignore=shutil.ignore_patterns(*_SKIP, "tests"))
     wheels = tmp / "wheels"
     _sh(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", wheels,
-        core, plugin, timeout=180)
+        core, plugin, weights, timeout=240)
     return sorted(wheels.glob("*.whl"))
 
 
@@ -58,11 +63,18 @@ def _deps_view(tmp: Path) -> Path:
 
 def test_recipes_by_name_from_installed_wheels(tmp_path):
     wheels = _build_wheels(tmp_path)
-    assert [w.name.split("-")[0] for w in wheels] == ["milzoo", "milzoo_abmil"], wheels
+    assert [w.name.split("-")[0] for w in wheels] == ["milzoo", "milzoo_abmil", "milzoo_weights_classic"], wheels
+    with zipfile.ZipFile(wheels[2]) as zf:
+        names = zf.namelist()
+    for f in ("config.json", "README.md", "recipe.toml", "members/fold-09/model.safetensors"):
+        assert f"milzoo_weights_classic/weights/abmil-musk1/{f}" in names, f"the weights wheel lacks {f}"
     for wheel, member in ((wheels[0], "milzoo/recipes/quickstart.toml"),
                           (wheels[1], "milzoo_abmil/recipes/classic/abmil_musk1.toml")):
         with zipfile.ZipFile(wheel) as zf:
             assert member in zf.namelist(), f"{wheel.name} lacks its recipes (package data)"
+    with zipfile.ZipFile(wheels[0]) as zf:  # the HTML report's templates and style sheet
+        assert {f"milzoo/report/templates/{n}" for n in ("report.html.j2", "parts.html.j2", "report.css")} <= \
+            set(zf.namelist()), f"{wheels[0].name} lacks the report's templates (package data)"
 
     venv = tmp_path / "venv"
     _sh(sys.executable, "-m", "venv", "--without-pip", venv)
@@ -85,6 +97,13 @@ def test_recipes_by_name_from_installed_wheels(tmp_path):
                 cwd=away, env=env).stdout.split()
     assert all(w.startswith(purelib) for w in where), where
 
+    # the documentation comes with the wheel, laid out as in the checkout, so the README's links work there
+    docs = venv / "share" / "doc" / "milzoo"
+    readme = (docs / "README.md").read_text()
+    assert readme == (ROOT / "README.md").read_text() and (docs / "docs/methods.md").is_file()
+    targets = {t.partition("#")[0] for t in re.findall(r"\]\(([^)\s]+)\)", readme) if not re.match(r"[a-z]+:", t)}
+    assert "docs/methods.md" in targets and not [t for t in targets if not (docs / t).exists()], targets
+
     listing = cli("recipes")
     table = listing.split("\n\n")[0].splitlines()
     assert table[0].split() == ["name", "distribution", "description"], listing
@@ -102,6 +121,17 @@ def test_recipes_by_name_from_installed_wheels(tmp_path):
               "--set", "train.epochs=1", "--set", "protocol.folds=2")
     assert "quickstart (cv, 2 fold(s))" in out, out
     assert (away / "runs" / "qs" / "summary.json").is_file()
+    # the report renders from the installed templates: ROC curves (inline SVG) and confusion matrices included
+    assert "wrote" in cli("report", "runs/qs", "--no-embed", "--no-attention")
+    page = (away / "runs" / "qs" / "report.html").read_text()
+    assert 'id="roc"' in page and page.count("<svg") == 1 and 'class="confusion"' in page
+
+    # a shipped model by name, from the installed weights wheel, with the Hub switched off
+    listed = cli("list", "pretrained")
+    assert "abmil-musk1" in listed and "[package milzoo_weights_classic]" in listed, listed
+    loaded = _sh(py, "-c", "import milzoo; m = milzoo.load_pretrained('abmil-musk1'); "
+                 "print(type(m).__name__, len(m.members))", cwd=away, env=env | {"HF_HUB_OFFLINE": "1"}).stdout
+    assert loaded.split() == ["Ensemble", "10"], loaded
 
     # a recipe of a plugin that is not installed: one paragraph, exit 2, says to install the plugin
     res = subprocess.run([milzoo, "recipes", "show", "psmil_cifar10"], cwd=away, env=env, capture_output=True,

@@ -21,7 +21,9 @@ from milzoo.metrics import regression_metrics
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = json.loads((ROOT / "tests" / "data" / "quickstart_classification_golden.json").read_text())
 #: recipe options added after the golden run was made, with their defaults (which change nothing)
-NEW_DEFAULTS = {("protocol", "patient_metrics"): "none"}
+NEW_DEFAULTS = {("protocol", "patient_metrics"): "none",
+                # options added for `milzoo convert` (MIL-Lab ABMIL): their defaults keep models bit-identical
+                ("encoder", "last_dropout"): True, ("pooling", "attn_dropout"): 0.0}
 
 
 def _cpu() -> dict:

@@ -3,7 +3,7 @@
 from milzoo.registry.hookspecs import hookimpl
 
 __all__ = ["milzoo_register_datasets", "milzoo_register_encoders", "milzoo_register_losses", "milzoo_register_poolings",
-           "milzoo_register_recipes", "milzoo_register_tasks"]
+           "milzoo_register_recipes", "milzoo_register_tasks", "milzoo_register_loggers"]
 
 
 @hookimpl
@@ -38,6 +38,16 @@ def milzoo_register_tasks(register):
 
     register(ClassificationTask)
     register(RegressionTask)
+
+
+@hookimpl
+def milzoo_register_loggers(register):
+    from milzoo.builtin.loggers import CSVLogger, MLflowLogger, TensorBoardLogger, WandbLogger
+
+    register(CSVLogger)
+    register(TensorBoardLogger)
+    register(MLflowLogger)
+    register(WandbLogger)
 
 
 @hookimpl

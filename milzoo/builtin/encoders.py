@@ -30,7 +30,7 @@ class MLPEncoder(Encoder):
     """Fully connected layers, each followed by ReLU (and dropout): the feature adapter.
 
     The default ``dims = [512, 512]`` is the two-layer FC+ReLU adapter that the
-    PSMIL paper puts before every model (methods.md section 7.8).
+    PSMIL paper puts before every model (docs/methods.md section 7.8).
     """
 
     name = "mlp"
@@ -38,6 +38,11 @@ class MLPEncoder(Encoder):
     class Config(ComponentConfig):
         dims: list[PositiveInt] = Field(default=[512, 512], min_length=1)
         dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+        last_dropout: bool = Field(
+            default=True,
+            description="dropout after the last layer too; false: only between layers (MIL-Lab's create_mlp, the "
+            "patch embedding of its ABMIL)",
+        )
 
     def __init__(self, config, in_shape):
         super().__init__(config, in_shape)
@@ -45,9 +50,9 @@ class MLPEncoder(Encoder):
             raise ValueError("mlp dims must be positive")
         layers: list[nn.Module] = []
         prev = int(math.prod(self.in_shape))
-        for d in config.dims:
+        for i, d in enumerate(config.dims):
             layers += [nn.Linear(prev, d), nn.ReLU()]
-            if config.dropout > 0:
+            if config.dropout > 0 and (config.last_dropout or i < len(config.dims) - 1):
                 layers.append(nn.Dropout(config.dropout))
             prev = d
         self.net = nn.Sequential(*layers)

@@ -28,7 +28,8 @@ class BagCrossEntropy(Loss):
         loss = F.cross_entropy(
             at_least_float32(out.bag_logits), batch.y, label_smoothing=self.config.label_smoothing
         )
-        total = self.config.weight * loss
+        w = self.config.weight
+        total = loss if w == 1.0 else w * loss  # 1.0 * loss is loss: one operator (and its gradient) less
         return LossResult(total=total, parts={"bag_ce": total.detach()})
 
 

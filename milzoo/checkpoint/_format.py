@@ -30,6 +30,12 @@ CONFIG = "config.json"
 STATE = "state.safetensors"
 #: the components a model is made of and a checkpoint records (name, options, provider), in build order
 COMPONENT_KINDS = ("encoder", "pooling", "augment", "task")
+#: keys milzoo writes into a model's config.json that rebuilding the model does not read (versions, the decision
+#: threshold, and what a Hub folder adds: metrics, recipe, model card data, where converted weights came from)
+METADATA_KEYS = frozenset({
+    "milzoo_version", "label_names", "distributions", "threshold", "epoch", "hub_format_version", "metrics",
+    "input", "recipe", "command", "training_environment", "source", "converted_from", "head",
+})
 
 _T = TypeVar("_T")
 

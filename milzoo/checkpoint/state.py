@@ -17,6 +17,7 @@ import torch
 from milzoo._atomic import atomic_write_bytes
 from milzoo.checkpoint._format import tensors_bytes
 from milzoo.errors import CheckpointError
+from milzoo.model.sizing import bytes_text, first_line, machine_memory_bytes
 
 #: the safetensors header key holding the JSON part of a training state
 _METADATA_KEY = "milzoo_state"
@@ -56,19 +57,32 @@ def save_training_state(path: str | Path, state: dict[str, Any]) -> None:
 
 
 def load_training_state(path: str | Path) -> dict[str, Any] | None:
-    """The state :func:`save_training_state` wrote, or None when ``path`` does not exist."""
+    """The state :func:`save_training_state` wrote, or None when ``path`` does not exist.
+
+    The file is sized before any tensor is read: tensors larger than this machine's memory are refused with a
+    clear error (safetensors checks that its header's sizes cover the file exactly).
+    """
     path = Path(path)
     if not path.exists():
         return None
+    memory = machine_memory_bytes()
+    size = path.stat().st_size
+    if memory is not None and size > memory:
+        raise CheckpointError(
+            f"the training state {path} is {bytes_text(size)}, more than this machine's {bytes_text(memory)} of "
+            "memory, so it cannot be read; it was not written for this model on this machine. Delete it to restart "
+            "that fold."
+        )
     try:
         with safetensors.safe_open(str(path), framework="pt") as fh:
             meta = json.loads(fh.metadata()[_METADATA_KEY])
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        return _unflatten_tensors(meta, tensors)  # a reference to a tensor the file lacks is damage too
     except Exception as exc:  # noqa: BLE001 - whatever is wrong with the file, the fold restarts from scratch
         raise CheckpointError(
-            f"the training state {path} is corrupted ({type(exc).__name__}: {exc}); delete it to restart that fold."
+            f"the training state {path} is corrupted ({type(exc).__name__}: {first_line(exc)}); delete it to "
+            "restart that fold."
         ) from None
-    return _unflatten_tensors(meta, tensors)
 
 
 def optimizer_state_from_json(sd: dict[str, Any]) -> dict[str, Any]:

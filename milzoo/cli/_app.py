@@ -12,6 +12,7 @@ a command is looked up, so ``milzoo --version`` loads none.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import re
 import sys
@@ -55,6 +56,13 @@ class MilzooGroup(click.Group):
             if not getattr(exc, "milzoo_hint_shown", False):
                 click.echo("interrupted; a run can be continued with `milzoo run RECIPE --out DIR --resume`.", err=True)
             ctx.exit(143 if _is_terminated(exc) else 130)
+        except OSError as exc:  # a full disk is the user's to fix: one paragraph, exit 2 (`run` says more)
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            where = f" while writing {exc.filename}" if exc.filename else ""
+            click.echo(f"error: the disk is full ({exc.strerror or 'no space left on device'}){where}; free some space "
+                       "(or write to another disk) and run the command again.", err=True)
+            ctx.exit(2)
 
 
 def _is_terminated(exc: BaseException) -> bool:
@@ -79,7 +87,10 @@ def cli():
 @click.option("--no-progress", is_flag=True, help="hide the progress bar")
 @click.option("--jobs", "-j", type=int, default=1, show_default=True,
               help="train the folds in N worker processes (train.threads threads each, default 1)")
-def run_cmd(recipe, out, overrides, resume, overwrite, fold, no_progress, jobs):
+@click.option("--log", "loggers", multiple=True, metavar="NAME",
+              help="log to this experiment logger too (repeatable): csv, tensorboard, mlflow, wandb or a plugin's "
+                   "(`milzoo list loggers`; options: [[log]] tables in the recipe)")
+def run_cmd(recipe, out, overrides, resume, overwrite, fold, no_progress, jobs, loggers):
     """Train and evaluate RECIPE (a TOML file, or a shipped recipe's name: `milzoo recipes`) into a run directory."""
     from milzoo.train.distributed import maybe_distributed
     from milzoo.runs.runner import run
@@ -87,7 +98,8 @@ def run_cmd(recipe, out, overrides, resume, overwrite, fold, no_progress, jobs):
     with maybe_distributed() as dist, warnings_to_stderr():
         try:
             summary = run(recipe, out=out, overrides=list(overrides), resume=resume, overwrite=overwrite, fold=fold,
-                          progress=False if no_progress else None, distributed=dist, jobs=jobs)
+                          progress=False if no_progress else None, distributed=dist, jobs=jobs,
+                          loggers=list(loggers))
         except KeyboardInterrupt as exc:
             if dist is None or dist.rank == 0:
                 _resume_hint(exc, recipe, out, overrides)
@@ -143,7 +155,8 @@ def format_summary(summary: dict) -> str:
 
     if summary.get("complete") is False:
         return f"fold {summary['fold']} done; other folds are still missing in {printable(summary['run_dir'])}."
-    lines = [f"{printable(summary['name'])} ({summary['protocol']}, {summary['num_folds']} fold(s))"]
+    lines = [f"{printable(summary['name'])} ({summary['protocol']}, {summary['num_folds']} fold(s))"
+             + (f"; mean±SD over folds, {_std_words(summary)}" if (summary.get("num_folds") or 0) > 1 else "")]
     for section, label in (("last", "last epoch"), ("selected", "validation-selected"),
                            ("best_epoch_on_test", "best epoch on test (optimistic)")):
         block = summary.get(section)
@@ -168,12 +181,20 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _std_words(summary: dict) -> str:
+    """Which standard deviation the summary holds (its ``std_ddof``; an old ``summary.json`` has the population one)."""
+    from milzoo.metrics import LEGACY_SUMMARY_DDOF, std_words
+
+    return std_words(summary.get("std_ddof", LEGACY_SUMMARY_DDOF))
+
+
 def _metric_text(name: str, m: dict) -> str | None:
-    """``auc 0.912±0.041``; an undefined AUC is said, never left out (an accuracy alone can mislead)."""
-    mean, n = m.get("mean"), len(m.get("values") or [])
+    """``auc 0.912±0.041`` (``auc 0.912`` when the SD is undefined: one fold); an undefined AUC is said, never left
+    out (an accuracy alone can mislead)."""
+    mean, n, std = m.get("mean"), len(m.get("values") or []), m.get("std")
     if mean is None or mean != mean:
         return "auc undefined (no held-out split with both classes)" if name == "auc" else None
-    text = f"{name} {mean:.3f}±{m['std']:.3f}"
+    text = f"{name} {mean:.3f}" + (f"±{std:.3f}" if isinstance(std, (int, float)) and std == std else "")
     if m.get("undefined_in"):
         text += f" (undefined in {m['undefined_in']} of {n} folds, which hold one class)"
     return text
@@ -192,6 +213,7 @@ def validate_cmd(recipe, overrides, show):
         click.echo(r.to_toml())
     names = [f"{k}={getattr(r.root, k).name}" for k in ("data", "encoder", "pooling", "augment") if getattr(r.root, k)]
     names += [f"loss={t.name}" for t in r.root.loss]
+    names += [f"log={t.name}" for t in r.root.log]
     click.echo(f"ok: {recipe} ({', '.join(names)})")
 
 
@@ -199,7 +221,8 @@ def validate_cmd(recipe, overrides, show):
 @click.argument("kind", required=False)
 @click.option("--json", "as_json", is_flag=True)
 def list_cmd(kind, as_json):
-    """List registered components (encoder, pooling, loss, dataset, augment, pretrained)."""
+    """List registered components (encoder, pooling, loss, dataset, augment, task, logger, pretrained, download,
+    converter)."""
     from milzoo.registry import _table as registry
 
     if kind is not None and kind.endswith("s") and kind[:-1] in registry.ALL_KINDS:
@@ -243,7 +266,7 @@ def summarize_cmd(run_dir):
 
 
 #: core command modules in milzoo/cli/, each exposing add_commands(cli)
-CORE_COMMAND_MODULES = ("hub", "report", "recipes")
+CORE_COMMAND_MODULES = ("hub", "report", "recipes", "data", "convert")
 
 
 def _add_core_commands() -> None:

@@ -1,4 +1,4 @@
-"""``milzoo push``, ``milzoo export`` and ``milzoo pull``: sharing trained models on the Hub."""
+"""``milzoo push``, ``export``, ``pull`` and ``verify``: sharing trained models on the Hub, and checking them."""
 
 from __future__ import annotations
 
@@ -75,7 +75,23 @@ def pull_cmd(ref, revision, cache_dir):
     click.echo(f"{ref}: cached at {folder} ({kind}, classes: {', '.join(model.class_names)})")
 
 
-COMMANDS = (push_cmd, export_cmd, pull_cmd)
+@click.command("verify")
+@click.argument("ref")
+def verify_cmd(ref):
+    """Measure REF (a zoo name, hf-hub:org/name[@rev] or a Hub folder) again on the held-out data its recipe
+    defines, and compare every metric with the one its model card records (exit 1 if any differs)."""
+    from milzoo.hub.verify import verify
+
+    result = verify(ref)
+    for line in result.lines():
+        click.echo(line)
+    if not result.ok:
+        click.echo("some metrics differ from the recorded ones (fp32 results may differ between CPU types; "
+                   "docs/hub.md, 'Checked, not trusted').", err=True)
+        raise SystemExit(1)
+
+
+COMMANDS = (push_cmd, export_cmd, pull_cmd, verify_cmd)
 
 
 def add_commands(cli: click.Group) -> None:

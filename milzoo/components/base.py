@@ -12,6 +12,7 @@ Construction signatures (the registry and the model builder call these):
 - ``DatasetSource(config)``                ``.load()`` -> ``{split name: MILDataset}``
 - ``Augment(config, in_shape)``            ``[M, *s]`` -> ``[V, M, *s]`` views (view 0 = weak)
 - ``Task(config)``                         what a label is; bag outputs -> predictions and metrics
+- ``Logger(config, run_dir)``              an experiment logger: hyperparameters, metrics per epoch, summary
 """
 
 from __future__ import annotations
@@ -34,6 +35,24 @@ class ComponentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
 
+class _Provenance:
+    """``Cls.provenance``: ``{"plugin", "distribution", "version"}`` of the registration of this very class, ``{}``
+    for a class that is not registered itself (a subclass of a registered class included).
+
+    Asking builds the registry when it is not built yet (the registry sits above this module and is reached
+    only when asked), so the answer never depends on whether something looked a name up before; while the
+    registry is being built (a plugin asking from its own hook), it is what is known so far.
+    """
+
+    def __get__(self, obj: Any, owner: type) -> dict[str, str]:
+        own = vars(owner).get("_milzoo_provenance")
+        if own is None:
+            from milzoo import registry
+
+            return registry.provenance_of(owner)
+        return dict(own)
+
+
 class Component:
     """Mixin holding the registry metadata of a component class."""
 
@@ -41,8 +60,8 @@ class Component:
     name: ClassVar[str] = ""
     #: options model; subclasses override it with their own ComponentConfig
     Config: ClassVar[type[ComponentConfig]] = ComponentConfig
-    #: filled in by the registry: plugin, distribution, version
-    provenance: ClassVar[dict[str, str]] = {}
+    #: plugin, distribution and version of the class's registration (the registry fills it in)
+    provenance = _Provenance()
 
 
 class Encoder(Component, nn.Module):
@@ -268,6 +287,47 @@ class DatasetSource(Component):
         raise NotImplementedError
 
 
+class Logger(Component):
+    """An experiment logger (docs/tracking.md): receives a run's resolved recipe as hyperparameters, the metrics of
+    every epoch per split and fold, and the final summary.
+
+    ``Logger(config, run_dir)`` is built before anything is written: check there that what the logger needs is
+    installed (:func:`milzoo.tracking.require`) and write nothing.  Then, once per start of the run (a
+    ``--resume`` is a new start), in the process that writes the run directory:
+
+    - :meth:`start` with a :class:`~milzoo.components.output.RunInfo`;
+    - :meth:`log_metrics` once per epoch and split of each fold: ``split`` is ``"train"`` (the mean training
+      loss, its parts, ``lr``, ``time_s``) or an evaluated split (``"val"``, ``"test"``, ...), ``metrics`` maps
+      names to floats (an undefined metric is NaN), epochs are numbered from 0 as in ``metrics.jsonl``.  An epoch
+      is logged once its checkpoint is saved; the first epoch a start logs of a fold may repeat epochs that an
+      interrupted start logged after its last checkpoint (a logger that can drops those, as ``metrics.jsonl``
+      does);
+    - :meth:`finish` with summary.json's content once every fold is complete (else ``None``) and how the start
+      ended: ``"finished"``, ``"interrupted"``, ``"terminated"``, ``"diverged"`` or ``"failed"``.
+
+    Loggers see figures the trainer has already computed and read back: they add no work to a training step.
+    An error in :meth:`log_metrics` stops that logger (with a warning), never the training.
+    """
+
+    kind: ClassVar[str] = "logger"
+
+    def __init__(self, config: ComponentConfig, run_dir: Any):
+        from pathlib import Path
+
+        self.config = config
+        self.run_dir = Path(run_dir)
+
+    def start(self, run: Any) -> None:
+        """A start of the run begins (``run``: a :class:`~milzoo.components.output.RunInfo`)."""
+
+    def log_metrics(self, fold: int, epoch: int, split: str, metrics: dict[str, float]) -> None:
+        """The figures of one split of one epoch of ``fold``."""
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def finish(self, summary: dict[str, Any] | None, outcome: str) -> None:
+        """The start ended: ``summary`` (summary.json) when the run is complete, else None."""
+
+
 KINDS: dict[str, type] = {
     "encoder": Encoder,
     "pooling": Pooling,
@@ -275,6 +335,7 @@ KINDS: dict[str, type] = {
     "dataset": DatasetSource,
     "augment": Augment,
     "task": Task,
+    "logger": Logger,
 }
 
 

@@ -23,7 +23,7 @@ def _softmax(logits: Tensor) -> Tensor:
 
 @dataclass
 class MILOutput:
-    """The common output of every pooling (methods.md section 0.3, batched).
+    """The common output of every pooling (docs/methods.md section 0.3, batched).
 
     bag_logits:  ``[B, k]`` (DSMIL's multi-label mode anchors the negative class at logit 0).
     inst_logits: ``[B, N, k]`` instance class scores where the method defines them.
@@ -78,3 +78,46 @@ class TrainState:
     step: int = 0
     fold: int = 0
     training: bool = True
+
+
+@dataclass
+class RunInfo:
+    """What an experiment logger (:class:`milzoo.components.Logger`) is told when a start of a run begins.
+
+    ``hyperparameters`` is the resolved recipe (every default filled in, as ``recipe.toml`` holds it);
+    ``folds`` the folds this start trains (a ``--fold`` job: one; a ``--resume``: those not yet complete);
+    epochs and folds are numbered from 0, as in ``metrics.jsonl``.
+    """
+
+    name: str
+    run_dir: Any  # pathlib.Path
+    hyperparameters: dict[str, Any]
+    num_folds: int
+    epochs: int
+    folds: list[int] = field(default_factory=list)
+    resume: bool = False
+    fold: int | None = None
+
+    def flat_hyperparameters(self, sep: str = ".") -> dict[str, Any]:
+        """The recipe as one level of ``section.key`` names (``train.epochs``, ``loss.0.name``) to numbers,
+        strings and booleans; a list of plain values becomes its JSON text (``encoder.dims = "[256, 128]"``)."""
+        import json
+
+        flat: dict[str, Any] = {}
+
+        def walk(value: Any, prefix: str) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(v, f"{prefix}{sep}{k}" if prefix else str(k))
+            elif isinstance(value, (list, tuple)) and any(isinstance(v, (dict, list, tuple)) for v in value):
+                for i, v in enumerate(value):
+                    walk(v, f"{prefix}{sep}{i}" if prefix else str(i))
+            elif isinstance(value, (list, tuple)):
+                flat[prefix] = json.dumps(list(value))
+            elif value is None or isinstance(value, (bool, int, float, str)):
+                flat[prefix] = "" if value is None else value
+            else:
+                flat[prefix] = str(value)
+
+        walk(self.hyperparameters, "")
+        return flat

@@ -1,4 +1,5 @@
-"""Datasets: bags and padded batches, dataset base classes, data checks, evaluation protocols and a recipe's folds.
+"""Datasets: bags and padded batches, dataset base classes, data checks, opening data files (regular files of a
+size that fits in memory, CSV errors naming the line), evaluation protocols and a recipe's folds.
 
 ``resident`` (whole splits kept on the training device) is a public submodule.
 """
@@ -15,6 +16,9 @@ _EXPORTS = {
     "FLOAT32_MAX": "checks", "LABEL_CONVENTIONS": "checks", "class_indices": "checks",
     "first_nonfinite_row": "checks", "check_finite_features": "checks", "check_groups_disjoint": "checks",
     "shared_groups": "checks",
+    # files
+    "MAX_DATA_BYTES_ENV": "files", "max_data_bytes": "files", "check_data_file": "files",
+    "read_data_bytes": "files", "parse_numeric_csv": "files", "csv_problem": "files",
     # labels
     "read_survival_labels": "labels",
     # protocols

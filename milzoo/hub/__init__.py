@@ -1,7 +1,8 @@
 """Sharing trained models on the Hugging Face Hub, and the index of named pretrained models.
 
 Download and push (``load_pretrained``, ``push_to_hub``, ``fetch``), Hub folders (``save_pretrained``,
-``load_folder``), run directories as their source, model cards (``modelcard``) and pretrained entries.
+``load_folder``), run directories as their source, model cards (``modelcard``), pretrained entries
+(``pretrained``: installed packages first, then the Hub cache, then the Hub) and ``verify``.
 """
 
 from milzoo._lazy import attach
@@ -23,7 +24,9 @@ _EXPORTS = {
     "build_card": "modelcard", "render_card": "modelcard",
     # pretrained
     "UnpublishedModelError": "pretrained", "PretrainedEntry": "pretrained", "get_pretrained": "pretrained",
-    "list_pretrained": "pretrained",
+    "list_pretrained": "pretrained", "register_package_entries": "pretrained",
+    # verify: a shared model measured again against its card
+    "verify": "verify", "verify_folder": "verify", "Verification": "verify",
 }
 
 __getattr__, __dir__, __all__ = attach(__name__, _EXPORTS)

@@ -30,6 +30,7 @@ References accepted by :func:`load_pretrained`:
 
 from __future__ import annotations
 
+import logging
 import re
 import tempfile
 from pathlib import Path
@@ -78,6 +79,7 @@ LIBRARY_NAME = "milzoo"
 ALLOW_PATTERNS = ["*.json", "*.safetensors", README, RECIPE]
 #: files copied from fsspec folders (run directories included; training state is skipped)
 _FSSPEC_SKIP = {STATE}
+log = logging.getLogger(__name__)
 _REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
 
 
@@ -121,7 +123,8 @@ def download(repo_id: str, revision: str | None = None, cache_dir: str | Path | 
             ) from None
         raise OfflineNotCachedError(
             f"cannot load {ref}: the Hub could not be reached and {where} is not in the Hub cache at {cache} "
-            f"({exc}). Check the network connection (or HF_ENDPOINT) and try again."
+            f"({exc}). Check the network connection (or HF_ENDPOINT) and try again; for a machine without a "
+            f"network, run `milzoo pull {ref}` on one that has it and copy its Hub cache (HF_HUB_CACHE) here."
         ) from None
     except GatedRepoError:
         raise HubError(
@@ -162,8 +165,12 @@ def parse_ref(ref: str | Path) -> tuple[str, str, str | None]:
         return "local", str(ref), None
     s = str(ref).strip()
     if s.startswith("hf-hub:"):
-        repo, _, rev = s[len("hf-hub:"):].partition("@")
+        repo, at, rev = s[len("hf-hub:"):].partition("@")
         _check_repo_id(repo)
+        if at and (not rev or "@" in rev or rev != rev.strip()):  # "org/name@" must not quietly mean main
+            what = "names no revision after '@'" if not rev.strip() else f"has the revision {rev!r}, which is not one"
+            raise HubError(f"{s!r} {what}; write hf-hub:{repo}@REVISION (a branch, a tag or a commit sha), or "
+                           f"hf-hub:{repo} for main.")
         return "hf-hub", repo, rev or None
     if s.startswith("local-dir:"):
         return "local", s[len("local-dir:"):], None
@@ -193,7 +200,7 @@ def parse_ref(ref: str | Path) -> tuple[str, str, str | None]:
 
 def _zoo_entry(name: str) -> PretrainedEntry:
     entry = get_pretrained(name)
-    if not entry.published:
+    if not entry.loadable:
         raise UnpublishedModelError(entry.unpublished_message())
     missing = entry.missing_distributions()
     if missing:
@@ -204,14 +211,36 @@ def _zoo_entry(name: str) -> PretrainedEntry:
     return entry
 
 
+def _zoo_folder(entry: PretrainedEntry, ref: str, revision: str | None, cache_dir, local_files_only,
+                token) -> Path:
+    """A zoo entry's folder, in the documented order: the installed package's folder (unless another revision
+    is asked for), then the Hub cache at the pinned revision, then the Hub."""
+    folder = entry.package_folder()
+    if folder is not None and revision in (None, entry.revision):
+        log.debug("%s: loading from the installed package (%s)", entry.name, folder)
+        return folder
+    if not entry.published:
+        raise UnpublishedModelError(
+            f"the pretrained model {entry.name!r} ships only inside its package ({entry.package}) and has no "
+            f"published Hub revision, so revision={revision!r} cannot be loaded; leave the revision out.")
+    rev = revision or entry.revision
+    if not _offline(local_files_only):
+        try:  # the cache first: a pinned commit that is cached needs no network at all
+            return download(entry.repo_id, rev, cache_dir, True, token, ref=ref)
+        except OfflineNotCachedError:
+            pass
+    return download(entry.repo_id, rev, cache_dir, local_files_only, token, ref=ref)
+
+
 def fetch(ref: str | Path, revision: str | None = None, cache_dir: str | Path | None = None,
           local_files_only: bool | None = None, token: str | bool | None = None) -> Path:
     """Resolve a zoo name or ``hf-hub:`` reference to a local snapshot folder (downloading if needed)."""
+    if revision is not None and not str(revision).strip():  # revision="" must not quietly mean the default
+        raise HubError(f"the revision given for {ref} is empty; give a branch, a tag or a commit sha, or leave it "
+                       "out for the default.")
     kind, target, ref_rev = parse_ref(ref)
     if kind == "zoo":
-        entry = _zoo_entry(target)
-        return download(entry.repo_id, revision or entry.revision, cache_dir, local_files_only, token,
-                        ref=str(ref))
+        return _zoo_folder(_zoo_entry(target), str(ref), revision, cache_dir, local_files_only, token)
     if kind == "hf-hub":
         if ref_rev and revision and ref_rev != revision:
             raise UserError(f"{ref} names revision {ref_rev!r} but revision={revision!r} was also given; give one.")
@@ -256,6 +285,7 @@ def load_pretrained(
     token: str | bool | None = None,
     fold: int | Sequence[int] | None = None,
     checkpoint: str = "auto",
+    max_bytes: int | None = None,
 ) -> nn.Module:
     """Load a trained model, ready to predict on bags (eval mode).
 
@@ -266,20 +296,21 @@ def load_pretrained(
     models load from that cache.  A multi-fold run or ensemble folder loads as
     an :class:`Ensemble`; ``fold`` picks members instead (one fold gives a
     plain :class:`MILModel`).  ``checkpoint`` (``auto``/``best``/``last``)
-    applies to run directories.
+    applies to run directories.  ``max_bytes`` raises the limit on the weights
+    milzoo loads from a folder (4 GiB; docs/security.md) for a model you trust.
     """
     folds = [fold] if isinstance(fold, int) else (list(fold) if fold is not None else None)
     kind, target, _ = parse_ref(ref)
     if kind in ("zoo", "hf-hub"):
         folder = fetch(ref, revision, cache_dir, local_files_only, token)
-        return load_folder(folder, folds)
+        return load_folder(folder, folds, max_bytes=max_bytes)
     if revision is not None:
         raise UserError(f"revision={revision!r} only applies to zoo names and hf-hub: references, not to {ref}.")
     if kind == "fsspec":
         with tempfile.TemporaryDirectory(prefix="milzoo-load-") as tmp:
             local = _copy_from_fsspec(target, Path(tmp))
-            return load_folder(local, folds, checkpoint)  # weights are in memory once loaded
-    return load_folder(target, folds, checkpoint)
+            return load_folder(local, folds, checkpoint, max_bytes)  # weights are in memory once loaded
+    return load_folder(target, folds, checkpoint, max_bytes)
 
 
 def push_to_hub(

@@ -9,7 +9,9 @@ member goes through the checks of :mod:`milzoo.checkpoint` (``_verify``).
 
 from __future__ import annotations
 
+import hashlib
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,8 +19,9 @@ from torch import nn
 
 from milzoo._atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from milzoo.checkpoint import CONFIG, STATE, WEIGHTS, load_model, read_config, save_model
-from milzoo.model.ensemble import Ensemble
-from milzoo.errors import CheckpointError, RunDirError, UserError
+from milzoo.model.ensemble import MAX_MEMBERS, Ensemble
+from milzoo.model.sizing import MAX_LOAD_BYTES, bytes_text
+from milzoo.errors import CheckpointError, CheckpointWarning, RunDirError, UserError
 from milzoo.hub._runs import (
     ENSEMBLE_FORMAT,
     ENSEMBLE_FORMAT_VERSION,
@@ -77,6 +80,7 @@ def save_pretrained(
     datasets: list[str] | None = None,
     description: str | None = None,
     overwrite: bool = False,
+    extra_config: dict[str, Any] | None = None,
 ) -> Path:
     """Write a Hub folder (weights, config.json, recipe.toml, README.md) into ``out_dir``.
 
@@ -85,12 +89,16 @@ def save_pretrained(
     fresh model card), or a model object (:class:`MILModel` or
     :class:`Ensemble`).  Every checkpoint is loaded once first, so a corrupt or
     mismatched one is reported here rather than after an upload.
+    ``extra_config`` (model objects only) adds keys to ``config.json``: ``milzoo convert`` records there where
+    converted weights came from (``converted_from``) and whether the head is trained.
     """
     out_dir = Path(out_dir)
     card = dict(repo_id=repo_id, license=license, tags=tags, datasets=datasets, description=description)
     if isinstance(source, (MILModel, Ensemble)):
         _prepare_out(out_dir, overwrite)
-        return _save_model_object(source, out_dir, card)
+        return _save_model_object(source, out_dir, card, extra_config)
+    if extra_config:
+        raise ValueError("extra_config applies to a model object only; a run directory or Hub folder records its own")
     src = Path(source)
     if is_run_dir(src):
         members = select_checkpoints(src, folds, checkpoint, require_finished=True)
@@ -130,8 +138,9 @@ def save_pretrained(
     )
 
 
-def _save_model_object(model: MILModel | Ensemble, out_dir: Path, card: dict[str, Any]) -> Path:
-    extras = {"hub_format_version": HUB_FORMAT_VERSION, "metrics": {}}
+def _save_model_object(model: MILModel | Ensemble, out_dir: Path, card: dict[str, Any],
+                        extra_config: dict[str, Any] | None = None) -> Path:
+    extras = {"hub_format_version": HUB_FORMAT_VERSION, "metrics": {}, **(extra_config or {})}
     if isinstance(model, Ensemble):
         member_cfgs = []
         for name, (m, t) in zip(model.member_names, zip(model.members, model.thresholds)):
@@ -160,12 +169,14 @@ def inside_folder(folder: Path, rel: str) -> Path:
     return folder / p
 
 
-def _load_ensemble_folder(folder: Path, cfg: dict[str, Any], folds: Sequence[int] | None) -> nn.Module:
+def _load_ensemble_folder(folder: Path, cfg: dict[str, Any], folds: Sequence[int] | None,
+                          max_bytes: int | None = None) -> nn.Module:
     ens = cfg.get("ensemble")
     paths = ens.get("members") if isinstance(ens, dict) else None
     if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
         raise CheckpointError(f"{folder / CONFIG} describes an ensemble without a list of member folders "
                               f"(got {shown(paths)}); it is damaged.")
+    check_member_count(len(paths), f"{folder / CONFIG}")
     version = cfg.get("format_version", 1)
     if not isinstance(version, int) or isinstance(version, bool):
         raise CheckpointError(f"{folder / CONFIG} has format_version {shown(version)}, not a number; it is "
@@ -189,21 +200,95 @@ def _load_ensemble_folder(folder: Path, cfg: dict[str, Any], folds: Sequence[int
         if missing:
             raise CheckpointError(f"this ensemble has no member for fold(s) {missing}; its folds are {member_folds}.")
         idx = [member_folds.index(f) for f in folds]
-    models = [load_model(inside_folder(folder, paths[i])) for i in idx]
+    chosen = check_members([inside_folder(folder, paths[i]) for i in idx], f"{folder / CONFIG}", max_bytes)
+    models = [load_model(p, max_bytes) for p in chosen]
     if len(models) == 1:
         return models[0]
     return Ensemble(models, [thresholds[i] for i in idx], ens.get("combine", "vote"),
                     [Path(paths[i]).name for i in idx])
 
 
-def load_folder(path: str | Path, folds: Sequence[int] | None = None, checkpoint: str = "auto") -> nn.Module:
-    """Load a local run directory, checkpoint directory or Hub folder (eval mode)."""
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_member_count(count: int, where: str) -> None:
+    if count > MAX_MEMBERS:
+        raise CheckpointError(
+            f"{where} lists {count:,} ensemble members, more than the {MAX_MEMBERS} an ensemble may have (one per "
+            "fold of a cross-validation); it is damaged or hostile, so none is loaded."
+        )
+
+
+def check_members(members: list[Path], where: str, max_bytes: int | None = None) -> list[Path]:
+    """The member folders of an ensemble, checked before any is loaded: at most :data:`MAX_MEMBERS`, no folder
+    twice (also through links), no two with the same weights, and at most ``max_bytes`` of weights together."""
+    limit = MAX_LOAD_BYTES if max_bytes is None else int(max_bytes)
+    check_member_count(len(members), where)
+    seen: dict[Path, int] = {}
+    for i, m in enumerate(members):
+        real = m.resolve()
+        if real in seen:
+            raise CheckpointError(
+                f"{where} lists the member folder {m.name!r} twice (members {seen[real]} and {i}); an ensemble of "
+                "copies of one model is not an ensemble, so none is loaded. The folder is damaged or was edited."
+            )
+        seen[real] = i
+    sizes = [(m / WEIGHTS).stat().st_size if (m / WEIGHTS).is_file() else 0 for m in members]
+    if sum(sizes) > limit:
+        raise CheckpointError(
+            f"the {len(members)} members {where} lists hold {bytes_text(sum(sizes))} of weights together, more than "
+            f"the {bytes_text(limit)} milzoo loads from a model folder unless told otherwise; nothing was read. If "
+            "you trust it, load it with a larger limit (load_pretrained(..., max_bytes=...))."
+        )
+    by_size: dict[int, list[int]] = {}
+    for i, size in enumerate(sizes):
+        if size:
+            by_size.setdefault(size, []).append(i)
+    for same in (group for group in by_size.values() if len(group) > 1):
+        digests: dict[str, int] = {}
+        for i in same:
+            d = _digest(members[i] / WEIGHTS)
+            if d in digests:
+                first = digests[d]
+                raise CheckpointError(
+                    f"{where} lists members {first} ({members[first].name}) and {i} ({members[i].name}) whose "
+                    f"{WEIGHTS} are the same file; an ensemble of copies of one model is not an ensemble, so none is "
+                    "loaded. The folder is damaged or was edited."
+                )
+            digests[d] = i
+    return members
+
+
+def untrained_head_text(path: Path, cfg: dict[str, Any]) -> str:
+    """What a converted model whose classification head was newly initialised (``"head": "untrained"``) is good for."""
+    source = cfg.get("converted_from") if isinstance(cfg.get("converted_from"), dict) else {}
+    fmt = source.get("format")
+    origin = f"converted from {shown(fmt)} weights that have" if isinstance(fmt, str) else "converted from weights with"
+    return (f"{path} was {origin} no classification head: its head is newly initialised and untrained, so its class "
+            "predictions mean nothing until it is fine-tuned. Its bag features (out.extras['bag_feature']) and "
+            "attention are the pretrained ones.")
+
+
+def load_folder(path: str | Path, folds: Sequence[int] | None = None, checkpoint: str = "auto",
+                max_bytes: int | None = None) -> nn.Module:
+    """Load a local run directory, checkpoint directory or Hub folder (eval mode).
+
+    ``max_bytes`` bounds the weights of the model, or of all ensemble members together (default
+    :data:`~milzoo.model.sizing.MAX_LOAD_BYTES`); an ensemble has at most :data:`~milzoo.model.ensemble.MAX_MEMBERS`
+    members, each a different model.
+    """
     path = Path(path).expanduser()
     if not path.is_dir():
         raise CheckpointError(f"{path} does not exist or is not a directory.")
     if is_run_dir(path):
         members = select_checkpoints(path, folds, checkpoint, require_finished=False)
-        models = [load_model(m.path) for m in members]
+        check_members([m.path for m in members], f"the run directory {path}", max_bytes)
+        models = [load_model(m.path, max_bytes) for m in members]
         if len(models) == 1:
             model: nn.Module = models[0]
         else:
@@ -212,11 +297,13 @@ def load_folder(path: str | Path, folds: Sequence[int] | None = None, checkpoint
     elif (path / CONFIG).is_file():
         cfg = read_config(path)
         if cfg.get("format") == ENSEMBLE_FORMAT or "ensemble" in cfg:
-            model = _load_ensemble_folder(path, cfg, folds)
+            model = _load_ensemble_folder(path, cfg, folds, max_bytes)
         else:
             if folds:
                 raise CheckpointError(f"{path} holds a single model; it has no folds to choose from.")
-            model = load_model(path)
+            model = load_model(path, max_bytes)
+            if cfg.get("head") == "untrained":
+                warnings.warn(untrained_head_text(path, cfg), CheckpointWarning, stacklevel=2)
     else:
         raise CheckpointError(
             f"{path} is not a milzoo model: it has no config.json (a checkpoint or Hub folder) and is not a run "

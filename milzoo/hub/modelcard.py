@@ -39,6 +39,12 @@ TEMPLATE = """---
 {% if description %}
 {{ description }}
 {% endif %}
+{% if untrained_head %}
+> **The classification head is untrained.** These weights were converted from a model that has no
+> classification head, so a new one was initialised ({{ untrained_head }}): its class predictions mean
+> nothing until the model is fine-tuned. The bag features (`out.extras["bag_feature"]`) and the attention
+> are the pretrained ones.
+{% endif %}
 A milzoo multiple-instance-learning model: bags of
 {{ input_text }} go through the `{{ encoder }}` encoder and the `{{ pooling }}` pooling to
 {{ num_classes }} bag classes ({{ labels }}).
@@ -144,6 +150,27 @@ def _command_text(cfg: dict[str, Any]) -> str | None:
     return cmd.get("equivalent")
 
 
+def _untrained_text(cfg: dict[str, Any]) -> str:
+    """The newly initialised parameters of a converted model whose head is untrained, or "" for a trained one."""
+    if cfg.get("head") != "untrained":
+        return ""
+    conv = cfg.get("converted_from") if isinstance(cfg.get("converted_from"), dict) else {}
+    names = [p for p in conv.get("untrained_parameters") or [] if isinstance(p, str) and p.isprintable()]
+    return ", ".join(f"`{p}`" for p in names) or "its parameters"
+
+
+def _converted_text(conv: dict[str, Any]) -> str:
+    """The "Training" paragraph of weights ``milzoo convert`` brought from another toolkit."""
+    def text(key: str) -> str:
+        value = conv.get(key)
+        return value if isinstance(value, str) and value.isprintable() else "?"
+
+    out = (f"Not trained with milzoo: converted with `milzoo convert {text('format')}` from `{text('file')}` "
+           f"(sha256 `{text('sha256')}`), a {text('architecture')} trained with {text('source')}.")
+    notes = [n for n in conv.get("notes") or [] if isinstance(n, str) and n.isprintable()]
+    return " ".join([out, *notes])
+
+
 def build_card(
     cfg: dict[str, Any],
     repo_id: str | None = None,
@@ -201,6 +228,8 @@ def build_card(
         source_text = (f"Run `{source.get('run_name', '?')}` (protocol `{source.get('protocol', '?')}`), fold "
                        f"{source.get('fold', 0)}, {source.get('checkpoint', '?')} checkpoint"
                        + (f" (epoch {cfg['epoch']})" if cfg.get("epoch") is not None else "") + ".")
+    elif isinstance(cfg.get("converted_from"), dict):
+        source_text = _converted_text(cfg["converted_from"])
     else:
         source_text = "Saved from a model object (no run directory recorded)."
     metrics = cfg.get("metrics") or {}
@@ -211,6 +240,7 @@ def build_card(
         title=title,
         description=description or recipe.get("description") or "",
         ensemble=ensemble,
+        untrained_head=_untrained_text(cfg),
         has_thresholds=any(t is not None for t in (ensemble or {}).get("thresholds") or []),
         ensemble_folds=", ".join(f"fold {f}" for f in (ensemble or {}).get("folds", [])),
         encoder=encoder,

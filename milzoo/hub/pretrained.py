@@ -20,9 +20,15 @@ needs.  Plugins register entries through a hook, exactly like components::
             requires=["milzoo-mymethod"],
         ))
 
-An entry whose weights are not on the Hub yet is registered with
-``published=False`` (and no revision); loading it fails with a message that
-gives the commands to train and push it.  ``milzoo list pretrained`` shows the
+An entry can also ship its weights inside an installed distribution, as spaCy's
+trained pipelines do: ``package="my_weights_pkg:weights/mymethod-musk1"`` names a
+Hub folder (what ``milzoo export`` writes) inside an importable package.  Loading
+then needs no network at all.  Resolution order: the installed package, then the
+Hugging Face cache (a published entry's pinned revision), then the Hub.  A weight
+distribution registers its entries from an ``index.json`` beside its folders with
+:func:`register_package_entries`.  An entry with neither a package folder nor a
+published revision is registered with ``published=False``; loading it fails with
+a message that gives the commands to train and push it.  ``milzoo list pretrained`` shows the
 index.  Metrics must be numbers actually measured on the published weights
 (``summary.json`` of the run that produced them), never copied from a paper.
 
@@ -33,17 +39,23 @@ this module parses their fields when they are used.
 from __future__ import annotations
 
 import importlib.metadata as md
+import importlib.util
+import json
 import re
-from typing import Any
+from importlib.resources import files
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from milzoo._untrusted import valid_distribution
 from milzoo.errors import CheckpointError, UnpublishedModelError
 
-__all__ = ["PretrainedEntry", "UnpublishedModelError", "get_pretrained", "list_pretrained"]
+__all__ = ["PretrainedEntry", "UnpublishedModelError", "get_pretrained", "list_pretrained",
+           "register_package_entries"]
 
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
+_PACKAGE = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[\w.-]+(?:/[\w.-]+)*$")
 
 
 class PretrainedEntry(BaseModel):
@@ -63,6 +75,9 @@ class PretrainedEntry(BaseModel):
     datasets: list[str] = Field(default_factory=list)
     requires: list[str] = Field(default_factory=list, description="plugin distributions needed to load it")
     published: bool = False
+    package: str | None = Field(
+        default=None, description="a Hub folder shipped inside an installed package, 'module:relative/folder'; "
+        "loaded before the Hub (no network)")
     description: str = ""
     tags: list[str] = Field(default_factory=list)
 
@@ -75,18 +90,49 @@ class PretrainedEntry(BaseModel):
             )
         if self.published and self.revision is None:
             raise ValueError("a published entry needs the pinned `revision` of its upload")
+        if self.package is not None and (not _PACKAGE.match(self.package) or ".." in self.package.split(":")[1]
+                                         .split("/")):
+            raise ValueError(f"package {self.package!r} must be 'module:relative/folder' (a folder inside an "
+                             "importable package, without '..')")
         bad = [d for d in self.requires if not valid_distribution(d)]
         if bad:
             raise ValueError(f"requires names {bad!r}, which are not valid distribution names (PEP 508)")
         return self
 
+    # ---------------------------------------------------------------- where it loads from
+    def package_folder(self) -> Path | None:
+        """The Hub folder inside the installed package, or None (no package, not installed, no folder)."""
+        if self.package is None:
+            return None
+        module, _, rel = self.package.partition(":")
+        try:
+            if importlib.util.find_spec(module) is None:
+                return None
+            root = files(module)
+        except (ImportError, ValueError, TypeError):
+            return None
+        folder = Path(str(root.joinpath(*PurePosixPath(rel).parts)))
+        return folder if (folder / "config.json").is_file() else None
+
+    @property
+    def loadable(self) -> bool:
+        return self.published or self.package_folder() is not None
+
+    @property
+    def sources(self) -> list[str]:
+        """Where it loads from, in the order tried: ``package <module>``, ``hub org/name@sha``."""
+        out = []
+        if self.package_folder() is not None:
+            out.append(f"package {self.package.partition(':')[0]}")
+        if self.published:
+            out.append(f"hub {self.repo_id}@{self.revision[:12]}")
+        return out
+
     # ---------------------------------------------------------------- descriptions
     @property
     def summary(self) -> str:
-        if self.published:
-            text = f"[published] {self.repo_id}@{self.revision[:12]}"
-        else:
-            text = f"[unpublished] {self.repo_id}"
+        sources = self.sources
+        text = f"[{' + '.join(sources)}]" if sources else f"[unpublished] {self.repo_id}"
         return f"{text}: {self.description}" if self.description else text
 
     @property
@@ -149,3 +195,16 @@ def list_pretrained(pattern: str = "*") -> list[PretrainedEntry]:
     from milzoo.registry import _table as registry
 
     return [_as_entry(e.obj, e.name) for e in registry.COMPONENTS.entries("pretrained", pattern)]
+
+
+def register_package_entries(register: Callable[[Any], None], module: str, index: str = "weights/index.json") -> None:
+    """Register every entry of a weight distribution: ``index`` (inside package ``module``) maps each zoo name
+    to its fields; the Hub folder of entry ``NAME`` is the folder ``NAME`` beside the index.  A weight
+    distribution's plugin calls this from its ``milzoo_register_pretrained`` hook (docs/hub.md)."""
+    path = files(module).joinpath(*PurePosixPath(index).parts)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    folder = str(PurePosixPath(index).parent)
+    keep = set(PretrainedEntry.model_fields) - {"name", "package"}
+    for name, fields in data.items():
+        register(PretrainedEntry(name=name, package=f"{module}:{folder}/{name}",
+                                 **{k: v for k, v in fields.items() if k in keep}))

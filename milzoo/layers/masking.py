@@ -16,10 +16,11 @@ def masked_softmax(scores: Tensor, mask: Tensor, dim: int = 1) -> Tensor:
     ``scores`` is ``[B, N]`` or ``[B, N, K]``; ``mask`` is ``[B, N]``.
     """
     m = mask if scores.dim() == mask.dim() else mask.unsqueeze(-1)
-    filled = scores.masked_fill(~m, float("-inf"))
-    out = torch.softmax(filled, dim=dim)
-    # A bag with no real instance would give NaN; bags are never empty, but be safe.
-    return torch.nan_to_num(out, nan=0.0) * m
+    # padding gets the lowest finite score: exp(lowest - max) is exactly 0 next to any real instance, as
+    # exp(-inf) is, and a bag with no real instance gets zeros from the last product instead of NaN; three
+    # operators, none of them a read back to the host
+    filled = torch.where(m, scores, torch.finfo(scores.dtype).min)
+    return torch.softmax(filled, dim=dim) * m
 
 
 def masked_mean(h: Tensor, mask: Tensor) -> Tensor:

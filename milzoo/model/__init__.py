@@ -13,11 +13,13 @@ _EXPORTS = {
     "recorded_threshold": "decision", "summary_rule_text": "decision", "summary_has_classes": "decision",
     # ensemble
     "fold_predictions": "ensemble", "majority_vote": "ensemble", "ensemble_metrics": "ensemble",
-    "Ensemble": "ensemble",
+    "Ensemble": "ensemble", "MAX_MEMBERS": "ensemble",
     # mil
     "Standardize": "mil", "MILModel": "mil", "Predicts": "mil",
     # sizing
-    "TRAINING_COPIES": "sizing", "machine_memory_bytes": "sizing", "check_model_size": "sizing",
+    "TRAINING_COPIES": "sizing", "MAX_LOAD_BYTES": "sizing", "MAX_TENSORS": "sizing",
+    "machine_memory_bytes": "sizing", "check_model_size": "sizing", "SizeGuard": "sizing",
+    "guarded_build": "sizing", "requested_shape": "sizing",
 }
 
 __getattr__, __dir__, __all__ = attach(__name__, _EXPORTS)

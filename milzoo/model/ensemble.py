@@ -14,6 +14,10 @@ from milzoo.metrics import bag_metrics
 from milzoo.model.mil import MILModel, Predicts
 from milzoo.components.output import MILOutput
 
+#: the most members an ensemble loaded from a folder (Hub folder, run directory) may have: a cross-validation
+#: ensemble has one per fold (5 or 10); a folder listing more is damaged or hostile
+MAX_MEMBERS = 64
+
 
 def fold_predictions(probs: np.ndarray, threshold: float | None) -> np.ndarray:
     """Class predictions of one model: thresholded positive probability (binary) or argmax."""
@@ -39,7 +43,7 @@ def majority_vote(preds: np.ndarray, mean_probs: np.ndarray) -> np.ndarray:
 
 
 def ensemble_metrics(probs_per_model: list[np.ndarray], thresholds: list[float | None], y_true: np.ndarray) -> dict:
-    """ACC/F1 of the majority vote; AUC of the mean probability (methods.md 7.8 [choice])."""
+    """ACC/F1 of the majority vote; AUC of the mean probability (docs/methods.md 7.8 [choice])."""
     probs = np.stack(probs_per_model)  # [models, bags, k]
     mean = probs.mean(0)
     preds = np.stack([fold_predictions(p, t) for p, t in zip(probs_per_model, thresholds)])

@@ -214,8 +214,10 @@ class MILModel(Predicts, nn.Module):
             flat = views.flatten(0, 1)
             if self.channels_last and flat.dim() == 4:
                 flat = flat.contiguous(memory_format=torch.channels_last)
-            view_feats = self.encoder(flat).view(v, m, -1)
-            h_flat = view_feats[0]
+            feats = self.encoder(flat)
+            view_feats = feats.view(v, m, -1)
+            # one view: the features themselves (indexing view 0 would cost a zero-filled gradient buffer)
+            h_flat = feats if v == 1 else view_feats[0]
         else:
             h_flat = self.encode_instances(inst)
         if full:

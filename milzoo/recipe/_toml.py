@@ -29,8 +29,9 @@ _TOML_START = ("[", "{", '"', "'")
 def parse_value(text: str, item: str | None = None) -> Any:
     """Parse an override value as a TOML value; a bare word (``musk2``, ``/data/x.csv``) is a string.
 
-    A value that is empty, or that starts like a TOML list, table or quoted string but does not parse
-    (``[8,``, ``"abc``), is an error naming the override, never silently a string.
+    A value that is empty, that starts like a TOML list, table or quoted string but does not parse
+    (``[8,``, ``"abc``), or a bare word that holds ``=`` (``train.epochs=2=3``) is an error naming the
+    override, never silently a string.
     """
     item = item if item is not None else text
     stripped = text.strip()
@@ -43,6 +44,10 @@ def parse_value(text: str, item: str | None = None) -> Any:
             raise RecipeError("overrides", [
                 f"{item!r}: the value {stripped!r} is not valid TOML ({exc}); write lists as [1, 2], tables as "
                 "{a = 1}, strings in quotes (--set 'name=\"my run\"')"]) from None
+        if "=" in stripped and "://" not in stripped:  # train.epochs=2=3 (a URL's query string is fine)
+            raise RecipeError("overrides", [
+                f"{item!r}: the value {stripped!r} holds a second '='; one --set sets one key (give each its own "
+                "--set), and a string that holds '=' goes in quotes (--set 'name=\"a=b\"')"])
         return text
 
 

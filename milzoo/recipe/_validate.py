@@ -6,7 +6,7 @@ at once with its dotted path:
 1. the recipe's own sections (``train``, ``optim``, ``schedule``, ``protocol``)
    against the pydantic models of :mod:`milzoo.recipe.schema`;
 2. each component table (``data``, ``encoder``, ``pooling``, ``augment``,
-   ``loss[i]``) against the ``Config`` model of the component it names, so a
+   ``task``, ``loss[i]``, ``log[i]``) against the ``Config`` model of the component it names, so a
    third-party component brings its own schema.  Unknown names get "did you
    mean" suggestions.
 
@@ -40,7 +40,7 @@ class Recipe:
 
     def __init__(self, root: RecipeModel, components: dict[str, Any], source: str):
         self.root = root
-        self.components = components  # "data"/"encoder"/"pooling"/"augment"/"task" -> Config; "loss" -> list
+        self.components = components  # "data"/"encoder"/"pooling"/"augment"/"task" -> Config; "loss", "log" -> list
         self.source = source
 
     def __getattr__(self, item):
@@ -59,6 +59,10 @@ class Recipe:
             {"name": t.name, **c.model_dump(mode="json", exclude_none=True)}
             for t, c in zip(self.root.loss, self.components["loss"])
         ]
+        d["log"] = [{"name": t.name, **c.model_dump(mode="json", exclude_none=True)}
+                    for t, c in zip(self.root.log, self.components.get("log", []))]
+        if not d["log"]:
+            del d["log"]  # no loggers: resolved recipes read as they did before loggers existed
         return d
 
     def to_toml(self) -> str:
@@ -140,7 +144,7 @@ def validate_recipe(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
         problems.extend(_pydantic_problems(exc, model=RecipeModel))
         # still validate the component tables we can read, to report everything at once
         root = None
-    components: dict[str, Any] = {"loss": []}
+    components: dict[str, Any] = {"loss": [], "log": []}
     tables: list[tuple[str, str, Any]] = []
     if root is not None:
         for key in ("data", "encoder", "pooling", "augment", "task"):
@@ -149,24 +153,27 @@ def validate_recipe(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
                 tables.append((key, key, t))
         for i, t in enumerate(root.loss):
             tables.append(("loss", f"loss.{i}", t))
+        for i, t in enumerate(root.log):
+            tables.append(("log", f"log.{i}", t))
     else:
         for key in ("data", "encoder", "pooling", "augment", "task"):
             t = raw.get(key)
             if isinstance(t, dict) and isinstance(t.get("name"), str):
                 tables.append((key, key, ComponentTable.model_validate(t)))
-        loss = raw.get("loss")
-        for i, t in enumerate(loss if isinstance(loss, list) else []):
-            if isinstance(t, dict) and isinstance(t.get("name"), str):
-                tables.append(("loss", f"loss.{i}", ComponentTable.model_validate(t)))
+        for many in ("loss", "log"):
+            listed = raw.get(many)
+            for i, t in enumerate(listed if isinstance(listed, list) else []):
+                if isinstance(t, dict) and isinstance(t.get("name"), str):
+                    tables.append((many, f"{many}.{i}", ComponentTable.model_validate(t)))
     kind_of = {"data": "dataset", "encoder": "encoder", "pooling": "pooling", "augment": "augment", "loss": "loss",
-               "task": "task"}
+               "task": "task", "log": "logger"}
     # a recipe.toml inside a run directory: unknown names say which recorded distribution to install
     recorded = provenance.from_recipe_source(source)
     for key, where, table in tables:
         with registry.recorded_providers(recorded):
             cfg = _validate_component(kind_of[key], table, where, problems)
-        if key == "loss":
-            components["loss"].append(cfg)
+        if key in ("loss", "log"):
+            components[key].append(cfg)
         else:
             components[key] = cfg
     if root is not None and components.get("task") is not None:

@@ -1,7 +1,7 @@
 """The recipe's own sections as pydantic models, and the upper bounds on its counts.
 
 :class:`RecipeModel` is the root: the component tables (``data``, ``encoder``, ``pooling``, ``augment``,
-``loss``) are :class:`ComponentTable` references whose options each component's own ``Config`` validates
+``loss``, ``task``, ``log``) are :class:`ComponentTable` references whose options each component's own ``Config`` validates
 (:mod:`milzoo.recipe._validate`); the other sections (``optim``, ``schedule``, ``train``, ``protocol``) are
 checked here.
 """
@@ -114,7 +114,12 @@ class TrainConfig(_Section):
         "batches there; auto: when they take at most half of the device's free memory (always on a CPU); "
         "false: the DataLoader path (docs/performance.md)",
     )
-    compile: bool = Field(default=False, description="torch.compile the encoder (opt-in; docs/performance.md)")
+    compile: bool | Literal["encoder", "step", "reduce-overhead"] = Field(
+        default=False,
+        description="torch.compile: true or 'encoder' compiles the encoder; 'step' the training step's forward, "
+        "prototype update and losses (few fused kernels); 'reduce-overhead' the same replayed as a CUDA graph "
+        "on a GPU (fixed bags per step and bag size; other batches run eagerly). Opt-in; docs/performance.md",
+    )
 
 
 class ProtocolConfig(_Section):
@@ -142,6 +147,8 @@ class RecipeModel(_Section):
     loss: list[ComponentTable] = Field(default_factory=list)
     #: what a label is (docs/tasks.md): classification unless the recipe says otherwise
     task: ComponentTable = ComponentTable(name="classification")
+    #: experiment loggers, one ``[[log]]`` table each (docs/tracking.md); they never change what a run computes
+    log: list[ComponentTable] = Field(default_factory=list)
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     train: TrainConfig = TrainConfig()

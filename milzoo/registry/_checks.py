@@ -102,7 +102,9 @@ def _adopt_component(entry: Entry) -> None:
     """The class learns the name it is registered under and who provides it."""
     if getattr(entry.obj, "name", "") != entry.name:
         entry.obj.name = entry.name
-    entry.obj.provenance = {"plugin": entry.plugin, "distribution": entry.distribution, "version": entry.version}
+    # read through Component.provenance, which a subclass does not inherit (it is not registered itself)
+    entry.obj._milzoo_provenance = {"plugin": entry.plugin, "distribution": entry.distribution,
+                                    "version": entry.version}
 
 
 def component_kind(kind: str, hook: str) -> Kind:
@@ -118,4 +120,30 @@ def stage_pretrained(obj: Any, name: str | None = None, aliases: Any = ()) -> St
     if missing:
         raise RegistrationError(f"pretrained {reg_name!r} is not a pretrained entry (it has no {', '.join(missing)}); "
                                 "register a milzoo.hub.pretrained.PretrainedEntry")
+    return [(reg_name, obj, aliases)]
+
+
+def stage_converter(obj: Any, name: str | None = None, aliases: Any = ()) -> Staged:
+    """A converter (``milzoo convert NAME``): a subclass of :class:`milzoo.components.Converter` with a valid ``Config``."""
+    from milzoo.components.converter import Converter
+
+    return _stage_component("converter", Converter, obj, name, aliases)
+
+
+def converter_kind() -> Kind:
+    """The row of converters: staged like a component, and each class learns its name and provenance."""
+    return Kind("converter", "milzoo_register_converters", stage=stage_converter, adopt=_adopt_component)
+
+
+def stage_download(obj: Any, name: str | None = None, aliases: Any = ()) -> Staged:
+    """A download entry (``milzoo data fetch NAME``): a :class:`milzoo.components.Download`."""
+    from milzoo.components.download import Download
+
+    reg_name, aliases = _named("download", obj, name, aliases)
+    if not isinstance(obj, Download):
+        raise RegistrationError(f"download {reg_name!r} is a {type(obj).__name__}, not a milzoo.components.Download; "
+                                "register Download(name=..., summary=..., fetch=..., destination=...)")
+    if not (callable(obj.fetch) and callable(obj.destination)) or not isinstance(obj.summary, str):
+        raise RegistrationError(f"download {reg_name!r} needs callable `fetch` and `destination` and a `summary` "
+                                "string")
     return [(reg_name, obj, aliases)]

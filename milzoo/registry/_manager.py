@@ -18,6 +18,9 @@ Environment variables:
 - ``MILZOO_LOAD_PLUGINS``: unset loads every entry point; empty loads none;
   ``a,b`` loads only the entry points or distributions named.
 - ``MILZOO_DISABLE_PLUGINS``: ``a,b`` blocks these entry points or distributions.
+
+A name in either variable that no installed plugin has (a typo) is named in a warning with the plugins there
+are, instead of silently loading (or blocking) nothing.
 - ``MILZOO_TRACE_PLUGINS=1``: print every hook call (handy for plugin authors).
 
 This module owns the plugin manager and the :class:`PluginRecord` of every plugin; it knows nothing of the
@@ -82,6 +85,13 @@ class PluginRecord:
 _lock = threading.RLock()
 _manager: pluggy.PluginManager | None = None
 _records: list[PluginRecord] = []
+#: per thread: whether this thread is creating the manager (importing the plugins) right now
+_creating = threading.local()
+
+
+def loading() -> bool:
+    """Whether this thread is importing the plugins right now (plugin code asking for the registry)."""
+    return getattr(_creating, "active", False)
 
 
 def _csv_env(name: str) -> set[str] | None:
@@ -162,6 +172,7 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
     wanted = _csv_env("MILZOO_LOAD_PLUGINS")
     blocked = _csv_env("MILZOO_DISABLE_PLUGINS") or set()
     seen: set[tuple[str, str]] = set()
+    known: list[tuple[str, str]] = []  # (entry point, distribution) of every plugin found
     eps = md.entry_points(group=ENTRY_POINT_GROUP)
     dist_of = lambda ep: ep.dist.name if ep.dist is not None else "?"  # noqa: E731
     for ep in sorted(eps, key=lambda e: (e.name, canonical_distribution(dist_of(e)))):
@@ -171,6 +182,7 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
         if ident in seen:  # the same distribution seen twice on sys.path
             continue
         seen.add(ident)
+        known.append((ep.name, dist))
         key = f"{dist}:{ep.name}"
         rec = PluginRecord(ep.name, dist, version, "ok", module=ep.value, key=key)
         if (wanted is not None and not _selected(wanted, ep.name, dist)) or _selected(blocked, ep.name, dist):
@@ -192,6 +204,21 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
             log.debug("plugin %s failed to load: %s", key, rec.error)
             with contextlib.suppress(Exception):
                 pm.unregister(name=key)
+    _warn_unknown_names(wanted, blocked, known)
+
+
+def _warn_unknown_names(wanted: set[str] | None, blocked: set[str], known: list[tuple[str, str]]) -> None:
+    """A name in MILZOO_LOAD_PLUGINS / MILZOO_DISABLE_PLUGINS that no plugin has: say so, with the names there are."""
+    shown = ", ".join(f"{name} ({dist})" for name, dist in sorted(known)) or "none"
+    for variable, names, effect in (("MILZOO_LOAD_PLUGINS", wanted or set(), "loads"),
+                                    ("MILZOO_DISABLE_PLUGINS", blocked, "disables")):
+        unknown = sorted(n for n in names if not any(_selected({n}, ep, dist) for ep, dist in known)
+                         and n not in (*DEFAULT_PLUGINS, "milzoo"))  # the built-ins always load
+        if unknown:
+            log.warning("%s names %s, which no installed plugin is called, so it %s nothing by %s. The plugins "
+                        "(entry point and distribution; either name works) are: %s. Fix the spelling in %s.",
+                        variable, ", ".join(repr(n) for n in unknown), effect,
+                        "that name" if len(unknown) == 1 else "those names", shown, variable)
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
@@ -200,33 +227,42 @@ def get_plugin_manager() -> pluggy.PluginManager:
     with _lock:
         if _manager is not None:
             return _manager
-        pm = pluggy.PluginManager(hookspecs.PROJECT)
-        pm.add_hookspecs(hookspecs)
-        for modname in DEFAULT_PLUGINS:
-            start = time.perf_counter()
-            mod = importlib.import_module(modname)
-            pm.register(mod, name=modname)
-            _records.append(PluginRecord(modname, "milzoo", milzoo_version(), "ok", module=modname,
-                                         import_s=round(time.perf_counter() - start, 4)))
-        _load_entry_points(pm)
+        _creating.active = True
         try:
-            pm.check_pending()
-        except pluggy.PluginValidationError as exc:
-            name = pm.get_name(exc.plugin) or "?"
-            for rec in _records:
-                if rec.key == name:
-                    rec.status, rec.error = "failed", _describe(exc)
-            pm.unregister(exc.plugin)
-        if os.environ.get("MILZOO_TRACE_PLUGINS"):
-            def before(hook_name, impls, kwargs):
-                print(f"[milzoo] hook {hook_name} -> {[i.plugin_name for i in impls]}", file=sys.stderr)
+            _manager = _create()
+        finally:
+            _creating.active = False
+        return _manager
 
-            def after(outcome, hook_name, impls, kwargs):
-                return None
 
-            pm.add_hookcall_monitoring(before, after)
-        _manager = pm
-        return pm
+def _create() -> pluggy.PluginManager:
+    """A plugin manager with the built-ins and every entry point loaded (or recorded as failed or disabled)."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    for modname in DEFAULT_PLUGINS:
+        start = time.perf_counter()
+        mod = importlib.import_module(modname)
+        pm.register(mod, name=modname)
+        _records.append(PluginRecord(modname, "milzoo", milzoo_version(), "ok", module=modname,
+                                     import_s=round(time.perf_counter() - start, 4)))
+    _load_entry_points(pm)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        name = pm.get_name(exc.plugin) or "?"
+        for rec in _records:
+            if rec.key == name:
+                rec.status, rec.error = "failed", _describe(exc)
+        pm.unregister(exc.plugin)
+    if os.environ.get("MILZOO_TRACE_PLUGINS"):
+        def before(hook_name, impls, kwargs):
+            print(f"[milzoo] hook {hook_name} -> {[i.plugin_name for i in impls]}", file=sys.stderr)
+
+        def after(outcome, hook_name, impls, kwargs):
+            return None
+
+        pm.add_hookcall_monitoring(before, after)
+    return pm
 
 
 def plugin_records() -> list[PluginRecord]:

@@ -36,24 +36,52 @@ def installed_version(dist: str) -> str | None:
         return None
 
 
-def explain_missing(kind: str, name: str, dist: Any, version: Any, records: Iterable[PluginRecord]) -> str:
-    """Why ``kind`` ``name``, recorded as provided by ``dist`` ``version``, is not available, and the fix.
+def explain_missing(kind: str, name: str, dist: Any, version: Any, records: Iterable[PluginRecord],
+                    recorded: bool = True) -> str:
+    """Why ``kind`` ``name``, said to be provided by ``dist`` ``version``, is not available, and the fix.
 
     ``records`` are the plugins seen in this process (:func:`milzoo.registry.plugin_records`): they tell a
-    distribution whose plugin failed or is disabled from one that no longer registers the name.
+    distribution whose plugin failed or is disabled from one that no longer registers the name.  An install
+    command is suggested only when ``dist`` is what a run or checkpoint *recorded* as the provider
+    (``recorded``; not a name typed before ``:`` in a recipe), is truly not installed (or installed in another
+    version than the recorded one), and is a valid name; the text says that the name comes from the file.
     """
     if not valid_distribution(dist):
         return (f"The file names its provider as {shown(dist)}, which is not a valid distribution name, so no install "
                 "command is suggested; the file is damaged or was edited by hand.")
     ver = version if valid_version(version) else None
-    recorded = f"{dist} {ver}" if ver else dist
+    shown_dist = f"{dist} {ver}" if ver else dist
+    if not recorded:
+        have = installed_version(dist)
+        if have is None:
+            return (f"No distribution {shown(dist)} is installed. milzoo suggests no install command for a name "
+                    f"written in a recipe: install the plugin that provides the {kind} {name!r} as its documentation "
+                    "says, or fix the distribution part of the name (`milzoo plugins` lists the installed ones).")
+        return _installed_text(kind, name, dist, have, records, f"The installed {dist} {have} registers no {kind} "
+                               f"{name!r}; fix the name (`milzoo list {kind}` shows what it registers).")
     if canonicalize_name(dist) == "milzoo":
-        return (f"It was built into {recorded}, but this milzoo ({milzoo_version()}) has no {kind} {name!r}; "
-                f"install the recorded version (`{pip_install('milzoo', ver)}`).")
+        if ver is None or ver == milzoo_version():
+            return (f"The file records it as built into milzoo{' ' + ver if ver else ''}, but this milzoo "
+                    f"({milzoo_version()}) has no {kind} {name!r}; the file is damaged or was edited by hand.")
+        return (f"The file records it as built into milzoo {ver}, but this milzoo ({milzoo_version()}) has no {kind} "
+                f"{name!r}; install the recorded version (`{pip_install('milzoo', ver)}`).")
     have = installed_version(dist)
     if have is None:
-        return (f"It was provided by the distribution {recorded}, which is not installed. Install it with "
-                f"`{pip_install(dist, ver)}` and try again.")
+        return (f"The file records that it was provided by the distribution {shown_dist}, which is not installed. "
+                f"Install it with `{pip_install(dist, ver)}` and try again (the name comes from the file: make sure "
+                "it is the distribution you mean to install).")
+    if ver is None or ver == have:
+        fix = (f"the installed {dist} {have}{' (the recorded version)' if ver else ''} registers no {kind} {name!r}, "
+               "so the file is damaged or was edited by hand; no install command would help.")
+    else:
+        fix = (f"the installed {dist} {have} registers no {kind} {name!r}. Install the recorded version "
+               f"(`{pip_install(dist, ver)}`; the version comes from the file).")
+    return _installed_text(kind, name, dist, have, records, f"The file records that {shown_dist} provided it; {fix}")
+
+
+def _installed_text(kind: str, name: str, dist: str, have: str, records: Iterable[PluginRecord],
+                    otherwise: str) -> str:
+    """``dist`` is installed but provides no ``kind`` ``name``: its plugin failed, is disabled, or ``otherwise``."""
     recs = [r for r in records if canonicalize_name(r.distribution) == canonicalize_name(dist)]
     failed = [r for r in recs if r.status == "failed"]
     if failed:
@@ -62,8 +90,7 @@ def explain_missing(kind: str, name: str, dist: Any, version: Any, records: Iter
     if recs and all(r.status == "disabled" for r in recs):
         return (f"It is provided by {dist} {have}, which is installed but disabled (MILZOO_LOAD_PLUGINS / "
                 "MILZOO_DISABLE_PLUGINS); enable it.")
-    return (f"It was provided by {recorded}; the installed {dist} {have} registers no {kind} {name!r}. Install the "
-            f"recorded version (`{pip_install(dist, ver)}`).")
+    return otherwise
 
 
 def _add(out: dict, kind: Any, name: Any, dist: Any, version: Any) -> None:

@@ -32,6 +32,7 @@ from typing import Any
 
 from packaging.utils import canonicalize_name
 
+from milzoo._untrusted import valid_distribution
 from milzoo.errors import AmbiguousComponentError, RegistrationError, UnknownComponentError
 from milzoo.registry import _manager, _messages
 from milzoo.registry._messages import Wording
@@ -53,6 +54,13 @@ _recorded: contextvars.ContextVar[dict[tuple[str, str], tuple[str, str]]] = cont
 )
 #: every table, so that one reset() reaches them all
 _TABLES: weakref.WeakSet[ProviderTable] = weakref.WeakSet()
+#: per thread: how many tables are being built right now (a hook asking for a table must not rebuild it)
+_BUILDING = threading.local()
+
+
+def building() -> bool:
+    """Whether this thread is loading the plugins or building a table right now (a plugin's code runs)."""
+    return getattr(_BUILDING, "depth", 0) > 0 or _manager.loading()
 
 
 def canonical(dist: str) -> str:
@@ -138,13 +146,23 @@ class Kind:
 
 
 def check_hook_result(hook: str, result: Any) -> None:
-    """A hook that returns a generator or a coroutine never ran its body: refuse it, naming the fix."""
+    """A hook that returns a generator or a coroutine never ran its body, and one that returns anything else (a
+    list of classes) expected milzoo to register it: refuse both, naming the fix.  ``None``, and a list of
+    ``None`` (``[register(c) for c in classes]``), are what a hook returns."""
+    adds = "register(...)" if hook != "milzoo_register_commands" else "cli.add_command(...)"
     if inspect.isgenerator(result) or inspect.iscoroutine(result):
         result.close()
         what = "a generator function (it uses `yield`)" if inspect.isgenerator(result) else "an async function"
         raise RegistrationError(
             f"its {hook} hook is {what}, so calling it runs none of its code and registers nothing; make it a plain "
             "function that calls register(...) (or cli.add_command(...)) for each thing it adds")
+    if result is None or (isinstance(result, (list, tuple)) and all(item is None for item in result)):
+        return
+    shown = repr(result)
+    shown = shown if len(shown) <= 120 else shown[:117] + "..."
+    raise RegistrationError(
+        f"its {hook} hook returned {shown} instead of calling {adds}; milzoo does not register what a hook "
+        f"returns, so none of it was added. Call {adds} once for each thing the hook adds, and return nothing")
 
 
 def reset() -> None:
@@ -168,9 +186,10 @@ def recorded_providers(mapping: dict[tuple[str, str], tuple[str, str]]) -> Itera
         _recorded.reset(token)
 
 
-def missing_provider_text(kind: str, name: str, dist: Any, version: Any) -> str:
-    """Why ``kind`` ``name``, recorded as provided by ``dist`` ``version``, is not available, and the fix."""
-    return explain_missing(kind, name, dist, version, _manager.plugin_records())
+def missing_provider_text(kind: str, name: str, dist: Any, version: Any, recorded: bool = True) -> str:
+    """Why ``kind`` ``name``, recorded as provided by ``dist`` ``version``, is not available, and the fix (an
+    install command only for a ``recorded`` provider: see :func:`milzoo.registry._provenance.explain_missing`)."""
+    return explain_missing(kind, name, dist, version, _manager.plugin_records(), recorded)
 
 
 class ProviderTable:
@@ -195,7 +214,11 @@ class ProviderTable:
         pm = _manager.get_plugin_manager()
         with self._lock:
             if self._built is None or self._built[0] is not pm:
-                self._built = (pm, self._build(pm))
+                _BUILDING.depth = getattr(_BUILDING, "depth", 0) + 1
+                try:
+                    self._built = (pm, self._build(pm))
+                finally:
+                    _BUILDING.depth -= 1
             return self._built[1]
 
     def _build(self, pm: Any) -> dict[str, dict[str, list[Entry]]]:
@@ -388,5 +411,9 @@ class ProviderTable:
         words = self.row(kind).words
         if found:
             return _messages.wrong_distribution(words, dist, name, found)
-        explained = missing_provider_text(kind, name, dist, None)
+        record = _recorded.get().get((kind, name))  # what a run or checkpoint recorded, when it names this dist
+        if record is not None and valid_distribution(record[0]) and canonical(record[0]) == canonical(dist):
+            explained = missing_provider_text(kind, name, dist, record[1])
+        else:  # a distribution typed in a recipe: nothing recorded it, so nothing to install is suggested
+            explained = missing_provider_text(kind, name, dist, None, recorded=False)
         return _messages.missing_distribution(words, dist, name, self.keys(kind), explained)

@@ -1,4 +1,5 @@
-"""The component table: encoders, poolings, losses, datasets, augments, tasks and pretrained entries by name.
+"""The component table: encoders, poolings, losses, datasets, augments, tasks, loggers, pretrained entries,
+downloads and converters by name.
 
 ``get_component(kind, name)`` gives the class (or the pretrained entry) registered as ``name`` or
 ``"distribution:name"``; the rules for contested and unknown names are those of every provider table
@@ -10,13 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from milzoo.registry._checks import component_kind, stage_pretrained
+from milzoo.registry._checks import component_kind, converter_kind, stage_download, stage_pretrained
 from milzoo.registry._messages import Wording
 from milzoo.registry._providers import (
     NAME_PATTERN,
     Entry,
     Kind,
     ProviderTable,
+    building,
     canonical,
     recorded_providers,
     split_qualified,
@@ -36,7 +38,10 @@ ROWS = (
     component_kind("dataset", "milzoo_register_datasets"),
     component_kind("augment", "milzoo_register_augmentations"),
     component_kind("task", "milzoo_register_tasks"),
+    component_kind("logger", "milzoo_register_loggers"),
     Kind("pretrained", "milzoo_register_pretrained", stage=stage_pretrained, wording=Wording("pretrained model")),
+    Kind("download", "milzoo_register_downloads", stage=stage_download, wording=Wording("download")),
+    converter_kind(),
 )
 COMPONENTS = ProviderTable(ROWS, what="component")
 ALL_KINDS = tuple(COMPONENTS.rows)
@@ -95,13 +100,13 @@ def qualified_unknown_message(kind: str, dist: str, name: str, found: list[Entry
 def provenance_of(cls: Any) -> dict[str, str]:
     """``{"plugin", "distribution", "version"}`` of a registered component class, running the hooks if need be.
 
-    A class's own ``provenance`` attribute is filled in only when the registry is built (the first lookup or
-    listing); before that, e.g. for a class imported straight from a plugin's module, it is the base class's
-    empty ``{}``.  This function builds the registry first, so it answers at any time.  A class that is not
-    registered itself (a subclass of a registered one included) gives ``{}``.
+    The same as ``cls.provenance`` (:class:`milzoo.components.base.Component` asks here).  A class that is not
+    registered itself (a subclass of a registered one included) gives ``{}``; while the plugins are being loaded
+    or the table built (a plugin asking from its hook), the table is not built again: what is known so far.
     """
-    for kind in ALL_KINDS:  # building one kind builds the whole table
-        COMPONENTS.names(kind)
-        break
-    own = vars(cls).get("provenance") if isinstance(cls, type) else None
+    if not building():
+        for kind in ALL_KINDS:  # building one kind builds the whole table
+            COMPONENTS.names(kind)
+            break
+    own = vars(cls).get("_milzoo_provenance") if isinstance(cls, type) else None
     return dict(own) if own else {}

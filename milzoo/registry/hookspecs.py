@@ -59,8 +59,24 @@ def milzoo_register_tasks(register):
 
 
 @hookspec
+def milzoo_register_loggers(register):
+    """Register :class:`milzoo.components.Logger` subclasses (experiment loggers: docs/tracking.md)."""
+
+
+@hookspec
 def milzoo_register_pretrained(register):
     """Register pretrained-model entries (see :mod:`milzoo.hub.pretrained`)."""
+
+
+@hookspec
+def milzoo_register_downloads(register):
+    """Register :class:`milzoo.components.Download` entries: what ``milzoo data fetch NAME`` gets ahead of time."""
+
+
+@hookspec
+def milzoo_register_converters(register):
+    """Register :class:`milzoo.components.Converter` subclasses: formats of other toolkits' weights that
+    ``milzoo convert FORMAT SOURCE OUT_DIR`` turns into a milzoo Hub folder (docs/hub.md)."""
 
 
 @hookspec

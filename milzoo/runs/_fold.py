@@ -11,7 +11,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from milzoo._atomic import atomic_write_json
 from milzoo.checkpoint import STATE, load_training_state
@@ -24,12 +24,13 @@ from milzoo.train.trainer import Trainer
 log = logging.getLogger(__name__)
 
 
-def train_fold(recipe: Recipe, data: FoldData, run_dir: Path, writer: Callable[[dict], None], show: bool,
+def train_fold(recipe: Recipe, data: FoldData, run_dir: Path, writer: Callable[[dict], None], progress: Any,
                distributed=None, is_main: bool = True) -> None:
     """Train one fold into ``RUN/fold-NN`` (resuming from its state) and write its ``result.json``.
 
-    ``writer`` receives the fold's metric records (a :class:`~milzoo.runs.rundir.MetricsWriter`); ``show``
-    shows a progress bar.  Under torchrun every rank calls this; rank 0 (``is_main``) writes the files.
+    ``writer`` receives the fold's metric records (a :class:`~milzoo.runs.rundir.MetricsWriter`); ``progress``
+    is the run's :class:`~milzoo.train.progress.RunObserver` (its display and loggers), True for a display of
+    this fold alone, or False.  Under torchrun every rank calls this; rank 0 (``is_main``) writes the files.
     """
     folder = fold_dir(run_dir, data.fold)
     if is_main:
@@ -38,7 +39,7 @@ def train_fold(recipe: Recipe, data: FoldData, run_dir: Path, writer: Callable[[
         distributed.barrier()
     t0 = time.perf_counter()
     trainer = Trainer(recipe, data, folder, writer, distributed=distributed)
-    result = trainer.fit(progress=show)
+    result = trainer.fit(progress=progress)
     result["time_s"] = round(time.perf_counter() - t0, 3)
     if is_main:
         atomic_write_json(folder / FOLD_RESULT, json_safe(result))

@@ -123,6 +123,7 @@ def _without_resume_free_keys(resolved: dict) -> dict:
     copy = json.loads(json.dumps(resolved))
     for section, key in RESUME_FREE_KEYS:
         copy.get(section, {}).pop(key, None)
+    copy.pop("log", None)  # experiment loggers watch a run, never change it: a resume may add or drop them
     return copy
 
 
@@ -177,15 +178,39 @@ def _refuse_runs_inside(run_dir: Path) -> None:
             "another --out.")
 
 
+def _dangling(link: Path, run_dir: Path) -> RunDirError:
+    try:
+        target = os.readlink(link)
+    except OSError:
+        target = "?"
+    where = "" if link == run_dir else f" (in --out {printable(run_dir)})"
+    return RunDirError(f"{printable(link)}{where} is a symbolic link to {printable(target)}, which does not exist, so "
+                       "the run cannot be written there. Create that folder (or fix the link), or give another --out.")
+
+
 def _check_out_path(run_dir: Path) -> None:
+    if run_dir.is_symlink() and not run_dir.exists():
+        raise _dangling(run_dir, run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"--out {run_dir} is a file, not a directory; give a directory for the run (new or "
                           "existing).")
     for parent in run_dir.parents:
+        if parent.is_symlink() and not parent.exists():
+            raise _dangling(parent, run_dir)
         if parent.exists():
             if not parent.is_dir():
                 raise RunDirError(f"--out {run_dir} cannot be created: {parent} is a file. Choose another --out.")
             break
+
+
+def _refuse_replacing_through_a_link(run_dir: Path) -> None:
+    """``--overwrite`` of ``--out LINK`` would empty the folder the link points to, which may be another run."""
+    if run_dir.is_symlink():
+        target = run_dir.resolve()
+        raise RunDirError(
+            f"--out {printable(run_dir)} is a symbolic link to {printable(target)}; --overwrite would delete the run "
+            f"there through the link, so it is refused. To replace that run, give its own folder (--out "
+            f"{printable(target)} --overwrite); otherwise choose another --out.")
 
 
 def _check_same_recipe(recipe: Recipe, run_dir: Path) -> None:
@@ -214,7 +239,8 @@ def check_run_dir(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, 
     _check_out_path(run_dir)
     if not (run_dir.exists() and _contents(run_dir)):
         if resume:
-            raise RunDirError(f"nothing to resume: {run_dir} does not exist. Run without --resume to start it.")
+            state = "is empty (no run was started there)" if run_dir.exists() else "does not exist"
+            raise RunDirError(f"nothing to resume: {run_dir} {state}. Run without --resume to start it.")
         return "new"
     if fold is not None and not resume:
         _await_recipe(run_dir)
@@ -233,6 +259,8 @@ def check_run_dir(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, 
             "--resume to continue that run, or --overwrite to replace it."
         )
     _refuse_runs_inside(run_dir)
+    if overwrite:
+        _refuse_replacing_through_a_link(run_dir)
     return "replace"  # --overwrite, or a start that failed before any result (only its log is replaced)
 
 

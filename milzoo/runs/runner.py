@@ -1,29 +1,33 @@
 """``run``: a recipe run into its run directory, from the recipe to the summary, resumable.
 
 The steps, in order: load the recipe; check the run directory (nothing changes on disk yet); build the data
-and the folds; check that the model fits in memory; create, continue or replace the directory; then, with the
-run's log and its record in ``run.json``, train the folds not yet complete (in this process, or in worker
-processes with ``jobs``) and summarise.  The directory's layout and files are :mod:`milzoo.runs.rundir`'s,
-training one fold is :mod:`milzoo.runs._fold`'s, and the summary :mod:`milzoo.runs.summary`'s.
+and the folds; check that the model fits in memory; build the experiment loggers (:mod:`milzoo.tracking`);
+create, continue or replace the directory; then, with the run's log, its record in ``run.json`` and its loggers,
+train the folds not yet complete (in this process, or in worker processes with ``jobs``), showing the run's
+progress (:mod:`milzoo.train.progress`), and summarise.  The directory's layout and files are
+:mod:`milzoo.runs.rundir`'s, training one fold is :mod:`milzoo.runs._fold`'s, and the summary
+:mod:`milzoo.runs.summary`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import shlex
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from milzoo.components.output import RunInfo
 from milzoo.datasets.protocols import FoldData, dataset_info, folds_for
-from milzoo.errors import UserError
+from milzoo.errors import RunDirError, TrainingDiverged, UserError
 from milzoo.model.build import build_model
 from milzoo.model.sizing import check_model_size
 from milzoo.recipe import Recipe, load_recipe
 from milzoo.registry import from_run_dir, recorded_providers
 from milzoo.runs._fold import last_recorded_epoch, train_fold
-from milzoo.runs.jobs import check_jobs, train_folds_parallel
+from milzoo.runs.jobs import DISK_FULL, check_jobs, train_folds_parallel
 from milzoo.runs.rundir import (
     METRICS,
     RECIPE,
@@ -41,6 +45,8 @@ from milzoo.runs.rundir import (
     trim_metrics,
 )
 from milzoo.runs.summary import summarize
+from milzoo.tracking.tracker import Tracker, build_tracker
+from milzoo.train.progress import Observers, RunProgress
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +61,15 @@ def run(
     progress: bool | None = None,
     distributed=None,
     jobs: int | None = None,
+    loggers: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run a recipe; return the summary (also written to ``RUN/summary.json``).
 
     ``fold``: train only that fold (per-fold jobs writing one run directory); the summary comes once every
     fold is complete, until then ``{"fold", "complete": False, "run_dir"}``.  ``jobs``: train the folds in
     that many worker processes (:mod:`milzoo.runs.jobs`), each with ``train.threads`` torch threads (1 when
-    unset); the results equal a sequential run's.  ``distributed``: the torchrun ranks' context.
+    unset); the results equal a sequential run's.  ``distributed``: the torchrun ranks' context.  ``loggers``:
+    experiment loggers to add to the recipe's ``[[log]]`` tables, by name (``["tensorboard"]``: docs/tracking.md).
     """
     jobs = check_jobs(jobs, fold, distributed)
     recipe = _load(recipe, overrides, out if resume else None)
@@ -72,24 +80,31 @@ def run(
     if is_main:
         check_run_dir(recipe, run_dir, resume, overwrite, fold)
     # one start at a time per run directory (per fold for --fold jobs): a second one is refused, naming the first
-    lock = RunLock.acquire(run_dir, fold) if is_main else contextlib.nullcontext()
     try:
+        lock = RunLock.acquire(run_dir, fold) if is_main else contextlib.nullcontext()
         with lock:
-            return _run_locked(recipe, run_dir, resume, overwrite, fold, progress, distributed, jobs, is_main)
+            return _run_locked(recipe, run_dir, resume, overwrite, fold, progress, distributed, jobs, is_main,
+                               loggers or [])
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the command line names the run to --resume
         exc.run_dir = run_dir
         exc.fold = fold
         raise
+    except OSError as exc:  # a full disk: one paragraph and the command that continues, not a traceback
+        if exc.errno not in DISK_FULL:
+            raise
+        raise RunDirError(_disk_full_message(exc, recipe, run_dir, overrides, fold)) from None
 
 
 def _run_locked(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, fold: int | None,
-                progress: bool | None, distributed, jobs: int, is_main: bool) -> dict[str, Any]:
+                progress: bool | None, distributed, jobs: int, is_main: bool, loggers: list[str]) -> dict[str, Any]:
     _set_threads(recipe, jobs)
     folds = folds_for(recipe)
     todo = _selected(folds, fold)
     first = todo[0].train
     check_model_size(lambda: build_model(recipe, first.instance_shape, first.num_classes, first.class_names),
                      f"recipe {recipe.source}")
+    # a missing optional package of a logger stops the run here, before the run directory changes
+    tracker = build_tracker(recipe, run_dir, loggers) if is_main else Tracker([])
     _prepare(recipe, run_dir, resume, overwrite, fold, distributed)
     handler = log_to_file(run_dir) if is_main else None
     try:
@@ -100,13 +115,45 @@ def _run_locked(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, fo
             if is_main:
                 _drop_records_to_retrain(run_dir, fold)
             show = recipe.root.train.progress if progress is None else progress
-            _train(recipe, run_dir, todo, show, jobs, distributed, is_main)
-            if fold is not None and not all(fold_is_complete(run_dir, data.fold) for data in folds):
-                return {"fold": fold, "complete": False, "run_dir": str(run_dir)}
-            return summarize(run_dir, write=is_main)
+            info = RunInfo(name=recipe.root.name, run_dir=run_dir, hyperparameters=recipe.to_dict(),
+                           num_folds=len(folds), epochs=recipe.root.train.epochs, folds=[d.fold for d in todo],
+                           resume=resume, fold=fold)
+            with _tracked(tracker, info) as ended:
+                _train(recipe, run_dir, todo, show, jobs, distributed, is_main, tracker, len(folds))
+                if fold is not None and not all(fold_is_complete(run_dir, data.fold) for data in folds):
+                    return {"fold": fold, "complete": False, "run_dir": str(run_dir)}
+                ended["summary"] = summarize(run_dir, write=is_main)
+                return ended["summary"]
     finally:
         if handler is not None:
             stop_log_to_file(handler)
+
+
+@contextlib.contextmanager
+def _tracked(tracker: Tracker, info: RunInfo):
+    """Start the run's loggers; when the block ends, tell them how (with the summary it leaves in ``ended``)."""
+    ended: dict[str, Any] = {"summary": None}
+    if not tracker:
+        yield ended
+        return
+    tracker.start(info)
+    try:
+        yield ended
+    except BaseException as exc:
+        tracker.finish(None, _outcome(exc))
+        raise
+    tracker.finish(ended["summary"], "finished")
+
+
+def _outcome(exc: BaseException) -> str:
+    """How a start that raised ``exc`` ended, in the words of ``run.json``."""
+    from milzoo.runs.rundir import Terminated
+
+    if isinstance(exc, TrainingDiverged):
+        return "diverged"
+    if isinstance(exc, Terminated):
+        return "terminated"
+    return "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
 
 
 def _load(recipe: Recipe | str | Path | dict, overrides: list[str] | None, resumed: str | Path | None) -> Recipe:
@@ -169,19 +216,46 @@ def _drop_records_to_retrain(run_dir: Path, fold: int | None) -> None:
 
 
 def _train(recipe: Recipe, run_dir: Path, todo: list[FoldData], show: bool, jobs: int, distributed,
-           is_main: bool) -> None:
-    """Train the folds of ``todo`` that are not complete yet."""
+           is_main: bool, tracker: Tracker, num_folds: int) -> None:
+    """Train the folds of ``todo`` that are not complete yet, telling the run's progress display (a bar or lines
+    with ``show``; ``log.txt`` always) and its loggers."""
     pending = []
     for data in todo:
         if fold_is_complete(run_dir, data.fold):
             log.info("fold %d already complete; skipping", data.fold)
         else:
             pending.append(data)
-    if jobs > 1 and len(pending) > 1:
-        train_folds_parallel(recipe, run_dir, pending, jobs)
-    else:
-        writer = MetricsWriter(run_dir / METRICS, enabled=is_main)
-        for data in pending:
-            train_fold(recipe, data, run_dir, writer, show, distributed, is_main)
+    watch = None
+    if is_main:
+        watch = Observers([RunProgress(recipe.root.train.epochs, len(pending), num_folds, show=show), tracker])
+    try:
+        if jobs > 1 and len(pending) > 1:
+            train_folds_parallel(recipe, run_dir, pending, jobs, watch)
+        else:
+            writer = MetricsWriter(run_dir / METRICS, enabled=is_main)
+            for data in pending:
+                train_fold(recipe, data, run_dir, writer, watch if watch is not None else False, distributed,
+                           is_main)
+    finally:
+        if watch is not None:
+            watch.close()
     if distributed is not None:
         distributed.barrier()
+
+
+def _disk_full_message(exc: OSError, recipe: Recipe, run_dir: Path, overrides: list[str] | None,
+                       fold: int | None) -> str:
+    """The disk filled up: what is kept, and the exact command that continues once there is space."""
+    from milzoo.runs.rundir import printable
+
+    started = (run_dir / RECIPE).exists()
+    words = ["milzoo", "run", str(recipe.source), "--out", str(run_dir)] + (["--resume"] if started else [])
+    if fold is not None:
+        words += ["--fold", str(fold)]
+    for item in overrides or []:
+        words += ["--set", item]
+    where = f" while writing {printable(exc.filename)}" if exc.filename else ""
+    kept = (f"Nothing finished is lost: every fold and epoch checkpoint written before stays in {printable(run_dir)}, "
+            "and files are replaced only once complete." if started else "Nothing was written yet.")
+    return (f"the disk is full ({exc.strerror or 'no space left on device'}){where}. {kept} Free some space (or give "
+            f"an --out on a larger disk), then continue with: {printable(shlex.join(words))}")

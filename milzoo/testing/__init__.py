@@ -45,7 +45,9 @@ Optional class attributes read by the suite (none is needed by milzoo itself):
 
 Beyond the contract, :mod:`milzoo.testing.sanity` has training sanity helpers for pooling tests:
 :func:`assert_memory_linear` (no n x n tensor in a training step), :func:`assert_learns_toy_problem` and
-:func:`assert_trains_regression` (a short regression run through the Trainer).
+:func:`assert_trains_regression` (a short regression run through the Trainer).  :mod:`milzoo.testing.dispatch`
+counts a training step's operators and host synchronisations (:class:`StepCounter`, :func:`count_per_step`):
+a test can require that a component's step reads nothing back to the host, as benchmarks/step_ops.py does.
 """
 
 from __future__ import annotations
@@ -78,10 +80,13 @@ from milzoo.testing.run import (
 from milzoo.testing.sanity import (
     ShapeRecorder, assert_learns_toy_problem, assert_memory_linear, assert_trains_regression,
 )
+from milzoo.testing.dispatch import StepCount, StepCounter, count_per_step
 
 __all__ = [
     "ComponentSpec",
     "ShapeRecorder",
+    "StepCount",
+    "StepCounter",
     "all_registered_components",
     "assert_learns_toy_problem",
     "assert_memory_linear",
@@ -93,6 +98,7 @@ __all__ = [
     "check_pooling",
     "check_task",
     "checks_for",
+    "count_per_step",
     "parametrize_with_checks",
     "resolve",
 ]

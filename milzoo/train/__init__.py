@@ -17,7 +17,9 @@ _EXPORTS = {
     "Distributed": "distributed", "maybe_distributed": "distributed", "requested": "distributed",
     "split_bounds": "distributed", "free_port": "distributed",
     # progress
-    "EpochProgress": "progress",
+    "EpochProgress": "progress", "RunProgress": "progress", "RunObserver": "progress", "Observers": "progress",
+    # measuring a trained model again, as its run did
+    "measure": "measure",
 }
 
 __getattr__, __dir__, __all__ = attach(__name__, _EXPORTS)

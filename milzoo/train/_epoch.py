@@ -28,52 +28,79 @@ log = logging.getLogger(__name__)
 
 
 class LossSums:
-    """Per-epoch sums of the training loss and its parts, times the bags of each step, kept on the device.
+    """Per-epoch sums of the training loss and its parts, times the bags of each step.
 
-    Nothing here reads a value back per step (a host sync on a GPU); :meth:`read` does, once per epoch.  The
-    sums are float64, the same arithmetic as summing Python floats, so the epoch means are unchanged.
+    Nothing here reads a value back per step (a host sync on a GPU): each step's values are stacked into one
+    small tensor where they are (one operator; a copy, so a captured step's outputs may be overwritten by the
+    next replay), and :meth:`read` copies all of them to the host at once, at the epoch's end, where they are
+    summed as Python floats, step by step -- the same arithmetic as on a CPU, so the epoch means are the
+    same.  The first step with a non-finite loss is found there too.
+
+    ``host``: read and sum each step's values at once instead (reading a value back costs nothing on a CPU,
+    where a non-finite loss then stops the step it happens in); default: on a CPU.
     """
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, host: bool | None = None):
         self.device = device
-        self.sums: dict[str, torch.Tensor | float] = {}
-        self._first_bad: torch.Tensor | None = None  # step of the first non-finite total, -1 while none
-        # on a CPU reading a value back waits for nothing: Python floats there, one read per value instead
-        # of eight small tensor operations per step (the same sums: float64 either way)
-        self._host = torch.device(device).type == "cpu"
-        self._host_bad: int | None = None
+        self.sums: dict[str, float] = {}
+        self._host = torch.device(device).type == "cpu" if host is None else bool(host)
+        self._bad: int | None = None  # the first step whose loss was non-finite
+        # device path: per step (step, bags, names of its tensor values, its Python-number parts); the values
+        self._steps: list[tuple[int, int, list[str], dict[str, float]]] = []
+        self._values: list[torch.Tensor] = []
+        self._read = False
 
     def add(self, total: torch.Tensor, parts: dict[str, Any], n: int, step: int) -> None:
         if self._host:
             value = float(total.detach())
-            if self._host_bad is None and not math.isfinite(value):
-                self._host_bad = step
+            if self._bad is None and not math.isfinite(value):
+                self._bad = step
             for k, v in (("loss", value), *parts.items()):
                 v = float(v) * n
                 self.sums[k] = v if k not in self.sums else self.sums[k] + v
             return
-        t = total.detach()
-        bad = ~torch.isfinite(t)
-        first = torch.full((), -1, dtype=torch.long, device=t.device) if self._first_bad is None else self._first_bad
-        self._first_bad = torch.where((first < 0) & bad, step, first)
-        for k, v in (("loss", t), *parts.items()):
-            value = v.detach().to(torch.float64) * n if isinstance(v, torch.Tensor) else float(v) * n
-            self.sums[k] = value if k not in self.sums else self.sums[k] + value
+        names, numbers, values = ["loss"], {}, [_scalar(total)]
+        for k, v in parts.items():
+            if isinstance(v, torch.Tensor):
+                names.append(k)
+                values.append(_scalar(v))
+            else:
+                numbers[k] = float(v)
+        self._values.append(torch.stack(values))  # promotes to the widest type: exact, as each value's own cast
+        self._steps.append((step, n, names, numbers))
+        self._read = False
+
+    def _collect(self) -> None:
+        """The device path's values, summed in step order on the host (one copy for the epoch)."""
+        if self._host or self._read:
+            return
+        flat = iter(torch.cat(self._values).tolist() if self._values else [])
+        sums: dict[str, float] = {}
+        bad = None
+        for step, n, names, numbers in self._steps:
+            for k, value in (*zip(names, flat), *numbers.items()):
+                if k == "loss" and bad is None and not math.isfinite(value):
+                    bad = step
+                v = value * n
+                sums[k] = v if k not in sums else sums[k] + v
+        self.sums, self._bad, self._read = sums, bad, True
 
     def diverged_at(self) -> int | None:
-        """The step whose loss was non-finite (a host read), or None."""
-        if self._host:
-            return self._host_bad
-        if self._first_bad is None:
-            return None
-        step = int(self._first_bad)
-        return None if step < 0 else step
+        """The step whose loss was non-finite (on the device path: a host read of the epoch's values), or None."""
+        self._collect()
+        return self._bad
 
     def read(self) -> dict[str, float]:
-        """The sums as Python floats: one device-to-host copy for all of them."""
-        keys = [k for k, v in self.sums.items() if isinstance(v, torch.Tensor)]
-        read = dict(zip(keys, torch.stack([self.sums[k].reshape(()) for k in keys]).tolist())) if keys else {}
-        return {k: float(read.get(k, v)) for k, v in self.sums.items()}
+        """The sums as Python floats."""
+        self._collect()
+        return dict(self.sums)
+
+
+def _scalar(v: torch.Tensor) -> torch.Tensor:
+    """``v`` as a detached 0-d tensor, without an operator when it is one already (the parts usually are)."""
+    if v.requires_grad:
+        v = v.detach()
+    return v if v.dim() == 0 else v.reshape(())
 
 
 def freeze_epochs(train_config, losses) -> int:
@@ -116,7 +143,7 @@ def train_epoch(tr: Trainer, epoch: int) -> dict[str, float]:
         batches, weights = tr.dist.shard_batches(batches, tr.batch_size)
         tr.dist.seed_epoch(tr.seed, tr.data.fold, epoch)
     state = TrainState(epoch=epoch, num_epochs=tr.epochs, step=tr.step, fold=tr.data.fold)
-    sums = LossSums(tr.device)
+    sums = LossSums(tr.device, host=tr.step_reads)
     count = 0
     for batch, weight in zip(tr.feed.iter_batches(tr.data.train, batches), weights):
         state.step = tr.step
@@ -127,6 +154,8 @@ def train_epoch(tr: Trainer, epoch: int) -> dict[str, float]:
         diverged(tr.out_dir, tr.data.fold, epoch, bad, math.nan, {})
     for loss in tr.losses:
         loss.end_epoch(state)
+    if tr.compiled_step is not None:
+        tr.compiled_step.end_epoch(epoch)
     if tr.averager is not None:
         tr.averager.after_epoch(tr.model, epoch)
     totals = sums.read()
@@ -135,8 +164,9 @@ def train_epoch(tr: Trainer, epoch: int) -> dict[str, float]:
     return {k: v / max(count, 1) for k, v in totals.items()}
 
 
-def _step(tr: Trainer, batch: MILBatch, state: TrainState, weight: float, sums: LossSums, epoch: int) -> None:
-    """One optimiser step on ``batch``; its loss (times its bags) joins ``sums``."""
+def forward_losses(tr: Trainer, batch: MILBatch, state: TrainState) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The part of a step that ``train.compile = "step"`` captures: the forward, the pooling's
+    ``after_forward`` and the losses; the total loss and its parts."""
     with tr.amp.autocast():
         out = tr.train_model(batch)
     with torch.no_grad():
@@ -148,10 +178,19 @@ def _step(tr: Trainer, batch: MILBatch, state: TrainState, weight: float, sums: 
         total = res.total if total is None else total + res.total
         for k, v in res.parts.items():
             parts[k] = v
+    return total, parts
+
+
+def _step(tr: Trainer, batch: MILBatch, state: TrainState, weight: float, sums: LossSums, epoch: int) -> None:
+    """One optimiser step on ``batch``; its loss (times its bags) joins ``sums``."""
+    if tr.compiled_step is not None:
+        total, parts = tr.compiled_step(batch, state)
+    else:
+        total, parts = forward_losses(tr, batch, state)
     sums.add(total, parts, batch.size, tr.step)
     # reading the flag is free on a CPU (no queue to wait for): stop before the bad update there;
     # on a GPU it would wait for the step's kernels, so the check happens once, at the epoch's end
-    if tr.device.type == "cpu" and sums.diverged_at() is not None:
+    if tr.step_reads and sums.diverged_at() is not None:
         diverged(tr.out_dir, tr.data.fold, epoch, tr.step, float(total.detach()),
                  {k: float(v) for k, v in parts.items()})
     # distributed: weight by this rank's share of the global batch (DDP averages over ranks)

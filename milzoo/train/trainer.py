@@ -80,11 +80,20 @@ class Trainer:
         _epoch.check_bags_per_step(self.losses, self.batch_size, len(ds))
         if self.device.type == "cuda" and not tc.deterministic:
             torch.backends.cudnn.benchmark = True  # fixed image shapes: let cuDNN time its algorithms once
-        if tc.compile:
+        #: train.compile = "step" / "reduce-overhead": the step's forward and losses compiled (train/_compiled.py)
+        self.compiled_step = None
+        if tc.compile is True or tc.compile == "encoder":
             self.model.encoder.compile()  # in place: parameter names and checkpoints stay the same
+        elif tc.compile:
+            from milzoo.train._compiled import CompiledStep
+
+            self.compiled_step = CompiledStep(self, tc.compile)
         self.averager = WeightAverager(tc.average, self.model, self.epochs) if tc.average is not None else None
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.amp = MixedPrecision(tc.precision, self.device)
+        #: whether a training step may read values back: free on a CPU (a non-finite loss then stops the step it
+        #: happens in); a GPU's steps never do.  benchmarks/step_ops.py turns it off to count a GPU's step.
+        self.step_reads = self.device.type == "cpu"
         self.precision, self.amp_dtype = self.amp.precision, self.amp.amp_dtype  # "auto" resolved; autocast type
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
@@ -109,18 +118,19 @@ class Trainer:
         return self.model
 
     # ------------------------------------------------------------------ fit
-    def fit(self, progress: bool = True) -> dict[str, Any]:
+    def fit(self, progress: Any = True) -> dict[str, Any]:
         """Train the fold's remaining epochs (resuming from its state file), then write the last predictions;
-        returns :meth:`result`."""
+        returns :meth:`result`.  ``progress``: a run's :class:`~milzoo.train.progress.RunObserver`, or True for
+        this fold's own display (a bar on a terminal, one line per epoch in a log file)."""
         saved = load_training_state(self.out_dir / STATE)
         if saved is not None:
             self.load_state(saved)
             log.info("fold %d: resumed after epoch %d", self.data.fold, self.start_epoch - 1)
-        bar = None
-        if progress and self.is_main:  # a bar on a terminal, one line per epoch in a log file
-            from milzoo.train.progress import EpochProgress
+        from milzoo.train.progress import as_observer
 
-            bar = EpochProgress(self.epochs, self.start_epoch, f"fold {self.data.fold}")
+        watch, owned = as_observer(progress, self.epochs) if self.is_main else (None, False)
+        if watch is not None:
+            watch.fold_started(self.data.fold, self.start_epoch, self.epochs)
         stopped_early = False
         last_eval: dict[str, Any] = {}
         epoch = self.start_epoch - 1
@@ -136,21 +146,24 @@ class Trainer:
             self.history.append(entry)
             self._select(epoch, results)
             self._checkpoint(epoch)
-            if bar is not None:
-                bar.update(_evaluate.progress_fields(train_stats, results))
+            if watch is not None:
+                watch.epoch_done(self.data.fold, epoch, records)
             es = self.recipe.root.train.early_stopping
             if _evaluate.stops_early(es, epoch, self.bad_epochs, "val" in results):
                 stopped_early = True
                 log.info("fold %d: early stop at epoch %d (no val %s improvement for %d epochs)",
                          self.data.fold, epoch, self.monitor, es.patience)
                 break
-        if bar is not None:
-            bar.close()
         if not last_eval:  # resumed a finished fold: re-evaluate for predictions (collective when distributed)
             last_eval = self.eval_epoch(epoch)
         if self.is_main:
             self._write_predictions("last", last_eval)
-        return self.result(stopped_early)
+        result = self.result(stopped_early)
+        if watch is not None:
+            watch.fold_done(self.data.fold, result)
+            if owned:
+                watch.close()
+        return result
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One epoch of optimiser steps; the mean training loss (and its parts) per bag."""

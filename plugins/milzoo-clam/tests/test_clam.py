@@ -375,6 +375,48 @@ def test_converts_an_official_checkpoint(tmp_path, cls, gated, dropout, prefix):
     torch.testing.assert_close(got.extras["attention_scores"][0], a)
 
 
+@pytest.mark.parametrize("cls,gated", [(CLAMSBPooling, True), (CLAMMBPooling, False)], ids=["sb", "mb-ungated"])
+def test_converted_float64_safetensors_give_the_official_outputs_on_a_padded_batch(tmp_path, cls, gated):
+    """`milzoo convert clam`: a float64 .safetensors state dict, a padded batch vs the official forward per bag."""
+    import milzoo
+    from safetensors.torch import save_file
+
+    from milzoo.checkpoint import read_config
+
+    pool, ref = _pair(cls, 3, 6, gated=gated, dropout=0.0)  # ungated without dropout: module.2 is the last Linear
+    ref.eval()
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(tmp_path / "s_1_checkpoint.safetensors"))
+    out = milzoo.convert("clam", tmp_path / "s_1_checkpoint.safetensors", tmp_path / "hub")
+    cfg = read_config(out)
+    assert cfg["dtype"] == "float64" and cfg["converted_from"]["format"] == "clam" and cfg["head"] == "trained"
+    model = milzoo.load_pretrained(str(out))
+    assert model.pooling.name == cls.name and model.pooling.config.dropout == (0.25 if gated else 0.0)
+    gen = torch.Generator().manual_seed(4)
+    xs = [torch.randn(n, 6, generator=gen, dtype=torch.float64) for n in (9, 20, 13)]
+    got = model.predict(collate_bags([Bag(x, 0) for x in xs]))
+    for i, x in enumerate(xs):
+        logits, probs, _, _ = ref(x)
+        torch.testing.assert_close(got.bag_logits[i], logits[0], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got.bag_probs[i], probs[0], rtol=1e-12, atol=1e-12)
+
+
+def test_conversion_names_missing_and_misshapen_keys(tmp_path):
+    import milzoo
+
+    _, ref = _pair(CLAMMBPooling, 3, 5)
+    state = ref.state_dict()
+    del state["instance_classifiers.2.bias"]
+    torch.save(state, tmp_path / "a.pt")
+    with pytest.raises(CheckpointError, match=r"missing 'instance_classifiers.2.bias'"):
+        milzoo.convert("clam", tmp_path / "a.pt", tmp_path / "out")
+    state = ref.state_dict()
+    state["classifiers.1.weight"] = torch.zeros(2, 512, dtype=torch.float64)
+    torch.save(state, tmp_path / "b.pt")
+    with pytest.raises(CheckpointError, match=r"'classifiers.1.weight' is \(2, 512\), needs \(1, 512\)"):
+        milzoo.convert("clam", tmp_path / "b.pt", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_refuses_what_is_not_a_plain_state_dict(tmp_path):
     from click.testing import CliRunner
 

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from milzoo import registry
-from milzoo.errors import ComponentError
+from milzoo.errors import ComponentError, DownloadError
 from milzoo_vision.encoders import CNN2Encoder, ResNet18Encoder, resolve_normalization
 
 
@@ -200,8 +200,9 @@ def test_resnet18_pretrained_loads_from_the_torch_hub_cache(tmp_path, monkeypatc
     torch.testing.assert_close(enc.net.layer4[1].conv2.weight, src.layer4[1].conv2.weight)
     (cache / name).unlink()
     monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
-    with pytest.raises(ComponentError, match="TORCH_HOME.*weights_path"):
+    with pytest.raises(DownloadError, match=r"`milzoo data fetch resnet18-imagenet`") as err:
         resnet(pretrained=True)
+    assert str(cache) in str(err.value)  # where the fetch puts it: the torch hub cache of TORCH_HOME
 
 
 @pytest.mark.cuda

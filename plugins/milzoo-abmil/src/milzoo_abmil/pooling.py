@@ -1,4 +1,4 @@
-"""ABMIL pooling (methods.md section 1).
+"""ABMIL pooling (docs/methods.md section 1).
 
 ``e_i = w^T tanh(V h_i + b_V) + b_w`` (attention) or
 ``e_i = w^T (tanh(V h_i + b_V) * sigm(U h_i + b_U)) + b_w`` (gated);
@@ -52,6 +52,11 @@ class ABMILPooling(Pooling):
             "bias-free d x k matrix, kaiming_uniform_ (bound sqrt(6/k)); softmax head only",
         )
         dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="dropout on the pooled feature")
+        attn_dropout: float = Field(
+            default=0.0, ge=0.0, lt=1.0,
+            description="dropout inside the attention network, after tanh(V h) and after sigm(U h) (before their "
+            "product), as MIL-Lab's and CLAM's attention networks (0 = none, the ABMIL paper's)",
+        )
         head: Literal["softmax", "sigmoid"] = Field(
             default="softmax",
             description="bag classifier: k logits and a softmax, or (binary only) the official single logit "
@@ -65,6 +70,11 @@ class ABMILPooling(Pooling):
                 "pooling 'abmil' with attention = \"linear\" scores instances with one Linear(d -> 1) (the "
                 "PSMIL paper's ABMIL baseline), which has no tanh branch to gate; set gated = false, or "
                 "attention = \"tanh\" for gated attention."
+            )
+        if config.attention == "linear" and config.attn_dropout > 0:
+            raise ComponentError(
+                "pooling 'abmil' with attention = \"linear\" has no hidden attention layer to apply attn_dropout to; "
+                "set attn_dropout = 0, or attention = \"tanh\"."
             )
         if config.head == "sigmoid" and num_classes != 2:
             raise ComponentError(
@@ -82,6 +92,7 @@ class ABMILPooling(Pooling):
         self.attn_V = None if linear_attention else nn.Linear(in_dim, L)
         self.attn_U = nn.Linear(in_dim, L) if config.gated else None
         self.attn_w = nn.Linear(in_dim if linear_attention else L, 1)
+        self.attn_dropout = nn.Dropout(config.attn_dropout) if config.attn_dropout > 0 else nn.Identity()
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         if config.head == "sigmoid":
             self.classifier = nn.Linear(in_dim, 1)
@@ -92,9 +103,9 @@ class ABMILPooling(Pooling):
         """Unnormalised scores ``e``: ``[B, N, d] -> [B, N]``."""
         if self.attn_V is None:  # attention = "linear": w^T h + b
             return self.attn_w(h).squeeze(-1)
-        a = torch.tanh(self.attn_V(h))
+        a = self.attn_dropout(torch.tanh(self.attn_V(h)))
         if self.attn_U is not None:
-            a = a * torch.sigmoid(self.attn_U(h))
+            a = a * self.attn_dropout(torch.sigmoid(self.attn_U(h)))
         return self.attn_w(a).squeeze(-1)
 
     def classify(self, z: Tensor) -> Tensor:

@@ -1,4 +1,5 @@
-"""``milzoo clam convert``: an official CLAM checkpoint into a milzoo checkpoint folder."""
+"""``milzoo clam convert``: an official CLAM checkpoint into a milzoo Hub folder (``milzoo convert clam`` with the
+options as flags)."""
 
 from __future__ import annotations
 
@@ -25,10 +26,12 @@ def clam_group():
 @click.option("--subtyping/--no-subtyping", default=None, help="pooling.subtyping (the official --subtyping)")
 @click.option("--class-names", default=None,
               help="comma-separated class names in the order of the official label dictionary")
+@click.option("--overwrite", is_flag=True, help="replace OUT_DIR when it is an earlier Hub folder")
 def convert_cmd(official: Path, out_dir: Path, recipe: Path | None, dropout: float | None, k_sample: int | None,
-                subtyping: bool | None, class_names: str | None):
+                subtyping: bool | None, class_names: str | None, overwrite: bool):
     """Convert OFFICIAL (a state dict saved by the official CLAM code, read with weights_only=True) into the
-    milzoo checkpoint folder OUT_DIR (model.safetensors + config.json; load it with milzoo.load_model).
+    milzoo Hub folder OUT_DIR (model.safetensors + config.json + README.md; load it with milzoo.load_pretrained or
+    milzoo.load_model). The same as `milzoo convert clam OFFICIAL OUT_DIR`.
 
     The size preset, the gate, SB or MB, the feature dimension and the number of classes are read from the
     weights; the encoder is 'identity' (the official models read pre-extracted features).
@@ -37,5 +40,5 @@ def convert_cmd(official: Path, out_dir: Path, recipe: Path | None, dropout: flo
 
     names = [n.strip() for n in class_names.split(",")] if class_names else None
     out = convert_checkpoint(official, out_dir, recipe=recipe, class_names=names, dropout=dropout,
-                             k_sample=k_sample, subtyping=subtyping)
+                             k_sample=k_sample, subtyping=subtyping, overwrite=overwrite)
     click.echo(f"wrote {out}")

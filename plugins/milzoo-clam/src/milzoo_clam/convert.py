@@ -1,6 +1,7 @@
-"""Converting a checkpoint trained with the official CLAM code into a milzoo checkpoint folder.
+"""Converting a checkpoint trained with the official CLAM code (``milzoo convert clam``, alias ``milzoo clam convert``).
 
-The official code saves ``model.state_dict()`` of ``CLAM_SB`` / ``CLAM_MB``.  Its keys map one by one:
+The official code saves ``model.state_dict()`` of ``CLAM_SB`` / ``CLAM_MB`` (``torch.save``).  Its keys map one by
+one:
 
 ============================================  =====================================
 official                                      milzoo (``pooling.`` + ...)
@@ -22,51 +23,143 @@ embedding dimension and the number of classes are read from the tensors' shapes.
 
 from __future__ import annotations
 
+import logging
 import re
-import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import Field
 
-from milzoo.errors import CheckpointError
+from milzoo.components import ComponentConfig, ConversionPlan, Converter
+from milzoo.errors import CheckpointError, ConversionError
+
+log = logging.getLogger(__name__)
 
 _ATTN = re.compile(r"^attention_net\.(\d+)\.(attention_a\.0|attention_b\.0|attention_c|module\.(\d+))\.(weight|bias)$")
-_FC = re.compile(r"^attention_net\.0\.(weight|bias)$")
-_CLS = re.compile(r"^classifiers\.(?:(\d+)\.)?(weight|bias)$")
-_INST = re.compile(r"^instance_classifiers\.(\d+)\.(weight|bias)$")
+_MB_CLS = re.compile(r"^classifiers\.(\d+)\.weight$")
+_LEAVES = ("weight", "bias")
+#: the official size presets: (hidden, attention hidden)
+_SIZES = {"small": (512, 256), "big": (512, 384)}
 
 #: the options a recipe's [pooling] table may give that the weights do not determine
 FREE_OPTIONS = ("dropout", "k_sample", "subtyping")
 
 
+class CLAMConverter(Converter):
+    """CLAM_SB / CLAM_MB state dicts saved by the official CLAM code (s_<fold>_checkpoint.pt)."""
+
+    name = "clam"
+    source = "https://github.com/mahmoodlab/CLAM (models/model_clam.py)"
+    extract_hint = ("save the weights as the official code does (torch.save(model.state_dict(), path), the "
+                    "s_<fold>_checkpoint.pt files of its results folder) and convert that file")
+
+    class Config(ComponentConfig):
+        dropout: float | None = Field(default=None, ge=0.0, lt=1.0,
+                                      description="pooling.dropout, the official --drop_out (None: 0.25, or 0 when "
+                                      "the weights show an ungated model trained without it)")
+        k_sample: int | None = Field(default=None, gt=0, description="pooling.k_sample, the official --B (None: 8)")
+        subtyping: bool | None = Field(default=None, description="pooling.subtyping, the official --subtyping "
+                                       "(None: false)")
+
+    def plan(self, state: Mapping[str, torch.Tensor], num_classes: int | None) -> ConversionPlan:
+        keys, info = official_keys(state)
+        options = {k: v for k, v in self.config.model_dump().items() if v is not None}
+        if info["attn_dropout"] is False:  # ungated Attn_Net without its Dropout: trained with --drop_out 0
+            if options.get("dropout", 0.0) > 0:
+                raise ConversionError(
+                    f"the checkpoint's ungated attention has no dropout layer (module.{info['attn_last']}), so it was "
+                    f"trained with --drop_out 0, but dropout = {options['dropout']} was asked for; leave it out.")
+            options["dropout"] = 0.0
+        pooling = {"name": info["name"], **options, "size": info["size"], "gated": info["gated"]}
+        arch = (f"{'CLAM_MB' if info['name'] == 'clam_mb' else 'CLAM_SB'} ({'gated' if info['gated'] else 'ungated'} "
+                f"attention, size {info['size']}, {info['in_dim']}-d features, {info['num_classes']} classes)")
+        return ConversionPlan(encoder={"name": "identity"}, pooling=pooling, in_shape=(info["in_dim"],),
+                              num_classes=info["num_classes"], keys={k: "pooling." + v for k, v in keys.items()},
+                              architecture=arch)
+
+
+def _shape(state: Mapping[str, torch.Tensor], key: str, ndim: int = 2) -> tuple[int, ...]:
+    if key not in state:
+        raise ConversionError(f"the checkpoint has no {key!r}, which every official CLAM_SB / CLAM_MB state dict "
+                              "holds; convert a complete state dict saved by the official CLAM code "
+                              "(models/model_clam.py).")
+    shape = tuple(state[key].shape)
+    if len(shape) != ndim:
+        raise ConversionError(f"{key!r} has shape {shape}, not the {ndim}-d weight of a Linear layer; the file is not "
+                              "a CLAM state dict.")
+    return shape
+
+
+def official_keys(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, str], dict[str, Any]]:
+    """Every key an official CLAM state dict of this architecture holds, mapped to the pooling's parameter names.
+
+    The architecture comes from the shapes: ``info`` holds ``name`` (clam_sb / clam_mb), ``size``, ``gated``,
+    ``in_dim``, ``num_classes`` and, for ungated attention, whether its dropout layer was there.
+    """
+    hidden, in_dim = _shape(state, "attention_net.0.weight")
+    found = [(int(m.group(1)), m.group(2), m.group(3)) for k in state if (m := _ATTN.match(k))]
+    if not found:
+        raise ConversionError("the checkpoint has no attention network (attention_net.<i>.attention_a / .module keys); "
+                              "it is not a CLAM_SB / CLAM_MB state dict of the official code.")
+    idx = found[0][0]
+    gated = any(part == "attention_a.0" for _, part, _ in found)
+    keys = {f"attention_net.0.{leaf}": f"fc.{leaf}" for leaf in _LEAVES}
+    info: dict[str, Any] = {"gated": gated, "attn_dropout": None, "attn_last": None}
+    if gated:
+        attn_hidden = _shape(state, f"attention_net.{idx}.attention_a.0.weight")[0]
+        branches = _shape(state, f"attention_net.{idx}.attention_c.weight")[0]
+        for part, ours in (("attention_a.0", "attn_a"), ("attention_b.0", "attn_b"), ("attention_c", "attn_c")):
+            keys.update({f"attention_net.{idx}.{part}.{leaf}": f"{ours}.{leaf}" for leaf in _LEAVES})
+    else:
+        inner = sorted({int(i) for _, part, i in found if i is not None and i != "0"})
+        last = inner[-1] if inner else 3
+        attn_hidden = _shape(state, f"attention_net.{idx}.module.0.weight")[0]
+        branches = _shape(state, f"attention_net.{idx}.module.{last}.weight")[0]
+        keys.update({f"attention_net.{idx}.module.0.{leaf}": f"attn_a.{leaf}" for leaf in _LEAVES})
+        keys.update({f"attention_net.{idx}.module.{last}.{leaf}": f"attn_c.{leaf}" for leaf in _LEAVES})
+        info.update(attn_dropout=last == 3, attn_last=last)
+    size = next((s for s, dims in _SIZES.items() if dims == (hidden, attn_hidden)), None)
+    if size is None:
+        raise ConversionError(
+            f"the checkpoint's layer sizes [{in_dim}, {hidden}, {attn_hidden}] match neither official size preset "
+            "(small = [d, 512, 256], big = [d, 512, 384]); it was not trained with the official CLAM code's presets.")
+    per_class = sorted(int(m.group(1)) for k in state if (m := _MB_CLS.match(k)))
+    if per_class:
+        num_classes = per_class[-1] + 1
+        keys.update({f"classifiers.{c}.{leaf}": f"classifiers.{c}.{leaf}" for c in range(num_classes) for leaf in _LEAVES})
+    else:
+        num_classes = _shape(state, "classifiers.weight")[0]
+        keys.update({f"classifiers.{leaf}": f"classifiers.{leaf}" for leaf in _LEAVES})
+    keys.update({f"instance_classifiers.{c}.{leaf}": f"instance_classifiers.{c}.{leaf}"
+                 for c in range(num_classes) for leaf in _LEAVES})
+    if branches == 1 and not per_class:
+        name = "clam_sb"
+    elif branches == num_classes and per_class:
+        name = "clam_mb"
+    elif branches == num_classes and not per_class:
+        raise ConversionError(
+            "the checkpoint is a CLAM_MB trained with the official code before its 2024-04 fix (one "
+            "Linear(512, k) bag classifier applied to every branch); milzoo implements the fixed model (one "
+            "Linear(512, 1) per class), so these weights cannot be converted. Retrain with the current official code.")
+    else:
+        raise ConversionError(
+            f"the checkpoint has {branches} attention branches and {num_classes} classes, which is neither CLAM_SB "
+            "(1 branch) nor CLAM_MB (one per class); convert a state dict of the official CLAM code.")
+    info.update(name=name, size=size, in_dim=int(in_dim), num_classes=int(num_classes))
+    return keys, info
+
+
+# ---------------------------------------------------------------------------------------------- the older API
+
+
 def read_official(path: str | Path) -> dict[str, torch.Tensor]:
     """Read an official CLAM checkpoint: a plain state dict of tensors, or refuse it (CheckpointError)."""
-    path = Path(path)
-    try:
-        with warnings.catch_warnings():  # torch's note on pickle protocols; a refusal below says what matters
-            warnings.simplefilter("ignore", UserWarning)
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} does not exist; give the path of the .pt file the official CLAM code saved "
-                              "(s_<fold>_checkpoint.pt).") from None
-    except Exception as exc:  # UnpicklingError for pickled objects; anything torch cannot read safely
-        raise CheckpointError(
-            f"{path} is not a plain state dict of tensors, so it was not read ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}). milzoo only reads weights with "
-            "torch.load(weights_only=True), never pickled objects. Save the model's weights with the official code "
-            "as it does (torch.save(model.state_dict(), path)) and convert that file."
-        ) from None
-    if not isinstance(obj, dict) or not obj or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
-    ):
-        what = type(obj).__name__ if not isinstance(obj, dict) else "a dict whose values are not all tensors"
-        raise CheckpointError(
-            f"{path} holds {what}, not a plain state dict of tensors (name -> tensor) as the official CLAM code saves "
-            "with torch.save(model.state_dict(), path). If it wraps the weights (e.g. {'model': state_dict, "
-            "'epoch': ...}), save the inner state dict on its own and convert that file."
-        )
-    return obj
+    from milzoo.conversion import read_state_dict
+
+    state, _ = read_state_dict(path, wrappers=CLAMConverter.wrappers, hint=CLAMConverter.extract_hint)
+    return state
 
 
 def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -80,110 +173,30 @@ def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def map_official(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Map official keys to the pooling's parameter names; returns ``(pooling_state, info)``.
-
-    ``info`` holds ``name`` (clam_sb / clam_mb), ``size``, ``gated``, ``in_dim`` and ``num_classes``.
-    """
+    """Map official keys to the pooling's parameter names; returns ``(pooling_state, info)``."""
     state = strip_prefixes(state)
-    mapped: dict[str, torch.Tensor] = {}
-    module_idx: dict[int, dict[str, torch.Tensor]] = {}
-    unknown = []
-    for key, value in state.items():
-        if m := _FC.match(key):
-            mapped[f"fc.{m.group(1)}"] = value
-        elif m := _ATTN.match(key):
-            part, inner, leaf = m.group(2), m.group(3), m.group(4)
-            if inner is not None:
-                module_idx.setdefault(int(inner), {})[leaf] = value
-            else:
-                mapped[{"attention_a.0": "attn_a", "attention_b.0": "attn_b", "attention_c": "attn_c"}[part]
-                       + "." + leaf] = value
-        elif m := _CLS.match(key):
-            mapped[f"classifiers.{m.group(1)}.{m.group(2)}" if m.group(1) else f"classifiers.{m.group(2)}"] = value
-        elif m := _INST.match(key):
-            mapped[f"instance_classifiers.{m.group(1)}.{m.group(2)}"] = value
-        else:
-            unknown.append(key)
-    if module_idx:  # ungated Attn_Net: Sequential(Linear, Tanh, [Dropout], Linear)
-        if len(module_idx) != 2 or 0 not in module_idx:
-            unknown.extend(f"attention_net.*.module.{i}" for i in sorted(module_idx))
-        else:
-            last = max(module_idx)
-            for leaf, value in module_idx[0].items():
-                mapped[f"attn_a.{leaf}"] = value
-            for leaf, value in module_idx[last].items():
-                mapped[f"attn_c.{leaf}"] = value
+    keys, info = official_keys(state)
+    unknown = [k for k in state if k not in keys]
     if unknown:
-        raise CheckpointError(
-            f"the checkpoint has keys that are not CLAM_SB / CLAM_MB parameters: {', '.join(unknown[:8])}"
-            f"{' ...' if len(unknown) > 8 else ''}. Convert a state dict saved by the official CLAM code "
-            "(models/model_clam.py); other models (MIL_fc, TransMIL, ...) are not CLAM."
-        )
-    need = ("fc.weight", "attn_a.weight", "attn_c.weight", "instance_classifiers.0.weight")
-    missing = [k for k in need if k not in mapped]
-    if missing or not any(k.startswith("classifiers.") for k in mapped):
-        raise CheckpointError(
-            f"the checkpoint lacks CLAM parameters ({', '.join(missing) or 'classifiers.*'}); convert a complete "
-            "state dict saved by the official CLAM code."
-        )
-    hidden, in_dim = mapped["fc.weight"].shape
-    attn_hidden = mapped["attn_a.weight"].shape[0]
-    size = next((s for s, dims in {"small": (512, 256), "big": (512, 384)}.items()
-                 if dims == (hidden, attn_hidden)), None)
-    if size is None:
-        raise CheckpointError(
-            f"the checkpoint's layer sizes [{in_dim}, {hidden}, {attn_hidden}] match neither official size preset "
-            "(small = [d, 512, 256], big = [d, 512, 384]); it was not trained with the official CLAM code's presets."
-        )
-    num_classes = len({k.split(".")[1] for k in mapped if k.startswith("instance_classifiers.")})
-    branches = mapped["attn_c.weight"].shape[0]
-    per_class = any(re.match(r"^classifiers\.\d+\.", k) for k in mapped)
-    if branches == 1 and not per_class:
-        name = "clam_sb"
-    elif branches == num_classes and per_class:
-        name = "clam_mb"
-    elif branches == num_classes and not per_class:
-        raise CheckpointError(
-            "the checkpoint is a CLAM_MB trained with the official code before its 2024-04 fix (one "
-            "Linear(512, k) bag classifier applied to every branch); milzoo implements the fixed model (one "
-            "Linear(512, 1) per class), so these weights cannot be converted. Retrain with the current official code."
-        )
-    else:
-        raise CheckpointError(
-            f"the checkpoint has {branches} attention branches and {num_classes} instance classifiers, which is "
-            "neither CLAM_SB (1 branch) nor CLAM_MB (one per class); convert a state dict of the official CLAM code."
-        )
-    gated = "attn_b.weight" in mapped
-    info = {"name": name, "size": size, "gated": gated, "in_dim": int(in_dim), "num_classes": int(num_classes)}
-    return mapped, info
+        raise ConversionError(f"the checkpoint has keys that are not CLAM_SB / CLAM_MB parameters: "
+                              f"{', '.join(unknown[:8])}{' ...' if len(unknown) > 8 else ''}.")
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise ConversionError(f"the checkpoint lacks CLAM parameters: {', '.join(missing[:8])}.")
+    return {ours: state[theirs] for theirs, ours in keys.items()}, info
 
 
-def _pooling_options(info: dict[str, Any], recipe: str | Path | None, options: dict[str, Any]) -> dict[str, Any]:
-    table: dict[str, Any] = {}
-    if recipe is not None:
-        import tomllib
+def _recipe_options(recipe: str | Path) -> dict[str, Any]:
+    """The options of a recipe's [pooling] table that the weights do not fix (the others are checked later)."""
+    import tomllib
 
-        try:
-            with open(recipe, "rb") as fh:
-                table = dict(tomllib.load(fh).get("pooling", {}))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise CheckpointError(f"could not read the recipe {recipe} ({exc}); give a readable TOML recipe whose "
-                                  "[pooling] table is the CLAM model's.") from None
-        name = table.pop("name", info["name"])
-        if name.split(":")[-1] != info["name"]:
-            raise CheckpointError(
-                f"the recipe's pooling is {name!r} but the checkpoint holds a {info['name']!r} model; use a recipe "
-                f"with [pooling] name = \"{info['name']}\" (or none)."
-            )
-        for key in ("size", "gated"):
-            if key in table and table[key] != info[key]:
-                raise CheckpointError(
-                    f"the recipe sets pooling.{key} = {table[key]!r} but the checkpoint's weights are {key} = "
-                    f"{info[key]!r}; remove that line or fix it."
-                )
-    table.update({k: v for k, v in options.items() if v is not None})
-    table.update(size=info["size"], gated=info["gated"])
-    return {"name": info["name"], **table}
+    try:
+        with open(recipe, "rb") as fh:
+            table = dict(tomllib.load(fh).get("pooling", {}))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise CheckpointError(f"could not read the recipe {recipe} ({exc}); give a readable TOML recipe whose "
+                              "[pooling] table is the CLAM model's.") from None
+    return table
 
 
 def convert_checkpoint(
@@ -192,42 +205,29 @@ def convert_checkpoint(
     *,
     recipe: str | Path | None = None,
     class_names: list[str] | None = None,
+    overwrite: bool = False,
     **options: Any,
 ) -> Path:
-    """Convert the official CLAM checkpoint ``src`` into the milzoo checkpoint folder ``out_dir``.
+    """Convert the official CLAM checkpoint ``src`` into the milzoo Hub folder ``out_dir`` (``milzoo convert clam``).
 
     The model is an ``identity`` encoder and a ``clam_sb`` / ``clam_mb`` pooling whose options come from the
     weights (size, gate, SB/MB), then the ``[pooling]`` table of ``recipe``, then ``options`` (``dropout``,
-    ``k_sample``, ``subtyping``).  The result loads with :func:`milzoo.load_model`.
+    ``k_sample``, ``subtyping``).  The result loads with :func:`milzoo.load_pretrained` and :func:`milzoo.load_model`.
     """
-    from milzoo.checkpoint import save_model
-    from milzoo.model.build import build_components
+    from milzoo.conversion import convert
 
-    pooling_state, info = map_official(read_official(src))
-    table = _pooling_options(info, recipe, options)
-    if class_names is not None and len(class_names) != info["num_classes"]:
-        raise CheckpointError(
-            f"{len(class_names)} class names were given but the checkpoint has {info['num_classes']} classes; "
-            "give one name per class, in the order of the official label dictionary."
-        )
-    model = build_components(
-        encoder={"name": "identity"}, pooling=table, in_shape=(info["in_dim"],), num_classes=info["num_classes"],
-        class_names=class_names,
-    )
-    expected = model.pooling.state_dict()
-    if set(expected) != set(pooling_state):
-        raise CheckpointError(
-            f"the checkpoint's parameters do not match a {info['name']} model: missing "
-            f"{sorted(set(expected) - set(pooling_state))}, unexpected {sorted(set(pooling_state) - set(expected))}; "
-            "convert a state dict saved by the official CLAM code."
-        )
-    for key, value in pooling_state.items():
-        if value.shape != expected[key].shape:
-            raise CheckpointError(
-                f"parameter {key} has shape {tuple(value.shape)} in the checkpoint but {tuple(expected[key].shape)} "
-                "in the model; the checkpoint is not a consistent CLAM state dict."
-            )
-    model.pooling.load_state_dict({k: v.to(expected[k].dtype) for k, v in pooling_state.items()}, strict=True)
-    model.eval()
-    return save_model(model, out_dir, extra_config={"converted_from": {"format": "official CLAM state dict",
-                                                                        "file": Path(src).name}})
+    chosen: dict[str, Any] = {}
+    if recipe is not None:
+        table = _recipe_options(recipe)
+        _, info = official_keys(strip_prefixes(read_official(src)))
+        name = table.pop("name", info["name"])
+        if str(name).split(":")[-1] != info["name"]:
+            raise CheckpointError(f"the recipe's pooling is {name!r} but the checkpoint holds a {info['name']!r} "
+                                  f"model; use a recipe with [pooling] name = \"{info['name']}\" (or none).")
+        for key in ("size", "gated"):
+            if key in table and table.pop(key) != info[key]:
+                raise CheckpointError(f"the recipe sets pooling.{key} but the checkpoint's weights are {key} = "
+                                      f"{info[key]!r}; remove that line or fix it.")
+        chosen.update(table)
+    chosen.update({k: v for k, v in options.items() if v is not None})
+    return convert("clam", src, out_dir, class_names=class_names, options=chosen, overwrite=overwrite)

@@ -30,3 +30,10 @@ def milzoo_register_recipes(register):
     from importlib.resources import files
 
     register(files("milzoo_clam") / "recipes")  # package data (pyproject.toml); `milzoo recipes` lists them
+
+
+@hookimpl
+def milzoo_register_converters(register):
+    from milzoo_clam.convert import CLAMConverter
+
+    register(CLAMConverter)  # milzoo convert clam (alias: milzoo clam convert)

@@ -1,6 +1,6 @@
 """``mipl_candidates``: give the bags of any dataset source MIPL candidate label sets.
 
-Multi-instance partial-label learning (MIPL, methods.md section 5) trains on
+Multi-instance partial-label learning (MIPL, docs/methods.md section 5) trains on
 bags whose label is only known to lie in a candidate set ``S``.  This source
 wraps another dataset source (the ``base`` table) and attaches to every bag
 either
@@ -24,7 +24,6 @@ import zlib
 from dataclasses import replace
 from typing import Any
 
-import fsspec
 import numpy as np
 import torch
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -32,6 +31,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from milzoo.datasets.batch import Bag
 from milzoo.components.base import ComponentConfig, DatasetSource
 from milzoo.datasets.base import MILDataset
+from milzoo.datasets.files import read_data_bytes
 from milzoo.errors import DataError
 
 
@@ -100,13 +100,14 @@ def generate_candidate_sets(
 
 def read_candidate_csv(url: str, ds: MILDataset) -> np.ndarray:
     """Candidate sets of ``ds``'s bags from ``bag_id,label,label,...`` lines."""
+    raw = read_data_bytes(url, "candidate file", "check `data.path` in the recipe")
     try:
-        with fsspec.open(url, "rb") as fh:
-            text = fh.read().decode("utf-8")
-    except FileNotFoundError:
-        raise DataError(f"candidate file {url} does not exist; check `data.path` in the recipe.") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"candidate file {url} is not UTF-8 text; save it as a CSV file.") from None
     k = ds.num_classes
     table: dict[str, list[int]] = {}
+    line_of: dict[str, int] = {}
     for line_no, row in enumerate(csv.reader(io.StringIO(text)), start=1):
         row = [c.strip() for c in row if c.strip()]
         if not row:
@@ -117,7 +118,11 @@ def read_candidate_csv(url: str, ds: MILDataset) -> np.ndarray:
             raise DataError(f"{url} line {line_no}: candidate labels must be class indices, got {row[1:]}") from None
         if not labels or any(c < 0 or c >= k for c in labels):
             raise DataError(f"{url} line {line_no}: candidate labels must be class indices in 0..{k - 1}")
+        if row[0] in table and sorted(set(table[row[0]])) != sorted(set(labels)):
+            raise DataError(f"{url}: bag {row[0]!r} is listed twice with different candidate sets (lines "
+                            f"{line_of[row[0]]} and {line_no}); give one line per bag.")
         table[row[0]] = labels
+        line_of.setdefault(row[0], line_no)
     sets = np.zeros((len(ds), k), dtype=np.float32)
     ys = ds.labels
     for i, bid in enumerate(ds.bag_ids):

@@ -65,7 +65,9 @@ class PSAliLoss(Loss):
         c = self.config
         if c.schedule == "constant":
             return float(c.lam)
-        return float(c.lam) * min(max(int(epoch), 0), c.tau)
+        # no int() of an int: under torch.compile the epoch is a symbolic int, and int() would specialise the
+        # compiled step to one epoch (a recompilation per epoch)
+        return float(c.lam) * min(max(epoch if isinstance(epoch, int) else int(epoch), 0), c.tau)
 
     def bind(self, model, dataset) -> None:
         base = getattr(model, "module", model)  # unwrap DistributedDataParallel
@@ -102,16 +104,18 @@ class PSAliLoss(Loss):
         if pooling is None:
             raise ComponentError("loss 'psali' was used before bind(model, dataset); the trainer calls bind first.")
         mask = batch.mask
+        unpadded = getattr(batch, "unpadded", None)
         views = out.extras.get("view_features")
         if views is None:  # evaluation, or a model without augmentation: the pooling's view only
             if out.features is None:
                 raise ComponentError("loss 'psali' needs out.features or out.extras['view_features'] (set by MILModel).")
-            views = out.features[mask].unsqueeze(0)  # [1, M, d]
+            rows = out.features.flatten(0, 1) if unpadded else out.features[mask]
+            views = rows.unsqueeze(0)  # [1, M, d]
         # the trainer runs losses outside autocast: bring bf16/fp16 features to the classifier's dtype
         param = next(pooling.parameters(), None)
         if param is not None and views.is_floating_point() and views.dtype != param.dtype:
             views = views.to(param.dtype)
-        raw = self.alignment(pooling.instance_logits(views), mask, ce_input=self.config.ce_input)
+        raw = self.alignment(pooling.instance_logits(views), mask, ce_input=self.config.ce_input, unpadded=unpadded)
         lam_t = self.lambda_at(state.epoch)
         total = lam_t * raw
         return LossResult(
@@ -119,7 +123,8 @@ class PSAliLoss(Loss):
             parts={
                 "psali": total.detach(),
                 "psali_raw": raw.detach(),
-                "lambda_T": torch.tensor(lam_t, device=raw.device),
+                # filled on the device: torch.tensor(lam_t, device=...) would be a host-to-device copy (a sync)
+                "lambda_T": raw.detach().new_full((), lam_t),
             },
         )
 
@@ -130,23 +135,31 @@ class PSAliLoss(Loss):
             return F.log_softmax(at_least_float32(logits.detach()), dim=-1).sum(0).argmax(-1)
 
     @classmethod
-    def alignment(cls, logits: Tensor, mask: Tensor, ce_input: str = "logits") -> Tensor:
+    def alignment(cls, logits: Tensor, mask: Tensor, ce_input: str = "logits", unpadded: bool | None = None) -> Tensor:
         """Unweighted ``L_ins`` from view logits ``[V, M, k]`` (rows in ``mask`` order).
 
         Averaged over views and over each bag's instances, then over the bags.  With
         ``ce_input = "probabilities"`` the cross-entropy is taken of ``softmax(logits)`` used as
-        logits, as the official code does; the target is the same in both forms.
+        logits, as the official code does; the target is the same in both forms.  ``unpadded``: every bag
+        fills all of ``mask``'s rows (``MILBatch.unpadded``), so the mean over bags of per-bag means is the
+        mean over all rows.  Nothing is read back to the host (no synchronisation on a GPU).
         """
-        target = cls.targets(logits)
         scores = at_least_float32(logits)
         if ce_input == "probabilities":
             scores = torch.softmax(scores, dim=-1)
         logp = F.log_softmax(scores, dim=-1)
+        # the target: in 'logits' form the same log-probabilities, without gradient (targets() computes them so)
+        target = logp.detach().sum(0).argmax(-1) if ce_input != "probabilities" else cls.targets(logits)
         nll = -logp.gather(-1, target.view(1, -1, 1).expand(logp.shape[0], -1, 1)).squeeze(-1)  # [V, M]
+        if unpadded:
+            return nll.mean()
         per_inst = nll.mean(0)  # [M]
-        bag_of_row = mask.nonzero(as_tuple=True)[0].to(per_inst.device)  # [M]
-        b = mask.shape[0]
-        sums = per_inst.new_zeros(b).index_add(0, bag_of_row, per_inst)
-        counts = mask.sum(1).to(per_inst.device, per_inst.dtype)
+        counts = mask.sum(1)  # [B]
+        # the bag of each row (rows are in mask order): the first bag whose cumulative count exceeds the row
+        rows = torch.arange(per_inst.shape[0], device=per_inst.device)
+        bag_of_row = torch.searchsorted(counts.cumsum(0).to(per_inst.device), rows, right=True)
+        sums = per_inst.new_zeros(mask.shape[0]).index_add(0, bag_of_row, per_inst)
+        counts = counts.to(per_inst.device, per_inst.dtype)
         has = counts > 0
-        return (sums[has] / counts[has]).mean()
+        per_bag = torch.where(has, sums / counts.clamp_min(1.0), 0.0)
+        return per_bag.sum() / has.sum().clamp_min(1)

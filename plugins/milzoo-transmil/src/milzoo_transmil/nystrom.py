@@ -1,6 +1,6 @@
-"""Nystrom self-attention (Xiong et al. 2021) as TransMIL uses it (methods.md section 4.1).
+"""Nystrom self-attention (Xiong et al. 2021) as TransMIL uses it (docs/methods.md section 4.1).
 
-Written from the specification, not from the ``nystrom-attention`` package.
+Written from that description, not from the ``nystrom-attention`` package.
 For a sequence of ``L`` tokens (zero-padded at the *front* to a multiple of the
 landmark count ``m``) and per-head queries/keys/values ``q, k, v``:
 
@@ -59,8 +59,14 @@ class NystromAttention(nn.Module):
         pinv_iterations: int = 6,
         residual_kernel: int = 33,
         dropout: float = 0.1,
+        padding_output: str = "strip",
     ):
         super().__init__()
+        if padding_output not in ("strip", "keep"):
+            raise ValueError(f"padding_output must be 'strip' or 'keep', not {padding_output!r}")
+        #: "strip": the output rows of the front zero-padding are dropped (nystrom-attention >= 0.0.10);
+        #: "keep": the first n rows are kept, padding included, and the last ones dropped (0.0.9's out[:, :n])
+        self.padding_output = padding_output
         self.heads = heads
         self.dim_head = dim_head
         self.num_landmarks = num_landmarks
@@ -118,11 +124,13 @@ class NystromAttention(nn.Module):
         if self.res_conv is not None:
             out = out + self.res_conv(v)
         b, h, _, dh = out.shape
-        # the front padding is stripped before the (row-wise) output projection, not after it
-        out = self.to_out(out[:, :, pad:].transpose(1, 2).reshape(b, n, h * dh))
+        # the front padding is stripped before the (row-wise) output projection, not after it; nystrom-attention
+        # 0.0.9 (which the official TransMIL requirements pin) kept the first n rows instead
+        start = pad if self.padding_output == "strip" else 0
+        out = self.to_out(out[:, :, start:start + n].transpose(1, 2).reshape(b, n, h * dh))
         row = None
         if query_index is not None:
-            qi = pad + query_index
+            qi = start + query_index
             row = ((a1[:, :, qi : qi + 1] @ a2_inv) @ a3).squeeze(2)[:, :, pad:]  # [B, H, n]
         assert out.shape[1] == n
         return out, row

@@ -15,3 +15,10 @@ def milzoo_register_recipes(register):
     from importlib.resources import files
 
     register(files("milzoo_transmil") / "recipes")  # package data (pyproject.toml); `milzoo recipes` lists them
+
+
+@hookimpl
+def milzoo_register_converters(register):
+    from milzoo_transmil.convert import TransMILConverter
+
+    register(TransMILConverter)  # milzoo convert transmil (checkpoints of the official code)

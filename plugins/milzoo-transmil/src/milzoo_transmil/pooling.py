@@ -1,4 +1,4 @@
-"""TransMIL pooling (methods.md section 4).
+"""TransMIL pooling (docs/methods.md section 4).
 
 Per bag of ``n`` instances:
 
@@ -110,6 +110,13 @@ class TransMILPooling(Pooling):
             default="drop",
             description="attention of wrap-around duplicate tokens: drop it (authors) or add it to the original instance",
         )
+        nystrom_padding: Literal["strip", "keep"] = Field(
+            default="strip",
+            description="which rows of a Nystrom layer's output the tokens get, after the sequence was zero-padded at "
+            "the front to a multiple of num_landmarks: 'strip' drops the padding's rows (nystrom-attention >= 0.0.10); "
+            "'keep' keeps the first n rows, padding included, and drops the last ones, as nystrom-attention 0.0.9 "
+            "(pinned by the official requirements.txt) did: only to reproduce weights trained with it",
+        )
 
         @field_validator("residual_kernel")
         @classmethod
@@ -135,6 +142,7 @@ class TransMILPooling(Pooling):
             pinv_iterations=config.pinv_iterations,
             residual_kernel=config.residual_kernel,
             dropout=config.attn_dropout,
+            padding_output=config.nystrom_padding,
         )
         self.fc = nn.Sequential(nn.Linear(in_dim, d), nn.ReLU())
         self.cls_token = nn.Parameter(torch.randn(1, 1, d))

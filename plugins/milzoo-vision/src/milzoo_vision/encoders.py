@@ -1,4 +1,4 @@
-"""Image encoders: the 2-layer CNN (FMNIST) and ResNet-18 (SVHN/CIFAR) of methods.md section 7.1.
+"""Image encoders: the 2-layer CNN (FMNIST) and ResNet-18 (SVHN/CIFAR) of docs/methods.md section 7.1.
 
 Both take float images ``[M, C, H, W]`` in ``[0, 1]`` (what the milzoo-vision
 datasets yield) and normalise them as their first step, so augmentations work
@@ -7,6 +7,9 @@ in ``[0, 1]`` pixel space and checkpoints carry the normalisation in their spec.
 
 from __future__ import annotations
 
+import posixpath
+import urllib.parse
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -15,7 +18,30 @@ from pydantic import Field, PositiveInt
 from torch import Tensor, nn
 
 from milzoo.components.base import ComponentConfig, Encoder
+from milzoo.components.download import downloading, fetch_command
+from milzoo.datasets.files import check_data_file
 from milzoo.errors import ComponentError
+
+#: the :class:`milzoo.components.Download` of the ImageNet weights (``milzoo data fetch resnet18-imagenet``)
+RESNET18_DOWNLOAD = "resnet18-imagenet"
+
+
+def resnet18_weights_file() -> Path:
+    """Where torchvision keeps the ImageNet weights of ResNet-18: the torch hub cache (``$TORCH_HOME``)."""
+    from torchvision.models import ResNet18_Weights
+
+    name = posixpath.basename(urllib.parse.urlparse(ResNet18_Weights.IMAGENET1K_V1.url).path)
+    return Path(torch.hub.get_dir()) / "checkpoints" / name
+
+
+def fetch_resnet18_weights(root: Path | None = None) -> Path:
+    """Download the ImageNet weights of ResNet-18 with torchvision's weights API into the torch hub cache."""
+    from torchvision.models import ResNet18_Weights
+
+    path = resnet18_weights_file()
+    with downloading("the ImageNet weights of resnet18", RESNET18_DOWNLOAD, path.parent):
+        ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
+    return path
 
 #: name -> (mean, std) per channel; a single value is broadcast over channels
 NORMALIZATION_PRESETS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -201,6 +227,9 @@ class ResNet18Encoder(_ImageEncoder):
     @staticmethod
     def _pretrained_state(config) -> dict[str, Tensor] | None:
         if config.weights_path is not None:
+            # a regular file only: a device or a pipe would be read for ever
+            check_data_file(config.weights_path, "resnet18 weights_path", "fix the path or remove the option",
+                            must_exist=False)
             try:
                 state = torch.load(config.weights_path, map_location="cpu", weights_only=True)
             except FileNotFoundError:
@@ -208,8 +237,10 @@ class ResNet18Encoder(_ImageEncoder):
                     f"resnet18 weights_path {config.weights_path} does not exist; fix the path or remove the option."
                 ) from None
             except Exception as exc:  # noqa: BLE001
+                first = str(exc).split(". ")[0].rstrip(".")  # torch goes on to advise weights_only=False: never
                 raise ComponentError(
-                    f"cannot read resnet18 weights from {config.weights_path} ({type(exc).__name__}: {exc})."
+                    f"cannot read resnet18 weights from {config.weights_path} ({type(exc).__name__}: {first}); it "
+                    "must be a torchvision resnet18 state dict saved with torch.save (tensors only)."
                 ) from None
             if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
                 state = state["state_dict"]
@@ -217,15 +248,16 @@ class ResNet18Encoder(_ImageEncoder):
         if config.pretrained:
             from torchvision.models import ResNet18_Weights
 
+            cached = resnet18_weights_file()
+            if not cached.is_file():  # offline, this is a DownloadError naming `milzoo data fetch resnet18-imagenet`
+                fetch_resnet18_weights()
             try:
                 return dict(ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=False))
-            except Exception as exc:  # noqa: BLE001 - usually no network
+            except Exception as exc:  # noqa: BLE001 - a damaged file in the cache
                 raise ComponentError(
-                    "could not load the ImageNet weights of resnet18 "
-                    f"({type(exc).__name__}: {exc}). They are downloaded into the torch hub cache "
-                    "($TORCH_HOME, default ~/.cache/torch) on first use: run once with a network, or copy "
-                    "resnet18-f37072fd.pth there, or set `weights_path` to a local copy, or set "
-                    "`pretrained = false`."
+                    f"could not load the ImageNet weights of resnet18 from {cached} ({type(exc).__name__}: {exc}). "
+                    f"Delete that file and get it again (`{fetch_command(RESNET18_DOWNLOAD)}`), or set "
+                    "`weights_path` to a local copy, or set `pretrained = false`."
                 ) from None
         return None
 

@@ -16,6 +16,9 @@ Search order (the first directory holding every needed file wins):
 - SVHN: ``root``, ``root/svhn`` (``train_32x32.mat``, ``test_32x32.mat``; needs scipy).
 
 The default data directory is ``$MILZOO_DATA_DIR`` when set, else ``~/.cache/milzoo/datasets``.
+
+Downloads (``download = true``, or ``milzoo data fetch fmnist|svhn|cifar10|cifar100`` ahead of time) go through
+:func:`milzoo.components.downloading`: offline, a run stops with one paragraph naming the fetch command.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from milzoo.components.download import downloading, fetch_command
 from milzoo.errors import DataError
 
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -57,12 +61,20 @@ def default_data_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "milzoo" / "datasets"
 
 
-def _missing(dataset: str, searched: list[Path], files: list[str], root_option: str, extra: str = "") -> DataError:
+def _base(root: str | Path | None) -> Path:
+    """The folder a dataset is searched in and downloaded into: the recipe's ``root``, else the default."""
+    return Path(root).expanduser() if root else default_data_root()
+
+
+def _missing(dataset: str, searched: list[Path], files: list[str], root_option: str, extra: str = "",
+             fetch: str = "", root: str | Path | None = None) -> DataError:
     where = ", ".join(str(p) for p in searched)
+    ahead = f" (offline machine: run `{fetch_command(fetch, root)}` on one with a network and copy the folder)" \
+        if fetch else ""
     return DataError(
         f"{dataset} files ({', '.join(files)}) were not found in {where}. "
-        f"Set `download = true` in the [data] section to download them with torchvision into {root_option}, "
-        f"or point `root` at a directory that holds them{extra}."
+        f"Set `download = true` in the [data] section to download them with torchvision into {root_option}"
+        f"{ahead}, or point `root` at a directory that holds them{extra}."
     )
 
 
@@ -111,21 +123,32 @@ def _fmnist_dirs(base: Path) -> list[Path]:
     return [base, base / "FashionMNIST" / "raw", base / "fashion-mnist"]
 
 
-def load_fmnist(root: str | None, download: bool) -> ImageSplits:
-    base = Path(root).expanduser() if root else default_data_root()
-    dirs = ([] if root else [DEBIAN_FMNIST]) + _fmnist_dirs(base)
-    hit = _find_dir(dirs, FMNIST_FILES, allow_gz=True)
-    if hit is None and download:
+def fetch_fmnist(root: str | Path | None = None) -> Path:
+    """Download Fashion-MNIST with torchvision into ``root`` (default: the data directory); the folder found."""
+    base = _base(root)
+    with downloading("Fashion-MNIST", "fmnist", base, root):
         import torchvision
 
         base.mkdir(parents=True, exist_ok=True)
         for train in (True, False):
             torchvision.datasets.FashionMNIST(str(base), train=train, download=True)
+    hit = _find_dir(_fmnist_dirs(base), FMNIST_FILES, allow_gz=True)
+    if hit is None:
+        raise _missing("Fashion-MNIST", _fmnist_dirs(base), FMNIST_FILES, str(base), fetch="fmnist", root=root)
+    return hit[0]
+
+
+def load_fmnist(root: str | None, download: bool) -> ImageSplits:
+    base = _base(root)
+    dirs = ([] if root else [DEBIAN_FMNIST]) + _fmnist_dirs(base)
+    hit = _find_dir(dirs, FMNIST_FILES, allow_gz=True)
+    if hit is None and download:
+        fetch_fmnist(root)
         hit = _find_dir(dirs, FMNIST_FILES, allow_gz=True)
     if hit is None:
         raise _missing(
             "Fashion-MNIST", dirs, FMNIST_FILES, str(base),
-            " (raw idx or .gz), or install the Debian package `dataset-fashion-mnist`",
+            " (raw idx or .gz), or install the Debian package `dataset-fashion-mnist`", fetch="fmnist", root=root,
         )
     d, (tr_x, tr_y, te_x, te_y) = hit
     arrays = [read_idx(p) for p in (tr_x, tr_y, te_x, te_y)]
@@ -167,29 +190,43 @@ def _cifar_batches(paths: list[Path], label_key: str) -> tuple[torch.Tensor, np.
     return torch.from_numpy(np.concatenate(xs)), np.concatenate(ys)
 
 
-def load_cifar(root: str | None, download: bool, which: int) -> ImageSplits:
-    base = Path(root).expanduser() if root else default_data_root()
+def _cifar_layout(which: int) -> tuple[str, list[str], list[str], str, str, str]:
+    """``(folder, train files, test files, meta file, label key, names key)`` of CIFAR-10 or CIFAR-100."""
     if which == 10:
-        sub, train_files, test_files, meta, label_key, names_key = (
-            "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "batches.meta",
-            "labels", "label_names",
-        )
-    else:
-        sub, train_files, test_files, meta, label_key, names_key = (
-            "cifar-100-python", ["train"], ["test"], "meta", "fine_labels", "fine_label_names",
-        )
-    files = train_files + test_files
-    dirs = [base / sub, base]
-    hit = _find_dir(dirs, files)
-    if hit is None and download:
+        return ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "batches.meta",
+                "labels", "label_names")
+    return "cifar-100-python", ["train"], ["test"], "meta", "fine_labels", "fine_label_names"
+
+
+def fetch_cifar(root: str | Path | None = None, which: int = 10) -> Path:
+    """Download CIFAR-``which`` (python version) with torchvision into ``root``; the folder found."""
+    base = _base(root)
+    sub, train_files, test_files = _cifar_layout(which)[:3]
+    with downloading(f"CIFAR-{which}", f"cifar{which}", base, root):
         import torchvision
 
         cls = torchvision.datasets.CIFAR10 if which == 10 else torchvision.datasets.CIFAR100
         base.mkdir(parents=True, exist_ok=True)
         cls(str(base), train=True, download=True)
+    hit = _find_dir([base / sub, base], train_files + test_files)
+    if hit is None:
+        raise _missing(f"CIFAR-{which}", [base / sub, base], train_files + test_files, str(base),
+                       fetch=f"cifar{which}", root=root)
+    return hit[0]
+
+
+def load_cifar(root: str | None, download: bool, which: int) -> ImageSplits:
+    base = _base(root)
+    sub, train_files, test_files, meta, label_key, names_key = _cifar_layout(which)
+    files = train_files + test_files
+    dirs = [base / sub, base]
+    hit = _find_dir(dirs, files)
+    if hit is None and download:
+        fetch_cifar(root, which)
         hit = _find_dir(dirs, files)
     if hit is None:
-        raise _missing(f"CIFAR-{which}", dirs, files, str(base), f" (the extracted python version, {sub}/)")
+        raise _missing(f"CIFAR-{which}", dirs, files, str(base), f" (the extracted python version, {sub}/)",
+                       fetch=f"cifar{which}", root=root)
     d, paths = hit
     tr_x, tr_y = _cifar_batches(paths[: len(train_files)], label_key)
     te_x, te_y = _cifar_batches(paths[len(train_files):], label_key)
@@ -223,25 +260,41 @@ def _read_svhn_mat(path: Path) -> tuple[torch.Tensor, np.ndarray]:
     return torch.from_numpy(np.ascontiguousarray(x.transpose(3, 2, 0, 1))), y
 
 
-def load_svhn(root: str | None, download: bool) -> ImageSplits:
+def _need_scipy() -> None:
     try:
         import scipy.io  # noqa: F401
     except ImportError:
         raise DataError(
             "SVHN comes as MATLAB .mat files, which need scipy: `pip install scipy` (or `milzoo-vision[svhn]`)."
         ) from None
-    base = Path(root).expanduser() if root else default_data_root()
-    dirs = [base, base / "svhn"]
-    hit = _find_dir(dirs, SVHN_FILES)
-    if hit is None and download:
+
+
+def fetch_svhn(root: str | Path | None = None) -> Path:
+    """Download SVHN (cropped digits, train and test) with torchvision into ``root``; the folder found."""
+    _need_scipy()
+    base = _base(root)
+    with downloading("SVHN", "svhn", base, root):
         import torchvision
 
         base.mkdir(parents=True, exist_ok=True)
         for split in ("train", "test"):
             torchvision.datasets.SVHN(str(base), split=split, download=True)
+    hit = _find_dir([base, base / "svhn"], SVHN_FILES)
+    if hit is None:
+        raise _missing("SVHN", [base, base / "svhn"], SVHN_FILES, str(base), fetch="svhn", root=root)
+    return hit[0]
+
+
+def load_svhn(root: str | None, download: bool) -> ImageSplits:
+    _need_scipy()
+    base = _base(root)
+    dirs = [base, base / "svhn"]
+    hit = _find_dir(dirs, SVHN_FILES)
+    if hit is None and download:
+        fetch_svhn(root)
         hit = _find_dir(dirs, SVHN_FILES)
     if hit is None:
-        raise _missing("SVHN", dirs, SVHN_FILES, str(base))
+        raise _missing("SVHN", dirs, SVHN_FILES, str(base), fetch="svhn", root=root)
     d, (tr, te) = hit
     tr_x, tr_y = _read_svhn_mat(tr)
     te_x, te_y = _read_svhn_mat(te)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from milzoo.datasets.batch import Bag, collate_bags
+from milzoo.datasets.files import check_data_file
 from milzoo.errors import ComponentError, DataError
 from milzoo.model.decision import (
     Decision,
@@ -235,6 +236,7 @@ def patch_size_of(dataset, index: int) -> float | None:
         url = sf.url
         local = url if "://" not in url else (url[len("file://"):] if url.startswith("file://") else None)
         if local is not None:
+            check_data_file(local, "feature file", must_exist=False)  # never open a pipe or a device
             with h5py.File(local, "r") as f:
                 return _h5_patch_size(f)
         with fsspec.open(url, "rb") as fh, h5py.File(fh, "r") as f:

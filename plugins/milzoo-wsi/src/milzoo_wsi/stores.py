@@ -47,6 +47,7 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 from torch import Tensor
 
+from milzoo.datasets.files import check_data_file, parse_numeric_csv, read_data_bytes
 from milzoo.errors import DataError
 
 #: the formats, in the order of preference when one slide id has files in several
@@ -258,11 +259,22 @@ def _url_to_fs(url: str):
         raise DataError(f"cannot open {url}: {exc}. Install the fsspec backend for this URL or fix it.") from None
 
 
+#: what a feature file is called in the errors of :mod:`milzoo.datasets.files`, and where its path comes from
+_WHAT, _HINT = "feature file", "check `features` in the recipe, or remove the slide from the table"
+
+
+def _checked(lp: str) -> str:
+    """A local feature file, refused unless it is a regular file (``/dev/zero`` or a pipe would never end); a
+    missing one is reported by :func:`read_slide`, naming the slide."""
+    check_data_file(lp, _WHAT, _HINT, must_exist=False)
+    return lp
+
+
 @contextlib.contextmanager
 def _open_binary(url: str) -> Iterator:
     lp = _local_path(url)
     if lp is not None:
-        with open(lp, "rb") as fh:
+        with open(_checked(lp), "rb") as fh:
             yield fh
     else:
         with fsspec.open(url, "rb") as fh:
@@ -270,8 +282,8 @@ def _open_binary(url: str) -> Iterator:
 
 
 def _read_bytes(url: str) -> bytes:
-    with _open_binary(url) as fh:
-        return fh.read()
+    """A whole feature file: a regular file that fits in memory (:func:`milzoo.datasets.files.read_data_bytes`)."""
+    return read_data_bytes(url, _WHAT, _HINT)
 
 
 def format_of(path: str) -> str | None:
@@ -340,10 +352,17 @@ def list_slide_files(root: str, fmt: FormatName | None = "auto", recursive: bool
 # --------------------------------------------------------------------------- errors
 
 
+def _said(exc: BaseException) -> str:
+    """What a library's error says, without the advice some append (torch: "re-run with weights_only=False",
+    which would unpickle whatever the file holds): its first sentence."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return text.split(". ")[0].rstrip(".") if "weights_only" in str(exc) or len(text) > 300 else text
+
+
 def _corrupt(sf: SlideFile, exc: BaseException) -> DataError:
     return DataError(
         f"slide {sf.slide_id!r}: cannot read {sf.url} as a {sf.fmt} feature file "
-        f"({type(exc).__name__}: {exc}). The file is corrupted or truncated, or not in the {sf.fmt} layout; "
+        f"({type(exc).__name__}: {_said(exc)}). The file is corrupted or truncated, or not in the {sf.fmt} layout; "
         "re-extract or re-convert this slide, or remove it from the slide table."
     )
 
@@ -423,7 +442,7 @@ def _read_safetensors(sf: SlideFile, csv_header: str) -> SlideData:
     if lp is not None:
         from safetensors import safe_open
 
-        with safe_open(lp, framework="pt") as f:
+        with safe_open(_checked(lp), framework="pt") as f:
             keys = set(f.keys())
             if FEATURES not in keys:
                 raise _missing_key(sf, keys)
@@ -443,7 +462,7 @@ def _h5(sf: SlideFile):
 
     lp = sf.local_path
     if lp is not None:
-        with h5py.File(lp, "r") as f:
+        with h5py.File(_checked(lp), "r") as f:
             yield f
     else:
         with fsspec.open(sf.url, "rb") as fh, h5py.File(fh, "r") as f:
@@ -463,6 +482,7 @@ def _read_h5(sf: SlideFile, csv_header: str) -> SlideData:
 def _torch_load(sf: SlideFile, mmap: bool):
     lp = sf.local_path
     if lp is not None:
+        _checked(lp)
         if mmap:
             try:
                 return torch.load(lp, map_location="cpu", weights_only=True, mmap=True)
@@ -513,10 +533,11 @@ def _read_csv(sf: SlideFile, csv_header: str) -> SlideData:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _corrupt(sf, exc) from None
-    _, body = _split_csv_header(text, csv_header)
+    header, body = _split_csv_header(text, csv_header)
     if not body.strip():
         raise DataError(f"slide {sf.slide_id!r}: {sf.url} has no patches; remove the slide from the table.")
-    arr = np.loadtxt(io.StringIO(body), delimiter=",", dtype=np.float32, ndmin=2)
+    arr = parse_numeric_csv(body, f"slide {sf.slide_id!r}: {sf.url}", dtype=np.float32,
+                            first_line=1 if header is None else 2, layout=" of features (one patch per row)")
     return _finish(sf, arr)
 
 

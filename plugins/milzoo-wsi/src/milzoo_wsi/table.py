@@ -34,6 +34,7 @@ import numpy as np
 
 from milzoo.datasets import label_strata, read_survival_labels
 from milzoo.datasets.checks import class_indices
+from milzoo.datasets.files import read_data_bytes
 from milzoo.errors import DataError, MilzooWarning
 
 SPLITS = ("train", "test")
@@ -339,13 +340,7 @@ def read_slide_table(url: str, class_names: Sequence[str] | None = None, *,
     """
     if target != "class" and class_names is not None:
         raise DataError(class_names_problem(target))
-    try:
-        with fsspec.open(url, "rb") as fh:
-            raw = fh.read()
-    except FileNotFoundError:
-        raise DataError(f"the slide table {url} does not exist; check `table`.") from None
-    except Exception as exc:  # noqa: BLE001
-        raise DataError(f"cannot read the slide table {url} ({type(exc).__name__}: {exc}).") from None
+    raw = read_data_bytes(url, "the slide table", "check `table`")  # a regular file that fits in memory
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
