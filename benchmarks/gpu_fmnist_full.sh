@@ -14,7 +14,11 @@
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux2014_x86_64 -d .whl pydantic pydantic_core annotated-types typing-inspection \
 #       typing_extensions tomli_w          # versions as in .venv (pydantic_core must match pydantic)
-#   .venv/bin/pip wheel --no-deps --no-build-isolation -w .whl . plugins/milzoo-*
+#   .venv/bin/pip wheel --no-deps --no-build-isolation -w .whl . $(ls -d plugins/milzoo-* | grep -v weights)
+#       (not the weight distributions: their 45 MB of trained models are not needed there)
+#   mv plugins/milzoo-weights-classic/src/milzoo_weights_classic/weights /tmp/weights-classic   # and -fmnist's:
+#       the working tree travels too, and with them it is over the 64 MiB a call carries; move them back after
+#       the call (`git status` shows them deleted until then)
 #       (again after any change: the core runs from the tree, `python3 -m milzoo` in the repository root, but
 #       the plugins and their entry points come from these wheels)
 #   mkdir -p .gpu/data/fashion-mnist && cp /usr/share/datasets/fashion-mnist/*.gz .gpu/data/fashion-mnist/
