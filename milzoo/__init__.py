@@ -8,6 +8,8 @@ The Python API mirrors the CLI::
     milzoo.list_components("pooling")                                   # milzoo list pooling
     model = milzoo.load_model("runs/qs/fold-00/last")                   # a trained model, eval mode
     model = milzoo.build_model(recipe, in_shape=(166,), num_classes=2)  # an untrained one
+    model = milzoo.create_model("mlp", "abmil", in_shape=(166,), num_classes=2)  # the same, with no recipe
+    model.save_pretrained("hub/m"); milzoo.MILModel.from_pretrained("hub/m")   # or "org/name" on the Hub
 
 Names are imported lazily so ``import milzoo`` stays fast.  The core is organised in packages by concept
 (``registry``, ``recipe``, ``model``, ``checkpoint``, ``train``, ``runs``, ``hub``, ``cli``, ``datasets``,
@@ -28,6 +30,7 @@ _EXPORTS = {
     "validate_recipe": "milzoo.recipe._validate",
     "build_model": "milzoo.model.build",
     "build_components": "milzoo.model.build",
+    "create_model": "milzoo.model.build",
     "load_model": "milzoo.checkpoint._model",
     "save_model": "milzoo.checkpoint._model",
     "list_components": "milzoo.registry._table",
@@ -38,6 +41,7 @@ _EXPORTS = {
     "MILBatch": "milzoo.datasets.batch",
     "MILOutput": "milzoo.components.output",
     "MILModel": "milzoo.model.mil",
+    "Ensemble": "milzoo.model.ensemble",
     # Hub
     "load_pretrained": "milzoo.hub._client",
     "push_to_hub": "milzoo.hub._client",

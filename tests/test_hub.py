@@ -479,8 +479,11 @@ def test_ensemble_member_paths_stay_inside(cv_run, tmp_path):
 
 
 def test_refs_that_are_not_understood(tmp_path):
-    with pytest.raises(CheckpointError, match="write 'hf-hub:org/name'"):
-        milzoo.load_pretrained("org/name")
+    # a bare org/name that is no folder goes to the Hub, as Hugging Face reads it (tests/test_model_api.py)
+    with pytest.raises(OfflineNotCachedError, match="read as the Hub repository org/name"):
+        milzoo.load_pretrained("org/name", cache_dir=tmp_path, local_files_only=True)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        milzoo.load_pretrained("./org/name")
     with pytest.raises(HubError, match="not a Hub repository id"):
         milzoo.load_pretrained("hf-hub:not a repo")
     with pytest.raises(CheckpointError, match="not a milzoo model"):

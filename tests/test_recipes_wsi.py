@@ -4,6 +4,10 @@ The WSI recipes point at user-supplied data (data/camelyon16, data/tcga_lung), w
 here: validation never touches the data, and the runs swap in a generated set through ``--set``
 overrides (paths, 2 epochs, 2 folds, small dims).  Everything else (protocol, threshold, monitor,
 optimiser, schedule) is the recipe's own.
+
+The synthetic-slide recipes (``wsi/<model>_synthetic``: CLAM-SB/MB, Transformer-MIL, ILRA-MIL, RRT-MIL,
+WiKG with their official whole-slide settings) point at a set made by ``milzoo_wsi.synthetic``; each is
+checked against the official settings written below and trained for one epoch on a tiny generated set.
 """
 
 from __future__ import annotations
@@ -24,7 +28,10 @@ ROOT = Path(__file__).resolve().parents[1] / "recipes"
 ALL_RECIPES = sorted(ROOT.rglob("*.toml"))
 # the classification recipes (the survival and regression ones are tested in plugins/milzoo-wsi/tests/test_targets.py)
 WSI_RECIPES = sorted([ROOT / "psmil_camelyon16.toml", ROOT / "psmil_tcga_lung.toml",
-                      *(p for p in (ROOT / "wsi").glob("*.toml") if not p.stem.startswith(("survival_", "regression_")))])
+                      *(p for p in (ROOT / "wsi").glob("*.toml")
+                        if not p.stem.startswith(("survival_", "regression_")) and not p.stem.endswith("_synthetic"))])
+#: the synthetic-slide recipes of the models of issue 26, each with its official whole-slide settings
+SYNTHETIC_RECIPES = sorted((ROOT / "wsi").glob("*_synthetic.toml"))
 
 #: per pooling, options that make the model tiny (the recipes' defaults are for 512-d slides)
 SMALL = {
@@ -130,3 +137,111 @@ def test_wsi_recipe_runs_its_protocol(path, slide_sets, tmp_path):
     test = {patient[r["bag_id"]] for r in _rows(tmp_path / "run" / "fold-00" / "last" / "predictions-test.csv")}
     assert not val[0] & val[1] and not (val[0] | val[1]) & test
     assert val[0] | val[1] | test == set(patient.values())
+
+
+# --------------------------------------------------------------------------- synthetic-slide recipes
+
+#: the official whole-slide settings (docs/models/<model>.md and each recipe's header say where they come from)
+OFFICIAL = {
+    "clam_sb_synthetic": dict(
+        encoder={"name": "identity"},
+        pooling={"name": "clam_sb", "size": "small", "gated": True, "dropout": 0.25, "k_sample": 8,
+                 "subtyping": False},
+        loss={"name": "clam", "bag_weight": 0.7, "inst_loss": "svm", "bag_loss": "ce"},
+        optim=("adam", 2e-4, 1e-5), schedule="constant", epochs=200, early_stopping=(20, 50), monitor="loss"),
+    "vitmil_synthetic": dict(
+        encoder={"name": "identity"},
+        pooling={"name": "vit_mil", "dim": 512, "depth": 2, "heads": 8, "dim_head": 64, "mlp_dim": 512,
+                 "dropout": 0.0, "emb_dropout": 0.0, "pool": "cls"},
+        loss={"name": "bag_ce"}, optim=("adamw", 2e-5, 2e-5), schedule="constant", epochs=8, early_stopping=None,
+        monitor="loss"),
+    "ilra_synthetic": dict(
+        encoder={"name": "identity"},
+        pooling={"name": "ilra", "num_layers": 2, "hidden_feat": 256, "num_heads": 8, "topk": 1, "ln": True},
+        loss={"name": "bag_ce"}, optim=("adam", 1e-4, 0.0), schedule="cosine", epochs=100, early_stopping=None,
+        monitor="loss"),
+    "rrt_synthetic": dict(
+        encoder={"name": "mlp", "dims": [512], "dropout": 0.25},
+        pooling={"name": "rrt", "region_num": 8, "n_layers": 2, "n_heads": 8, "epeg": True, "epeg_k": 15,
+                 "cr_msa": True, "crmsa_k": 1, "crmsa_heads": 8, "all_shortcut": True, "trans_dropout": 0.1,
+                 "aggregator": "dattention"},
+        loss={"name": "bag_ce"}, optim=("adam", 2e-4, 1e-5), schedule="cosine", epochs=200, early_stopping=(30, 130),
+        monitor="auc"),
+    "wikg_synthetic": dict(
+        encoder={"name": "identity"},
+        pooling={"name": "wikg", "dim_hidden": 512, "topk": 6, "agg_type": "bi-interaction", "pool": "mean",
+                 "dropout": 0.3},
+        loss={"name": "bag_ce"}, optim=("adam", 1e-4, 1e-5), schedule="constant", epochs=100, early_stopping=None,
+        monitor="auc"),
+}
+OFFICIAL["clam_mb_synthetic"] = {**OFFICIAL["clam_sb_synthetic"],
+                                 "pooling": {**OFFICIAL["clam_sb_synthetic"]["pooling"], "name": "clam_mb"}}
+
+#: per synthetic recipe, options that make the model tiny for a one-epoch run on 8-d features
+SMALL_SYNTHETIC = {
+    "clam_sb_synthetic": ["pooling.k_sample=2"],
+    "clam_mb_synthetic": ["pooling.k_sample=2"],
+    "vitmil_synthetic": ["pooling.dim=16", "pooling.heads=2", "pooling.dim_head=8", "pooling.mlp_dim=16"],
+    "ilra_synthetic": ["pooling.hidden_feat=16", "pooling.num_heads=2"],
+    "rrt_synthetic": ["encoder.dims=[16]", "pooling.n_heads=2", "pooling.crmsa_heads=2"],
+    "wikg_synthetic": ["pooling.dim_hidden=16"],
+}
+
+
+def test_the_synthetic_recipes_are_there():
+    assert {p.stem for p in SYNTHETIC_RECIPES} == set(OFFICIAL) == set(SMALL_SYNTHETIC)
+
+
+@pytest.mark.parametrize("path", SYNTHETIC_RECIPES, ids=_rel)
+def test_synthetic_recipes_carry_the_official_settings(path):
+    want = OFFICIAL[path.stem]
+    raw = read_toml(path)
+    r = load_recipe(path)
+    for section in ("encoder", "pooling"):
+        assert raw[section] == want[section], section  # every option written out, nothing else
+    assert raw["loss"] == [want["loss"]]
+    o, t, p = r.root.optim, r.root.train, r.root.protocol
+    assert (o.name, o.lr, o.weight_decay) == want["optim"]
+    assert r.root.schedule.name == want["schedule"]
+    assert (t.epochs, t.batch_size) == (want["epochs"], 1)  # one slide per step, as every official code
+    es = t.early_stopping
+    assert (None if es is None else (es.patience, es.min_epochs)) == want["early_stopping"]
+    assert (p.kind, p.folds, p.threshold, p.monitor) == ("cv_ensemble", 5, "youden", want["monitor"])
+    data = r.components["data"]
+    assert r.root.data.name == "slides" and data.class_names == ["normal", "tumor"]
+    assert (data.features, data.table) == ("data/synthetic/features", "data/synthetic/slides.csv")
+    assert "make_synthetic_slides" in path.read_text()  # the header says how to make the set
+
+
+@pytest.fixture(scope="module")
+def synthetic_slides(tmp_path_factory):
+    """A tiny set from the generator the recipes name: 12 training and 6 test slides of ~24 8-d patches."""
+    from milzoo_wsi.synthetic import make_synthetic_slides
+
+    return make_synthetic_slides(str(tmp_path_factory.mktemp("wsi-synthetic")), n_slides=12, n_test=6,
+                                 mean_patches=24, dim=8, seed=3, signal=3.0, slides_per_patient=2)
+
+
+@pytest.mark.parametrize("path", SYNTHETIC_RECIPES, ids=_rel)
+def test_synthetic_recipe_validates_by_name_and_trains_one_epoch(path, synthetic_slides, tmp_path):
+    from milzoo.runs.runner import run
+
+    name = f"wsi/{path.stem}"
+    res = CliRunner().invoke(cli, ["validate", name])
+    assert res.exit_code == 0 and res.output.startswith(f"ok: {name} "), res.output
+    data = synthetic_slides
+    overrides = [
+        f'data.features="{data["features"]}"', f'data.table="{data["table"]}"', "data.load_workers=1",
+        "train.epochs=1", "protocol.folds=2", "train.threads=1", "train.progress=false",
+        *SMALL_SYNTHETIC[path.stem],
+    ]
+    summary = run(name, out=tmp_path / "run", overrides=overrides, progress=False)
+    assert summary["protocol"] == "cv_ensemble" and summary["num_folds"] == 2
+    for key in ("acc", "auc", "f1"):
+        assert len(summary["last"]["test"][key]["values"]) == 2
+        v = summary["ensemble"]["test"][key]
+        assert isinstance(v, float) and math.isfinite(v) and 0.0 <= v <= 1.0
+    config = (tmp_path / "run" / "fold-00" / "last" / "config.json").read_text()
+    assert f'"{OFFICIAL[path.stem]["pooling"]["name"]}"' in config
+    rows = _rows(tmp_path / "run" / "fold-00" / "last" / "predictions-test.csv")
+    assert len(rows) == 6 and list(rows[0])[:2] == ["bag_id", "label"]

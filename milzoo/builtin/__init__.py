@@ -3,7 +3,7 @@
 from milzoo.registry.hookspecs import hookimpl
 
 __all__ = ["milzoo_register_datasets", "milzoo_register_encoders", "milzoo_register_losses", "milzoo_register_poolings",
-           "milzoo_register_recipes", "milzoo_register_tasks", "milzoo_register_loggers"]
+           "milzoo_register_recipes", "milzoo_register_tasks", "milzoo_register_loggers", "milzoo_model_sharing"]
 
 
 @hookimpl
@@ -62,3 +62,14 @@ def milzoo_register_recipes(register):
     from importlib.resources import files
 
     register(files("milzoo") / "recipes")  # quickstart.toml (package data, declared in pyproject.toml)
+
+
+@hookimpl
+def milzoo_model_sharing():
+    """``model.save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` (milzoo.model.sharing) are the Hub's
+    functions: the model layer declares the contract, this top layer supplies it (docs/architecture.md)."""
+    from milzoo.hub._client import load_pretrained, push_to_hub
+    from milzoo.hub._folders import save_pretrained
+    from milzoo.model.sharing import ModelSharing
+
+    return ModelSharing(save=save_pretrained, load=load_pretrained, push=push_to_hub)

@@ -66,7 +66,8 @@ def export_cmd(run_dir, out_dir, repo_id, overwrite, folds, checkpoint, license_
 @click.option("--revision", default=None, help="branch, tag or commit (default: the entry's pinned revision, or main)")
 @click.option("--cache-dir", default=None, help="Hub cache folder (default HF_HUB_CACHE)")
 def pull_cmd(ref, revision, cache_dir):
-    """Download REF (a zoo name or hf-hub:org/name[@rev]) into the Hub cache for offline use, and check it loads."""
+    """Download REF (a zoo name, or a Hub repository org/name[@rev] or hf-hub:org/name[@rev]) into the Hub cache
+    for offline use, and check it loads."""
     from milzoo.hub._client import fetch, load_folder
 
     folder = fetch(ref, revision=revision, cache_dir=cache_dir)
@@ -78,8 +79,9 @@ def pull_cmd(ref, revision, cache_dir):
 @click.command("verify")
 @click.argument("ref")
 def verify_cmd(ref):
-    """Measure REF (a zoo name, hf-hub:org/name[@rev] or a Hub folder) again on the held-out data its recipe
-    defines, and compare every metric with the one its model card records (exit 1 if any differs)."""
+    """Measure REF (a zoo name, a Hub folder, or org/name[@rev] or hf-hub:org/name[@rev] on the Hub) again on the
+    held-out data its recipe defines, and compare every metric with the one its model card records (exit 1 if any
+    differs)."""
     from milzoo.hub.verify import verify
 
     result = verify(ref)

@@ -24,6 +24,8 @@ References accepted by :func:`load_pretrained`:
 - a zoo name from the pretrained index, e.g. ``"psmil-camelyon16"``;
 - ``"hf-hub:org/repo"`` or ``"hf-hub:org/repo@revision"``;
 - a local run directory, checkpoint directory or Hub folder (``"local-dir:PATH"`` forces this);
+- ``"org/repo[@revision]"``, as Hugging Face users type it: a Hub repository when no zoo name and no local
+  path has that name (the precedence is zoo name, existing path, Hub id; :func:`parse_ref`);
 - an fsspec URL of such a folder (``"memory://..."``, ``"s3://..."``, ``"hf://..."``), copied to a
   temporary directory first.
 """
@@ -51,6 +53,7 @@ from torch import nn
 
 from milzoo.checkpoint import CONFIG, STATE
 from milzoo.model.ensemble import Ensemble
+from milzoo.model.mil import MILModel
 from milzoo.errors import CheckpointError, HubError, HubNotFoundError, OfflineNotCachedError, UserError
 from milzoo.hub._folders import inside_folder, load_folder, save_pretrained
 from milzoo.hub._runs import (
@@ -160,7 +163,13 @@ def download(repo_id: str, revision: str | None = None, cache_dir: str | Path | 
 
 
 def parse_ref(ref: str | Path) -> tuple[str, str, str | None]:
-    """``(kind, target, revision)`` with kind one of ``zoo``, ``hf-hub``, ``local``, ``fsspec``."""
+    """``(kind, target, revision)`` with kind one of ``zoo``, ``hf-hub``, ``local``, ``fsspec``.
+
+    ``hf-hub:``, ``local-dir:`` and ``scheme://`` say what they are.  Otherwise the precedence is: a registered
+    zoo name (no ``/``), then an existing local path, then ``org/name[@revision]`` as a Hub repository id, as
+    Hugging Face reads it.  A path that does not exist and cannot be a Hub id (``./org/name``, ``a/b/c``) is an
+    error; ``local-dir:PATH`` never goes to the Hub.
+    """
     if isinstance(ref, Path):
         return "local", str(ref), None
     s = str(ref).strip()
@@ -190,12 +199,14 @@ def parse_ref(ref: str | Path) -> tuple[str, str, str | None]:
         return "local", s, None
     if bare:
         return "zoo", s, None  # unknown: get_pretrained explains with suggestions
-    if _REPO_ID.match(s.split("@")[0]):
-        raise CheckpointError(
-            f"{s!r} is not a zoo name and no such directory exists. To load the Hub repository {s.split('@')[0]}, "
-            f"write 'hf-hub:{s}'; to load a folder, check the path."
-        )
-    raise CheckpointError(f"{s} does not exist; give a zoo name, 'hf-hub:org/name[@revision]', a folder or a URL.")
+    repo, at, rev = s.partition("@")
+    if "/" in repo and _REPO_ID.match(repo):  # org/name: what Hugging Face users type for a Hub repository
+        return parse_ref(f"hf-hub:{s}")
+    raise CheckpointError(
+        f"{s} does not exist; give a zoo name, an existing folder, a Hub repository (org/name or "
+        "hf-hub:org/name, with @revision if needed) or a URL. A path that starts with ./, / or ~, or has more than "
+        "one /, is always a folder and never goes to the Hub."
+    )
 
 
 def _zoo_entry(name: str) -> PretrainedEntry:
@@ -244,7 +255,13 @@ def fetch(ref: str | Path, revision: str | None = None, cache_dir: str | Path | 
     if kind == "hf-hub":
         if ref_rev and revision and ref_rev != revision:
             raise UserError(f"{ref} names revision {ref_rev!r} but revision={revision!r} was also given; give one.")
-        return download(target, revision or ref_rev, cache_dir, local_files_only, token, ref=str(ref))
+        if str(ref).strip().startswith("hf-hub:"):
+            return download(target, revision or ref_rev, cache_dir, local_files_only, token, ref=str(ref))
+        try:  # a bare org/name: say why it went to the Hub, for whoever meant a folder
+            return download(target, revision or ref_rev, cache_dir, local_files_only, token, ref=f"hf-hub:{ref}")
+        except HubError as exc:
+            raise type(exc)(f"{exc} ({ref} was read as the Hub repository {target} because no folder of that name "
+                            f"exists here; for a folder, check the path.)") from None
     raise UserError(f"{ref} is a {kind} reference; only zoo names and hf-hub: references are fetched from the Hub.")
 
 
@@ -289,8 +306,9 @@ def load_pretrained(
 ) -> nn.Module:
     """Load a trained model, ready to predict on bags (eval mode).
 
-    ``ref`` is a zoo name (``milzoo list pretrained``), ``hf-hub:org/repo[@revision]``,
-    a local run directory / checkpoint / Hub folder, or an fsspec URL of one.
+    ``ref`` is a zoo name (``milzoo list pretrained``), a local run directory / checkpoint / Hub folder,
+    ``org/repo[@revision]`` or ``hf-hub:org/repo[@revision]``, or an fsspec URL of a folder (a bare
+    ``org/repo`` is a Hub id only when no zoo name and no local path has that name; :func:`parse_ref`).
     Hub downloads use the Hub client's cache (``cache_dir``, default
     ``HF_HUB_CACHE``); offline (``HF_HUB_OFFLINE=1`` or ``local_files_only=True``)
     models load from that cache.  A multi-fold run or ensemble folder loads as
@@ -313,8 +331,15 @@ def load_pretrained(
     return load_folder(target, folds, checkpoint, max_bytes)
 
 
+def _what(source) -> str:
+    """What a push uploads, for its default commit message."""
+    if isinstance(source, Ensemble):
+        return f"an ensemble of {len(source.members)} models"
+    return "a model" if isinstance(source, MILModel) else Path(source).name
+
+
 def push_to_hub(
-    run_dir: str | Path,
+    run_dir: str | Path | MILModel | Ensemble,
     repo_id: str,
     revision: str | None = None,
     private: bool = False,
@@ -327,7 +352,8 @@ def push_to_hub(
     tags: Sequence[str] = (),
     datasets: list[str] | None = None,
 ):
-    """Upload a run (or Hub folder) to ``repo_id`` in one commit; returns the Hub's ``CommitInfo``.
+    """Upload a run, a Hub folder or a model object (:class:`MILModel`, :class:`Ensemble`) to ``repo_id`` in one
+    commit; returns the Hub's ``CommitInfo``.
 
     The repository is created when missing (``private`` applies then), and
     ``revision`` names the branch to commit to (created from main when
@@ -346,7 +372,7 @@ def push_to_hub(
             return api.upload_folder(
                 repo_id=repo_id,
                 folder_path=str(folder),
-                commit_message=commit_message or f"Upload {Path(run_dir).name} with milzoo {milzoo_version()}",
+                commit_message=commit_message or f"Upload {_what(run_dir)} with milzoo {milzoo_version()}",
                 revision=revision,
                 create_pr=create_pr,
             )

@@ -95,6 +95,9 @@ def save_pretrained(
     out_dir = Path(out_dir)
     card = dict(repo_id=repo_id, license=license, tags=tags, datasets=datasets, description=description)
     if isinstance(source, (MILModel, Ensemble)):
+        if folds is not None or checkpoint != "auto":
+            raise UserError("folds= and checkpoint= choose what to share from a run directory; a model object is "
+                            "shared as it is (pick an ensemble's members when loading it, with fold=).")
         _prepare_out(out_dir, overwrite)
         return _save_model_object(source, out_dir, card, extra_config)
     if extra_config:
@@ -150,7 +153,8 @@ def _save_model_object(model: MILModel | Ensemble, out_dir: Path, card: dict[str
         cfg = ensemble_config(member_cfgs, None, extras, {})
         cfg["ensemble"]["members"] = [f"members/{n}" for n in model.member_names]
     else:
-        save_model(model, out_dir)
+        threshold = model.decision_threshold  # a loaded model's recorded validation threshold travels along
+        save_model(model, out_dir, {"threshold": threshold} if threshold is not None else None)
         cfg = read_config(out_dir)
         cfg.update(extras)
         cfg["input"] = input_spec(cfg)

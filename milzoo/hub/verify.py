@@ -123,7 +123,7 @@ def verify_folder(folder: str | Path) -> Verification:
 
 
 def verify(ref: str | Path, **fetch_kwargs) -> Verification:
-    """:func:`verify_folder` of a zoo name, ``hf-hub:`` reference or local folder."""
+    """:func:`verify_folder` of a zoo name, local folder, or Hub reference (``org/name``, ``hf-hub:org/name``)."""
     from milzoo.hub._client import fetch, parse_ref
 
     kind, target, _ = parse_ref(ref)

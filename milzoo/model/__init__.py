@@ -1,12 +1,14 @@
-"""The model: ``MILModel`` (standardise -> augment -> encoder -> pooling), built from a recipe or a
-checkpoint, fold ensembles, the one decision rule from probabilities to a class, and sizing before anything is
-allocated."""
+"""The model: ``MILModel`` (standardise -> augment -> encoder -> pooling), built from a recipe, a checkpoint or
+``create_model``'s arguments and shared with ``save_pretrained``/``from_pretrained``/``push_to_hub``
+(``sharing``), fold ensembles, the one decision rule from probabilities to a class, and sizing before anything
+is allocated."""
 
 from milzoo._lazy import attach
 
 _EXPORTS = {
     # build
     "build_components": "build", "build_model": "build", "build_losses": "build", "build_dataset": "milzoo.datasets.protocols",
+    "create_model": "build",
     # decision (one rule from probabilities to a class, and its words)
     "Decision": "decision", "decide": "decision", "decide_output": "decision", "predict_classes": "decision",
     "model_decisions": "decision", "rule_text": "decision", "apply_recorded_threshold": "decision",
@@ -16,6 +18,8 @@ _EXPORTS = {
     "Ensemble": "ensemble", "MAX_MEMBERS": "ensemble",
     # mil
     "Standardize": "mil", "MILModel": "mil", "Predicts": "mil",
+    # sharing: save_pretrained / from_pretrained / push_to_hub on the model classes (implemented by milzoo.hub)
+    "ModelSharing": "sharing", "SavesPretrained": "sharing", "model_sharing": "sharing",
     # sizing
     "TRAINING_COPIES": "sizing", "MAX_LOAD_BYTES": "sizing", "MAX_TENSORS": "sizing",
     "machine_memory_bytes": "sizing", "check_model_size": "sizing", "SizeGuard": "sizing",

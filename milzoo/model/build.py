@@ -1,14 +1,21 @@
-"""Build components and models from recipe tables or checkpoint specs."""
+"""Build components and models from recipe tables or checkpoint specs, and ``create_model`` from Python."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+import torch
 
 from milzoo.registry import get_component
 from milzoo.components.base import ComponentConfig, Task
 from milzoo.datasets.protocols import build_dataset  # noqa: F401 - defined in datasets/ now; still importable here
-from milzoo.errors import ComponentError
+from milzoo.errors import ComponentError, UserError
 from milzoo.model.mil import MILModel
+
+log = logging.getLogger(__name__)
 
 
 def _config(kind: str, spec: dict[str, Any] | ComponentConfig, name: str | None = None):
@@ -103,3 +110,120 @@ def _task_mismatch(loss: type, task) -> str:
                 f"of that task in [[loss]] (or leave [[loss]] out: its default is {default!r}; docs/tasks.md).")
     return (f"the {loss.name!r} loss trains another task's labels, not the class labels of the {task.name!r} "
             "task; leave [[loss]] out (the pooling's own loss) or name a classification loss such as bag_ce.")
+
+
+# --------------------------------------------------------------------------- create_model: a model in Python
+
+
+def _table(arg: str, value: str | dict[str, Any]) -> dict[str, Any]:
+    """A component argument of :func:`create_model` as a recipe table: ``"mlp"`` or ``{"name": "mlp", ...}``."""
+    if isinstance(value, str):
+        return {"name": value}
+    if isinstance(value, dict):
+        if not isinstance(value.get("name"), str):
+            raise UserError(f"create_model({arg}=...) got a table without a 'name'; write {arg}={{'name': ..., "
+                            "<options>}} or just the name (`milzoo list` shows the names).")
+        return dict(value)
+    raise UserError(f"create_model({arg}=...) takes a component name or a table {{'name': ..., <options>}}, as a "
+                    f"recipe's [{arg}] section, not {type(value).__name__}.")
+
+
+def _in_shape(in_shape) -> tuple[int, ...]:
+    shape = (in_shape,) if isinstance(in_shape, int) and not isinstance(in_shape, bool) else in_shape
+    ok = isinstance(shape, Sequence) and not isinstance(shape, str) and len(shape) > 0 and all(
+        isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+    if not ok:
+        raise UserError(f"create_model(in_shape={in_shape!r}): give the shape of one instance as positive integers, "
+                        "e.g. in_shape=(1024,) for 1024 features or in_shape=(3, 28, 28) for images.")
+    return tuple(int(d) for d in shape)
+
+
+def _classes(num_classes, class_names, task: Task) -> tuple[int, list[str] | None]:
+    if class_names is not None:
+        names = list(class_names) if not isinstance(class_names, str) else None
+        if not names or not all(isinstance(c, str) and c for c in names) or len(set(names)) != len(names):
+            raise UserError(f"create_model(class_names={class_names!r}): give a list of distinct, non-empty class "
+                            "names, in the order of the labels 0, 1, ...")
+        if num_classes is not None and num_classes != len(names):
+            raise UserError(f"create_model got num_classes={num_classes!r} and {len(names)} class_names; give one "
+                            "of them (or make them agree).")
+        num_classes = len(names)
+    else:
+        names = None
+    if num_classes is None:
+        if getattr(task, "classes", False):
+            raise UserError(f"create_model needs num_classes= (or class_names=[...]): the {task.name!r} task "
+                            "predicts classes, and without a dataset nothing else says how many.")
+        return 1, None  # a task without classes sizes its head itself (Task.out_dim)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1 or (
+            getattr(task, "classes", False) and num_classes < 2):
+        raise UserError(f"create_model(num_classes={num_classes!r}): a classifier needs a whole number of at least "
+                        "2 classes.")
+    return num_classes, names
+
+
+def create_model(
+    encoder: str | dict[str, Any] | None = None,
+    pooling: str | dict[str, Any] | None = None,
+    *,
+    in_shape: int | Sequence[int],
+    num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+    task: str | dict[str, Any] | None = None,
+    augment: str | dict[str, Any] | None = None,
+    standardize: bool | None = None,
+    channels_last: bool | None = None,
+    recipe: str | Path | dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+    seed: int | None = None,
+) -> MILModel:
+    """Build an untrained :class:`MILModel` in Python, as ``timm.create_model`` does; no dataset is read.
+
+    Components are given as a recipe's sections are: a name (``encoder="mlp"``) or a table with its options
+    (``pooling={"name": "abmil", "attn_hidden": 64}``); the encoder defaults to ``identity`` and ``task`` to
+    classification.  ``in_shape`` is one instance's shape (``(1024,)``, or ``1024``), and ``num_classes`` or
+    ``class_names`` the classes (a task without classes, such as regression, needs neither).  ``standardize=True``
+    adds the per-feature standardisation a run fits (``protocol.standardize``; its statistics start at 0 and 1).
+
+    ``recipe=`` (a path, a shipped recipe's name or a dict; ``[data]`` may be left out) gives the components
+    instead, with ``overrides`` as ``--set`` gives them; ``standardize`` and ``channels_last`` then come from its
+    ``[protocol]`` and ``[train]``.  Everything is validated as a recipe is (every problem at once, "did you
+    mean" for unknown names: a :class:`~milzoo.errors.RecipeError`).  ``seed=N`` builds under
+    ``torch.manual_seed(N)`` without touching the global random generator; without it the global generator
+    draws the initial weights, as for any ``nn.Module``.
+    """
+    from milzoo.recipe._toml import apply_overrides
+    from milzoo.recipe._validate import load_recipe, validate_recipe
+
+    if recipe is not None:
+        given = [n for n, v in (("encoder", encoder), ("pooling", pooling), ("task", task), ("augment", augment),
+                                ("standardize", standardize), ("channels_last", channels_last)) if v is not None]
+        if given:
+            raise UserError(f"create_model got recipe= and {', '.join(given)}=; the recipe gives those. Change them "
+                            "in the recipe or with overrides=['pooling.attn_hidden=64', ...].")
+        rec = load_recipe(recipe, overrides, require_data=False)
+    else:
+        if pooling is None:
+            raise UserError("create_model needs pooling= (a name such as 'abmil', or a table {'name': ..., "
+                            "<options>}); `milzoo list pooling` shows the installed poolings.")
+        raw: dict[str, Any] = {"name": "create_model", "encoder": _table("encoder", encoder or "identity"),
+                               "pooling": _table("pooling", pooling)}
+        if augment is not None:
+            raw["augment"] = _table("augment", augment)
+        if task is not None:
+            raw["task"] = _table("task", task)
+        if standardize is not None:
+            raw["protocol"] = {"standardize": standardize}
+        if channels_last is not None:
+            raw["train"] = {"channels_last": channels_last}
+        rec = validate_recipe(apply_overrides(raw, overrides), "create_model(...)", require_data=False)
+    shape = _in_shape(in_shape)
+    task_cls = get_component("task", rec.root.task.name)
+    k, names = _classes(num_classes, class_names, task_cls(rec.components["task"]))
+    if seed is None:
+        return build_model(rec, shape, k, names)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise UserError(f"create_model(seed={seed!r}): give a non-negative whole number, or leave it out.")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(rec, shape, k, names)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -12,7 +13,10 @@ from milzoo.datasets.batch import MILBatch
 from milzoo.errors import CheckpointError
 from milzoo.metrics import bag_metrics
 from milzoo.model.mil import MILModel, Predicts
+from milzoo.model.sharing import SavesPretrained
 from milzoo.components.output import MILOutput
+
+log = logging.getLogger(__name__)
 
 #: the most members an ensemble loaded from a folder (Hub folder, run directory) may have: a cross-validation
 #: ensemble has one per fold (5 or 10); a folder listing more is damaged or hostile
@@ -56,7 +60,7 @@ def ensemble_metrics(probs_per_model: list[np.ndarray], thresholds: list[float |
             "note": "acc/f1 from the majority vote of thresholded fold models; auc from their mean probability"}
 
 
-class Ensemble(Predicts, nn.Module):
+class Ensemble(Predicts, SavesPretrained, nn.Module):
     """Several fold models used as one (the cross-validation ensemble of the WSI protocol).
 
     ``forward`` returns a :class:`MILOutput` whose ``probs`` are the mean of the
@@ -67,6 +71,9 @@ class Ensemble(Predicts, nn.Module):
     ``member_probs`` (``[M, B, k]``) and ``member_preds`` (``[M, B]``).
     ``attention`` and instance probabilities are the members' means when every
     member provides them.
+
+    ``ensemble.save_pretrained(dir)``, ``Ensemble.from_pretrained(ref)`` and ``ensemble.push_to_hub("org/name")``
+    share it as one Hub folder with a ``members/`` folder per member (docs/hub.md).
     """
 
     def __init__(self, members: Sequence[MILModel], thresholds: Sequence[float | None] | None = None,
@@ -92,6 +99,16 @@ class Ensemble(Predicts, nn.Module):
             raise CheckpointError(f"the ensemble has {len(members)} members but {len(self.thresholds)} thresholds.")
         self.combine = combine
         self.member_names = list(names) if names is not None else [f"member-{i}" for i in range(len(members))]
+
+    @classmethod
+    def _loaded_as(cls, model, ref, fold):
+        if not isinstance(model, Ensemble):
+            what = (f"fold={fold!r} picks a single member" if fold is not None
+                    else "holds a single model, not an ensemble")
+            raise CheckpointError(f"{ref}: {what}; load it with milzoo.MILModel.from_pretrained({str(ref)!r}"
+                                  f"{f', fold={fold!r}' if fold is not None else ''}).")
+        cls._only_this_class(model, Ensemble)
+        return model
 
     @property
     def class_names(self) -> list[str]:

@@ -10,6 +10,7 @@ returned in ``out.extras["view_features"]`` (``[V, M, d]``, rows in
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -18,8 +19,11 @@ from torch import Tensor, nn
 
 from milzoo.datasets.batch import MILBatch
 from milzoo.components.base import Augment, Encoder, Pooling, Task, component_options
-from milzoo.errors import DataError
+from milzoo.errors import CheckpointError, DataError
 from milzoo.components.output import MILOutput
+from milzoo.model.sharing import SavesPretrained, members_text
+
+log = logging.getLogger(__name__)
 
 
 class Standardize(nn.Module):
@@ -89,8 +93,12 @@ class Predicts:
         return out
 
 
-class MILModel(Predicts, nn.Module):
-    """A MIL model: optional standardisation -> optional augmentation -> encoder -> pooling."""
+class MILModel(Predicts, SavesPretrained, nn.Module):
+    """A MIL model: optional standardisation -> optional augmentation -> encoder -> pooling.
+
+    ``model.save_pretrained(dir)``, ``MILModel.from_pretrained(ref)`` and ``model.push_to_hub("org/name")``
+    share it as a Hub folder (:mod:`milzoo.model.sharing`; docs/hub.md).
+    """
 
     def __init__(
         self,
@@ -116,6 +124,17 @@ class MILModel(Predicts, nn.Module):
         self.standardizer = Standardize(int(torch.Size(encoder.in_shape).numel())) if standardize else None
         self.class_names = list(class_names or [str(i) for i in range(pooling.num_classes)])
         self.channels_last = channels_last
+
+    @classmethod
+    def _loaded_as(cls, model, ref, fold):
+        if not isinstance(model, MILModel):
+            raise CheckpointError(
+                f"{ref} holds an ensemble of {members_text(model)}, and MILModel.from_pretrained gives one model. "
+                f"Load the ensemble with milzoo.Ensemble.from_pretrained({str(ref)!r}), or one member with "
+                f"MILModel.from_pretrained({str(ref)!r}, fold=N)."
+            )
+        cls._only_this_class(model, MILModel)
+        return model
 
     @property
     def in_shape(self) -> tuple[int, ...]:

@@ -12,7 +12,7 @@ _EXPORTS = {
     "MAX_EPOCHS": "schema", "MAX_THREADS": "schema", "MAX_WORKERS": "schema", "MAX_REPEATS": "schema",
     "MAX_SEED": "schema", "ComponentTable": "schema", "OptimConfig": "schema", "ScheduleConfig": "schema",
     "EarlyStoppingConfig": "schema", "AverageConfig": "schema", "TrainConfig": "schema", "ProtocolConfig": "schema",
-    "RecipeModel": "schema",
+    "RecipeModel": "schema", "ModelRecipeModel": "schema",
     # _toml
     "MAX_RECIPE_BYTES": "_toml", "parse_value": "_toml", "apply_overrides": "_toml", "loads_toml": "_toml",
     "read_toml": "_toml",

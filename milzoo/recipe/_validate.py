@@ -28,7 +28,7 @@ from milzoo.components.base import ComponentConfig
 from milzoo.errors import RecipeError, UnknownComponentError
 from milzoo.recipe._toml import apply_overrides, read_toml, value_problems
 from milzoo.recipe.book import not_found_hint, resolve
-from milzoo.recipe.schema import ComponentTable, RecipeModel
+from milzoo.recipe.schema import ComponentTable, ModelRecipeModel, RecipeModel
 from milzoo.registry import _provenance as provenance
 from milzoo.registry import _table as registry
 
@@ -130,18 +130,23 @@ def _validate_component(kind: str, table: ComponentTable, where: str, problems: 
         return None
 
 
-def validate_recipe(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
-    """Validate a recipe dictionary; raise :class:`RecipeError` listing every problem."""
+def validate_recipe(raw: dict[str, Any], source: str = "<recipe>", *, require_data: bool = True) -> Recipe:
+    """Validate a recipe dictionary; raise :class:`RecipeError` listing every problem.
+
+    ``require_data=False`` accepts a recipe without ``[data]`` (:class:`~milzoo.recipe.schema.ModelRecipeModel`:
+    one read only to build a model, ``milzoo.create_model(recipe=...)``); its ``root.data`` is then None.
+    """
     problems: list[str] = []
     if not isinstance(raw, dict):
         raise RecipeError(source, [f"(root): a recipe is a TOML table, not {type(raw).__name__}"])
     value_problems(raw, "", problems)
     if problems:  # values that would make pydantic or torch fail with a raw overflow message
         raise RecipeError(source, problems)
+    schema = RecipeModel if require_data else ModelRecipeModel
     try:
-        root = RecipeModel.model_validate(raw)
+        root = schema.model_validate(raw)
     except ValidationError as exc:
-        problems.extend(_pydantic_problems(exc, model=RecipeModel))
+        problems.extend(_pydantic_problems(exc, model=schema))
         # still validate the component tables we can read, to report everything at once
         root = None
     components: dict[str, Any] = {"loss": [], "log": []}
@@ -198,12 +203,14 @@ def _task_problems(root: RecipeModel) -> list[str]:
     return out
 
 
-def load_recipe(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> Recipe:
-    """Read (a path/URL, a shipped recipe's name or an already-parsed dict), apply overrides, validate."""
+def load_recipe(source: str | Path | dict[str, Any], overrides: list[str] | None = None, *,
+                require_data: bool = True) -> Recipe:
+    """Read (a path/URL, a shipped recipe's name or an already-parsed dict), apply overrides, validate
+    (``require_data``: see :func:`validate_recipe`)."""
     if isinstance(source, dict):
         raw, name = source, "<dict>"
     elif (shipped := resolve(source)) is not None:  # a shipped recipe's name (`milzoo recipes`), not a file
         raw, name = shipped.load(), shipped.origin
     else:
         raw, name = read_toml(source, missing_hint=not_found_hint), str(source)
-    return validate_recipe(apply_overrides(raw, overrides), name)
+    return validate_recipe(apply_overrides(raw, overrides), name, require_data=require_data)

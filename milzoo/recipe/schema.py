@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "MAX_EPOCHS", "MAX_REPEATS", "MAX_SEED", "MAX_THREADS", "MAX_WORKERS", "AverageConfig", "ComponentTable",
-    "EarlyStoppingConfig", "OptimConfig", "ProtocolConfig", "RecipeModel", "ScheduleConfig", "TrainConfig",
+    "EarlyStoppingConfig", "ModelRecipeModel", "OptimConfig", "ProtocolConfig", "RecipeModel", "ScheduleConfig",
+    "TrainConfig",
 ]
 
 
@@ -154,3 +155,9 @@ class RecipeModel(_Section):
     train: TrainConfig = TrainConfig()
     protocol: ProtocolConfig = ProtocolConfig()
 
+
+class ModelRecipeModel(RecipeModel):
+    """A recipe read only to build a model (``milzoo.create_model(recipe=...)``): ``[data]`` may be left out, since
+    the input shape and the classes are given instead.  Every other section is checked as in any recipe."""
+
+    data: ComponentTable | None = None

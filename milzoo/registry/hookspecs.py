@@ -85,6 +85,18 @@ def milzoo_register_recipes(register):
 
 
 @hookspec
+def milzoo_model_sharing():
+    """Return the :class:`milzoo.model.sharing.ModelSharing` behind ``model.save_pretrained``,
+    ``MILModel.from_pretrained`` and ``model.push_to_hub``.
+
+    Not a hook for plugins: :mod:`milzoo.model` declares the contract and milzoo's built-ins (:mod:`milzoo.builtin`)
+    implement it with :mod:`milzoo.hub`, which sits above the model layer (docs/architecture.md, "Which way the
+    model API depends").  Only the built-ins' implementation is used; a plugin's is ignored with a warning, since
+    it would decide how untrusted folders are loaded (docs/security.md).
+    """
+
+
+@hookspec
 def milzoo_register_commands(cli):
     """Add click commands or groups to the ``milzoo`` command line (``cli.add_command(...)``)."""
 
