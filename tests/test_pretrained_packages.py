@@ -122,8 +122,8 @@ def test_package_first_with_no_network(registered, package):
 
 def test_another_revision_skips_the_package(registered):
     registered()
-    with pytest.raises(OfflineNotCachedError, match="pkgtest/pkg-mini"):
-        milzoo.load_pretrained("pkg-mini", revision=OTHER)
+    with pytest.raises(OfflineNotCachedError, match="pkgtest/pkg-mini"):  # offline: the Hub is not even tried
+        milzoo.load_pretrained("pkg-mini", revision=OTHER, local_files_only=True)
 
 
 def test_uninstalled_package_falls_back_to_the_cache(registered, package, tmp_path):

@@ -82,6 +82,8 @@ def test_missing_draws_are_pending_with_their_command(table, page, monkeypatch):
 
 
 def _copy_run(src: Path, dst: Path, *, finished: bool = True) -> None:
+    if dst.exists():  # a stand-in replaces a real draw run that the page already names
+        shutil.rmtree(dst)
     dst.mkdir(parents=True)
     for name in ("metrics.jsonl", "run.json", "recipe.toml", "machine.json") + (("summary.json",) if finished else ()):
         if (src / name).exists():
