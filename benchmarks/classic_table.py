@@ -269,8 +269,13 @@ def render(rows: dict, paths: list[Path], out_root: Path, command: str) -> str:
         "recipe, versions and wall time are copied to `benchmarks/results/classic/<recipe>/` (committed), from",
         "which `--no-run` rebuilds this table when the run directories are gone.",
         "",
-        END,
     ]
+    todo = [p.stem for p in paths if split_stem(p.stem) not in rows]
+    if todo:
+        lines += [f"**Rows not run yet** ({len(todo)} of {len(paths)} recipes): "
+                  + ", ".join(f"`{t}`" for t in todo) + ". Fill them with",
+                  f"`python benchmarks/classic_table.py --only {' '.join(todo)}`.", ""]
+    lines.append(END)
     return "\n".join(lines)
 
 
