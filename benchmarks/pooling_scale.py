@@ -6,7 +6,11 @@ by an earlier case cannot hide a later one.  In the worker:
 1. import torch and milzoo, build the pooling with its default options
    (``in_dim = 1024``, 2 classes) and its default loss (bound to a tiny
    dataset), and create the bag ``[1, n, 1024]`` (the features are the data:
-   they are *not* counted);
+   they are *not* counted).  A pooling whose official model puts its input
+   projection in front of it as a separate layer (RRT-MIL's ``patch_to_emb``,
+   milzoo's ``mlp`` encoder, ``ENCODERS``) gets that encoder, and the step
+   runs it too; every other pooling sees the features directly (the identity
+   encoder), its own first layer included in the pooling;
 2. one warm-up step on a 64-instance bag (lazy initialisation, first-call
    costs);
 3. reset the process's peak-RSS mark (``/proc/self/clear_refs``, Linux) and
@@ -17,7 +21,9 @@ by an earlier case cannot hide a later one.  In the worker:
    CPU allocations are invisible to ``tracemalloc``; RSS sees them.  Where
    ``clear_refs`` is not available the worker falls back to
    ``getrusage(RUSAGE_SELF).ru_maxrss`` (which can only over-estimate);
-4. time further steps and report the median.
+4. time further steps and report the median (``--repeat-below S``: no
+   further step when the measured one took ``S`` seconds or more; its time is
+   then the one reported, with ``repeats = 0``).
 
 The features do not require a gradient (pre-extracted WSI features with a
 frozen extractor, the case where bags are this large); ``--input-grad`` adds
@@ -33,6 +39,11 @@ bag size, i.e. an ``n x n`` matrix (or larger, after padding).
 
     .venv/bin/python benchmarks/pooling_scale.py                      # all poolings, 1k/10k/50k
     .venv/bin/python benchmarks/pooling_scale.py --only abmil transmil --sizes 1000 10000
+
+A case that does not finish within ``--timeout`` seconds (setup, the warm-up
+step, the measured step and the repeats) is recorded as timed out; with
+``--json`` the file also records the CPU, torch, the thread count and the
+load average before and after the run (``meta``).
 """
 
 from __future__ import annotations
@@ -65,6 +76,10 @@ POOLINGS: dict[str, tuple[str, dict]] = {
     "ilra": ("ilra", {}),
     "rrt": ("rrt", {}),
     "wikg": ("wikg", {}),
+}
+#: label -> the encoder table of the official model, for poolings whose input projection is an encoder
+ENCODERS: dict[str, dict] = {
+    "rrt": {"name": "mlp", "dims": [512], "dropout": 0.25},  # the official patch_to_emb: Linear -> 512, ReLU, Dropout
 }
 ABMIL_FAMILY = {"abmil", "abmil_gated", "dsmil", "dtfd", "demil", "rgmil", "psatt", "mean", "max", "clam_sb", "clam_mb"}
 GIB = 1024**3
@@ -109,7 +124,7 @@ def _setup(label: str, threads: int):
     from milzoo.datasets.base import BagListDataset
 
     name, options = POOLINGS[label]
-    model = build_components({"name": "identity"}, {"name": name, **options}, (DIM,), 2)
+    model = build_components(ENCODERS.get(label, {"name": "identity"}), {"name": name, **options}, (DIM,), 2)
     pool = model.pooling
     loss_name = getattr(type(pool), "default_loss", "bag_ce")
     loss_cls = registry.get_component("loss", loss_name)
@@ -120,9 +135,10 @@ def _setup(label: str, threads: int):
     return torch, model, pool, loss
 
 
-def _step(torch, pool, loss, x, mask, batch, state):
-    out = pool(x, mask)
-    out.features = x
+def _step(torch, pool, loss, x, mask, batch, state, encoder=None):
+    h = x if encoder is None else encoder(x.flatten(0, 1)).view(x.shape[0], x.shape[1], -1)
+    out = pool(h, mask)
+    out.features = h
     with torch.no_grad():
         pool.after_forward(out, batch)
     total = loss(out, batch, state).total
@@ -142,20 +158,26 @@ def _make_batch(torch, n: int, input_grad: bool, seed: int = 0):
     return x, mask, batch
 
 
+def _encoder(label: str, model):
+    """The model's encoder when the label has one (``ENCODERS``), else None: the features go to the pooling."""
+    return model.encoder if label in ENCODERS else None
+
+
 def _needs_input_grad(model) -> bool:
     """A pooling without trainable parameters (RGMIL's default frozen regressor) trains only the encoder."""
     return not any(p.requires_grad for p in model.pooling.parameters())
 
 
-def worker(label: str, n: int, repeats: int, threads: int, input_grad: bool) -> dict:
+def worker(label: str, n: int, repeats: int, threads: int, input_grad: bool, repeat_below: float | None = None) -> dict:
     torch, model, pool, loss = _setup(label, threads)
+    enc = _encoder(label, model)
     input_grad = input_grad or _needs_input_grad(model)
     from milzoo.components.output import TrainState
 
     state = TrainState(epoch=1, num_epochs=10)
     torch.manual_seed(0)
     xs, ms, bs = _make_batch(torch, 64, input_grad, seed=1)
-    _step(torch, pool, loss, xs, ms, bs, state)
+    _step(torch, pool, loss, xs, ms, bs, state, enc)
     model.zero_grad(set_to_none=True)
     x, mask, batch = _make_batch(torch, n, input_grad)
     del xs, ms, bs
@@ -164,7 +186,7 @@ def worker(label: str, n: int, repeats: int, threads: int, input_grad: bool) -> 
     base = _rss_bytes()
     base_max = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     t0 = time.perf_counter()
-    out = _step(torch, pool, loss, x, mask, batch, state)
+    out = _step(torch, pool, loss, x, mask, batch, state, enc)
     first = time.perf_counter() - t0
     peak = _hwm_bytes() if exact else None
     if peak is None:
@@ -173,9 +195,11 @@ def worker(label: str, n: int, repeats: int, threads: int, input_grad: bool) -> 
     model.zero_grad(set_to_none=True)
     x.grad = None
     times = []
+    if repeat_below is not None and first >= repeat_below:
+        repeats = 0
     for _ in range(repeats):
         t0 = time.perf_counter()
-        out = _step(torch, pool, loss, x, mask, batch, state)
+        out = _step(torch, pool, loss, x, mask, batch, state, enc)
         times.append(time.perf_counter() - t0)
         del out
         model.zero_grad(set_to_none=True)
@@ -207,7 +231,7 @@ def scan(label: str, n: int, threads: int) -> dict:
     x, mask, batch = _make_batch(torch, n, _needs_input_grad(model))
     torch.manual_seed(0)
     with Record():
-        _step(torch, pool, loss, x, mask, batch, TrainState(epoch=1, num_epochs=10))
+        _step(torch, pool, loss, x, mask, batch, TrainState(epoch=1, num_epochs=10), _encoder(label, model))
     import math
 
     biggest = max(shapes, key=lambda s: math.prod(s[1]))
@@ -233,6 +257,25 @@ def _run_case(args: list[str], timeout: float) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+def _cpuinfo_field(key: str) -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.split(":")[0].strip() == key:
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def _cpu_model() -> str:
+    return _cpuinfo_field("model name") or platform.processor() or "unknown"
+
+
+def _has_flag(flag: str) -> bool:
+    return flag in _cpuinfo_field("flags").split()
+
+
 def _fmt_bytes(b: float) -> str:
     return f"{b / GIB:.2f} GiB" if b >= GIB / 2 else f"{b / 1024**2:.0f} MiB"
 
@@ -255,7 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="timed steps after the measured one (1 at >= 50k)")
     ap.add_argument("--scan-n", type=int, default=4096, help="bag size of the n x n scan (0 to skip)")
     ap.add_argument("--input-grad", action="store_true", help="the features require a gradient too")
-    ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--repeat-below", type=float, default=None, metavar="S",
+                    help="no timed repeat when the measured step took S seconds or more (its time is reported)")
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds per case (one pooling at one size)")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     ap.add_argument("--worker", nargs=2, metavar=("POOLING", "N"), help=argparse.SUPPRESS)
     ap.add_argument("--scan", nargs=2, metavar=("POOLING", "N"), help=argparse.SUPPRESS)
@@ -264,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         label, n = args.worker[0], int(args.worker[1])
         reps = 1 if n >= 50_000 else args.repeats
-        print(json.dumps(worker(label, n, reps, args.threads, args.input_grad)))
+        print(json.dumps(worker(label, n, reps, args.threads, args.input_grad, args.repeat_below)))
         return 0
     if args.scan:
         if int(args.scan[1]) <= 2 * DIM:
@@ -275,16 +320,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.scan_n and args.scan_n <= 2 * DIM:
         ap.error(f"--scan-n must exceed 2 x {DIM} (or be 0) so that feature-sized dimensions cannot pass for bag-sized ones")
     labels = args.only or list(POOLINGS)
+    load_before = os.getloadavg()
     rows, scans = [], []
     for label in labels:
         for n in args.sizes:
             extra = ["--threads", str(args.threads), "--repeats", str(args.repeats)]
+            if args.repeat_below is not None:
+                extra += ["--repeat-below", str(args.repeat_below)]
             if args.input_grad:
                 extra.append("--input-grad")
             r = _run_case(["--worker", label, str(n), *extra], args.timeout)
             r.setdefault("pooling", label)
             r.setdefault("n", n)
             rows.append(r)
+            if "error" in r and "timed out" in r["error"]:
+                r["timeout_s"] = args.timeout
             msg = r.get("error") or f"{r['time_s']:.3f}s, +{_fmt_bytes(r['extra_bytes'])}"
             print(f"  {label} n={n}: {msg}", file=sys.stderr, flush=True)
         if args.scan_n:
@@ -320,9 +370,20 @@ def main(argv: list[str] | None = None) -> int:
             nn_ = "none" if not s["n_by_n_count"] else f"{s['n_by_n_count']}: " + "; ".join(s["n_by_n"])
             print(f"| {s['pooling']} | {s['largest_shape']} ({s['largest_op']}) | {s['largest_per_instance']:.0f} | "
                   f"{nn_} |")
+    if ENCODERS and set(labels) & set(ENCODERS):
+        print()
+        for label in sorted(set(labels) & set(ENCODERS)):
+            print(f"{label}: with the encoder {ENCODERS[label]} in the step (its official input projection)")
     if args.json:
+        meta = {"cpu": _cpu_model(), "avx512": _has_flag("avx512f"), "torch": torch.__version__,
+                "machine": platform.machine(), "cpus": os.cpu_count(), "threads": args.threads,
+                "input_grad": args.input_grad, "repeats": args.repeats, "repeat_below": args.repeat_below,
+                "timeout_s": args.timeout, "scan_n": args.scan_n, "encoders": {k: v for k, v in ENCODERS.items()
+                                                                              if k in labels},
+                "loadavg_before": list(load_before), "loadavg_after": list(os.getloadavg()),
+                "command": " ".join([os.path.relpath(__file__), *(argv if argv is not None else sys.argv[1:])])}
         with open(args.json, "w") as fh:
-            json.dump({"rows": rows, "scans": scans}, fh, indent=2)
+            json.dump({"meta": meta, "rows": rows, "scans": scans}, fh, indent=2)
     return 0
 
 

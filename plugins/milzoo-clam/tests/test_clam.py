@@ -308,7 +308,8 @@ def test_mb_attention_is_per_class_and_sums_to_one():
 
 
 def test_tasks_and_loss_binding():
-    assert CLAMSBPooling.tasks == ("classification",) and CLAMMBPooling.tasks == ("classification",)
+    # the networks serve every task; the clustering loss needs classes (tests/test_model_tasks.py: its refusal)
+    assert CLAMSBPooling.tasks is None and CLAMMBPooling.tasks is None
     assert CLAMSBPooling.default_loss == "clam"
     cfg = CLAMSBPooling.Config()
     assert (cfg.size, cfg.gated, cfg.dropout, cfg.k_sample, cfg.subtyping) == ("small", True, 0.25, 8, False)

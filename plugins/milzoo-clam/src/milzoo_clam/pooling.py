@@ -15,6 +15,11 @@ per-class binary instance classifiers) needs the bag's label, so it is computed 
 * ``cluster_logits``: every instance classifier on every instance, ``[B, N, k, 2]``, zero at padding
   (selecting rows of it equals applying the classifier to the selected instances);
 * ``bag_feature``: ``z`` (``[B, 512]`` or ``[B, k, 512]``).
+
+The network itself serves every task: with ``regression`` or ``survival`` the bag logits are the task's outputs
+(targets, hazard logits of the time bins, a Cox risk) and the task's loss trains them, without the instance
+clustering, as the survival benchmark of RRT-MIL (``DearCaat/RRT-MIL``, ``Survival/models/CLAM``) trains CLAM.
+The ``clam`` loss needs class labels, and the model builder refuses it for those tasks.
 """
 
 from __future__ import annotations
@@ -40,8 +45,9 @@ class _CLAMPooling(Pooling):
     """Shared body of CLAM-SB and CLAM-MB."""
 
     default_loss = "clam"
-    #: the instance clustering uses the bag's class (in-class / out-of-class branches): classification only
-    tasks = ("classification",)
+    #: every task: the instance clustering (the ``clam`` loss) needs the bag's class, but the network does not; for
+    #: regression and survival the task's own loss trains it without clustering (the module docstring)
+    tasks = None
     multi_branch: ClassVar[bool] = False
 
     class Config(ComponentConfig):
