@@ -210,3 +210,16 @@ def test_plugins_doc_lists_every_contract_check(kind):
     missing = [c.__name__ for c in checks_for(kind) if c.__name__ not in listed]
     assert not missing, f"docs/plugins.md's table of checks lacks: {missing}"
 
+
+
+def test_the_packaged_description_has_no_relative_link():
+    """What a package index shows (each distribution's `readme`) must not hold links that only work in a checkout:
+    the project has no public web address, so the description says where the installed docs are instead."""
+    for pyproject in [ROOT / "pyproject.toml", *sorted((ROOT / "plugins").glob("*/pyproject.toml"))]:
+        readme = tomllib.loads(pyproject.read_text())["project"].get("readme")
+        if readme is None:
+            continue
+        path = pyproject.parent / (readme if isinstance(readme, str) else readme["file"])
+        text = _CODE_SPAN.sub("", _FENCE.sub("", path.read_text()))
+        relative = [m.group("target") for m in _LINK.finditer(text) if "://" not in m.group("target")]
+        assert not relative, f"{path.relative_to(ROOT)} (the packaged description) links {relative}"
