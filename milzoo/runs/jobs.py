@@ -30,6 +30,7 @@ import math
 import multiprocessing as mp
 import os
 import queue
+import time
 import signal
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -175,7 +176,7 @@ def train_folds_parallel(recipe, run_dir: Path, todo: list, jobs: int, watch: Ru
                     _relay(events, watch)
                     _raise_if_a_worker_stopped(running, futures)
             except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM, here or in a worker: stop every worker
-                _stop_workers(pool, exc)
+                _stop_workers(pool, exc, lambda: _relay(events, watch))
                 _log_stopped_folds(futures, run_dir, exc)
                 raise
             for fut in futures:
@@ -241,8 +242,11 @@ def _raise_if_a_worker_stopped(running: set, futures: dict) -> None:
                 raise Terminated() if kind == "terminated" else KeyboardInterrupt()
 
 
-def _stop_workers(pool: ProcessPoolExecutor, exc: KeyboardInterrupt) -> None:
-    """Pass the signal on to every worker, cancel the folds not started, and wait until every worker has ended."""
+def _stop_workers(pool: ProcessPoolExecutor, exc: KeyboardInterrupt, drain=lambda: None) -> None:
+    """Pass the signal on to every worker, cancel the folds not started, and wait until every worker has ended.
+
+    ``drain`` keeps reading the workers' progress queue meanwhile: a worker that exits flushes what it sent, and
+    with nobody reading, a full pipe would keep it (and this wait) from ever ending."""
     signum = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
     processes = dict(getattr(pool, "_processes", None) or {})  # pid -> Process (the executor keeps no public list)
     for pid, proc in processes.items():
@@ -251,7 +255,12 @@ def _stop_workers(pool: ProcessPoolExecutor, exc: KeyboardInterrupt) -> None:
                 os.kill(pid, signum)
             except ProcessLookupError:
                 pass
-    pool.shutdown(wait=True, cancel_futures=True)
+    pool.shutdown(wait=False, cancel_futures=True)  # folds not started are cancelled; idle workers are told to exit
+    deadline = time.monotonic() + 30
+    while any(p.is_alive() for p in processes.values()) and time.monotonic() < deadline:
+        drain()
+        time.sleep(0.05)
+    drain()
     for proc in processes.values():
         proc.join(timeout=10)
         if proc.is_alive():  # a worker that ignores the signal: it must not outlive the run
