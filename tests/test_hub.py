@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import socket
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -27,6 +26,7 @@ from pydantic import ValidationError
 from sklearn.metrics import roc_auc_score
 
 import milzoo
+from milzoo.testing.weights import offline_hub
 from milzoo import checkpoint as ckpt
 from milzoo import hookimpl
 from milzoo import hub
@@ -92,14 +92,7 @@ def test_plugin():
 @pytest.fixture(autouse=True)
 def offline_sandbox(monkeypatch, tmp_path):
     """No network, and never the user's real Hub cache."""
-
-    def refuse(*args, **kwargs):
-        raise OSError("network access in a test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "default-hf-cache"))
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    offline_hub(monkeypatch, tmp_path / "default-hf-cache")
 
 
 # --------------------------------------------------------------------------- helpers

@@ -10,7 +10,6 @@ import hashlib
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +18,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 from huggingface_hub import HfApi
-from huggingface_hub import constants as hf_constants
 
 import milzoo
+from milzoo.testing.weights import offline_hub
 from milzoo import hookimpl
 from milzoo import registry
 from milzoo.datasets.batch import Bag, collate_bags
@@ -54,14 +53,7 @@ def zoo_entry():
 @pytest.fixture(autouse=True)
 def offline_sandbox(monkeypatch, tmp_path):
     """No network, and never the user's real Hub cache."""
-
-    def refuse(*args, **kwargs):
-        raise OSError("network access in a test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "default-hf-cache"))
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    offline_hub(monkeypatch, tmp_path / "default-hf-cache")
 
 
 def put_in_cache(cache: Path, repo_id: str, folder: Path, revision: str = "main", sha: str | None = None) -> str:

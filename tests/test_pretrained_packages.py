@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 
 import pytest
 import torch
 from click.testing import CliRunner
-from huggingface_hub import constants as hf_constants
 
 import milzoo
+from milzoo.testing.weights import offline_hub
 from milzoo import hookimpl
 from milzoo.cli import cli
 from milzoo.errors import OfflineNotCachedError, UnpublishedModelError
@@ -27,13 +26,8 @@ OTHER = "2" * 40
 
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch, tmp_path):
-    def refuse(*args, **kwargs):
-        raise OSError("network access in a test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    """No network, and never the user's real Hub cache."""
+    offline_hub(monkeypatch, tmp_path / "empty-hf-cache")
 
 
 @pytest.fixture(scope="module")

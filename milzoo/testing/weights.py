@@ -20,7 +20,7 @@ from importlib.resources import files
 
 log = logging.getLogger(__name__)
 
-__all__ = ["check_weight_entry", "cut_network", "entry_names"]
+__all__ = ["check_weight_entry", "cut_network", "entry_names", "offline_hub"]
 
 
 def entry_names(module: str, index: str = "weights/index.json") -> list[str]:
@@ -29,12 +29,23 @@ def entry_names(module: str, index: str = "weights/index.json") -> list[str]:
 
 
 def cut_network(monkeypatch) -> None:
-    """Make every socket connection fail for the rest of the test (nothing may be downloaded)."""
+    """Make every name lookup and socket connection fail for the rest of the test (nothing may be downloaded)."""
     def refuse(*args, **kwargs):
-        raise OSError("the network is cut in this test: loading a shipped model must not download anything")
+        raise OSError("the network is cut in this test: nothing may be downloaded")
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+def offline_hub(monkeypatch, cache_dir) -> None:
+    """:func:`cut_network`, and a Hugging Face cache at ``cache_dir`` instead of the user's real one (offline
+    mode off, so the code under test decides for itself whether to try the Hub)."""
+    from huggingface_hub import constants as hf_constants
+
+    cut_network(monkeypatch)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache_dir))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
 
 
 def check_weight_entry(name: str, monkeypatch) -> None:
