@@ -90,17 +90,24 @@ def test_packages_that_kept_their_names_do_not_warn():
     assert out.returncode == 0, out.stderr
 
 
-def test_the_example_plugin_imports_the_old_way_and_still_works():
-    """milzoo-example-pooling is a third party's plugin: it was written against the old paths and is unchanged."""
+def test_a_plugin_written_against_the_old_paths_still_works(tmp_path):
+    """A third party's pooling written before the move (old import paths) still builds and runs, warning once
+    per moved module; the shipped example plugin itself uses the new paths, so runs print no warning."""
     src = (ROOT / "plugins" / "milzoo-example-pooling" / "src" / "milzoo_example_pooling" / "pooling.py").read_text()
-    assert "from milzoo.masking import" in src and "from milzoo.output import" in src
-    out = _fresh("import warnings\n"
+    assert "from milzoo.masking import" not in src and "from milzoo.output import" not in src
+    old_src = src.replace("from milzoo.components import ComponentConfig, MILOutput, Pooling\n",
+                          "from milzoo.components import ComponentConfig, Pooling\nfrom milzoo.output import MILOutput\n")
+    old_src = old_src.replace("from milzoo.layers import masked_softmax", "from milzoo.masking import masked_softmax")
+    assert old_src.count("from milzoo.masking import") == 1 and old_src.count("from milzoo.output import") == 1
+    (tmp_path / "old_style_pooling.py").write_text(old_src.replace('name = "lse"', 'name = "lse_old_style"'))
+    out = _fresh("import sys, warnings\n"
+                 f"sys.path.insert(0, {str(tmp_path)!r})\n"
                  "with warnings.catch_warnings(record=True) as w:\n"
                  "    warnings.simplefilter('always')\n"
                  "    import torch\n"
-                 "    from milzoo.registry import get_component\n"
+                 "    import old_style_pooling\n"
                  "    from milzoo.datasets import Bag, collate_bags\n"
-                 "    cls = get_component('pooling', 'lse')\n"
+                 "    cls = old_style_pooling.LSEPooling\n"
                  "    pool = cls(cls.Config(), in_dim=4, num_classes=2)\n"
                  "    out = pool(torch.randn(2, 3, 4), collate_bags([Bag(torch.randn(3, 4), 0), Bag(torch.randn(2, 4), 1)]).mask)\n"
                  "    assert out.bag_logits.shape == (2, 2)\n"
@@ -121,3 +128,30 @@ def test_the_package_api():
     assert not [n for n in public if n.startswith("_") and n != "__version__"]
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         milzoo.nope  # noqa: B018
+
+
+def test_loading_every_installed_plugin_warns_about_no_moved_module():
+    """The first-party plugins (the example plugin included) import from the new packages: a run prints no
+    FutureWarning about moved modules."""
+    out = _fresh("from milzoo import _moved\n"
+                 "from milzoo.registry import get_component, list_components\n"
+                 "for kind in ('encoder', 'pooling', 'loss', 'dataset'):\n"
+                 "    for entry in list_components(kind):\n"
+                 "        get_component(kind, entry['qualified'])\n"
+                 "print(_moved.uses_by_package())\n")
+    assert out.returncode == 0, out.stderr
+    assert eval(out.stdout.strip().splitlines()[-1]) == {}
+
+
+def test_milzoo_plugins_names_a_plugin_that_imports_old_paths(tmp_path):
+    (tmp_path / "oldstyle_plugin_x.py").write_text("from milzoo.masking import masked_softmax\n")
+    out = _fresh("import sys, warnings\nwarnings.simplefilter('ignore')\n"
+                 f"sys.path.insert(0, {str(tmp_path)!r})\n"
+                 "import oldstyle_plugin_x\n"
+                 "from milzoo.cli.listing import moved_import_lines\n"
+                 "print(moved_import_lines([{'module': 'oldstyle_plugin_x', 'distribution': 'oldstyle-plugin'},\n"
+                 "                          {'module': 'milzoo_abmil', 'distribution': 'milzoo-abmil'}]))\n")
+    assert out.returncode == 0, out.stderr
+    lines = eval(out.stdout.strip().splitlines()[-1])
+    assert lines == ["note: oldstyle-plugin imports moved milzoo modules: milzoo.masking (now milzoo.layers). They "
+                     "keep working for now; the plugin's author should import from the new places."]

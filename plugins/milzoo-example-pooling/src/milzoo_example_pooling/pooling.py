@@ -28,9 +28,8 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from milzoo.components import ComponentConfig, Pooling
-from milzoo.masking import masked_softmax
-from milzoo.output import MILOutput
+from milzoo.components import ComponentConfig, MILOutput, Pooling
+from milzoo.layers import masked_softmax
 
 
 class LSEPooling(Pooling):
