@@ -17,17 +17,20 @@ host, tensors made from host data on the device).  One step's counts are the dif
 of 3 steps and one of 2, so what happens once per epoch (reading the loss sums) cancels out.
 
 Configurations: PSMIL (PSAtt + bag CE + PSAli, ``mil_views`` with 3 views), ABMIL and DSMIL (one unaugmented
-view, as the FMNIST recipes), with ``cnn2`` on 1x28x28 images, 1 and 4 bags per step, fp32.  The counts do
+view, as the FMNIST recipes), with ``cnn2`` on 1x28x28 images (``--encoder resnet18``: on 3x32x32 images, where
+the strong views add RandAugment), 1 and 4 bags per step, fp32.  The counts do
 not depend on the bag size (static shapes), so the default is a small one (8) that keeps the script under a
 minute on a CPU.
 
     .venv/bin/python benchmarks/step_ops.py                 # one line per configuration
     .venv/bin/python benchmarks/step_ops.py --verbose       # + where each synchronisation is asked for
+    .venv/bin/python benchmarks/step_ops.py --encoder resnet18   # CIFAR-10's shape (about 80 s)
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import tempfile
@@ -40,6 +43,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import psmil_throughput as pt  # noqa: E402
+
+#: encoder -> the image shape it is measured on (FMNIST's for cnn2, CIFAR-10's for resnet18)
+SHAPES = {"cnn2": (1, 28, 28), "resnet18": (3, 32, 32)}
 
 #: name -> (pooling, losses, augment): the three configurations of the issue
 CONFIGS = {
@@ -63,7 +69,8 @@ def mil_recipe(config: str, bps: int, encoder: str = "cnn2", compile_mode=False)
     })
 
 
-def mil_runner(config: str, bps: int, bag_size: int, shape, classes: int, compile_mode=False, captured=False):
+def mil_runner(config: str, bps: int, bag_size: int, shape, classes: int, compile_mode=False, captured=False,
+               encoder: str = "cnn2"):
     """``run(n)``: one epoch of ``n`` steps of the trainer (epoch 1: encoder trainable, lambda_T > 0).
 
     ``captured``: the step as ``train.compile = "reduce-overhead"`` runs it on a GPU, where the compiled
@@ -83,7 +90,7 @@ def mil_runner(config: str, bps: int, bag_size: int, shape, classes: int, compil
     data = {n: pt.make_dataset(bps * n, bag_size, shape, classes, seed=n) for n in (2, 3)}
     tmp = tempfile.TemporaryDirectory()
     torch.manual_seed(0)
-    tr = Trainer(mil_recipe(config, bps, compile_mode=compile_mode), FoldData(0, data[3], None, {}),
+    tr = Trainer(mil_recipe(config, bps, encoder, compile_mode=compile_mode), FoldData(0, data[3], None, {}),
                  Path(tmp.name), emit=lambda r: None)
     tr.step_reads = False  # the step a GPU runs: nothing read back per step
     if captured:
@@ -110,8 +117,8 @@ def mil_runner(config: str, bps: int, bag_size: int, shape, classes: int, compil
     return run
 
 
-def supervised_runner(bps: int, bag_size: int, views: int, shape, classes: int):
-    args = SimpleNamespace(encoder="cnn2", steps=3)
+def supervised_runner(bps: int, bag_size: int, views: int, shape, classes: int, encoder: str = "cnn2"):
+    args = SimpleNamespace(encoder=encoder, steps=3)
     torch.manual_seed(0)
     sup = pt.SupBench(args, "fp32", False, bps * bag_size * views, shape, classes, torch.device("cpu"))
 
@@ -123,18 +130,19 @@ def supervised_runner(bps: int, bag_size: int, views: int, shape, classes: int):
 
 
 def measure(config: str, bps: int, bag_size: int, shape=(1, 28, 28), classes: int = 10, sites: bool = False,
-            captured: bool = True) -> dict:
+            captured: bool = True, encoder: str = "cnn2") -> dict:
     from milzoo.testing.dispatch import count_per_step
 
     views = CONFIGS[config][2]["num_views"]
     t0 = time.perf_counter()
-    mil = count_per_step(mil_runner(config, bps, bag_size, shape, classes), sites=sites)
-    sup = count_per_step(supervised_runner(bps, bag_size, views, shape, classes))
-    cap = count_per_step(mil_runner(config, bps, bag_size, shape, classes, captured=True)) if captured else None
+    mil = count_per_step(mil_runner(config, bps, bag_size, shape, classes, encoder=encoder), sites=sites)
+    sup = count_per_step(supervised_runner(bps, bag_size, views, shape, classes, encoder))
+    cap = (count_per_step(mil_runner(config, bps, bag_size, shape, classes, captured=True, encoder=encoder))
+           if captured else None)
     extra = {} if cap is None else {"captured_ops": cap.ops, "captured_ratio": round(cap.ops / sup.ops, 2),
                                     "captured_syncs_per_step": cap.syncs, "captured_by_op": cap.by_op}
     return {**extra,
-        "config": config, "bags_per_step": bps, "bag_size": bag_size, "views": views,
+        "config": config, "encoder": encoder, "shape": list(shape), "bags_per_step": bps, "bag_size": bag_size, "views": views,
         "images_per_step": bps * bag_size * views,
         "mil_ops": mil.ops, "supervised_ops": sup.ops, "ops_ratio": round(mil.ops / sup.ops, 2),
         "mil_kernels": mil.kernels, "supervised_kernels": sup.kernels,
@@ -147,6 +155,8 @@ def measure(config: str, bps: int, bag_size: int, shape=(1, 28, 28), classes: in
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
+    p.add_argument("--encoder", nargs="*", default=["cnn2"], choices=list(SHAPES),
+                   help="cnn2 on 1x28x28 (FMNIST; the default) and/or resnet18 on 3x32x32 (CIFAR-10)")
     p.add_argument("--bags-per-step", type=int, nargs="*", default=[1, 4])
     p.add_argument("--bag-size", type=int, default=8, help="instances per bag (the counts do not depend on it)")
     p.add_argument("--verbose", action="store_true", help="also list the synchronisations and the top operators")
@@ -156,26 +166,26 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    print(f"torch {torch.__version__}, cnn2 1x28x28, fp32, CPU; one training step as a GPU runs it", flush=True)
+    print(f"torch {torch.__version__}, fp32, CPU; one training step as a GPU runs it", flush=True)
     rows = []
-    for config in args.configs:
-        for bps in args.bags_per_step:
-            r = measure(config, bps, args.bag_size, sites=args.sites, captured=not args.eager_only)
-            rows.append(r)
-            print(f"{config} bags/step={bps} ({r['images_per_step']} images): mil_ops={r['mil_ops']} "
-                  f"supervised_ops={r['supervised_ops']} ops_ratio={r['ops_ratio']:.2f} "
-                  f"mil_kernels={r['mil_kernels']} supervised_kernels={r['supervised_kernels']} "
-                  f"kernels_ratio={r['kernels_ratio']:.2f} syncs_per_step={r['syncs_per_step']}"
-                  + ("" if "captured_ops" not in r else f" | captured: ops={r['captured_ops']} "
-                     f"ops_ratio={r['captured_ratio']:.2f} syncs_per_step={r['captured_syncs_per_step']}"),
-                  flush=True)
-            if args.verbose:
-                for site, n in r["sync_sites"].items():
-                    print(f"    sync x{n}: {site}")
-                top = ", ".join(f"{k} {v}" for k, v in list(r["mil_by_op"].items())[:12])
-                print(f"    top operators: {top}")
-                for site, n in r["mil_by_site"].items():
-                    print(f"    {n:4d} ops: {site}")
+    for encoder, config, bps in itertools.product(args.encoder, args.configs, args.bags_per_step):
+        r = measure(config, bps, args.bag_size, shape=SHAPES[encoder], sites=args.sites,
+                    captured=not args.eager_only, encoder=encoder)
+        rows.append(r)
+        print(f"{encoder} {config} bags/step={bps} ({r['images_per_step']} images): mil_ops={r['mil_ops']} "
+              f"supervised_ops={r['supervised_ops']} ops_ratio={r['ops_ratio']:.2f} "
+              f"mil_kernels={r['mil_kernels']} supervised_kernels={r['supervised_kernels']} "
+              f"kernels_ratio={r['kernels_ratio']:.2f} syncs_per_step={r['syncs_per_step']}"
+              + ("" if "captured_ops" not in r else f" | captured: ops={r['captured_ops']} "
+                 f"ops_ratio={r['captured_ratio']:.2f} syncs_per_step={r['captured_syncs_per_step']}"),
+              flush=True)
+        if args.verbose:
+            for site, n in r["sync_sites"].items():
+                print(f"    sync x{n}: {site}")
+            top = ", ".join(f"{k} {v}" for k, v in list(r["mil_by_op"].items())[:12])
+            print(f"    top operators: {top}")
+            for site, n in r["mil_by_site"].items():
+                print(f"    {n:4d} ops: {site}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0

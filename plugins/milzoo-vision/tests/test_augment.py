@@ -261,3 +261,33 @@ def test_view0_plain_leaves_the_pooling_view_unaugmented_and_the_strong_views_st
         assert (out[v] == 0).flatten(1).float().mean(1).min() > 0  # zeros of the Cutout hole (or crop padding)
     weak = MILViews(MILViews.Config(num_views=1), (1, 28, 28))
     assert not torch.equal(weak(x)[0], x)  # the default view 0 is still the weak view
+
+
+def test_autocontrast_equals_torchvision_flat_images_included():
+    from milzoo_vision.augment import _autocontrast
+
+    torch.manual_seed(3)
+    x = torch.rand(6, 3, 8, 8) * 0.5 + 0.2
+    x[1] = 0.4          # a flat image: torchvision leaves it as it is
+    x[2, 1] = 0.7       # one flat channel
+    x[3] = x[3].clamp(0.3, 0.6)
+    torch.testing.assert_close(_autocontrast(x), TF.autocontrast(x), atol=0, rtol=0)
+    g = torch.rand(4, 1, 8, 8)
+    g[0] = 0.0
+    torch.testing.assert_close(_autocontrast(g), TF.autocontrast(g), atol=0, rtol=0)
+
+
+def test_rand_augment_reads_nothing_back():
+    """Every RandAugment op, run on a batch, makes no host synchronisation (no host data copied to the
+    device, no boolean-mask assignment): a GPU step can queue it without waiting."""
+    from milzoo.testing.dispatch import StepCounter
+
+    torch.manual_seed(0)
+    for c in (1, 3):
+        x = torch.rand(28, c, 16, 16)
+        op = torch.arange(28) % len(RANDAUGMENT_OPS)
+        sign = torch.where(torch.rand(28) < 0.5, -1.0, 1.0)
+        with StepCounter() as counter:
+            apply_randaugment_ops(x, op, sign, randaugment_magnitudes(9, 31, 16, 16))
+            rand_augment(x)
+        assert not counter.syncs, (c, counter.syncs)

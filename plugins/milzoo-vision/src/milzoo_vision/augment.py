@@ -9,8 +9,9 @@ result.
 RandAugment: torchvision's v2 ``RandAugment`` applies one sampled op to a whole
 batch, so it cannot give per-image ops.  :func:`rand_augment` re-implements its
 op set and magnitude table (``num_magnitude_bins = 31``, nearest interpolation,
-fill 0) with ops and signs drawn per image; the parameter-free ops (posterize,
-solarize, autocontrast, equalize) call torchvision's batched v2 kernels.
+fill 0) with ops and signs drawn per image; posterize, solarize and equalize call
+torchvision's batched v2 kernels, autocontrast is re-written without its boolean-mask
+assignment (a host sync on a GPU).
 """
 
 from __future__ import annotations
@@ -109,9 +110,10 @@ def randaugment_magnitudes(magnitude: int, num_bins: int, h: int, w: int) -> dic
 
 
 def _grayscale(x: Tensor) -> Tensor:
+    """torchvision's luma weights (0.2989, 0.587, 0.114), applied with Python scalars: a weight tensor built
+    from host numbers would be a host-to-device copy in every step."""
     if x.shape[1] == 3:
-        wts = torch.tensor([0.2989, 0.587, 0.114], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        return (x * wts).sum(1, keepdim=True)
+        return x[:, 0:1] * 0.2989 + x[:, 1:2] * 0.587 + x[:, 2:3] * 0.114
     return x.mean(1, keepdim=True)
 
 
@@ -124,11 +126,22 @@ def _sharpness_degenerate(x: Tensor) -> Tensor:
     c = x.shape[1]
     if x.shape[-1] <= 2 or x.shape[-2] <= 2:
         return x
-    a, b = 1.0 / 13.0, 5.0 / 13.0
-    k = torch.tensor([[a, a, a], [a, b, a], [a, a, a]], dtype=x.dtype, device=x.device).expand(c, 1, 3, 3)
+    k = x.new_full((c, 1, 3, 3), 1.0 / 13.0)  # made on the device: no host-to-device copy
+    k[:, :, 1, 1] = 5.0 / 13.0
     out = x.clone()
     out[..., 1:-1, 1:-1] = F.conv2d(x, k, groups=c)
     return out
+
+
+def _autocontrast(x: Tensor) -> Tensor:
+    """torchvision's ``autocontrast`` for float images in [0, 1], with ``torch.where`` where torchvision
+    assigns through a boolean mask (``minimum[eq] = 0``), which makes a GPU wait for the host."""
+    lo = x.amin(dim=(-2, -1), keepdim=True)
+    hi = x.amax(dim=(-2, -1), keepdim=True)
+    flat = hi == lo
+    scale = torch.where(flat, 1.0, hi - lo)
+    lo = torch.where(flat, 0.0, lo)
+    return ((x - lo) / scale).clamp(0.0, 1.0)
 
 
 def _affine_warp(x: Tensor, op: Tensor, sign: Tensor, mags: dict[str, float]) -> Tensor:
@@ -185,7 +198,7 @@ def apply_randaugment_ops(x: Tensor, op: Tensor, sign: Tensor, mags: dict[str, f
         ("Sharpness", _blend(x, _sharpness_degenerate(x), factor)),
         ("Posterize", TF.posterize(x, bits=int(mags["Posterize"]))),
         ("Solarize", TF.solarize(x, threshold=mags["Solarize"])),
-        ("AutoContrast", TF.autocontrast(x) if c in (1, 3) else x),
+        ("AutoContrast", _autocontrast(x) if c in (1, 3) else x),
         ("Equalize", TF.equalize(x.clamp(0.0, 1.0)) if c in (1, 3) else x),
     ]
     out = x
