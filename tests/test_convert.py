@@ -22,6 +22,7 @@ from milzoo.checkpoint import read_config
 from milzoo.components import ComponentConfig, ConversionPlan, Converter
 from milzoo.datasets.batch import Bag, collate_bags
 from milzoo.errors import CheckpointWarning, ConversionError, UnknownComponentError
+from milzoo.testing import registered_plugins
 
 
 class ToyConverter(Converter):
@@ -74,14 +75,8 @@ class _BrokenPlugin:
 
 @pytest.fixture(scope="module", autouse=True)
 def toy_plugin():
-    pm = registry.get_plugin_manager()
-    pm.register(_Plugin(), name="converttest")
-    pm.register(_BrokenPlugin(), name="convertbroken")
-    registry.reset()
-    yield
-    pm.unregister(name="converttest")
-    pm.unregister(name="convertbroken")
-    registry.reset_plugins()  # also forgets the failure recorded against the broken plugin
+    with registered_plugins({"converttest": _Plugin(), "convertbroken": _BrokenPlugin()}):
+        yield  # afterwards the failure recorded against the broken plugin is forgotten too
 
 
 def toy_state(in_dim=5, hidden=4, k=3, dtype=torch.float64, seed=0):

@@ -27,12 +27,11 @@ from sklearn.metrics import roc_auc_score
 
 import milzoo
 from milzoo.testing.weights import offline_hub
+from milzoo.testing import registered_plugins
 from milzoo import checkpoint as ckpt
 from milzoo import hookimpl
 from milzoo import hub
 from milzoo.hub import _client as hub_client
-from milzoo import registry as plugins
-from milzoo import registry
 from milzoo.datasets.batch import collate_bags
 from milzoo.builtin.classic import read_classic_csv
 from milzoo.components.base import ComponentConfig, DatasetSource
@@ -81,12 +80,8 @@ class _TestPlugin:
 
 @pytest.fixture(scope="module", autouse=True)
 def test_plugin():
-    pm = plugins.get_plugin_manager()
-    pm.register(_TestPlugin(), name="hubtest")
-    registry.reset()
-    yield
-    pm.unregister(name="hubtest")
-    registry.reset()
+    with registered_plugins({"hubtest": _TestPlugin()}):
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -21,8 +21,8 @@ from huggingface_hub import HfApi
 
 import milzoo
 from milzoo.testing.weights import offline_hub
+from milzoo.testing import registered_plugins
 from milzoo import hookimpl
-from milzoo import registry
 from milzoo.datasets.batch import Bag, collate_bags
 from milzoo.errors import CheckpointError, HubError, OfflineNotCachedError, RecipeError, UserError
 from milzoo.hub import parse_ref
@@ -42,12 +42,8 @@ class _ZooEntry:
 
 @pytest.fixture(scope="module", autouse=True)
 def zoo_entry():
-    pm = registry.get_plugin_manager()
-    pm.register(_ZooEntry(), name="apitest")
-    registry.reset()
-    yield
-    pm.unregister(name="apitest")
-    registry.reset()
+    with registered_plugins({"apitest": _ZooEntry()}):
+        yield
 
 
 @pytest.fixture(autouse=True)
@@ -197,15 +193,11 @@ def test_a_plugin_cannot_replace_how_models_are_loaded(tmp_path, caplog, batch):
         def milzoo_model_sharing(self):
             return ModelSharing(save=hijack, load=hijack, push=hijack)
 
-    pm = registry.get_plugin_manager()
-    pm.register(Hijacker(), name="apitest-hijacker")
-    try:
-        with caplog.at_level(logging.WARNING, logger="milzoo.model.sharing"):
-            model = tiny(1)
-            folder = model.save_pretrained(tmp_path / "m")
-            same_outputs(MILModel.from_pretrained(folder), model, batch)
-    finally:
-        pm.unregister(name="apitest-hijacker")
+    with registered_plugins({"apitest-hijacker": Hijacker()}), \
+            caplog.at_level(logging.WARNING, logger="milzoo.model.sharing"):
+        model = tiny(1)
+        folder = model.save_pretrained(tmp_path / "m")
+        same_outputs(MILModel.from_pretrained(folder), model, batch)
     assert "apitest-hijacker implements milzoo_model_sharing; it is ignored" in caplog.text
 
 

@@ -3,6 +3,7 @@ from"): the package first, then the Hub cache, then the Hub; `milzoo verify` mea
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 
@@ -12,13 +13,12 @@ from click.testing import CliRunner
 
 import milzoo
 from milzoo.testing.weights import offline_hub
+from milzoo.testing import registered_plugins
 from milzoo import hookimpl
 from milzoo.cli import cli
 from milzoo.errors import OfflineNotCachedError, UnpublishedModelError
 from milzoo.hub import load_folder, save_pretrained, verify
 from milzoo.hub.pretrained import PretrainedEntry, get_pretrained, register_package_entries
-from milzoo import registry as plugins
-from milzoo.registry import reset
 
 SHA = "1" * 40
 OTHER = "2" * 40
@@ -75,16 +75,8 @@ class _Plugin:
 @pytest.fixture
 def registered(package, monkeypatch):
     monkeypatch.syspath_prepend(str(package))
-    pm = plugins.get_plugin_manager()
-
-    def install(*extra):
-        pm.register(_Plugin(extra), name="pkgtest")
-        reset()
-
-    yield install
-    if pm.has_plugin("pkgtest"):
-        pm.unregister(name="pkgtest")
-    reset()
+    with contextlib.ExitStack() as stack:
+        yield lambda *extra: stack.enter_context(registered_plugins({"pkgtest": _Plugin(extra)}))
 
 
 def put_in_cache(cache, repo_id, folder, sha):

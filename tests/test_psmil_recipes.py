@@ -23,14 +23,6 @@ ALL = MAIN + sorted((ROOT / "recipes" / "psmil").rglob("*.toml"))
 ids = [str(p.relative_to(ROOT / "recipes")) for p in ALL]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _generator():
     spec = importlib.util.spec_from_file_location("psmil_generate", ROOT / "recipes" / "psmil" / "generate.py")
     mod = importlib.util.module_from_spec(spec)

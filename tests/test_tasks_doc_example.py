@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from milzoo.testing import registered_plugins
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -22,15 +24,9 @@ def _doc_example() -> types.ModuleType:
 
 @pytest.fixture()
 def count_plugin():
-    from milzoo import registry
-
     module = _doc_example()
-    pm = registry.get_plugin_manager()
-    pm.register(module, name="docs-count-task")
-    registry.reset()
-    yield module
-    pm.unregister(name="docs-count-task")
-    registry.reset()
+    with registered_plugins({"docs-count-task": module}):
+        yield module
 
 
 def test_the_documented_task_and_its_loss_pass_the_contract_suite(count_plugin):

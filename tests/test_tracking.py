@@ -20,6 +20,7 @@ from milzoo import registry
 from milzoo.cli import cli
 from milzoo.errors import AmbiguousComponentError, MissingExtraError, RecipeError, UnknownComponentError
 from milzoo.runs.runner import run
+from milzoo.testing import registered_plugins
 from milzoo.train.trainer import Trainer
 
 
@@ -279,14 +280,8 @@ def test_the_logger_example_of_docs_plugins_md_runs(tmp_path, recipe_factory):
     code = section[section.index("```python") + len("```python"):section.index("```\n", section.index("```python") + 9)]
     module = type(sys)("doc_jsonlines_logger")
     exec(compile(code, "docs/plugins.md", "exec"), module.__dict__)  # noqa: S102 - the project's own doc
-    pm = registry.get_plugin_manager()
-    pm.register(module, name="doc-jsonlines")
-    registry.reset()
-    try:
+    with registered_plugins({"doc-jsonlines": module}):
         run(recipe_factory(train={"epochs": 2}), out=tmp_path / "run", loggers=["jsonlines"])
-    finally:
-        pm.unregister(name="doc-jsonlines")
-        registry.reset()
     lines = [json.loads(line) for line in (tmp_path / "run" / "figures.jsonl").read_text().splitlines()]
     assert lines[0]["start"] == "tiny" and lines[0]["recipe"]["train.epochs"] == 2
     assert lines[-1] == {"outcome": "finished", "complete": True}

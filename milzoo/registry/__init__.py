@@ -6,8 +6,9 @@ entry and shipped recipe is registered through them, built-ins included, and loo
 provider table (``_table`` holds its rows for components and pretrained entries; ``milzoo.recipe.book`` those
 for recipes), ``_provenance`` says which distribution a run or checkpoint recorded.
 
-``reset()`` forgets the built tables (after registering a plugin by hand); ``reset_plugins()`` also forgets the
-plugin manager, so the next use discovers the plugins afresh.
+``reset()`` forgets the built tables (after registering a plugin by hand); ``forget_plugin(key)`` unregisters one
+plugin registered by hand and drops its record; ``reset_plugins()`` also forgets the plugin manager, so the next
+use discovers the plugins afresh.  ``milzoo.testing.registered_plugins`` wraps the by-hand registration for tests.
 """
 
 from milzoo._lazy import attach
@@ -19,7 +20,7 @@ _EXPORTS = {
     "ENTRY_POINT_GROUP": "_manager", "DEFAULT_PLUGINS": "_manager", "PluginRecord": "_manager",
     "canonical_distribution": "_manager", "get_plugin_manager": "_manager", "plugin_records": "_manager",
     "record_for": "_manager", "record_failure": "_manager", "plugin_distribution": "_manager",
-    "failed_plugins": "_manager", "reset_plugins": "_manager",
+    "failed_plugins": "_manager", "reset_plugins": "_manager", "forget_plugin": "_manager",
     # errors
     "RegistrationError": "milzoo.errors", "PluginConflictError": "milzoo.errors",
     # _providers

@@ -308,6 +308,15 @@ def failed_plugins() -> list[PluginRecord]:
     return [r for r in plugin_records() if r.status == "failed"]
 
 
+def forget_plugin(key: str) -> None:
+    """Unregister the plugin the manager knows as ``key`` (one registered by hand, as tests do) and drop its
+    record, a failure recorded against it included; the other plugins stay as they are."""
+    with _lock:
+        if _manager is not None and _manager.has_plugin(key):
+            _manager.unregister(name=key)
+        _records[:] = [r for r in _records if r.key != key]
+
+
 def reset_plugins() -> None:
     """Forget the manager and the plugin records (tests; after installing a plugin).
 

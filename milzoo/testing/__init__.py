@@ -48,6 +48,8 @@ Beyond the contract, :mod:`milzoo.testing.sanity` has training sanity helpers fo
 :func:`assert_trains_regression` (a short regression run through the Trainer).  :mod:`milzoo.testing.dispatch`
 counts a training step's operators and host synchronisations (:class:`StepCounter`, :func:`count_per_step`):
 a test can require that a component's step reads nothing back to the host, as benchmarks/step_ops.py does.
+:func:`registered_plugins` registers plugin objects or modules for the length of a ``with`` block, as if they
+were installed (a plugin's own hooks tested without packaging it).
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ from milzoo.testing.sanity import (
     ShapeRecorder, assert_learns_toy_problem, assert_memory_linear, assert_trains_regression,
 )
 from milzoo.testing.dispatch import StepCount, StepCounter, count_per_step
+from milzoo.testing.plugins import registered_plugins
 
 __all__ = [
     "ComponentSpec",
@@ -100,5 +103,6 @@ __all__ = [
     "checks_for",
     "count_per_step",
     "parametrize_with_checks",
+    "registered_plugins",
     "resolve",
 ]

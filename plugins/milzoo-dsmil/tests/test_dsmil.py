@@ -17,15 +17,6 @@ from milzoo_dsmil.loss import DSMILLoss
 from milzoo_dsmil.pooling import DSMILPooling
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: threads only add overhead on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make(k=2, d=2, **opts) -> DSMILPooling:
     return DSMILPooling(DSMILPooling.Config(**opts), d, k).eval()
 

@@ -16,15 +16,6 @@ from milzoo_dtfd.loss import DTFDLoss
 from milzoo_dtfd.pooling import DTFDPooling, chunk_split, random_split, seeded_split, stratified_split
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: threads only add overhead on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make(k=2, d=6, **opts) -> DTFDPooling:
     opts.setdefault("reduced_dim", 16)
     opts.setdefault("attn_hidden", 8)

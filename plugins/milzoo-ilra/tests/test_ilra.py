@@ -14,15 +14,6 @@ from milzoo.testing import (
 from milzoo_ilra.pooling import ILRAPooling
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The test machine is shared: one intra-op thread avoids spin-wait slowdowns."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # --- the reference: the official forward, transcribed in plain torch ---------------------------------------------
 #
 # jinxixiang/low_rank_wsi @ bb45b9b, models/ilra.py (``MultiHeadAttention``, ``GAB``, ``NLP``, ``ILRA``): the code

@@ -26,15 +26,6 @@ from milzoo_psmil.loss import PSAliLoss
 from milzoo_psmil.pooling import PSAttPooling
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_pool(d=2, k=3, **opts) -> PSAttPooling:
     return PSAttPooling(PSAttPooling.Config(**opts), d, k)
 

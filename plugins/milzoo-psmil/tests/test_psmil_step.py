@@ -26,14 +26,6 @@ from milzoo_psmil.pooling import PSAttPooling
 TIGHT = {"rtol": 0.0, "atol": 1e-12}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # --------------------------------------------------------------------------- the per-bag code (reference)
 def per_bag_update(pool: PSAttPooling, out: MILOutput, batch) -> None:
     """The prototype update as it was written before it was batched: statistics per bag, then one Python

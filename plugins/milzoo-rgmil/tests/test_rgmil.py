@@ -18,15 +18,6 @@ from milzoo_rgmil.loss import RGMILBranchLoss
 from milzoo_rgmil.pooling import RGMILPooling, cascade_log_probs, masked_standardize, ordinal_rule
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The test machine is shared: one intra-op thread avoids spin-wait slowdowns."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def pool(in_dim=2, k=2, **kw):
     return RGMILPooling(RGMILPooling.Config(**kw), in_dim, k)
 

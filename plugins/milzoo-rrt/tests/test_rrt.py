@@ -18,15 +18,6 @@ from milzoo.testing import (
 from milzoo_rrt.pooling import RRTPooling, region_grid
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The test machine is shared: one intra-op thread avoids spin-wait slowdowns."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # --- the reference: the official forward, transcribed in plain torch ---------------------------------------------
 #
 # DearCaat/RRT-MIL @ 7ecbdfb, modules/rrt.py (``TransLayer``, ``RRTEncoder``, ``RRTMIL``), modules/rmsa.py

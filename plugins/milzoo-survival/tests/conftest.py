@@ -5,15 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _write_idx(path: Path, arr: np.ndarray) -> None:

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 
 from milzoo.testing import assert_learns_toy_problem, assert_memory_linear
 from milzoo_transmil.nystrom import NystromAttention, iterative_pinv
 from milzoo_transmil.pooling import PPEG, TransMILPooling, square_index
-
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The test machine is shared: one intra-op thread avoids spin-wait slowdowns."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 SMALL = dict(hidden_dim=16, heads=2, dim_head=8, num_landmarks=4, residual_kernel=5, attn_dropout=0.0)

@@ -27,14 +27,6 @@ from milzoo.datasets.batch import Bag, collate_bags
 from milzoo.errors import ConversionError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # =========================================================================== reference (official code, plain torch)
 
 

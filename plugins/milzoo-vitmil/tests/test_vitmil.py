@@ -12,15 +12,6 @@ from milzoo.testing import (
 from milzoo_vitmil.pooling import ViTMILPooling
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The test machine is shared: one intra-op thread avoids spin-wait slowdowns."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # --- the reference: the official forward, transcribed in plain torch ---------------------------------------------
 #
 # peng-lab/HistoBistro @ 52313bb, models/aggregators/transformer.py (``Transformer``, ``TransformerBlocks``) and

@@ -14,15 +14,6 @@ from milzoo.testing import (
 from milzoo_wikg.pooling import WiKGPooling
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The test machine is shared: one intra-op thread avoids spin-wait slowdowns."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # --- the reference: the official forward, transcribed in plain torch ---------------------------------------------
 #
 # WonderLandxD/WiKG @ HEAD, model.py (class ``WiKG``): the code of Li et al., CVPR 2024.  Written out here so that
