@@ -1,7 +1,8 @@
 """Datasets: bags and padded batches, dataset base classes, data checks, opening data files (regular files of a
 size that fits in memory, CSV errors naming the line), evaluation protocols and a recipe's folds.
 
-``resident`` (whole splits kept on the training device) is a public submodule.
+``resident`` (whole splits kept on the training device) is a public submodule; ``images`` holds the base of image
+bags stored as index rows into one shared uint8 tensor.
 """
 
 from milzoo._lazy import attach
@@ -19,6 +20,8 @@ _EXPORTS = {
     # files
     "MAX_DATA_BYTES_ENV": "files", "max_data_bytes": "files", "check_data_file": "files",
     "read_data_bytes": "files", "parse_numeric_csv": "files", "csv_problem": "files",
+    # images
+    "IndexedImageBags": "images", "ResidentImageBags": "images",
     # labels
     "read_survival_labels": "labels",
     # protocols

@@ -26,32 +26,26 @@ import torch
 from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
 
 from milzoo.components import ComponentConfig, DatasetSource
-from milzoo.datasets import Bag, MILBatch, MILDataset
-from milzoo.datasets.resident import Moved, ResidentSplit, tensor_nbytes
+from milzoo.datasets import MILDataset
+from milzoo.datasets.images import IndexedImageBags
+from milzoo.datasets.resident import Moved
 from milzoo.errors import DataError
 
 __all__ = ["FMNISTRegressionBags", "FMNISTSurvivalBags", "TargetImageBags", "censoring_rate"]
 
 
-class TargetImageBags(MILDataset):
+class TargetImageBags(IndexedImageBags):
     """Bags of equal length (index rows into a shared uint8 image tensor) with float labels: ``(time, event)``
     pairs ``[B, 2]`` (survival) or one target ``[B]`` (regression).  ``key_counts`` and ``oracle`` keep the
     generative model's truth for the benchmark's ceiling."""
 
     def __init__(self, images: torch.Tensor, index: np.ndarray, labels: np.ndarray, key_counts: np.ndarray,
                  oracle: np.ndarray, class_names: list[str], prefix: str):
-        self.images = images
-        self.index = np.ascontiguousarray(index, dtype=np.int64)
+        super().__init__(images, index, class_names, prefix)
         self._labels = np.ascontiguousarray(labels, dtype=np.float64)
         self._labels_t = torch.from_numpy(self._labels.astype(np.float32))
         self.key_counts = np.asarray(key_counts, dtype=np.int64)
         self.oracle = np.asarray(oracle, dtype=np.float64)
-        self.class_names = list(class_names)
-        self.instance_shape = tuple(images.shape[1:])
-        self.prefix = prefix
-
-    def __len__(self) -> int:
-        return len(self.index)
 
     @property
     def labels(self) -> np.ndarray:
@@ -62,47 +56,15 @@ class TargetImageBags(MILDataset):
         """What k-fold splits stratify by: the event indicator (survival) or the key count (regression)."""
         return self._labels[:, 1].astype(np.int64) if self._labels.ndim == 2 else self.key_counts
 
-    @property
-    def bag_ids(self) -> list[str]:
-        return [f"{self.prefix}{i}" for i in range(len(self))]
-
     def label_of(self, i: int):
         y = self._labels[i]
         return tuple(float(v) for v in y) if y.ndim else float(y)
 
-    def get_bag(self, i: int) -> Bag:
-        x = self.images[torch.from_numpy(self.index[i])].to(torch.float32).div_(255.0)
-        return Bag(x=x, y=self.label_of(i), bag_id=f"{self.prefix}{i}")
+    def label_nbytes(self) -> int:
+        return self._labels_t.numel() * 4
 
-    def instance_matrix(self) -> torch.Tensor:
-        return self.images[torch.from_numpy(np.unique(self.index))].to(torch.float32).div_(255.0)
-
-    def resident_nbytes(self, seen: set[int]) -> int:
-        return tensor_nbytes(self.images, seen) + self.index.nbytes * 2 + self._labels_t.numel() * 4
-
-    def to_resident(self, device, moved: Moved) -> ResidentSplit:
-        return _ResidentTargetBags(self, moved)
-
-
-class _ResidentTargetBags(ResidentSplit):
-    def __init__(self, ds: TargetImageBags, moved: Moved):
-        self.images = moved(ds.images)
-        self.index = moved.index(ds.index)
-        self.labels = moved(ds._labels_t)
-        self.bag_ids = ds.bag_ids
-        self.device = moved.device
-
-    def batch(self, rows: list[int], rows_dev: torch.Tensor) -> MILBatch:
-        ix = self.index[rows_dev]
-        return MILBatch(
-            x=self.images[ix].to(torch.float32).div_(255.0),
-            mask=torch.ones(ix.shape, dtype=torch.bool, device=self.device),
-            y=self.labels[rows_dev],
-            index=rows_dev,
-            bag_ids=[self.bag_ids[r] for r in rows],
-            meta=[{} for _ in rows],
-            unpadded=True,
-        )
+    def resident_labels(self, moved: Moved) -> torch.Tensor:
+        return moved(self._labels_t)
 
 
 def censoring_rate(hazards: np.ndarray, share: float) -> float:

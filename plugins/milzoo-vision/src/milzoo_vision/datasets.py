@@ -31,16 +31,17 @@ import numpy as np
 import torch
 from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
 
-from milzoo.datasets.batch import Bag, MILBatch
 from milzoo.components.base import ComponentConfig, DatasetSource
 from milzoo.datasets.base import MILDataset
+from milzoo.datasets.images import IndexedImageBags
+from milzoo.datasets.resident import Moved
 from milzoo.errors import DataError
-from milzoo.datasets.resident import Moved, ResidentSplit, tensor_nbytes
 from milzoo_vision import readers
 
 
-class ImageBagDataset(MILDataset):
-    """Bags of equal length given as index rows into a shared uint8 image tensor."""
+class ImageBagDataset(IndexedImageBags):
+    """Bags of equal length given as index rows into a shared uint8 image tensor, with a class per bag and
+    per instance."""
 
     def __init__(
         self,
@@ -51,80 +52,19 @@ class ImageBagDataset(MILDataset):
         class_names: list[str],
         prefix: str,
     ):
-        if len(index) == 0:
-            raise ValueError("an image bag dataset needs at least one bag")
-        if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError("images must be a uint8 tensor [N, C, H, W]")
-        self.images = images
-        self.index = np.ascontiguousarray(index, dtype=np.int64)  # [B, n]
+        super().__init__(images, index, class_names, prefix)
         self.inst_labels = np.ascontiguousarray(inst_labels, dtype=np.int64)  # [B, n]
         self._labels = np.ascontiguousarray(labels, dtype=np.int64)  # [B]
-        self.class_names = list(class_names)
-        self.instance_shape = tuple(images.shape[1:])
-        self.prefix = prefix
-
-    def __len__(self) -> int:
-        return len(self.index)
 
     @property
     def labels(self) -> np.ndarray:
         return self._labels
 
-    @property
-    def bag_ids(self) -> list[str]:
-        return [f"{self.prefix}{i}" for i in range(len(self))]
+    def label_of(self, i: int) -> int:
+        return int(self._labels[i])
 
-    @property
-    def has_instance_labels(self) -> bool:
-        return True
-
-    def get_bag(self, i: int) -> Bag:
-        ix = torch.from_numpy(self.index[i])
-        x = self.images[ix].to(torch.float32).div_(255.0)
-        return Bag(
-            x=x,
-            y=int(self._labels[i]),
-            bag_id=f"{self.prefix}{i}",
-            inst_y=torch.from_numpy(self.inst_labels[i].copy()),
-        )
-
-    def instance_matrix(self) -> torch.Tensor:
-        uniq = torch.from_numpy(np.unique(self.index))
-        return self.images[uniq].to(torch.float32).div_(255.0)
-
-    # device-resident batches (milzoo.resident): the uint8 images move once, shared by the splits using them
-    def resident_nbytes(self, seen: set[int]) -> int:
-        return tensor_nbytes(self.images, seen) + self.index.nbytes * 2 + self._labels.nbytes * 2
-
-    def to_resident(self, device, moved: Moved) -> ResidentSplit:
-        return ResidentImageBags(self, moved)
-
-
-class ResidentImageBags(ResidentSplit):
-    """An :class:`ImageBagDataset` on the device: a step's batch is one gather of uint8 images and one
-    conversion to float there, the same values as ``get_bag`` + ``collate_bags``."""
-
-    def __init__(self, ds: ImageBagDataset, moved: Moved):
-        self.images = moved(ds.images)
-        self.index = moved.index(ds.index)
-        self.inst_labels = moved.index(ds.inst_labels)
-        self.labels = moved.index(ds.labels)
-        self.bag_ids = ds.bag_ids
-        self.device = moved.device
-
-    def batch(self, rows: list[int], rows_dev: torch.Tensor) -> MILBatch:
-        ix = self.index[rows_dev]  # [B, n]
-        x = self.images[ix].to(torch.float32).div_(255.0)  # [B, n, C, H, W]
-        return MILBatch(
-            x=x,
-            mask=torch.ones(ix.shape, dtype=torch.bool, device=self.device),
-            y=self.labels[rows_dev],
-            index=rows_dev,
-            bag_ids=[self.bag_ids[r] for r in rows],
-            inst_y=self.inst_labels[rows_dev],
-            meta=[{} for _ in rows],
-            unpadded=True,
-        )
+    def resident_labels(self, moved: Moved) -> torch.Tensor:
+        return moved.index(self._labels)
 
 
 # --------------------------------------------------------------------------- bag construction
