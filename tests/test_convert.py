@@ -262,3 +262,14 @@ def test_the_mlp_encoder_can_leave_out_dropout_after_its_last_layer():
     assert [type(m).__name__ for m in default.net] == ["Linear", "ReLU", "Dropout", "Linear", "ReLU", "Dropout"]
     assert [type(m).__name__ for m in inner.net] == ["Linear", "ReLU", "Dropout", "Linear", "ReLU"]
     assert list(default.state_dict()) == list(inner.state_dict())
+
+
+def test_tensor_shape_names_the_key_and_the_format():
+    from milzoo.components import tensor_shape
+
+    state = {"a.weight": torch.zeros(3, 4), "b": torch.zeros(2)}
+    assert tensor_shape(state, "a.weight", 2, "toy (toy.py)") == (3, 4)
+    with pytest.raises(ConversionError, match=r"no 'c.weight', which every toy \(toy.py\) state dict holds"):
+        tensor_shape(state, "c.weight", 2, "toy (toy.py)")
+    with pytest.raises(ConversionError, match=r"'b' has shape \(2,\), not the 2-d tensor of the toy"):
+        tensor_shape(state, "b", 2, "toy")

@@ -19,7 +19,7 @@ _EXPORTS = {
     "Download": "download", "downloading": "download", "fetch_command": "download",
     "is_network_error": "download", "download_failed_message": "download",
     # converter (weights of another toolkit -> a milzoo model: `milzoo convert`)
-    "Converter": "converter", "ConversionPlan": "converter",
+    "Converter": "converter", "ConversionPlan": "converter", "tensor_shape": "converter",
 }
 
 __getattr__, __dir__, __all__ = attach(__name__, _EXPORTS)

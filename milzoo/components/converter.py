@@ -52,6 +52,22 @@ class ConversionPlan:
         return "untrained" if self.new else "trained"
 
 
+def tensor_shape(state: Mapping[str, Tensor], key: str, ndim: int, fmt: str) -> tuple[int, ...]:
+    """The shape of ``state[key]``, which a state dict of the format ``fmt`` (words such as "official TransMIL
+    (models/TransMIL.py)") always holds as an ``ndim``-d tensor; a missing key or another rank is a
+    :class:`~milzoo.errors.ConversionError` naming the key and the format."""
+    from milzoo.errors import ConversionError
+
+    if key not in state:
+        raise ConversionError(f"the checkpoint has no {key!r}, which every {fmt} state dict holds; convert a "
+                              "complete state dict of that code (or name another format: `milzoo list converters`).")
+    shape = tuple(state[key].shape)
+    if len(shape) != ndim:
+        raise ConversionError(f"{key!r} has shape {shape}, not the {ndim}-d tensor of the {fmt} code; the file is "
+                              "not such a state dict.")
+    return shape
+
+
 class Converter(Component):
     """Base of every converter; the first line of a subclass's docstring is what ``milzoo list`` shows.
 

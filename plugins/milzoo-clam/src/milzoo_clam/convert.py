@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from milzoo.components import ComponentConfig, ConversionPlan, Converter
+from milzoo.components import ComponentConfig, ConversionPlan, Converter, tensor_shape
 from milzoo.errors import CheckpointError, ConversionError
 
 log = logging.getLogger(__name__)
@@ -81,15 +81,7 @@ class CLAMConverter(Converter):
 
 
 def _shape(state: Mapping[str, torch.Tensor], key: str, ndim: int = 2) -> tuple[int, ...]:
-    if key not in state:
-        raise ConversionError(f"the checkpoint has no {key!r}, which every official CLAM_SB / CLAM_MB state dict "
-                              "holds; convert a complete state dict saved by the official CLAM code "
-                              "(models/model_clam.py).")
-    shape = tuple(state[key].shape)
-    if len(shape) != ndim:
-        raise ConversionError(f"{key!r} has shape {shape}, not the {ndim}-d weight of a Linear layer; the file is not "
-                              "a CLAM state dict.")
-    return shape
+    return tensor_shape(state, key, ndim, "official CLAM_SB / CLAM_MB (models/model_clam.py)")
 
 
 def official_keys(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, str], dict[str, Any]]:

@@ -35,7 +35,7 @@ from typing import Literal
 import torch
 from pydantic import Field, PositiveInt
 
-from milzoo.components import ComponentConfig, ConversionPlan, Converter
+from milzoo.components import ComponentConfig, ConversionPlan, Converter, tensor_shape
 from milzoo.errors import ConversionError
 
 log = logging.getLogger(__name__)
@@ -44,15 +44,7 @@ _LEAVES = ("weight", "bias")
 
 
 def _shape(state: Mapping[str, torch.Tensor], key: str, ndim: int) -> tuple[int, ...]:
-    if key not in state:
-        raise ConversionError(f"the checkpoint has no {key!r}, which every model of the official models/TransMIL.py "
-                              "holds; convert a complete TransMIL state dict (or name another format: `milzoo list "
-                              "converters`).")
-    shape = tuple(state[key].shape)
-    if len(shape) != ndim:
-        raise ConversionError(f"{key!r} has shape {shape}, not the {ndim}-d tensor of the official TransMIL; the file "
-                              "is not a TransMIL state dict.")
-    return shape
+    return tensor_shape(state, key, ndim, "official TransMIL (models/TransMIL.py)")
 
 
 class TransMILConverter(Converter):
