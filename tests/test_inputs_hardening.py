@@ -259,6 +259,18 @@ def test_run_offline_names_the_fetch_command_and_leaves_no_folder(tmp_path, no_n
     assert "Traceback" not in out and not (tmp_path / "run").exists()
 
 
+def test_a_failed_start_leaves_none_of_the_folders_it_created(tmp_path, empty_caches):
+    """``--out runs/a/b`` that fails before writing anything removes ``b``, ``a`` and ``runs`` again, and
+    nothing that was there before."""
+    recipe = write_recipe(tmp_path, _cifar_recipe(tmp_path / "cifar", download=False))
+    code, out = invoke("run", recipe, "--out", tmp_path / "runs" / "a" / "b")
+    assert code == 2 and "milzoo data fetch cifar10" in out, out
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / "runs" / "kept").mkdir(parents=True)
+    code, out = invoke("run", recipe, "--out", tmp_path / "runs" / "a" / "b")
+    assert code == 2 and sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["kept"]
+
+
 def test_run_offline_without_the_imagenet_weights_names_their_fetch(tmp_path, no_network, empty_caches):
     write_fake_cifar10(tmp_path / "cifar")
     recipe = write_recipe(tmp_path, _cifar_recipe(tmp_path / "cifar", pretrained=True))

@@ -304,9 +304,9 @@ class RunLock:
     another host is respected (its process cannot be checked from here) and named in the error.
     """
 
-    def __init__(self, path: Path, created_dir: Path | None):
+    def __init__(self, path: Path, created_dirs: list[Path]):
         self.path = path
-        self.created_dir = created_dir
+        self.created_dirs = created_dirs  # the run directory and the parents this start created, deepest first
 
     @staticmethod
     def path_for(run_dir: Path, fold: int | None) -> Path:
@@ -316,10 +316,9 @@ class RunLock:
     def acquire(cls, run_dir: Path, fold: int | None = None) -> RunLock:
         """Take the lock (creating ``run_dir`` when needed) or raise :class:`RunDirError` naming its holder."""
         run_dir = Path(run_dir)
-        created = None
-        if not run_dir.exists():
+        created = [p for p in (run_dir.absolute(), *run_dir.absolute().parents) if not p.exists()]
+        if created:
             run_dir.mkdir(parents=True, exist_ok=True)
-            created = run_dir
         path = cls.path_for(run_dir, fold)
         mine = False
         try:
@@ -367,12 +366,19 @@ class RunLock:
         """Remove the lock (and the run directory this start created, when nothing else is in it)."""
         if (_read_lock(self.path) or {}).get("pid") == os.getpid():
             self.path.unlink(missing_ok=True)
-        self._remove_created(self.created_dir)
+        self._remove_created(self.created_dirs)
 
     @staticmethod
-    def _remove_created(created: Path | None) -> None:
-        if created is not None and created.is_dir() and not any(created.iterdir()):
-            created.rmdir()
+    def _remove_created(created: list[Path]) -> None:
+        """Remove the folders this start created while they are empty, deepest first (``--out runs/a/b`` that
+        failed before writing anything leaves no ``runs/a``)."""
+        for folder in created:
+            try:
+                if not folder.is_dir() or any(folder.iterdir()):
+                    return
+                folder.rmdir()
+            except OSError:  # another start wrote into it meanwhile
+                return
 
     def __enter__(self) -> RunLock:
         return self
