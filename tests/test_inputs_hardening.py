@@ -308,6 +308,73 @@ def test_data_fetch_offline_exits_2(no_network, empty_caches):
     assert code == 2 and "did you mean 'cifar10'" in out.lower(), out
 
 
+def test_data_fetch_recipe_names_what_the_recipe_reads(tmp_path):
+    from milzoo.cli.data import recipe_downloads
+    from milzoo.recipe import load_recipe
+
+    cifar = load_recipe(_cifar_recipe(tmp_path / "cifar", pretrained=True))
+    assert recipe_downloads(cifar) == (["cifar10", "resnet18-imagenet"], tmp_path / "cifar")
+    plain = load_recipe(_cifar_recipe(tmp_path / "cifar"), ["data.root=~/x"])
+    assert recipe_downloads(plain) == (["cifar10"], Path("~/x").expanduser())
+    survival = load_recipe({"name": "s", "data": {"name": "fmnist_survival"}, "encoder": {"name": "cnn2"},
+                            "pooling": {"name": "abmil"}})
+    assert recipe_downloads(survival) == (["fmnist"], None)
+    assert recipe_downloads(load_recipe("quickstart")) == ([], None)
+
+
+def test_data_fetch_recipe_fetches_into_its_root(tmp_path):
+    """What --recipe fetches goes where the recipe reads it: a plugin's encoder that names a download."""
+    from milzoo import hookimpl
+    from milzoo.builtin.encoders import IdentityEncoder
+    from milzoo.components import Download
+    from milzoo.testing import registered_plugins
+
+    class Needy(IdentityEncoder):
+        name = "needy_identity"
+
+        @classmethod
+        def downloads(cls, config):
+            return ("toy-files",)
+
+    def fetch(root):
+        folder = (root or tmp_path / "default") / "toy"
+        folder.mkdir(parents=True)
+        (folder / "x.bin").write_bytes(b"1")
+        return folder
+
+    class Plugin:
+        @hookimpl
+        def milzoo_register_encoders(self, register):
+            register(Needy)
+
+        @hookimpl
+        def milzoo_register_downloads(self, register):
+            register(Download("toy-files", "toy files", fetch=fetch, destination=lambda root: root))
+
+    recipe = write_recipe(tmp_path, {"name": "t", "data": {"name": "classic", "dataset": "musk1"},
+                                     "encoder": {"name": "needy_identity"}, "pooling": {"name": "mean"}})
+    with registered_plugins({"fetchtest": Plugin()}):
+        code, out = invoke("data", "fetch", "--recipe", recipe, "--root", tmp_path / "mine")
+        assert code == 0 and f"toy-files: ready in {tmp_path / 'mine' / 'toy'}" in out, out
+        code, out = invoke("data", "fetch", "--recipe", recipe)
+        assert code == 0 and (tmp_path / "default" / "toy" / "x.bin").exists(), out
+    code, out = invoke("data", "fetch", "--recipe", "quickstart")
+    assert code == 0 and "downloads nothing" in out, out
+
+
+def test_data_fetch_recipe_offline_and_misuse_exit_2(tmp_path, no_network, empty_caches):
+    recipe = write_recipe(tmp_path, _cifar_recipe(tmp_path / "cifar"))
+    code, out = invoke("data", "fetch", "--recipe", recipe)
+    assert code == 2 and "the network cannot be reached" in out and "Traceback" not in out, out
+    assert f"milzoo data fetch cifar10 --root {tmp_path / 'cifar'}" in out
+    code, out = invoke("data", "fetch")
+    assert code == 2 and "--recipe RECIPE" in out, out
+    code, out = invoke("data", "fetch", "cifar10", "--set", "data.seed=1")
+    assert code == 2 and "needs --recipe" in out, out
+    code, out = invoke("data", "fetch", "--recipe", tmp_path / "missing.toml")
+    assert code == 2 and "Traceback" not in out, out
+
+
 def test_a_hub_model_offline_names_the_pull_that_prepares_it(tmp_path, no_network, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     code, out = invoke("pull", "hf-hub:org/x", "--cache-dir", tmp_path / "hub")

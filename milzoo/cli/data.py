@@ -2,7 +2,8 @@
 
 Plugins register their downloads (:class:`milzoo.components.Download`) through the ``milzoo_register_downloads``
 hook; ``milzoo data fetch NAME`` runs one on a machine with a network, into the place the component reads it
-from, so that the folder can be copied to an offline machine (docs/cli.md, "Offline machines").
+from, so that the folder can be copied to an offline machine (docs/cli.md, "Offline machines").  ``milzoo data
+fetch --recipe R`` fetches what the recipe's components say they read (``Component.downloads(config)``).
 """
 
 from __future__ import annotations
@@ -51,18 +52,59 @@ def list_cmd(root, as_json):
     from milzoo.cli.listing import table
 
     lines = table([["name", "destination", "what"]] + [[r["name"], r["destination"], r["summary"]] for r in rows])
-    click.echo("\n".join(lines + ["", "milzoo data fetch NAME [NAME ...] [--root DIR]"]))
+    usage = "milzoo data fetch NAME [NAME ...] [--root DIR]   or   milzoo data fetch --recipe RECIPE"
+    click.echo("\n".join(lines + ["", usage]))
+
+
+def recipe_downloads(recipe) -> tuple[list[str], Path | None]:
+    """The downloads a validated recipe's components read (``Component.downloads``), in recipe order without
+    repeats, and the folder they go into: the dataset's ``root`` option when it has one."""
+    from milzoo.registry import get_component
+
+    kind_of = {"data": "dataset", "encoder": "encoder", "pooling": "pooling", "augment": "augment", "task": "task"}
+    tables = [(kind_of[k], getattr(recipe.root, k), recipe.components.get(k)) for k in kind_of]
+    tables += [("loss", t, c) for t, c in zip(recipe.root.loss, recipe.components["loss"])]
+    names: list[str] = []
+    for kind, table, config in tables:
+        if table is None or config is None:
+            continue
+        for name in get_component(kind, table.name).downloads(config):
+            if name not in names:
+                names.append(name)
+    root = getattr(recipe.components.get("data"), "root", None)
+    return names, (Path(root).expanduser() if root else None)
 
 
 @data_group.command("fetch")
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1)
+@click.option("--recipe", "recipe", default=None, metavar="RECIPE",
+              help="fetch what this recipe (a file or a shipped recipe's name) reads: its dataset's files into its "
+                   "data.root, an encoder's ImageNet weights, ...")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="with --recipe: override a recipe value")
 @click.option("--root", type=click.Path(path_type=Path), default=None,
               help="download into this folder: the recipe's data.root (default: MILZOO_DATA_DIR or "
                    "~/.cache/milzoo/datasets)")
-def fetch_cmd(names, root):
-    """Download NAMES (`milzoo data list`) into the place milzoo reads them from, for offline use later."""
+def fetch_cmd(names, recipe, overrides, root):
+    """Download NAMES (`milzoo data list`), or what --recipe reads, into the place milzoo reads them from, for
+    offline use later."""
+    from milzoo.errors import UserError
     from milzoo.registry import _table as registry
 
+    if not names and recipe is None:
+        raise UserError("name what to fetch: one or more downloads (`milzoo data list`), or --recipe RECIPE for "
+                        "everything a recipe reads.")
+    if overrides and recipe is None:
+        raise UserError("--set changes a recipe's values; it needs --recipe RECIPE.")
+    names = list(names)
+    if recipe is not None:
+        from milzoo.recipe import load_recipe
+
+        needed, recipe_root = recipe_downloads(load_recipe(recipe, list(overrides)))
+        if root is None:
+            root = recipe_root
+        if not needed:
+            click.echo(f"{recipe} downloads nothing: its components read only files it names.")
+        names += [n for n in needed if n not in names]
     entries = [registry.get_entry("download", name) for name in names]  # every name checked before any download
     for entry in entries:
         if root is not None and not entry.obj.uses_root:

@@ -63,6 +63,12 @@ class Component:
     #: plugin, distribution and version of the class's registration (the registry fills it in)
     provenance = _Provenance()
 
+    @classmethod
+    def downloads(cls, config: ComponentConfig) -> tuple[str, ...]:
+        """The downloads (``milzoo data list`` names) this component reads with these options, so that
+        ``milzoo data fetch --recipe R`` can fetch everything a recipe needs ahead of time; none by default."""
+        return ()
+
 
 class Encoder(Component, nn.Module):
     """Maps instances to feature vectors."""

@@ -108,6 +108,10 @@ class _TargetBagsSource(DatasetSource):
     Config = _TargetBagsConfig
     label_names: list[str] = []
 
+    @classmethod
+    def downloads(cls, config) -> tuple[str, ...]:
+        return ("fmnist",)  # milzoo-vision's Fashion-MNIST download
+
     def targets(self, k: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """(labels, oracle) of bags with key counts ``k``."""
         raise NotImplementedError  # pragma: no cover - interface

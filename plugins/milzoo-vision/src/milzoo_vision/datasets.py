@@ -26,6 +26,7 @@ every instance.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -175,6 +176,12 @@ class _ImageBagsSource(DatasetSource):
     Config = ImageBagsConfig
     #: (root, download) -> ImageSplits
     reader: Callable[[str | None, bool], readers.ImageSplits]
+    #: the download (``milzoo data list``) that holds the images
+    download_name: ClassVar[str]
+
+    @classmethod
+    def downloads(cls, config) -> tuple[str, ...]:
+        return (cls.download_name,)
 
     def __init__(self, config):
         super().__init__(config)
@@ -241,6 +248,7 @@ class FashionMNISTBags(_ImageBagsSource):
     """Fashion-MNIST image bags (1x28x28, 10 classes, background 'T-shirt/top'), PSMIL App. A.3."""
 
     name = "fmnist_bags"
+    download_name = "fmnist"
     reader = staticmethod(readers.load_fmnist)
 
 
@@ -248,6 +256,7 @@ class SVHNBags(_ImageBagsSource):
     """SVHN image bags (3x32x32, 10 digits, background digit 0), PSMIL App. A.3."""
 
     name = "svhn_bags"
+    download_name = "svhn"
     reader = staticmethod(readers.load_svhn)
 
 
@@ -255,6 +264,7 @@ class CIFAR10Bags(_ImageBagsSource):
     """CIFAR-10 image bags (3x32x32, 10 classes, background 'airplane'), PSMIL App. A.3."""
 
     name = "cifar10_bags"
+    download_name = "cifar10"
     reader = staticmethod(lambda root, download: readers.load_cifar(root, download, 10))
 
 
@@ -262,4 +272,5 @@ class CIFAR100Bags(_ImageBagsSource):
     """CIFAR-100 image bags (3x32x32, 100 fine classes, background 'apple'), PSMIL App. A.3."""
 
     name = "cifar100_bags"
+    download_name = "cifar100"
     reader = staticmethod(lambda root, download: readers.load_cifar(root, download, 100))

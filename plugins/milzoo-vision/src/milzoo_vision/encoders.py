@@ -188,6 +188,11 @@ class ResNet18Encoder(_ImageEncoder):
         )
         normalize: PresetName | Normalization = Field(default="auto", description=NORMALIZE_DESCRIPTION)
 
+    @classmethod
+    def downloads(cls, config) -> tuple[str, ...]:
+        # weights_path replaces the download
+        return (RESNET18_DOWNLOAD,) if config.pretrained and config.weights_path is None else ()
+
     def __init__(self, config, in_shape):
         super().__init__(config, in_shape)
         from torchvision.models import resnet18
