@@ -317,6 +317,22 @@ class NeedsTwoFeatures(_Base):
         return MILOutput(bag_logits=self.classifier(masked_mean(halves.flatten(2), mask)), mask=mask)
 
 
+class BigDefaults(_Base):
+    """Passes with its small contract_options; its defaults split the features into 4 heads, so they do not
+    build for in_dim = 1 (what a recipe naming it alone gets)."""
+
+    name = "test_big_defaults"
+    contract_options = {"heads": 1}
+
+    class Config(ComponentConfig):
+        heads: int = 4
+
+    def __init__(self, config, in_dim, num_classes):
+        if in_dim % config.heads:
+            raise ValueError(f"in_dim {in_dim} is not a multiple of heads {config.heads}")
+        super().__init__(config, in_dim, num_classes)
+
+
 class Float32Logits(_Base):
     """Casts its logits with .float(): silently float32 in a float64 (train.precision = "fp64") model."""
 
@@ -365,6 +381,16 @@ def test_broken_pooling_is_caught(cls, check, options, message):
 def test_in_dim_one_is_checked():
     with pytest.raises(AssertionError, match="check_pooling_output: raised RuntimeError"):
         check_pooling(NeedsTwoFeatures)  # builds and runs with in_dim 8 and 12, not 1
+
+
+def test_default_options_are_checked_not_only_the_contract_options():
+    from milzoo.testing.pooling import check_pooling_defaults
+
+    check_pooling_output(BigDefaults)  # the contract options are fine
+    with pytest.raises(AssertionError, match=r"check_pooling_defaults.*default options \(in_dim=1, k=2\).*"
+                                             r"not a multiple of heads 4"):
+        check_pooling(BigDefaults)
+    check_pooling_defaults(BigDefaults, {"heads": 1})  # an option set given by the caller is what is built
 
 
 def test_declared_exceptions_pass():

@@ -25,7 +25,8 @@ What is checked (small sizes, one CPU thread, the global RNG restored afterwards
 - poolings: ``MILOutput`` shapes and types, a padded batch equals the bags one
   at a time, permutation invariance (unless ``permutation_invariant = False``),
   bags of one instance, gradients to every trainable parameter and to the
-  instance features under the pooling's default loss;
+  instance features under the pooling's default loss, and the class's own
+  default options (not ``contract_options``) on 1-d features;
 - encoders: output shape, batch independence, a single instance, gradients;
 - losses (bound to a model around a compatible pooling): the ``LossResult``,
   gradients, extra padding does not change the loss, state round trip;
@@ -62,8 +63,8 @@ from milzoo.testing._core import (
 )
 from milzoo.testing.config import check_config
 from milzoo.testing.pooling import (
-    check_pooling_determinism, check_pooling_gradients, check_pooling_output, check_pooling_padding,
-    check_pooling_permutation, check_pooling_single_instance, check_pooling_state_dict,
+    check_pooling_defaults, check_pooling_determinism, check_pooling_gradients, check_pooling_output,
+    check_pooling_padding, check_pooling_permutation, check_pooling_single_instance, check_pooling_state_dict,
 )
 from milzoo.testing.encoder import (
     check_augment_output, check_encoder_batch_independence, check_encoder_gradients, check_encoder_output,

@@ -193,6 +193,30 @@ def check_pooling_single_instance(spec: ComponentSpec) -> None:
 
 
 @register_check("pooling")
+def check_pooling_defaults(spec: ComponentSpec) -> None:
+    """The options a user gets by naming the pooling alone (the class defaults, not the suite's small
+    ``contract_options``; the caller's options when given) build for 1-d features and 2 classes and give a bag
+    of one instance a finite prediction (attention 1 when normalised)."""
+    normalized = getattr(spec.cls, "attention_normalized", True)
+    options = dict(spec.options) if spec.explicit else {}
+    where = f"with {'the options ' + str(options) if options else 'its default options'} (in_dim=1, k=2)"
+    try:
+        torch.manual_seed(0)
+        pool = spec.cls(spec.cls.Config.model_validate(options), 1, 2).eval()
+        with torch.no_grad():
+            out = pool(torch.randn(1, 1, 1), torch.ones(1, 1, dtype=torch.bool))
+    except Exception as exc:  # noqa: BLE001 - reported as the check's failure
+        fail(spec, f"{where}: building it or predicting a bag of one instance raised {type(exc).__name__}: {exc}")
+    floating(spec, f"{where}: bag_logits", out.bag_logits)
+    if tuple(out.bag_logits.shape) != (1, 2):
+        fail(spec, f"{where}: bag_logits has shape {tuple(out.bag_logits.shape)}, expected (1, 2)")
+    if out.attention is not None and normalized:
+        a = floating(spec, f"{where}: attention", out.attention)
+        if not torch.allclose(a, torch.ones_like(a), atol=1e-5):
+            fail(spec, f"{where}: the attention of a lone instance must be 1, got {a.flatten().tolist()}")
+
+
+@register_check("pooling")
 def check_pooling_gradients(spec: ComponentSpec) -> None:
     """Train mode, default loss: every trainable parameter and the instance features get a gradient.
 
