@@ -23,7 +23,6 @@ import json
 import math
 import os
 import platform
-import re
 import sys
 import time
 import tomllib

@@ -247,8 +247,6 @@ def naive_epoch(ds, encoder: str, threads: int | None, cold: bool = False, fmt: 
 
 def read_costs(ds, root: str, formats: list[str], n: int) -> dict:
     """Read time (milzoo's readers, fp16 -> fp32 included) per 1k patches of ``n`` slides in each format."""
-    import numpy as np
-
     from milzoo_wsi.stores import read_slide, slide_file
     from milzoo_wsi.synthetic import _write
 

@@ -48,7 +48,7 @@ def test_seeded_runs_repeat_exactly(tmp_path, recipe_factory):
     wa = ckpt.load_model(tmp_path / "a" / "fold-01" / "last").state_dict()
     wb = ckpt.load_model(tmp_path / "b" / "fold-01" / "last").state_dict()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    c = run(recipe_factory(seed=1), out=tmp_path / "c")
+    run(recipe_factory(seed=1), out=tmp_path / "c")
     wc = ckpt.load_model(tmp_path / "c" / "fold-01" / "last").state_dict()
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
 

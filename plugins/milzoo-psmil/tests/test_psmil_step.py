@@ -33,7 +33,7 @@ def per_bag_update(pool: PSAttPooling, out: MILOutput, batch) -> None:
     h = out.features.detach().double()
     mask = batch.mask
     m = mask.unsqueeze(-1).to(h.dtype)
-    k, d = pool.num_classes, pool.in_dim
+    k = pool.num_classes
     Q = pool.Q
     assign = (h @ Q.to(h.dtype)).argmax(-1)
     bag_mean = (h * m).sum(1) / m.sum(1).clamp_min(1.0)

@@ -145,7 +145,6 @@ class DSMILPooling(Pooling):
     # ------------------------------------------------------------------ forward
     def forward(self, h: Tensor, mask: Tensor) -> MILOutput:
         Bn, N, d = h.shape
-        C = self.num_outputs
         c = self.inst_classifier(h)  # [B, N, C]
         used = self._patch_mask(mask)
         # critical instance per class: padding (and dropped patches) can never win
