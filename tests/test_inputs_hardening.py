@@ -561,3 +561,24 @@ def test_sigterm_with_jobs_ends_every_worker_like_a_sequential_run(tmp_path, rec
     assert json.loads((out / "run.json").read_text())["outcome"] == "terminated"
     time.sleep(0.2)
     assert not [w for w in workers if _alive(w)]
+
+
+def test_every_download_a_component_names_is_registered():
+    """``Component.downloads`` names entries of ``milzoo data list``: --recipe can fetch each one."""
+    from milzoo.registry import get_component, list_components
+    from milzoo.registry import _table as registry
+
+    known = {e.name for e in registry.entries("download")}
+    named = {}
+    for kind in ("dataset", "encoder", "pooling", "augment", "loss", "task"):
+        for entry in list_components(kind):
+            cls = get_component(kind, entry["qualified"])
+            try:
+                config = cls.Config()
+            except Exception:  # noqa: BLE001 - a component whose options have no defaults
+                continue
+            extra = {"pretrained": True} if "pretrained" in cls.Config.model_fields else {}
+            for name in cls.downloads(cls.Config(**extra) if extra else config):
+                named[name] = entry["qualified"]
+    assert {"fmnist", "cifar10", "cifar100", "svhn", "resnet18-imagenet"} <= set(named)
+    assert set(named) <= known, {n: c for n, c in named.items() if n not in known}
