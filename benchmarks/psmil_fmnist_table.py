@@ -176,6 +176,11 @@ def cpu(rec: dict | None) -> str:
     return kinds[0] if len(kinds) == 1 else " then ".join(kinds) + " (resumed on another machine)"
 
 
+def cpu_type(rec: dict | None) -> str:
+    """The CPU type and precision of :func:`cpu`, without saying who recorded it: what comparisons compare."""
+    return cpu(rec).replace(" (recorded by a later queue)", "")
+
+
 def cpus(recs: list[dict]) -> str:
     """The CPU of a row's runs: one type, or each job with its own."""
     kinds = [cpu(r) for r in recs]
@@ -388,7 +393,7 @@ def cpu_block() -> str:
         for j in jobs:
             r = done(j)
             if r is not None:
-                by_type.setdefault(cpu(r), []).append(f"`{j}`")
+                by_type.setdefault(cpu_type(r), []).append(f"`{j}`")
     lam = done("psmil_lam0-seed1")
     out = ["**CPU and precision.** The `CPU, precision` column names, per row, the CPU type its runs trained on "
            "(`machine.json`: the CPU model and whether it has AVX-512 and native bf16) and the precision (the "
@@ -413,7 +418,7 @@ def cpu_block() -> str:
         ra, rb = row(a), row(b)
         if not ra or not rb:
             continue
-        kinds = {cpu(r) for r in ra + rb}
+        kinds = {cpu_type(r) for r in ra + rb}
         (same if len(kinds) == 1 else mixed).append(name if len(kinds) == 1 else
                                                    f"{name} ({cpus(ra + rb)})")
     if same:
@@ -525,7 +530,7 @@ def draws_block() -> str:
         for d in DRAWS:
             if d in gaps:
                 ra, rb = done(draw_job(a, d)), done(draw_job(b, d))
-                mark = "" if cpu(ra) == cpu(rb) else " (two CPU types)"
+                mark = "" if cpu_type(ra) == cpu_type(rb) else " (two CPU types)"
                 cells.append(f"{gaps[d]:+.2f}{mark}")
             else:
                 cells.append("pending")
@@ -669,7 +674,7 @@ def _paper(first_job: str) -> str:
 
 def two_types(recs: list[dict]) -> str:
     """" (on two CPU types)" where a comparison's runs did not all train on one CPU type."""
-    n = len({cpu(r) for r in recs})
+    n = len({cpu_type(r) for r in recs})
     return "" if n <= 1 else f" (runs on {n} CPU types)"
 
 
@@ -717,7 +722,7 @@ def headline_block() -> str | None:
         story += (f", then its training loss rose from {l2['train_loss'][jump - 1]:.2f} to "
                   f"{l2['train_loss'][jump]:.2f} in epoch {jump} and test accuracy stayed at "
                   f"{min(rest):.1f}–{max(rest):.1f} % for the rest")
-    mixed = {cpu(r) for r in L} != {cpu(r) for r in P} or len({cpu(r) for r in L + P}) > 1
+    mixed = {cpu_type(r) for r in L} != {cpu_type(r) for r in P} or len({cpu_type(r) for r in L + P}) > 1
     cpu_note = (f" The two rows did not run on one CPU type ({cpus(L + P)}), which moves fp32 results too "
                 "([CPU](#results-test-single-instance-accuracy-))." if mixed else "")
     resolved = pv is not None and pv < 0.05
