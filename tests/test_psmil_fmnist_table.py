@@ -141,3 +141,17 @@ def test_cpu_names(table):
     two = {"job": "x", "info": {}, "recipe": "", "machine": {"sessions": [{"cpu": "AMD EPYC"}, s]}}
     assert "then" in table.cpu(two) and "resumed" in table.cpu(two)
     assert table.cpu({"job": "y", "info": {}, "recipe": "", "machine": {}}) == "not recorded"
+
+
+def test_runs_compare_by_cpu_type_not_by_who_recorded_it(table):
+    """A machine.json written by a later queue (same CPU) is one CPU type with the run that wrote its own."""
+    epyc = {"cpu": "AMD EPYC", "cores": 2, "avx512": True, "avx512_bf16": True}
+    own = {"info": {"command": ["--set", "train.precision=fp32"]}, "machine": {"sessions": [epyc]}}
+    later = {"info": {"command": ["--set", "train.precision=fp32"]},
+             "machine": {"sessions": [{**epyc, "note": "snapshot taken after the run, by a later queue"}]}}
+    avx2 = {"info": {"command": ["--set", "train.precision=fp32"]},
+            "machine": {"sessions": [{"cpu": "AMD EPYC", "avx512": False}]}}
+    assert table.cpu(later) == "AMD EPYC, AVX-512 + bf16, fp32 (recorded by a later queue)"
+    assert table.cpu_type(own) == table.cpu_type(later) == "AMD EPYC, AVX-512 + bf16, fp32"
+    assert table.cpu_type(avx2) == "AMD EPYC, AVX2, fp32" != table.cpu_type(own)
+    assert table.two_types([own, later]) == "" and table.two_types([own, avx2]) == " (runs on 2 CPU types)"
