@@ -558,7 +558,36 @@ def draws_block() -> str:
     out.extend(sentences)
     out.append("")
     out.append(orderings())
+    out.append("")
+    out.append(independent_abmil())
     return "\n".join(out) + "\n"
+
+
+#: the audit's independent ABMIL (algorithmically identical, another fixed 600-bag draw), test %, last epoch
+INDEPENDENT_ABMIL = 74.2
+
+
+def independent_abmil() -> str:
+    """What the draws say about the audit's independent ABMIL figure: inside or outside the range they span."""
+    draws = draw_values("abmil")
+    seeds = [last(r) for r in row("abmil")]
+    runs = [draws[d] for d in DRAWS if d in draws] + seeds[1:]
+    if len(draws) < 2:
+        return (f"**The audit's independent ABMIL** ({INDEPENDENT_ABMIL:.1f} % on another fixed 600-bag draw): "
+                "ABMIL has not finished on two draws yet, so how far a draw moves it is not known.")
+    spread = max(draws.values()) - min(draws.values())
+    txt = (f"**The audit's independent ABMIL** ({INDEPENDENT_ABMIL:.1f} % on another fixed 600-bag draw): milzoo's "
+           f"ABMIL spans {min(runs):.2f}–{max(runs):.2f} % over {len(runs)} runs ({len(draws)} draws, "
+           f"{len(seeds)} training seeds on draw 0), and the draws alone move it by up to {spread:.2f} points")
+    if min(runs) <= INDEPENDENT_ABMIL <= max(runs):
+        return txt + "; the independent figure lies within that range."
+    dist = INDEPENDENT_ABMIL - max(runs) if INDEPENDENT_ABMIL > max(runs) else min(runs) - INDEPENDENT_ABMIL
+    side = "above" if INDEPENDENT_ABMIL > max(runs) else "below"
+    if dist < spread:
+        return (txt + f". The independent figure lies {dist:.2f} points {side} every run here, less than the draws' "
+                f"own spread, so another draw could account for it; {len(draws)} draws cannot tell whether it does.")
+    return (txt + f". The independent figure lies {dist:.2f} points {side} every run here, more than the draws' own "
+            "spread: the draw alone is unlikely to account for it.")
 
 
 def orderings() -> str:
