@@ -158,9 +158,10 @@ def precision(rec: dict, session: dict) -> str:
     return value
 
 
-def cpu(rec: dict | None) -> str:
+def cpu(rec: dict | None, recorder: bool = True) -> str:
     """"AMD EPYC, AVX2, fp32" for a run, from the sessions in its machine.json; a run that spanned sessions on
-    several CPU types names each; a session recorded only by a later queue (not the one that ran it) says so."""
+    several CPU types names each; a session recorded only by a later queue (not the one that ran it) says so,
+    unless ``recorder`` is false."""
     if rec is None:
         return "-"
     sessions = [s for s in rec.get("machine", {}).get("sessions", []) if isinstance(s, dict)]
@@ -169,7 +170,7 @@ def cpu(rec: dict | None) -> str:
     kinds = []
     for s in sessions:
         k = f"{_cpu_name(s)}, {precision(rec, s)}"
-        if "later queue" in str(s.get("note", "")):
+        if recorder and "later queue" in str(s.get("note", "")):
             k += " (recorded by a later queue)"
         if k not in kinds:
             kinds.append(k)
@@ -178,7 +179,7 @@ def cpu(rec: dict | None) -> str:
 
 def cpu_type(rec: dict | None) -> str:
     """The CPU type and precision of :func:`cpu`, without saying who recorded it: what comparisons compare."""
-    return cpu(rec).replace(" (recorded by a later queue)", "")
+    return cpu(rec, recorder=False)
 
 
 def cpus(recs: list[dict]) -> str:
@@ -426,7 +427,7 @@ def cpu_block() -> str:
     if mixed:
         out.append(f"Comparisons that mix CPU types (the gap includes a kernel difference of unknown size): "
                    f"{'; '.join(mixed)}.")
-    sel = {cpu(r).replace(" (recorded by a later queue)", "") for r in selection_jobs().values() if r.get("machine")}
+    sel = {cpu_type(r) for r in selection_jobs().values() if r.get("machine")}
     if sel:
         out.append(f"The learning-rate selection runs ran on {' and '.join(sorted(sel))}.")
     out.append("The bag-draw runs and the no-freeze PSAli pairs (below) are all run in fp32 "
@@ -471,6 +472,14 @@ def draw_values(model: str) -> dict[int, float]:
     return {d: v for d in DRAWS if (v := cell(draw_job(model, d))[0]) is not None}
 
 
+def every_run(model: str) -> list[float]:
+    """Every finished run of ``model``: one per bag draw and the other training seeds of draw 0 (whose seed 0 is
+    draw 0's run, so it is counted once)."""
+    draws = draw_values(model)
+    seeds = [last(r) for r in row(model)]
+    return [draws[d] for d in DRAWS if d in draws] + (seeds[1:] if 0 in draws else seeds)
+
+
 def draw_gaps(a: str, b: str) -> dict[int, float]:
     """{draw: last-epoch test accuracy of ``a`` minus ``b``} over the draws where both finished."""
     va, vb = draw_values(a), draw_values(b)
@@ -508,7 +517,7 @@ def draws_block() -> str:
         over = f"{ms(vals)} (n={len(vals)})" if len(vals) >= 2 else "needs ≥ 2 draws"
         seed_runs = [last(r) for r in row(model)]
         seed_txt = f"{ms(seed_runs)} (n={len(seed_runs)})" if len(seed_runs) >= 2 else "one seed"
-        every = vals + seed_runs[1:] if cells[0][0] is not None else vals + seed_runs
+        every = every_run(model)
         every_txt = f"{ms(every)} (n={len(every)})" if len(every) >= 2 else "-"
         out.append(f"| {label} | {' | '.join(t for _, t in cells)} | {over} | {seed_txt} | {every_txt} |")
     out.append("")
@@ -571,7 +580,7 @@ def independent_abmil() -> str:
     """What the draws say about the audit's independent ABMIL figure: inside or outside the range they span."""
     draws = draw_values("abmil")
     seeds = [last(r) for r in row("abmil")]
-    runs = [draws[d] for d in DRAWS if d in draws] + seeds[1:]
+    runs = every_run("abmil")
     if len(draws) < 2:
         return (f"**The audit's independent ABMIL** ({INDEPENDENT_ABMIL:.1f} % on another fixed 600-bag draw): "
                 "ABMIL has not finished on two draws yet, so how far a draw moves it is not known.")
