@@ -582,3 +582,14 @@ def test_every_download_a_component_names_is_registered():
                 named[name] = entry["qualified"]
     assert {"fmnist", "cifar10", "cifar100", "svhn", "resnet18-imagenet"} <= set(named)
     assert set(named) <= known, {n: c for n, c in named.items() if n not in known}
+
+
+def test_a_recipe_lists_every_component_it_names():
+    from milzoo.recipe import load_recipe
+
+    r = load_recipe(_cifar_recipe(Path("/nonexistent"), pretrained=True), ["log=[{name = \"csv\"}]"])
+    assert [(kind, name) for kind, name, _ in r.component_configs()] == [
+        ("dataset", "cifar10_bags"), ("encoder", "resnet18"), ("pooling", "mean"), ("task", "classification"),
+        ("loss", "bag_ce"),
+        ("logger", "csv")]
+    assert r.component_configs()[1][2].pretrained is True

@@ -61,16 +61,11 @@ def recipe_downloads(recipe) -> tuple[list[str], Path | None]:
     repeats, and the folder they go into: the dataset's ``root`` option when it has one."""
     from milzoo.registry import get_component
 
-    kind_of = {"data": "dataset", "encoder": "encoder", "pooling": "pooling", "augment": "augment", "task": "task"}
-    tables = [(kind_of[k], getattr(recipe.root, k), recipe.components.get(k)) for k in kind_of]
-    tables += [("loss", t, c) for t, c in zip(recipe.root.loss, recipe.components["loss"])]
     names: list[str] = []
-    for kind, table, config in tables:
-        if table is None or config is None:
-            continue
-        for name in get_component(kind, table.name).downloads(config):
-            if name not in names:
-                names.append(name)
+    for kind, name, config in recipe.component_configs():
+        for download in get_component(kind, name).downloads(config):
+            if download not in names:
+                names.append(download)
     root = getattr(recipe.components.get("data"), "root", None)
     return names, (Path(root).expanduser() if root else None)
 

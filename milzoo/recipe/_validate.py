@@ -32,7 +32,11 @@ from milzoo.recipe.schema import ComponentTable, ModelRecipeModel, RecipeModel
 from milzoo.registry import _provenance as provenance
 from milzoo.registry import _table as registry
 
-__all__ = ["Recipe", "load_recipe", "validate_recipe"]
+__all__ = ["SECTION_KINDS", "Recipe", "load_recipe", "validate_recipe"]
+
+#: recipe section -> the registry kind its ``name`` is looked up in
+SECTION_KINDS = {"data": "dataset", "encoder": "encoder", "pooling": "pooling", "augment": "augment", "loss": "loss",
+                 "task": "task", "log": "logger"}
 
 
 class Recipe:
@@ -45,6 +49,19 @@ class Recipe:
 
     def __getattr__(self, item):
         return getattr(self.root, item)
+
+    def component_configs(self) -> list[tuple[str, str, ComponentConfig]]:
+        """``(registry kind, name, validated Config)`` of every component the recipe names, loggers included, in
+        section order (``data``, ``encoder``, ``pooling``, ``augment``, ``task``, each ``loss``, each ``log``)."""
+        out = []
+        for key in ("data", "encoder", "pooling", "augment", "task"):
+            table, config = getattr(self.root, key), self.components.get(key)
+            if table is not None and config is not None:
+                out.append((SECTION_KINDS[key], table.name, config))
+        for key in ("loss", "log"):
+            configs = self.components.get(key, [])
+            out += [(SECTION_KINDS[key], t.name, c) for t, c in zip(getattr(self.root, key), configs)]
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """The fully resolved recipe (defaults filled in), JSON/TOML-able."""
@@ -170,13 +187,11 @@ def validate_recipe(raw: dict[str, Any], source: str = "<recipe>", *, require_da
             for i, t in enumerate(listed if isinstance(listed, list) else []):
                 if isinstance(t, dict) and isinstance(t.get("name"), str):
                     tables.append((many, f"{many}.{i}", ComponentTable.model_validate(t)))
-    kind_of = {"data": "dataset", "encoder": "encoder", "pooling": "pooling", "augment": "augment", "loss": "loss",
-               "task": "task", "log": "logger"}
     # a recipe.toml inside a run directory: unknown names say which recorded distribution to install
     recorded = provenance.from_recipe_source(source)
     for key, where, table in tables:
         with registry.recorded_providers(recorded):
-            cfg = _validate_component(kind_of[key], table, where, problems)
+            cfg = _validate_component(SECTION_KINDS[key], table, where, problems)
         if key in ("loss", "log"):
             components[key].append(cfg)
         else:
