@@ -129,10 +129,11 @@ def supervised_runner(bps: int, bag_size: int, views: int, shape, classes: int, 
     return run
 
 
-def measure(config: str, bps: int, bag_size: int, shape=(1, 28, 28), classes: int = 10, sites: bool = False,
-            captured: bool = True, encoder: str = "cnn2") -> dict:
+def measure(config: str, bps: int, bag_size: int, encoder: str = "cnn2", classes: int = 10, sites: bool = False,
+            captured: bool = True) -> dict:
     from milzoo.testing.dispatch import count_per_step
 
+    shape = SHAPES[encoder]
     views = CONFIGS[config][2]["num_views"]
     t0 = time.perf_counter()
     mil = count_per_step(mil_runner(config, bps, bag_size, shape, classes, encoder=encoder), sites=sites)
@@ -142,7 +143,8 @@ def measure(config: str, bps: int, bag_size: int, shape=(1, 28, 28), classes: in
     extra = {} if cap is None else {"captured_ops": cap.ops, "captured_ratio": round(cap.ops / sup.ops, 2),
                                     "captured_syncs_per_step": cap.syncs, "captured_by_op": cap.by_op}
     return {**extra,
-        "config": config, "encoder": encoder, "shape": list(shape), "bags_per_step": bps, "bag_size": bag_size, "views": views,
+        "config": config, "encoder": encoder, "shape": list(shape), "bags_per_step": bps, "bag_size": bag_size,
+        "views": views,
         "images_per_step": bps * bag_size * views,
         "mil_ops": mil.ops, "supervised_ops": sup.ops, "ops_ratio": round(mil.ops / sup.ops, 2),
         "mil_kernels": mil.kernels, "supervised_kernels": sup.kernels,
@@ -169,8 +171,7 @@ def main(argv=None) -> int:
     print(f"torch {torch.__version__}, fp32, CPU; one training step as a GPU runs it", flush=True)
     rows = []
     for encoder, config, bps in itertools.product(args.encoder, args.configs, args.bags_per_step):
-        r = measure(config, bps, args.bag_size, shape=SHAPES[encoder], sites=args.sites,
-                    captured=not args.eager_only, encoder=encoder)
+        r = measure(config, bps, args.bag_size, encoder, sites=args.sites, captured=not args.eager_only)
         rows.append(r)
         print(f"{encoder} {config} bags/step={bps} ({r['images_per_step']} images): mil_ops={r['mil_ops']} "
               f"supervised_ops={r['supervised_ops']} ops_ratio={r['ops_ratio']:.2f} "
