@@ -16,22 +16,24 @@ waits for, start to summary):
   the held-out fold is its validation loader (evaluated after every epoch, as milzoo evaluates its test
   split). One torch thread, as the quickstart.
 - ``torchmil replay``: torchmil's ``ABMIL`` module started from milzoo's initial weights of each fold and
-  trained in a plain loop that visits the bags in milzoo's order and draws the same random numbers
-  (the DataLoader seeds, the dropout masks): the faithfulness check against ``milzoo 1 bag/step`` (only
-  float rounding differs: torchmil's attention has no bias, its loss is ``BCEWithLogits(t)`` where milzoo's
-  is the cross-entropy of ``[0, t]``).
+  trained by ``milzoo.testing.replay.replay_fold``: one bag per step in milzoo's order, drawing torch's random
+  numbers as milzoo's trainer does, through the trainer's own description of its random stream
+  (``milzoo.train.random_stream``), so a change to that stream moves both sides.  Only float rounding can
+  differ: torchmil's attention has no bias, its loss is ``BCEWithLogits(t)`` where milzoo's is the
+  cross-entropy of ``[0, t]``.
 - ``milzoo 1 bag/step fp64`` and ``torchmil replay fp64``: the same pair with ``train.precision = "fp64"``
-  on milzoo's side and everything in float64 on torchmil's. This pair carries the goal (accuracies within
-  0.01): in float32 the two sides' rounding (about 1e-7) is amplified by Adam's occasional loss spikes into
-  a different prediction for a bag now and then (seen: 1 bag of 92), which says nothing about the models;
-  in float64 the rounding is 1e-16 and the spikes cannot amplify it that far. The float32 pair is printed
-  beside it.
+  on milzoo's side and everything in float64 on torchmil's.  This pair carries the goal, and the goal is the
+  one that cannot cancel: in every fold, the mean training loss of **every epoch** equal within 1e-9, and
+  **every test bag's probability** equal within 1e-9 (milzoo's recomputed from each fold's ``last``
+  checkpoint at full precision).  The accuracy difference is printed, not checked: two bags changing sides
+  in opposite directions leave it at 0.  In float32 the two sides' rounding (about 1e-7) can be amplified by
+  Adam's occasional loss spikes into a different prediction now and then, which says nothing about the
+  models; the float32 pair is printed beside it, against a 1e-4 tolerance.
 
 Accuracy is the last epoch's, on the held-out fold, averaged over the 10 folds (prediction: logit > 0).
-Beyond the accuracies, the faithfulness check prints how far the two runs' test-bag probabilities are apart
-(median, largest, the bags classified differently) and, per fold, for how many leading epochs their mean
-training losses agree within 1e-4: the same model on the same random stream agrees to float rounding until a
-training instability (a loss spike) amplifies that rounding, and the epoch where that happens is shown.
+The script exits 1 when the float64 pair is not faithful.  ``--epochs 3`` is the quick check (about 2
+minutes); tests/test_torchmil_replay.py runs a 2-fold, 3-epoch version against a reference ABMIL in every
+``make test``.
 
     .venv/bin/python benchmarks/vs_torchmil.py                 # writes benchmarks/results/vs_torchmil.json
     .venv/bin/python benchmarks/vs_torchmil.py --seeds 5       # accuracy over 5 seeds: ..._seeds.json
@@ -40,7 +42,6 @@ training instability (a loss spike) amplifies that rounding, and the epoch where
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -53,31 +54,31 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "quickstart.toml"
+SAME_STEPS = ["train.batch_size=1", "pooling.head=sigmoid"]  # torchmil's: one bag per Adam step, one logit
 MILZOO = [sys.executable, "-m", "milzoo"]
 
 
 # ----------------------------------------------------------------------------- shared data (workers)
-def _folds(epochs: int, float64: bool = False, seed: int = 0):
-    """milzoo's recipe, folds and per-fold standardised bags: [(fold, recipe, train [(x, y)], test [(x, y)])]
-    (in float64 with ``float64``, standardised as ``train.precision = "fp64"`` does: statistics in float64)."""
-    import torch
-
-    from milzoo.model.build import build_dataset
-    from milzoo.model.mil import Standardize
-    from milzoo.datasets.protocols import make_folds
+def _recipe(epochs: int, seed: int = 0, extra: list[str] | None = None):
+    """The quickstart at torchmil's settings (one bag per step, one logit), ``epochs`` and ``seed``."""
     from milzoo.recipe import load_recipe
 
-    recipe = load_recipe(str(RECIPE), ["train.batch_size=1", "pooling.head=sigmoid", f"train.epochs={epochs}",
-                                       f"seed={seed}"])
-    torch.manual_seed(recipe.root.seed)
+    return load_recipe(str(RECIPE), [*SAME_STEPS, f"train.epochs={epochs}", f"seed={seed}", *(extra or [])])
+
+
+def _folds(epochs: int, seed: int = 0):
+    """milzoo's recipe, folds and per-fold standardised bags: [(fold, recipe, train [(x, y)], test [(x, y, id)])]."""
+    from milzoo.datasets.protocols import folds_for
+    from milzoo.model.mil import Standardize
+
+    recipe = _recipe(epochs, seed)
     out = []
-    for fd in make_folds(recipe.root.protocol, build_dataset(recipe), recipe.root.seed):
+    for fd in folds_for(recipe):
         train_bags = [fd.train.get_bag(i) for i in range(len(fd.train))]
         test = fd.evals["test"]
         std = Standardize(train_bags[0].x.shape[1])
-        dtype = torch.float64 if float64 else torch.float32
-        std.to(dtype).fit(b.x for b in train_bags)
-        norm = lambda b: (std(b.x.to(dtype)), int(b.y))  # noqa: E731 - what milzoo's model does first
+        std.fit(b.x for b in train_bags)
+        norm = lambda b: (std(b.x), int(b.y))  # noqa: E731 - what milzoo's model does first
         test_bags = [test.get_bag(i) for i in range(len(test))]
         out.append((fd.fold, recipe, [norm(b) for b in train_bags], [(*norm(b), str(b.bag_id)) for b in test_bags]))
     return out
@@ -91,18 +92,13 @@ def _feat_ext(dropout: float):
 
 
 def _accuracy(model, bags) -> float:
-    return _scores(model, bags)[0]
-
-
-def _scores(model, bags) -> tuple[float, dict[str, float]]:
-    """Accuracy (logit > 0) and each test bag's positive-class probability, by bag id."""
+    """Accuracy (logit > 0) of ``model`` on ``[(x, y, id)]``."""
     import torch
 
     model.eval()
     with torch.no_grad():
         logits = [float(model(x.unsqueeze(0)).reshape(())) for x, _, _ in bags]
-    hits = [int(t > 0) == y for t, (_, y, _) in zip(logits, bags)]
-    return sum(hits) / len(hits), {bid: float(torch.sigmoid(torch.tensor(t))) for t, (_, _, bid) in zip(logits, bags)}
+    return sum(int(t > 0) == y for t, (_, y, _) in zip(logits, bags)) / len(bags)
 
 
 def worker_torchmil(epochs: int, seed: int = 0) -> dict:
@@ -115,10 +111,12 @@ def worker_torchmil(epochs: int, seed: int = 0) -> dict:
     from torchmil.models import ABMIL
     from torchmil.utils.trainer import Trainer
 
+    from milzoo.train.random_stream import FoldStream
+
     torch.set_num_threads(1)
     accs = []
     for fold, recipe, train, test in _folds(epochs, seed=seed):
-        torch.manual_seed(seed * 1000 + fold)
+        FoldStream(seed, fold).seed_model()
         model = ABMIL(in_shape=(166,), att_dim=recipe.root.pooling.attn_hidden, feat_ext=_feat_ext(0.2))
         opt = torch.optim.Adam(model.parameters(), lr=recipe.root.optim.lr, weight_decay=recipe.root.optim.weight_decay)
         as_dicts = lambda bags: [TensorDict({"X": b[0], "Y": torch.tensor(float(b[1]))}) for b in bags]  # noqa: E731
@@ -131,53 +129,48 @@ def worker_torchmil(epochs: int, seed: int = 0) -> dict:
     return {"acc_per_fold": accs, "acc": sum(accs) / len(accs)}
 
 
+def _torchmil_from(model):
+    """torchmil's ``ABMIL`` with milzoo's initial weights of ``model`` (the quickstart's encoder and attention)."""
+    import torch
+    from torchmil.models import ABMIL
+
+    tm = ABMIL(in_shape=(166,), att_dim=model.pooling.attn_V.out_features, feat_ext=_feat_ext(0.2))
+    bare = lambda m: getattr(m, "module", m)  # noqa: E731 - torchmil's LazyLinear wraps an nn.Linear
+    with torch.no_grad():
+        for i in (0, 3):
+            tm.feat_ext[i].load_state_dict(model.encoder.net[i].state_dict())
+        bare(tm.pool.fc1).load_state_dict(model.pooling.attn_V.state_dict())
+        tm.pool.fc2.weight.copy_(model.pooling.attn_w.weight)  # torchmil's has no bias (softmax ignores it)
+        bare(tm.classifier).load_state_dict(model.pooling.classifier.state_dict())
+    return tm
+
+
 def worker_replay(epochs: int, float64: bool = False) -> dict:
     """torchmil's ABMIL from milzoo's initial weights, milzoo's bag order and random stream (faithfulness);
     with ``float64`` everything in float64, as milzoo's ``train.precision = "fp64"``."""
     import torch
-    from torchmil.models import ABMIL
 
-    from milzoo.model.build import build_model
+    from milzoo.datasets.protocols import folds_for
+    from milzoo.testing.replay import replay_fold
 
     torch.set_num_threads(1)
-    accs, probs, curves = [], {}, {}
-    dtype = torch.float64 if float64 else torch.float32
-    for fold, recipe, train, test in _folds(epochs, float64):
-        model = ABMIL(in_shape=(166,), att_dim=recipe.root.pooling.attn_hidden, feat_ext=_feat_ext(0.2))
-        torch.manual_seed(recipe.root.seed * 1000 + fold)  # what milzoo's Trainer does, then builds its model
-        ref = build_model(recipe, (166,), 2, ["0", "1"])
-        with torch.no_grad():
-            for i in (0, 3):
-                model.feat_ext[i].load_state_dict(ref.encoder.net[i].state_dict())
-            bare = lambda m: getattr(m, "module", m)  # noqa: E731 - torchmil's LazyLinear wraps an nn.Linear
-            bare(model.pool.fc1).load_state_dict(ref.pooling.attn_V.state_dict())
-            model.pool.fc2.weight.copy_(ref.pooling.attn_w.weight)  # torchmil's has no bias (softmax ignores it)
-            bare(model.classifier).load_state_dict(ref.pooling.classifier.state_dict())
-        model.to(dtype)  # milzoo builds in float32 and then doubles its model: the same initial values
-        opt = torch.optim.Adam(model.parameters(), lr=recipe.root.optim.lr, weight_decay=recipe.root.optim.weight_decay,
-                               foreach=True)
-        seed = recipe.root.seed
-        curve = []  # mean training loss per epoch, to compare with milzoo's metrics.jsonl
-        for epoch in range(epochs):
-            g = torch.Generator().manual_seed(seed * 1_000_003 + fold * 1009 + epoch)  # milzoo's epoch order
-            order = torch.randperm(len(train), generator=g).tolist()
-            torch.empty((), dtype=torch.int64).random_()  # the seed milzoo's training DataLoader draws
-            model.train()
-            total = 0.0
-            for i in order:
-                x, y = train[i]
-                loss = model.criterion(model(x.unsqueeze(0)).to(dtype), torch.tensor([float(y)], dtype=dtype))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += float(loss)
-            curve.append(total / len(order))
-            torch.empty((), dtype=torch.int64).random_()  # the seed of milzoo's evaluation DataLoader
-        acc, p = _scores(model, test)
-        accs.append(acc)
-        probs[str(fold)] = p
-        curves[str(fold)] = curve
-    return {"acc_per_fold": accs, "acc": sum(accs) / len(accs), "probs": probs, "train_loss": curves}
+    recipe = _recipe(epochs, extra=["train.precision=fp64"] if float64 else [])
+    lr, wd = recipe.root.optim.lr, recipe.root.optim.weight_decay
+    folds = {}
+    for fd in folds_for(recipe):
+        folds[str(fd.fold)] = vars(replay_fold(recipe, fd, _torchmil_from, torch.nn.BCEWithLogitsLoss(),
+                                               lambda ps: torch.optim.Adam(ps, lr=lr, weight_decay=wd, foreach=True)))
+    labels = _test_labels(recipe)
+    accs = [sum((p > 0.5) == bool(labels[b]) for b, p in f["probs"].items()) / len(f["probs"]) for f in folds.values()]
+    return {"acc_per_fold": accs, "acc": sum(accs) / len(accs), "folds": folds}
+
+
+def _test_labels(recipe) -> dict[str, int]:
+    """Bag id -> label of every test bag of the recipe's folds."""
+    from milzoo.datasets.protocols import folds_for
+
+    return {str(b.bag_id): int(b.y) for fd in folds_for(recipe) for b in map(fd.evals["test"].get_bag,
+                                                                              range(len(fd.evals["test"])))}
 
 
 # ----------------------------------------------------------------------------- parent
@@ -190,23 +183,22 @@ def _timed(cmd: list[str], env=None) -> tuple[float, str]:
     return wall, out.stdout
 
 
-def run_milzoo(name: str, tmp: Path, epochs: int, extra: list[str]) -> dict:
+def run_milzoo(name: str, tmp: Path, epochs: int, extra: list[str], replayed: list[str] | None = None) -> dict:
+    """``milzoo run`` of the quickstart with ``extra`` arguments, timed.  ``replayed``: the ``--set``s of a
+    replayed run (torchmil's settings), whose per-fold training losses and full-precision test probabilities
+    are then read back (``milzoo.testing.replay.run_outputs``) for the faithfulness comparison."""
     out = tmp / name.replace(" ", "_").replace("/", "_")
     cmd = [*MILZOO, "run", str(RECIPE), "--out", str(out), "--no-progress", "--set", f"train.epochs={epochs}", *extra]
     wall, _ = _timed(cmd)
     summary = json.loads((out / "summary.json").read_text())
     acc = summary["last"]["test"]["acc"]
-    probs = {}  # each fold's last-epoch test probabilities, by bag id (the faithfulness comparison)
-    for fold_dir in sorted(out.glob("fold-*")):
-        with open(fold_dir / "last" / "predictions-test.csv", newline="") as fh:
-            probs[str(int(fold_dir.name.split("-")[1]))] = {r["bag_id"]: float(r["p_positive"]) for r in csv.DictReader(fh)}
-    curves: dict[str, list[float]] = {}
-    for line in (out / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if rec.get("split") == "train":
-            curves.setdefault(str(rec.get("fold", 0)), []).append(rec["loss"])
-    return {"name": name, "command": " ".join(["milzoo", *cmd[3:]]), "wall_s": round(wall, 2),
-            "acc": acc["mean"], "acc_per_fold": acc["values"], "probs": probs, "train_loss": curves}
+    res = {"name": name, "command": " ".join(["milzoo", *cmd[3:]]), "wall_s": round(wall, 2),
+           "acc": acc["mean"], "acc_per_fold": acc["values"]}
+    if replayed is not None:
+        from milzoo.testing.replay import run_outputs
+
+        res["folds"] = {str(k): vars(v) for k, v in run_outputs(out, _recipe(epochs, extra=replayed)).items()}
+    return res
 
 
 def run_worker(name: str, kind: str, epochs: int, seed: int = 0) -> dict:
@@ -216,31 +208,12 @@ def run_worker(name: str, kind: str, epochs: int, seed: int = 0) -> dict:
             **res}
 
 
-def _prob_differences(a: dict, b: dict) -> dict:
-    """|p_a - p_b| over every test bag of every fold (matched by fold and bag id), and the bags whose
-    predicted class differs, each with both probabilities: how close two runs of the same model are."""
-    diffs, flipped = [], []
-    for fold, pa in a.items():
-        for bid, p in pa.items():
-            q = b[fold][bid]
-            diffs.append(abs(p - q))
-            if (p > 0.5) != (q > 0.5):
-                flipped.append(f"fold {fold} bag {bid}: {p:.4f} vs {q:.4f}")
-    diffs.sort()
-    return {"bags": len(diffs), "median": diffs[len(diffs) // 2], "max": diffs[-1], "flipped": len(flipped),
-            "flipped_bags": flipped}
+def faithfulness(mz: dict, tr: dict, tol: float, labels: dict[str, int]):
+    """The :class:`~milzoo.testing.replay.Agreement` of a milzoo run and its replay (their ``folds``)."""
+    from milzoo.testing.replay import FoldOutputs, compare
 
-
-def _curve_agreement(a: dict, b: dict, tol: float = 1e-4) -> dict:
-    """Per fold: for how many leading epochs the mean training losses of two runs agree within ``tol``
-    (the same model and random stream agree to float rounding until an instability amplifies it)."""
-    out = {}
-    for fold in sorted(a, key=int):
-        pairs = list(zip(a[fold], b[fold]))
-        equal = next((e for e, (x, y) in enumerate(pairs) if abs(x - y) > tol), len(pairs))
-        out[fold] = {"epochs": len(pairs), "epochs_equal": equal,
-                     "max_diff_while_equal": max((abs(x - y) for x, y in pairs[:equal]), default=0.0)}
-    return out
+    side = lambda r: {int(k): FoldOutputs(**v) for k, v in r["folds"].items()}  # noqa: E731
+    return compare(side(mz), side(tr), loss_tol=tol, prob_tol=tol, labels=labels)
 
 
 def machine() -> dict:
@@ -313,17 +286,17 @@ def main() -> None:
         seeds_study(args, info)
         return
     tmp = Path(tempfile.mkdtemp(prefix="vs_torchmil_"))
-    same_steps = ["--set", "train.batch_size=1", "--set", "pooling.head=sigmoid"]  # torchmil's settings
+    same_steps = [a for kv in SAME_STEPS for a in ("--set", kv)]  # torchmil's settings
     try:
         todo = [
             lambda: run_milzoo("milzoo quickstart --jobs 2", tmp, args.epochs, ["--jobs", "2"]),
             lambda: run_worker("torchmil", "torchmil", args.epochs),
             lambda: run_milzoo("milzoo quickstart", tmp, args.epochs, []),
-            lambda: run_milzoo("milzoo 1 bag/step", tmp, args.epochs, same_steps),
+            lambda: run_milzoo("milzoo 1 bag/step", tmp, args.epochs, same_steps, replayed=[]),
             lambda: run_milzoo("milzoo 1 bag/step --jobs 2", tmp, args.epochs, [*same_steps, "--jobs", "2"]),
             lambda: run_worker("torchmil replay", "replay", args.epochs),
-            lambda: run_milzoo("milzoo 1 bag/step fp64", tmp, args.epochs, [*same_steps, "--set",
-                                                                             "train.precision=fp64"]),
+            lambda: run_milzoo("milzoo 1 bag/step fp64", tmp, args.epochs,
+                               [*same_steps, "--set", "train.precision=fp64"], replayed=["train.precision=fp64"]),
             lambda: run_worker("torchmil replay fp64", "replay64", args.epochs),
         ]
         runs = []
@@ -341,37 +314,35 @@ def main() -> None:
         "torchmil / milzoo 1 bag/step --jobs 2 (same model and steps)": tm / by["milzoo 1 bag/step --jobs 2"]["wall_s"],
         "torchmil / milzoo 1 bag/step (same model and steps)": tm / by["milzoo 1 bag/step"]["wall_s"],
     }
+    labels = _test_labels(_recipe(args.epochs))
     faith = {}
-    for tag, mz, tr in (("fp64", "milzoo 1 bag/step fp64", "torchmil replay fp64"),
-                        ("fp32", "milzoo 1 bag/step", "torchmil replay")):
-        faith[tag] = {"acc_difference": abs(by[tr]["acc"] - by[mz]["acc"]),
-                      "probabilities": _prob_differences(by[mz]["probs"], by[tr]["probs"]),
-                      "train_loss": _curve_agreement(by[mz]["train_loss"], by[tr]["train_loss"]),
-                      "pair": [mz, tr]}
+    for tag, mz, tr, tol in (("fp64", "milzoo 1 bag/step fp64", "torchmil replay fp64", 1e-9),
+                             ("fp32", "milzoo 1 bag/step", "torchmil replay", 1e-4)):
+        faith[tag] = faithfulness(by[mz], by[tr], tol, labels)
+        faith[tag].pair = [mz, tr]
     for r in runs:
-        r.pop("probs", None)
-        r.pop("train_loss", None)
+        r.pop("folds", None)
     print(f"{'run':<30} {'wall s':>8} {'acc':>7}")
     for r in runs:
         print(f"{r['name']:<30} {r['wall_s']:>8.1f} {r['acc']:>7.3f}")
     for k, v in ratios.items():
         print(f"{k}: {v:.2f}x")
     for tag, f in faith.items():
-        mz, tr = f["pair"]
-        goal = " (goal <= 0.01)" if tag == "fp64" else " (float32: rounding, amplified by loss spikes, may flip a bag)"
-        print(f"faithfulness {tag}: |acc({tr}) - acc({mz})| = {f['acc_difference']:.4f}{goal}")
-        d = f["probabilities"]
-        print(f"  test-bag probabilities (6 significant digits in the CSV): median |diff| {d['median']:.2e}, max {d['max']:.2e}; {d['flipped']} of "
-              f"{d['bags']} bags on the other side of 0.5 ({', '.join(d['flipped_bags']) or 'none'})")
-        for fold, c in f["train_loss"].items():
-            print(f"  fold {fold}: training loss per epoch equal within 1e-4 for {c['epochs_equal']} of {c['epochs']} "
-                  f"epochs (largest difference before then {c['max_diff_while_equal']:.1e})")
+        mz, tr = f.pair
+        verdict = ("FAITHFUL" if f.faithful else "NOT FAITHFUL") if tag == "fp64" else \
+            "float32, printed only: rounding amplified by loss spikes may part the two"
+        print(f"faithfulness {tag} ({tr} vs {mz}): {verdict}")
+        for line in f.describe():
+            print(f"  {line}")
     result = {"epochs": args.epochs, "machine": info, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "runs": runs, "ratios": {k: round(v, 3) for k, v in ratios.items()},
-              "faithfulness_acc_difference": faith["fp64"]["acc_difference"], "faithfulness": faith}
+              "faithful": faith["fp64"].faithful,
+              "faithfulness": {tag: {"pair": f.pair, **f.as_dict()} for tag, f in faith.items()}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
+    if not faith["fp64"].faithful:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

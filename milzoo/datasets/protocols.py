@@ -25,12 +25,12 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from milzoo.datasets.base import MILDataset
 from milzoo.datasets.checks import check_groups_disjoint
 from milzoo.errors import UserError
 from milzoo.registry import get_component
+from milzoo.train import random_stream
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ def folds_for(recipe) -> list[FoldData]:
     torch is seeded with the recipe's seed first, as a run does, so rebuilding the folds of a run (a report, a
     plugin's command) gives the bags it trained and evaluated on even for a source that draws from torch.
     """
-    torch.manual_seed(recipe.root.seed)
+    random_stream.seed_folds(recipe.root.seed)
     return make_folds(recipe.root.protocol, build_dataset(recipe), recipe.root.seed)
 
 

@@ -18,6 +18,8 @@ _EXPORTS = {
     "split_bounds": "distributed", "free_port": "distributed",
     # progress
     "EpochProgress": "progress", "RunProgress": "progress", "RunObserver": "progress", "Observers": "progress",
+    # the random stream of a run, described once (the trainer and the replays draw through it)
+    "FoldStream": "random_stream",
     # measuring a trained model again, as its run did
     "measure": "measure",
 }

@@ -137,11 +137,11 @@ def train_epoch(tr: Trainer, epoch: int) -> dict[str, float]:
         g["lr"] = lr_at(tr.recipe.root.schedule, base, epoch, tr.epochs)
     set_encoder_frozen(tr.model.encoder, tr.encoder_trainable, epoch < tr.freeze_epochs)
     tr.model.train()
-    batches = _feed.batches(_feed.epoch_order(tr.seed, tr.data.fold, epoch, len(tr.data.train)), tr.batch_size)
+    batches = _feed.batches(tr.stream.epoch_order(epoch, len(tr.data.train)), tr.batch_size)
     weights = [1.0] * len(batches)
     if tr.dist is not None:  # this rank's slice of every global batch, and its own RNG stream
         batches, weights = tr.dist.shard_batches(batches, tr.batch_size)
-        tr.dist.seed_epoch(tr.seed, tr.data.fold, epoch)
+        tr.stream.seed_rank_epoch(epoch, tr.dist.rank)
     state = TrainState(epoch=epoch, num_epochs=tr.epochs, step=tr.step, fold=tr.data.fold)
     sums = LossSums(tr.device, host=tr.step_reads)
     count = 0

@@ -15,7 +15,7 @@ import torch
 from milzoo.datasets.base import MILDataset
 from milzoo.layers.precision import at_least_float32
 from milzoo.metrics import higher_is_better, instance_accuracy, youden_threshold
-from milzoo.train import _feed
+from milzoo.train import _feed, random_stream
 
 if TYPE_CHECKING:
     from milzoo.train.trainer import Trainer
@@ -60,8 +60,8 @@ def predict_splits(predict_split: Callable[[MILDataset], dict[str, Any]], evals:
                    device: torch.device) -> dict[str, dict[str, Any]]:
     """``predict_split`` of every evaluated split, on a fork of torch's random streams: a DataLoader's iterator
     (and so each evaluated split) draws from the global RNG, which would make the training that follows depend
-    on which splits are evaluated."""
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    on which splits are evaluated (:mod:`milzoo.train.random_stream`, step 6)."""
+    with random_stream.evaluation(device):
         return {name: predict_split(ds) for name, ds in evals.items()}
 
 

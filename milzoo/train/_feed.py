@@ -1,5 +1,4 @@
-"""Feeding bags to the training device: the seeded order of an epoch, its batches, and each split either
-resident on the device (:mod:`milzoo.datasets.resident`, batches built there) or read through a DataLoader.
+"""Feeding bags to the training device: an epoch's batches, and each split either resident on the device (:mod:`milzoo.datasets.resident`, batches built there) or read through a DataLoader.
 
 Both paths give the same batches and the same draws from torch's global RNG, so which one a run takes never
 changes its numbers (tests/test_trainer_steps.py, plugins/milzoo-vision/tests/test_resident.py).
@@ -16,14 +15,9 @@ from torch.utils.data import DataLoader
 from milzoo.datasets import resident
 from milzoo.datasets.base import MILDataset
 from milzoo.datasets.batch import MILBatch, collate_bags
+from milzoo.train.random_stream import draw_loader_seed
 
 log = logging.getLogger(__name__)
-
-
-def epoch_order(seed: int, fold: int, epoch: int, n: int) -> list[int]:
-    """The order of a fold's ``n`` training bags in ``epoch``: a permutation seeded by (seed, fold, epoch)."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + fold * 1009 + epoch)
-    return torch.randperm(n, generator=g).tolist()
 
 
 def batches(indices: list[int], size: int) -> list[list[int]]:
@@ -78,7 +72,7 @@ class Feed:
                 and not hasattr(ds, "__getitems__"):
             # what a DataLoader without workers does (dataset[i] for each bag, collate_bags), without its
             # iterator machinery per step; the same batches and random draws (tests/test_trainer_steps.py)
-            torch.empty((), dtype=torch.int64).random_()
+            draw_loader_seed()
             for rows in batches:
                 yield collate_bags([ds[i] for i in rows])
             return
@@ -88,5 +82,5 @@ class Feed:
             return
         # a DataLoader iterator draws its base seed from torch's global RNG; draw it too, so that the
         # augmentations and dropout that follow see the same random stream on both paths
-        torch.empty((), dtype=torch.int64).random_()
+        draw_loader_seed()
         yield from resident.iterate(split, batches, self.device)

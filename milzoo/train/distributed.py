@@ -233,15 +233,6 @@ class Distributed:
             weights.append((hi - lo) * n / len(b))
         return mine, weights
 
-    def seed_epoch(self, seed: int, fold: int, epoch: int) -> None:
-        """Seed torch's RNGs for one training epoch of this rank.
-
-        Ranks draw different random numbers (dropout, augmentation) and the stream
-        depends only on (seed, fold, epoch, rank), so a resumed run continues exactly
-        as an uninterrupted one without saving every rank's RNG state.
-        """
-        torch.manual_seed(((seed * 1_000_003 + fold) * 10_007 + epoch) * 65_537 + self.rank)
-
     # ------------------------------------------------------------------ collectives
     def barrier(self) -> None:
         import torch.distributed as dist

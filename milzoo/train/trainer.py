@@ -28,6 +28,7 @@ from milzoo.train import _epoch, _evaluate
 from milzoo.train._feed import Feed
 from milzoo.train._precision import MixedPrecision
 from milzoo.train.averaging import WeightAverager
+from milzoo.train.random_stream import FoldStream
 from milzoo.train.settings import make_optimizer, optimizer_kernels, resolve_batch_size, resolve_device
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,8 @@ class Trainer:
         self.epochs = tc.epochs
         self.seed = recipe.root.seed
         ds = data.train
-        torch.manual_seed(self.seed * 1000 + data.fold)
+        self.stream = FoldStream(self.seed, data.fold)  # every draw this fold makes (random_stream.py)
+        self.stream.seed_model()
         self.model = build_model(recipe, ds.instance_shape, ds.num_classes, ds.class_names)
         self.task = self.model.task
         for name, split in [("train", ds), *data.evals.items()]:
