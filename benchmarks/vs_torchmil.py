@@ -217,13 +217,15 @@ def faithfulness(mz: dict, tr: dict, tol: float, labels: dict[str, int]):
 
 
 def machine() -> dict:
-    import torch
-
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    """What run.json records of the hardware (CPU model, instruction set, features, cores), versions, load."""
     from importlib.metadata import version
 
-    return {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "torch": torch.__version__,
+    import torch
+
+    from milzoo.runs.environment import machine as hardware
+
+    hw = hardware()
+    return {"cpus": hw["cores"], **hw, "python": platform.python_version(), "torch": torch.__version__,
             "torchmil": version("torchmil"), "load_average_at_start": os.getloadavg()}
 
 

@@ -39,6 +39,28 @@ def test_run_directory_layout_and_summary(tmp_path, recipe_factory):
     assert "OPTIMISTIC" in s["best_epoch_on_test"]["note"]
     run_info = json.loads((out / "run.json").read_text())
     assert run_info["libraries"]["torch"] and any(p["name"] == "abmil" for p in run_info["plugins"])
+    # the hardware too (fp32 numbers differ between CPU types), for the run and for each start
+    hw = run_info["machine"]
+    assert hw["cpu"] and hw["cores"] >= 1 and hw["torch_threads"] >= 1 and isinstance(hw["gpus"], list)
+    assert hw["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert run_info["history"][-1]["machine"] == hw
+
+
+def test_run_json_names_the_cpu_features_and_gpus(monkeypatch, tmp_path):
+    """From /proc/cpuinfo and the NVIDIA driver's files, without initialising CUDA."""
+    from milzoo.runs import environment
+
+    monkeypatch.setattr(environment, "_cpuinfo", lambda: "model name\t: Some CPU 9000\nflags\t\t: fpu avx2 avx512f "
+                                                        "avx512_bf16 sse\n")
+    gpus = tmp_path / "gpus"
+    (gpus / "0000:01:00.0").mkdir(parents=True)
+    (gpus / "0000:01:00.0" / "information").write_text("Model: \t\t NVIDIA H100 80GB HBM3\nIRQ: 1\n")
+    real = environment.Path
+    monkeypatch.setattr(environment, "Path", lambda p="": gpus if p == "/proc/driver/nvidia/gpus" else real(p))
+    hw = environment.machine()
+    assert hw["cpu"] == "Some CPU 9000" and hw["cpu_flags"] == ["avx2", "avx512f", "avx512_bf16"]
+    assert hw["gpus"] == ["NVIDIA H100 80GB HBM3"]
+    assert not torch.cuda.is_initialized()
 
 
 def test_seeded_runs_repeat_exactly(tmp_path, recipe_factory):

@@ -194,8 +194,11 @@ def _environment(run_info: dict[str, Any] | None) -> dict[str, Any]:
         return {}
     plugins = {p.get("distribution"): p.get("version") for p in run_info.get("plugins", [])
                if p.get("status") == "ok" and p.get("distribution") not in (None, "?")}
-    return {"milzoo": run_info.get("milzoo"), "python": run_info.get("python"),
-            "libraries": run_info.get("libraries", {}), "plugins": plugins, "git_sha": run_info.get("git_sha")}
+    env = {"milzoo": run_info.get("milzoo"), "python": run_info.get("python"),
+           "libraries": run_info.get("libraries", {}), "plugins": plugins, "git_sha": run_info.get("git_sha")}
+    if run_info.get("machine"):  # runs from before run.json recorded the hardware have none
+        env["machine"] = run_info["machine"]
+    return env
 
 
 def run_distributions(cfg: dict[str, Any]) -> dict[str, str]:

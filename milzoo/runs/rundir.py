@@ -466,7 +466,9 @@ class RunRecord:
         if data:
             info["data"] = data
         history = _previous_info(path).get("history", [])
-        info["history"] = history + [{"started": info["started"], "resume": resume, "fold": fold}]
+        # each start's hardware too: a resumed run may continue on another machine
+        info["history"] = history + [{"started": info["started"], "resume": resume, "fold": fold,
+                                      "machine": info["machine"]}]
         atomic_write_json(path, info)
         return cls(path, info)
 
