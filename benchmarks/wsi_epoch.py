@@ -208,10 +208,11 @@ def naive_epoch(ds, encoder: str, threads: int | None, cold: bool = False, fmt: 
 
     from milzoo.datasets.batch import Bag, collate_bags
     from milzoo.model.build import build_model
+    from milzoo.train.random_stream import FoldStream
     from milzoo.train.settings import make_optimizer
 
     recipe = make_recipe("abmil", encoder, threads)
-    torch.manual_seed(recipe.root.seed * 1000)  # the trainer's fold-0 seed: same initial weights
+    FoldStream(recipe.root.seed, 0).seed_model()  # the trainer's fold-0 seed: same initial weights
     model = build_model(recipe, ds.instance_shape, ds.num_classes, ds.class_names)
     opt = make_optimizer(recipe.root.optim, model.parameters())
     model.train()
