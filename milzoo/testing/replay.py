@@ -29,7 +29,6 @@ Used by ``tests/test_torchmil_replay.py`` (a reference ABMIL written from torchm
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,11 +119,11 @@ def run_outputs(run_dir: str | Path, recipe, split: str = "test") -> dict[int, F
     (the predictions CSV keeps 6 significant digits)."""
     from milzoo.checkpoint import load_model
     from milzoo.datasets.protocols import folds_for
+    from milzoo.report.common import read_metrics
 
     run_dir = Path(run_dir)
     curves: dict[int, list[float]] = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
+    for rec in read_metrics(run_dir / "metrics.jsonl"):
         if rec.get("split") == "train":
             curves.setdefault(int(rec.get("fold", 0)), []).append(rec["loss"])
     out = {}
