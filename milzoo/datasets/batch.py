@@ -46,6 +46,9 @@ class MILBatch:
     #: True when every bag fills all N rows (no padding), known without reading ``mask``; None: look at it.
     #: Lets the model skip ``mask.all()``, a host sync per step on a GPU.
     unpadded: bool | None = None
+    #: each bag's number of real instances, known on the host without reading ``mask`` (``collate_bags``
+    #: fills it); None: not known.  A batch whose ``mask`` is changed must drop it.
+    known_lengths: tuple[int, ...] | None = None
 
     @property
     def size(self) -> int:
@@ -54,6 +57,18 @@ class MILBatch:
     @property
     def lengths(self) -> Tensor:
         return self.mask.sum(dim=1)
+
+    def host_lengths(self) -> list[int] | None:
+        """Each bag's number of real instances as Python integers when the host knows them without reading
+        ``mask`` (``known_lengths``, or every bag full when ``unpadded``); None otherwise.  ``MILModel`` hands
+        them to poolings that take ``lengths``, so that they neither read ``mask`` back from a GPU (a host
+        synchronisation per step) nor break a compiled step."""
+        if self.known_lengths is not None:
+            return list(self.known_lengths)
+        if self.unpadded:
+            b, n = self.mask.shape
+            return [n] * b
+        return None
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "MILBatch":
         def mv(t):
@@ -91,6 +106,7 @@ class MILBatch:
             coords=one(self.coords),
             meta=[self.meta[b]] if self.meta else [],
             unpadded=True,
+            known_lengths=(n,),
         )
 
 
@@ -153,4 +169,5 @@ def collate_bags(bags: list[Bag]) -> MILBatch:
         coords=coords,
         meta=[b.meta for b in bags],
         unpadded=all(n == n_max for n in lengths),
+        known_lengths=tuple(int(n) for n in lengths),
     )

@@ -6,8 +6,31 @@ goes through one of these helpers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
+
+
+def bag_lengths(mask: Tensor, lengths: Sequence[int] | None = None) -> list[int]:
+    """Each bag's number of real instances, as Python integers.
+
+    ``lengths`` when the caller knows them (``MILModel`` passes a batch's to poolings with
+    ``takes_lengths``); else they are read from ``mask``, which on a GPU waits for the device (a host
+    synchronisation) and in a compiled step breaks the graph.
+    """
+    if lengths is not None:
+        return [int(n) for n in lengths]
+    return [int(n) for n in mask.sum(1).tolist()]
+
+
+def is_padded(mask: Tensor, lengths: Sequence[int] | None = None) -> bool:
+    """Whether some bag of ``mask [B, N]`` has padding (fewer than ``N`` real instances); from ``lengths``
+    when given, without reading ``mask`` (see :func:`bag_lengths`)."""
+    if lengths is not None:
+        n = mask.shape[1]
+        return any(int(k) < n for k in lengths)
+    return not bool(mask.all())
 
 
 def masked_softmax(scores: Tensor, mask: Tensor, dim: int = 1) -> Tensor:

@@ -247,7 +247,10 @@ class MILModel(Predicts, SavesPretrained, nn.Module):
 
     def forward(self, batch: MILBatch) -> MILOutput:
         h, view_feats = self.encode(batch)
-        out = self.pooling(h, batch.mask)
+        if self.pooling.takes_lengths:
+            out = self.pooling(h, batch.mask, lengths=batch.host_lengths())
+        else:
+            out = self.pooling(h, batch.mask)
         out.features = h
         if view_feats is not None:
             out.extras["view_features"] = view_feats

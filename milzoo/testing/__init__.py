@@ -63,8 +63,9 @@ from milzoo.testing._core import (
 )
 from milzoo.testing.config import check_config
 from milzoo.testing.pooling import (
-    check_pooling_defaults, check_pooling_determinism, check_pooling_gradients, check_pooling_output,
-    check_pooling_padding, check_pooling_permutation, check_pooling_single_instance, check_pooling_state_dict,
+    check_pooling_defaults, check_pooling_determinism, check_pooling_gradients, check_pooling_lengths,
+    check_pooling_output, check_pooling_padding, check_pooling_permutation, check_pooling_single_instance,
+    check_pooling_state_dict,
 )
 from milzoo.testing.encoder import (
     check_augment_output, check_encoder_batch_independence, check_encoder_gradients, check_encoder_output,
@@ -84,6 +85,7 @@ from milzoo.testing.sanity import (
     ShapeRecorder, assert_learns_toy_problem, assert_memory_linear, assert_trains_regression,
 )
 from milzoo.testing.dispatch import StepCount, StepCounter, count_per_step
+from milzoo.testing.capture import check_step_capture, check_step_syncs
 from milzoo.testing.plugins import registered_plugins
 
 __all__ = [
@@ -100,6 +102,8 @@ __all__ = [
     "check_encoder",
     "check_loss",
     "check_pooling",
+    "check_step_capture",
+    "check_step_syncs",
     "check_task",
     "checks_for",
     "count_per_step",

@@ -141,6 +141,26 @@ def check_pooling_padding(spec: ComponentSpec) -> None:
 
 
 @register_check("pooling")
+def check_pooling_lengths(spec: ComponentSpec) -> None:
+    """A pooling with ``takes_lengths`` gives the same outputs (eval mode) when told each bag's length on the host
+    (``lengths=``, as ``MILModel`` does) as when it reads them from the mask, with padding and without.
+
+    Passes for poolings without ``takes_lengths`` (they are never given lengths).
+    """
+    if not getattr(spec.cls, "takes_lengths", False):
+        return
+    for d, k in POOLING_SETTINGS:
+        pool = build_seeded(spec, d, k)
+        pool.eval()
+        for lengths in ([5, 1, 7, 3], [4, 4, 4]):
+            h, mask = padded_features(lengths, d, seed=40 + d + k)
+            with torch.no_grad():
+                told, read = pool(h, mask, lengths=list(lengths)), pool(h, mask)
+            compare_outputs(spec, f"(in_dim={d}, k={k}) bags of lengths {lengths} given as lengths= vs read from "
+                                  "the mask", told, read)
+
+
+@register_check("pooling")
 def check_pooling_permutation(spec: ComponentSpec) -> None:
     """Reordering a bag's instances leaves bag outputs unchanged and permutes instance outputs (eval mode).
 

@@ -26,6 +26,8 @@ a real one through a zero attention weight.  Every attention is linear in ``n`` 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import math
 
 import torch
@@ -35,6 +37,7 @@ from torch import Tensor, nn
 
 from milzoo.components.base import ComponentConfig, Pooling
 from milzoo.components.output import MILOutput
+from milzoo.layers.masking import is_padded
 
 
 class MultiHeadAttention(nn.Module):
@@ -118,6 +121,7 @@ class ILRAPooling(Pooling):
     """ILRA-MIL: gated attention blocks through low-rank latent vectors, then non-local pooling (Xiang et al. 2023)."""
 
     name = "ilra"
+    takes_lengths = True
     #: small sizes for the contract suite (milzoo.testing); the defaults are 256 wide with 8 heads
     contract_options = {"hidden_feat": 16, "num_heads": 2}
 
@@ -154,8 +158,8 @@ class ILRAPooling(Pooling):
             if isinstance(m, nn.Linear):
                 nn.init.xavier_normal_(m.weight)
 
-    def forward(self, h: Tensor, mask: Tensor) -> MILOutput:
-        padded = not bool(mask.all())
+    def forward(self, h: Tensor, mask: Tensor, lengths: Sequence[int] | None = None) -> MILOutput:
+        padded = is_padded(mask, lengths)
         x = h.masked_fill(~mask[..., None], 0.0) if padded else h
         key_mask = mask if padded else None
         latent_weights = None

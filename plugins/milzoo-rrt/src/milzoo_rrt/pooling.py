@@ -29,6 +29,7 @@ the official code (they are not masked there either): that is the official model
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -39,7 +40,7 @@ from torch import Tensor, nn
 from milzoo.components.base import ComponentConfig, Pooling
 from milzoo.components.output import MILOutput
 from milzoo.errors import ComponentError
-from milzoo.layers.masking import attention_pool, masked_softmax
+from milzoo.layers.masking import attention_pool, bag_lengths, masked_softmax
 
 #: largest attention map (elements) computed at once: regions are processed in chunks under it (same result)
 _CHUNK_ELEMENTS = 1 << 25
@@ -226,8 +227,10 @@ def _on_grids(x: Tensor, lengths: list[int], attn: nn.Module) -> Tensor:
         idx = None if whole else torch.tensor(bags, device=x.device)
         g = x if whole else x.index_select(0, idx)
         g = g[:, :cells] if N >= cells else F.pad(g, (0, 0, 0, cells - N))
-        n = torch.tensor([lengths[b] for b in bags], device=x.device)
-        g = g.masked_fill((torch.arange(cells, device=x.device)[None] >= n[:, None])[..., None], 0.0)
+        sizes = {lengths[b] for b in bags}
+        # one length for the group (bags of a fixed size): a Python number, no tensor made from host data
+        n = sizes.pop() if len(sizes) == 1 else torch.tensor([lengths[b] for b in bags], device=x.device)[:, None]
+        g = g.masked_fill((torch.arange(cells, device=x.device)[None] >= n)[..., None], 0.0)
         y = attn(g, h, rs)
         y = y[:, :N] if cells >= N else F.pad(y, (0, 0, 0, N - cells))
         if whole:
@@ -248,10 +251,12 @@ class RRTEncoder(nn.Module):
         self.all_shortcut = cfg.all_shortcut
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, h: Tensor, mask: Tensor) -> Tensor:
-        """``h [B, N, d]``, ``mask [B, N]`` -> the re-embedded instances ``[B, N, d]`` (zeros at padding)."""
+    def forward(self, h: Tensor, mask: Tensor, lengths: Sequence[int] | None = None) -> Tensor:
+        """``h [B, N, d]``, ``mask [B, N]`` -> the re-embedded instances ``[B, N, d]`` (zeros at padding);
+        ``lengths``: each bag's real instances when the host knows them (``milzoo.layers.bag_lengths``)."""
         B, N, d = h.shape
-        padded = not bool(mask.all())
+        lengths = bag_lengths(mask, lengths)
+        padded = any(n < N for n in lengths)
         if padded:
             # each bag's real instances first, in their order; the rest zeroed (no value at padding survives)
             order = torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)
@@ -259,7 +264,6 @@ class RRTEncoder(nn.Module):
             x = h.gather(1, order[..., None].expand(-1, -1, d)).masked_fill(~front[..., None], 0.0)
         else:
             x = h
-        lengths = mask.sum(1).tolist()
         shortcut = x
         for layer in self.layers:
             x = layer(x, lengths)
@@ -330,6 +334,7 @@ class RRTPooling(Pooling):
     """RRT-MIL: regional re-embedding (R-MSA with EPEG, CR-MSA) of the bag, then an aggregator (Tang et al. 2024)."""
 
     name = "rrt"
+    takes_lengths = True
     #: regions follow the order of the instances (a grid filled row by row)
     permutation_invariant = False
     #: small sizes for the contract suite (milzoo.testing): several instances per region, a 3-tap EPEG
@@ -430,8 +435,11 @@ class RRTPooling(Pooling):
         if isinstance(self.aggregator, Pooling):
             self.aggregator.after_forward(out, batch)
 
-    def forward(self, h: Tensor, mask: Tensor) -> MILOutput:
-        x = self.reembed(h, mask)
-        out = self.aggregator(x, mask)
+    def forward(self, h: Tensor, mask: Tensor, lengths: Sequence[int] | None = None) -> MILOutput:
+        x = self.reembed(h, mask, lengths)
+        if getattr(self.aggregator, "takes_lengths", False):
+            out = self.aggregator(x, mask, lengths=lengths)
+        else:
+            out = self.aggregator(x, mask)
         out.extras = {**out.extras, "reembedded": x}
         return out

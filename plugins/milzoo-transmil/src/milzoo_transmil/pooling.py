@@ -20,6 +20,8 @@ permutation invariant: PPEG mixes neighbours on the grid.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import math
 from collections import defaultdict
 from typing import Literal
@@ -30,6 +32,7 @@ from torch import Tensor, nn
 
 from milzoo.components.base import ComponentConfig, Pooling
 from milzoo.components.output import MILOutput
+from milzoo.layers.masking import bag_lengths
 from milzoo_transmil.nystrom import NystromAttention
 
 
@@ -86,6 +89,7 @@ class TransMILPooling(Pooling):
     """TransMIL: transformer over the instances with Nystrom attention and PPEG (Shao et al. 2021)."""
 
     name = "transmil"
+    takes_lengths = True
     permutation_invariant = False
     #: small sizes for the contract suite (milzoo.testing); the defaults take seconds per check
     contract_options = {"hidden_dim": 32, "heads": 2, "dim_head": 8, "num_landmarks": 8}
@@ -189,11 +193,17 @@ class TransMILPooling(Pooling):
             "attention_layer2": self._instance_attention(row2, n),
         }
 
-    def forward(self, h: Tensor, mask: Tensor) -> MILOutput:
-        lengths = mask.sum(dim=1).tolist()
+    def forward(self, h: Tensor, mask: Tensor, lengths: Sequence[int] | None = None) -> MILOutput:
+        lengths = bag_lengths(mask, lengths)
+        if all(n == h.shape[1] for n in lengths):  # no padding: one call for the whole batch, nothing indexed
+            res = self.forward_bags(h)
+            att = {key: res[key] for key in ("attention_layer1", "attention_layer2")}
+            return MILOutput(bag_logits=res["bag_logits"], mask=mask,
+                             attention=att[f"attention_layer{self.config.attention_layer}"],
+                             extras={**att, "bag_feature": res["bag_feature"]})
         groups: dict[int, list[int]] = defaultdict(list)
         for b, n in enumerate(lengths):
-            groups[int(n)].append(b)
+            groups[n].append(b)
         per_bag: list[dict[str, Tensor] | None] = [None] * h.shape[0]
         for n, bags in groups.items():
             res = self.forward_bags(torch.stack([h[b][mask[b]] for b in bags]))

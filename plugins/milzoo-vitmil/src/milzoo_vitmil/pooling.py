@@ -22,6 +22,8 @@ without padding runs without a mask (fused attention kernels).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from typing import Literal
 
 import torch
@@ -31,7 +33,7 @@ from torch import Tensor, nn
 
 from milzoo.components.base import ComponentConfig, Pooling
 from milzoo.components.output import MILOutput
-from milzoo.layers.masking import masked_mean
+from milzoo.layers.masking import is_padded, masked_mean
 
 #: queries per step when the mean-pool attention export averages the attention matrix (bounds its memory)
 _QUERY_CHUNK = 1024
@@ -111,6 +113,7 @@ class ViTMILPooling(Pooling):
     """Transformer-MIL: class token + pre-norm transformer over the instances (Wagner et al. 2023, HistoBistro/STAMP)."""
 
     name = "vit_mil"
+    takes_lengths = True
     #: small sizes for the contract suite (milzoo.testing); the defaults are a 512-wide transformer
     contract_options = {"dim": 16, "heads": 2, "dim_head": 8, "mlp_dim": 16}
 
@@ -139,10 +142,10 @@ class ViTMILPooling(Pooling):
         self.norm = nn.LayerNorm(d)
         self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, num_classes))
 
-    def forward(self, h: Tensor, mask: Tensor) -> MILOutput:
+    def forward(self, h: Tensor, mask: Tensor, lengths: Sequence[int] | None = None) -> MILOutput:
         b = h.shape[0]
         cls_mode = self.config.pool == "cls"
-        padded = not bool(mask.all())
+        padded = is_padded(mask, lengths)
         x = self.projection(h.masked_fill(~mask[..., None], 0.0) if padded else h)
         key_mask = mask
         if cls_mode:

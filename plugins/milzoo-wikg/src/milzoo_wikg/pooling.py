@@ -31,6 +31,8 @@ reaches only the selected scores); only the memory differs, ``O(n k d)`` instead
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from typing import ClassVar, Literal
 
 import torch
@@ -39,13 +41,14 @@ from torch import Tensor, nn
 
 from milzoo.components.base import ComponentConfig, Pooling
 from milzoo.components.output import MILOutput
-from milzoo.layers import masked_max, masked_mean, masked_softmax
+from milzoo.layers import is_padded, masked_max, masked_mean, masked_softmax
 
 
 class WiKGPooling(Pooling):
     """WiKG: a dynamic top-k graph from head/tail embeddings, knowledge-aware attention, aggregation and readout (Li et al. 2024)."""
 
     name = "wikg"
+    takes_lengths = True
     #: small sizes for the contract suite (milzoo.testing); the defaults are 512 wide
     contract_options = {"dim_hidden": 16}
     #: the most scores ``[B, rows, N]`` held at once while the neighbours are selected (2^24: 64 MB in float32)
@@ -109,9 +112,9 @@ class WiKGPooling(Pooling):
             out.append(torch.topk(s, k, dim=-1).indices)
         return torch.cat(out, dim=1)
 
-    def forward(self, h: Tensor, mask: Tensor) -> MILOutput:
+    def forward(self, h: Tensor, mask: Tensor, lengths: Sequence[int] | None = None) -> MILOutput:
         B, N, _ = h.shape
-        padded = not bool(mask.all())
+        padded = is_padded(mask, lengths)
         m = mask[..., None]
         x = self.fc1(h.masked_fill(~m, 0.0) if padded else h)  # [B, N, d]
         x = (x + (masked_mean(x, mask)[:, None] if padded else x.mean(dim=1, keepdim=True))) * 0.5
