@@ -15,9 +15,6 @@ from milzoo.testing import check_step_capture, check_step_syncs
 # Poolings whose step is not captured yet, and why; strict: one that starts passing fails the suite, so the
 # table (and docs/performance.md's) stays true.
 NOT_CAPTURED = {
-    "clam_sb": "the instance loss loops over bags with labels read back (y.tolist()) and nonzero per bag",
-    "clam_mb": "the instance loss loops over bags with labels read back (y.tolist()) and nonzero per bag",
-    "demil": "the per-bag soft-label state is read and written through boolean masks and .any()",
     "dtfd": "the random pseudo-bag split draws a permutation per bag from the CPU generator (as the official code)",
 }
 

@@ -236,6 +236,33 @@ def test_faithful_to_the_official_forward_and_loss(cls, k, subtyping, inst_loss,
             torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8, msg=name)
 
 
+@pytest.mark.parametrize("cls,k,subtyping,inst_loss,gated", FAITHFUL,
+                         ids=lambda v: getattr(v, "name", str(v)))
+def test_bags_of_one_length_are_scored_at_once_with_the_per_bag_numbers(cls, k, subtyping, inst_loss, gated):
+    """Bags without padding take the batched path (no label or length read back); it gives the bag-by-bag
+    loss and gradients (the same bags plus a padded row: the per-bag loop) in float64."""
+    d = 6
+    pool, _ = _pair(cls, k, d, subtyping=subtyping, gated=gated, dropout=0.0)
+    pool.train()
+    loss = _bound_loss(pool, inst_loss=inst_loss)
+    g = torch.Generator().manual_seed(2)
+    bags = [Bag(torch.randn(12, d, generator=g, dtype=torch.float64) * 2, i % k) for i in range(5)]
+    batch = collate_bags(bags)
+    assert batch.host_lengths() == [12] * 5
+    out = pool(batch.x, batch.mask)
+    batched = loss.instance_loss(out, batch.y, batch.host_lengths())
+    # the same bags with one padded row: every bag's outputs are the same, and the loss goes bag by bag
+    x = torch.cat([batch.x, batch.x.new_zeros(5, 1, d)], dim=1)
+    mask = torch.cat([batch.mask, batch.mask.new_zeros(5, 1)], dim=1)
+    looped = loss.instance_loss(pool(x, mask), batch.y, [12] * 5)
+    torch.testing.assert_close(batched, looped, atol=1e-12, rtol=1e-12)
+    params = list(pool.parameters())
+    for a, b in zip(torch.autograd.grad(batched, params, allow_unused=True),
+                    torch.autograd.grad(looped, params, allow_unused=True)):
+        if a is not None or b is not None:
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+
+
 def official_state_from_params(ref, pool):
     """The reference's parameters in the order of pool.named_parameters()."""
     by_name = dict(ref.named_parameters())

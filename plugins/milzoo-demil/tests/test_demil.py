@@ -594,3 +594,77 @@ def test_healthy_bags_keep_the_direct_division_bit_for_bit():
     out = p(h, mask)
     raw = out.extras["sigmoid_attention"]
     assert torch.equal(out.attention, raw / raw.sum(1, keepdim=True))
+
+
+class _BooleanStateReference:
+    """The per-step state handling as written before it became shape-static (boolean selections, a branch on
+    ``fresh.any()``): the reference the scatter form must equal."""
+
+    def __init__(self, lf: DEMILLoss):
+        self.soft = lf.soft_labels.clone()
+        self.init = lf.initialised.clone()
+        self.sum = lf.pending_sum.clone()
+        self.count = lf.pending_count.clone()
+
+    def step(self, index: torch.Tensor, cand: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        uniform = cand / cand.sum(-1, keepdim=True)
+        n = self.soft.shape[0]
+        valid = (index >= 0) & (index < n)
+        slots = index[valid]
+        uni_v = uniform[valid]
+        fresh = ~self.init[slots]
+        if bool(fresh.any()):
+            self.soft[slots[fresh]] = uni_v[fresh]
+            self.init[slots[fresh]] = True
+        stored = torch.where(self.init[slots].unsqueeze(-1), self.soft[slots], uni_v)
+        targets = uniform.clone()
+        targets[valid] = stored
+        masked = p * cand
+        total = masked.sum(-1, keepdim=True)
+        p_tilde = torch.where(total > 0, masked / total.clamp_min(1e-30), uniform)[valid]
+        self.sum.index_add_(0, slots, p_tilde)
+        self.count.index_add_(0, slots, torch.ones_like(slots, dtype=self.count.dtype))
+        return targets
+
+
+def test_shape_static_state_equals_the_boolean_form():
+    """Lazily initialised rows, a bag twice in one batch, rows without state (index -1 and past the table):
+    the targets (through the loss), the soft labels, the flags and the epoch's records equal the boolean form's,
+    over several steps and an epoch end; and no step reads anything back."""
+    from milzoo.testing.dispatch import StepCounter
+
+    lf = loss_fn(3, entropy_weight=0.0)
+    lf.bind(model_for(3, 2), toy_dataset(num_bags=5).subset([0, 1, 2, 3, 4]))
+    lf.initialised.zero_()
+    lf.soft_labels.zero_()
+    lf._sets_checked = True  # the per-step check of candidate sets is the only read back left
+    ref = _BooleanStateReference(lf)
+    g = torch.Generator().manual_seed(0)
+    steps = [[0, 2, 2], [-1, 1, 5], [2, 0, 4], [3, 3, -1]]
+    for e in range(2):
+        for index in steps:
+            b = len(index)
+            cand = (torch.rand(b, 3, generator=g) > 0.4).float()
+            cand[:, 0] = 1.0
+            p = torch.softmax(torch.randn(b, 3, generator=g), -1)
+            for i, j in enumerate(index):  # the same bag has the same candidate set wherever it appears
+                cand[i] = cand[index.index(j)]
+            want = ref.step(torch.tensor(index), cand, p)
+            state = TrainState(epoch=e, num_epochs=2)
+            out, batch = fake_output(p.tolist()), fake_batch([0] * b, index, cand.tolist())
+            with StepCounter() as counter:
+                res = lf(out, batch, state)
+            assert not counter.syncs, counter.syncs
+            ce = -(want * torch.log(p)).sum(-1).mean()
+            assert res.parts["demil_ce"].item() == pytest.approx(ce.item(), rel=1e-6)
+            torch.testing.assert_close(lf.soft_labels, ref.soft, rtol=0, atol=0)
+            assert torch.equal(lf.initialised, ref.init)
+            torch.testing.assert_close(lf.pending_sum, ref.sum, rtol=1e-6, atol=1e-7)
+            torch.testing.assert_close(lf.pending_count, ref.count, rtol=0, atol=0)
+        lf.end_epoch(TrainState(epoch=e, num_epochs=2))
+        seen = ref.count > 0
+        lam = DEMILLoss.momentum(e, 2)
+        ref.soft[seen] = lam * ref.soft[seen] + (1 - lam) * ref.sum[seen] / ref.count[seen].unsqueeze(-1)
+        ref.sum.zero_()
+        ref.count.zero_()
+        torch.testing.assert_close(lf.soft_labels, ref.soft, rtol=1e-6, atol=1e-7)

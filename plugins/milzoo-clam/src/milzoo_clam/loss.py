@@ -13,6 +13,7 @@ all of them (the official code stops with an error there); see the docs page.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -23,6 +24,7 @@ from torch import Tensor
 from milzoo.components.base import ComponentConfig, Loss
 from milzoo.components.output import LossResult
 from milzoo.errors import ComponentError
+from milzoo.layers.masking import bag_lengths
 from milzoo.layers.precision import at_least_float32
 
 
@@ -33,6 +35,11 @@ def smooth_top1_svm(x: Tensor, y: Tensor, tau: float = 1.0, alpha: float = 1.0, 
     at least ``tau * log(thresh)`` the hard (non-smooth) ``max_j (x_j + alpha [j != y]) - x_y`` is used
     instead, as the reference implementation does for numerical safety.  Returns the mean over samples.
     """
+    return _svm_per_sample(x, y, tau, alpha, thresh).sum() / x.shape[0]
+
+
+def _svm_per_sample(x: Tensor, y: Tensor, tau: float = 1.0, alpha: float = 1.0, thresh: float = 1e3) -> Tensor:
+    """:func:`smooth_top1_svm` of each sample: ``x [n, c]``, ``y [n]`` -> ``[n]``."""
     n, c = x.shape
     if c < 2:
         raise ComponentError("the smooth top-1 SVM needs at least 2 classes; use the cross-entropy instead.")
@@ -42,13 +49,21 @@ def smooth_top1_svm(x: Tensor, y: Tensor, tau: float = 1.0, alpha: float = 1.0, 
     aug = x + margin - x.gather(1, y[:, None])
     smooth_loss = tau * torch.logsumexp(aug / tau, dim=1)
     hard_loss = aug.max(dim=1).values
-    return torch.where(hard, hard_loss, smooth_loss).sum() / n
+    return torch.where(hard, hard_loss, smooth_loss)
 
 
 def _criterion(kind: str, logits: Tensor, target: Tensor) -> Tensor:
     if kind == "svm":
         return smooth_top1_svm(logits, target)
     return F.cross_entropy(logits, target)
+
+
+def _per_sample(kind: str, logits: Tensor, target: int) -> Tensor:
+    """The criterion of each sample of ``logits [..., c]`` against one class ``target``: ``[...]``."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    y = torch.full((flat.shape[0],), target, dtype=torch.long, device=logits.device)
+    per = _svm_per_sample(flat, y) if kind == "svm" else F.cross_entropy(flat, y, reduction="none")
+    return per.view(logits.shape[:-1])
 
 
 class CLAMLoss(Loss):
@@ -88,8 +103,13 @@ class CLAMLoss(Loss):
         self.k_sample = int(pooling.config.k_sample)
         self.subtyping = bool(pooling.config.subtyping)
 
-    def instance_loss(self, out, y: Tensor) -> Tensor:
-        """The clustering loss of each bag, averaged over the batch (a 0-d tensor with a graph)."""
+    def instance_loss(self, out, y: Tensor, lengths: Sequence[int] | None = None) -> Tensor:
+        """The clustering loss of each bag, averaged over the batch (a 0-d tensor with a graph).
+
+        ``lengths``: each bag's real instances when the host knows them (``MILBatch.host_lengths``).  Bags of
+        one length are scored all at once, without reading anything back (labels included); otherwise bag by
+        bag, which reads the labels and lengths back to the host (a synchronisation per step on a GPU).
+        """
         try:
             scores = out.extras["attention_scores"]
             cluster = out.extras["cluster_logits"]
@@ -105,7 +125,9 @@ class CLAMLoss(Loss):
             )
         cluster = at_least_float32(cluster)
         k_cls = cluster.shape[2]
-        lengths = out.mask.sum(1).tolist()
+        lengths = bag_lengths(out.mask, lengths)
+        if all(n == cluster.shape[1] for n in lengths):
+            return self._fixed_length_loss(scores, cluster, y)
         labels = y.tolist()
         kind = self.config.inst_loss
         per_bag = []
@@ -132,10 +154,32 @@ class CLAMLoss(Loss):
             per_bag.append(total)
         return torch.stack(per_bag).mean()
 
+    def _fixed_length_loss(self, scores: Tensor, cluster: Tensor, y: Tensor) -> Tensor:
+        """:meth:`instance_loss` of bags without padding, all bags and classes at once: the same sets (the
+        ``k`` most and least attended instances of each bag for each class) and the same per-bag means, summed
+        in another order."""
+        B, n, k_cls, _ = cluster.shape
+        k = min(self.k_sample, n)
+        s = scores.unsqueeze(-1).expand(B, n, k_cls) if scores.dim() == 2 else scores  # [B, n, k_cls]
+
+        def picked(order: Tensor) -> Tensor:  # [B, k, k_cls] instance indices -> their logits [B, k, k_cls, 2]
+            return cluster.gather(1, order.unsqueeze(-1).expand(-1, -1, -1, cluster.shape[-1]))
+
+        kind = self.config.inst_loss
+        top = picked(s.topk(k, dim=1).indices)
+        bottom = picked((-s).topk(k, dim=1).indices)
+        in_class = (_per_sample(kind, top, 1).sum(1) + _per_sample(kind, bottom, 0).sum(1)) / (2 * k)  # [B, k_cls]
+        own = torch.arange(k_cls, device=y.device)[None, :] == y[:, None]
+        if self.subtyping:
+            per = torch.where(own, in_class, _per_sample(kind, top, 0).sum(1) / k).sum(1) / k_cls
+        else:
+            per = torch.where(own, in_class, torch.zeros_like(in_class)).sum(1)
+        return per.mean()
+
     def forward(self, out, batch, state):
         y = batch.y
         bag = _criterion(self.config.bag_loss, at_least_float32(out.bag_logits), y)
-        inst = self.instance_loss(out, y)
+        inst = self.instance_loss(out, y, batch.host_lengths())
         w = self.config.bag_weight
         bag_part, inst_part = w * bag, (1.0 - w) * inst
         return LossResult(

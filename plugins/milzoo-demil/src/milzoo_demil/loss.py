@@ -94,6 +94,8 @@ class DEMILLoss(Loss):
         self.pending_sum = torch.zeros(n, k, device=dev)
         self.pending_count = torch.zeros(n, device=dev)
         cand = self._cheap_candidates(_root(dataset), n)
+        #: every candidate set of the dataset was checked here: the steps need not check (read back) theirs
+        self._sets_checked = cand is not None
         if cand is not None:
             self._check_candidates(cand)
             self.soft_labels.copy_(cand / cand.sum(-1, keepdim=True))
@@ -153,27 +155,37 @@ class DEMILLoss(Loss):
                 f"batch.candidates has shape {tuple(cand.shape)} but loss 'demil' expects "
                 f"[{batch.size}, {k}] (one 0/1 vector over the {k} classes per bag)."
             )
-        self._check_candidates(cand)
+        if not getattr(self, "_sets_checked", False):
+            self._check_candidates(cand)  # a read back per step; bind() checks cheap datasets once instead
         return (cand > 0).to(like.dtype)
 
-    def _targets(self, index: Tensor, cand: Tensor, training: bool) -> tuple[Tensor, Tensor, Tensor]:
-        """Soft labels of the batch's bags, plus the rows (``valid``, ``slots``) that have state."""
+    def _targets(self, index: Tensor, cand: Tensor, training: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Soft labels of the batch's bags, plus which rows have state (``valid``) and their state rows
+        (``slots``; rows without state point at row 0 and are masked out), or None, None without state.
+
+        Fixed shapes throughout, nothing read back (a GPU step stays asynchronous and can be captured): the
+        bags first seen in this batch start uniform through a scatter over the whole table (``amax``: a bag
+        twice in a batch writes the same row once), not through boolean indexing.
+        """
         uniform = cand / cand.sum(-1, keepdim=True)
         n = self.soft_labels.shape[0]
+        if not self.config.disambiguate or n == 0:
+            return uniform, None, None
         idx = index.to(self.soft_labels.device).long()
         valid = (idx >= 0) & (idx < n)
-        slots = idx[valid]
-        if not self.config.disambiguate or slots.numel() == 0:
-            return uniform, valid, slots
-        uni_v = uniform[valid.to(uniform.device)].to(self.soft_labels.dtype)
+        slots = idx.clamp(0, n - 1)
+        uni = uniform.to(device=self.soft_labels.device, dtype=self.soft_labels.dtype)
         if training:
-            fresh = ~self.initialised[slots]
-            if bool(fresh.any()):
-                self.soft_labels[slots[fresh]] = uni_v[fresh]
-                self.initialised[slots[fresh]] = True
-        stored = torch.where(self.initialised[slots].unsqueeze(-1), self.soft_labels[slots], uni_v)
-        targets = uniform.clone()
-        targets[valid.to(uniform.device)] = stored.to(uniform.dtype)
+            fresh = valid & ~self.initialised[slots]
+            rows = slots.unsqueeze(-1).expand_as(uni)
+            hit = torch.zeros_like(self.soft_labels).scatter_reduce(
+                0, rows, fresh.unsqueeze(-1).expand_as(uni).to(uni.dtype), "amax")
+            start = torch.zeros_like(self.soft_labels).scatter_reduce(
+                0, rows, torch.where(fresh.unsqueeze(-1), uni, torch.zeros_like(uni)), "amax")
+            self.soft_labels.copy_(torch.where(hit > 0, start, self.soft_labels))
+            self.initialised.logical_or_(hit[:, 0] > 0)
+        stored = torch.where(self.initialised[slots].unsqueeze(-1), self.soft_labels[slots], uni)
+        targets = torch.where(valid.unsqueeze(-1).to(uniform.device), stored.to(device=uniform.device, dtype=uniform.dtype), uniform)
         return targets, valid, slots
 
     def forward(self, out, batch, state):
@@ -209,7 +221,7 @@ class DEMILLoss(Loss):
             total = total + w * ent
             parts["demil_entropy"] = (w * ent).detach()
 
-        if state.training and self.config.disambiguate and slots.numel() > 0:
+        if state.training and slots is not None:
             self._record(at_least_float32(out.bag_probs.detach()), cand, valid, slots)
         return LossResult(total=total, parts=parts)
 
@@ -220,9 +232,10 @@ class DEMILLoss(Loss):
         total = masked.sum(-1, keepdim=True)
         uniform = cand / cand.sum(-1, keepdim=True)
         p_tilde = torch.where(total > 0, masked / total.clamp_min(1e-30), uniform)
-        p_tilde = p_tilde[valid.to(p_tilde.device)].to(self.pending_sum)
-        self.pending_sum.index_add_(0, slots, p_tilde)
-        self.pending_count.index_add_(0, slots, torch.ones_like(slots, dtype=self.pending_count.dtype))
+        # rows without state add zeros (to row 0): fixed shapes, no boolean selection
+        keep = valid.to(device=self.pending_sum.device, dtype=self.pending_sum.dtype)
+        self.pending_sum.index_add_(0, slots, p_tilde.to(self.pending_sum) * keep.unsqueeze(-1))
+        self.pending_count.index_add_(0, slots, keep.to(self.pending_count.dtype))
 
     @staticmethod
     def momentum(epoch: int, num_epochs: int) -> float:
