@@ -32,6 +32,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -41,29 +42,29 @@ from torch import Tensor, nn
 from milzoo.components.base import ComponentConfig, Pooling
 from milzoo.errors import ComponentError
 from milzoo.layers.heads import bag_classifier
-from milzoo.layers.masking import attention_pool, masked_softmax
+from milzoo.layers.masking import attention_pool, bag_lengths, is_padded, masked_softmax
 from milzoo.components.output import MILOutput
 from milzoo.layers.precision import at_least_float32
 
 
-def random_split(mask: Tensor, num_groups: int) -> Tensor:
+def random_split(mask: Tensor, num_groups: int, lengths: Sequence[int] | None = None) -> Tensor:
     """Random pseudo-bag ids ``[B, N]`` (-1 at padding), ``array_split`` sizes over a random order.
 
     Each bag with ``n`` real instances gets ``min(num_groups, n)`` non-empty pseudo-bags;
-    the permutation comes from torch's global (CPU) RNG.
+    the permutation comes from torch's global (CPU) RNG.  ``lengths``: the bags' lengths when the host knows
+    them (``milzoo.layers.bag_lengths``); a bag without padding is then split without reading ``mask``.
     """
     groups = torch.full(mask.shape, -1, dtype=torch.long)
-    lengths = mask.sum(1).tolist()
-    for b, n in enumerate(lengths):
-        n = int(n)
+    N = mask.shape[1]
+    for b, n in enumerate(bag_lengths(mask, lengths)):
         if n == 0:
             continue
         m = min(num_groups, n)
         sizes = [n // m + (1 if j < n % m else 0) for j in range(m)]
-        ids = torch.repeat_interleave(torch.arange(m), torch.tensor(sizes))
+        ids = torch.repeat_interleave(torch.arange(m), torch.tensor(sizes), output_size=n)
         perm = torch.randperm(n)
-        real = torch.nonzero(mask[b].cpu(), as_tuple=False).squeeze(1)
-        groups[b, real[perm]] = ids
+        real = perm if n == N else torch.nonzero(mask[b].cpu(), as_tuple=False).squeeze(1)[perm]
+        groups[b, real] = ids
     return groups.to(mask.device)
 
 
@@ -154,6 +155,7 @@ class DTFDPooling(Pooling):
     """DTFD-MIL: pseudo-bags, tier-1 attention, feature distillation, tier-2 attention (Zhang et al. 2022)."""
 
     name = "dtfd"
+    takes_lengths = True
     #: classification only: tier 1 distils per-class instance probabilities (Grad-CAM of the class logits) into pseudo-bags (docs/tasks.md)
     tasks = ("classification",)
     default_loss = "dtfd"
@@ -245,24 +247,24 @@ class DTFDPooling(Pooling):
             return x @ self.classifier1.weight.t()
         return self.classifier2(self.drop2(x))
 
-    def split(self, scores: Tensor, mask: Tensor, draw: int = 0) -> Tensor:
+    def split(self, scores: Tensor, mask: Tensor, draw: int = 0, lengths: Sequence[int] | None = None) -> Tensor:
         if self.config.split == "chunks":
             return chunk_split(mask, self.config.num_groups)
         if self.training:
-            return random_split(mask, self.config.num_groups)
+            return random_split(mask, self.config.num_groups, lengths)
         if self.config.eval_split == "stratified":
             return stratified_split(scores, mask, self.config.num_groups)
         return seeded_split(scores, mask, self.config.num_groups, self.config.eval_seed + draw)
 
-    def forward(self, h: Tensor, mask: Tensor) -> MILOutput:
+    def forward(self, h: Tensor, mask: Tensor, lengths: Sequence[int] | None = None) -> MILOutput:
         x = self.embed(h)  # [B, N, d]
-        if not bool(mask.all()):  # without padding the product would only copy x (100 MB at 50k x 512)
+        if is_padded(mask, lengths):  # without padding the product would only copy x (100 MB at 50k x 512)
             x = x * mask.unsqueeze(-1)
         e = self.attention1(x)  # [B, N] tier-1 attention logits, computed once per bag
         # W_1 (a_i x_i) = a_i (W_1 x_i): project first, so no [B, N, d] product is built or kept
         # for backward (it cost 2 x 100 MB at 50k instances).
         xw = x @ self.classifier1.weight.t()  # [B, N, k]
-        out = self._tiers(x, e, xw, mask, self.split(e, mask))
+        out = self._tiers(x, e, xw, mask, self.split(e, mask, lengths=lengths))
         deterministic = self.config.eval_split == "stratified" or self.config.split == "chunks"
         draws = 1 if self.training or deterministic else self.config.eval_draws
         if draws > 1:  # the official num_MeanInference: average the bag probabilities of several splits
