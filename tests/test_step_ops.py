@@ -208,3 +208,41 @@ def _keep_cache(tr):
 
     tr.compiled_step = CompiledStep(tr, "step", backend="aot_eager")
     return tr.compiled_step
+
+
+def test_a_step_inductor_would_not_make_a_cuda_graph_is_said_once(tmp_path, caplog, monkeypatch):
+    """On a GPU, "reduce-overhead" checks after the first compiled step whether inductor skipped the CUDA graph
+    (CPU work in the region, ...) and says so once; simulated here by setting the flag and the counter."""
+    from torch._dynamo.utils import counters
+
+    tr = _trainer(tmp_path, [4])
+    step = _light(tr)
+    step.cuda_graphs = True
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: None)
+    compiled = step.compiled
+
+    def skipping(*args, **kwargs):
+        counters["inductor"]["cudagraph_skips"] += 1
+        return compiled(*args, **kwargs)
+
+    step.compiled = skipping
+    with caplog.at_level(logging.WARNING, logger="milzoo.train._compiled"):
+        tr.train_epoch(0)
+        tr.train_epoch(1)
+    assert caplog.text.count("did not capture it as a CUDA graph") == 1
+    assert step.disabled is None
+
+
+def test_loss_buffers_are_kept_at_one_address_for_cuda_graphs(tmp_path, monkeypatch):
+    """A loss's per-bag state (DEMIL's soft labels) is updated inside the captured step: like the model's buffers
+    it is marked static, or inductor would not make the step a CUDA graph."""
+    from milzoo.train._compiled import CompiledStep
+
+    tr = _trainer(tmp_path, [4])
+    tr.losses[0].register_buffer("state", torch.zeros(3))
+    marked = []
+    monkeypatch.setattr(torch._dynamo, "mark_static_address", lambda t: marked.append(t))
+    tr.device = torch.device("cuda")  # only read to decide on CUDA graphs; nothing runs
+    CompiledStep(tr, "reduce-overhead", backend="aot_eager")
+    assert any(t is tr.losses[0].state for t in marked)
+    assert all(any(t is b for t in marked) for b in tr.model.buffers())

@@ -34,6 +34,13 @@ STEP_MODES = {"step": "default", "reduce-overhead": "reduce-overhead"}
 _SERIAL = itertools.count()
 
 
+def _cuda_graph_skips() -> int:
+    """How many compiled graphs inductor has refused to capture as CUDA graphs in this process."""
+    from torch._dynamo.utils import counters
+
+    return sum(v for k, v in counters["inductor"].items() if k.startswith("cudagraph_skips"))
+
+
 class CompiledStep:
     """The compiled forward-and-losses of a trainer's steps (see the module), with its eager fallback.
 
@@ -59,9 +66,10 @@ class CompiledStep:
         if tr.dist is not None:
             self._disable("distributed training (DDP) is not captured")
         if self.cuda_graphs:
-            # buffers the step updates in place (PSAtt's prototypes, BatchNorm's running statistics) keep their
-            # address across replays: a CUDA graph may then mutate them instead of being skipped
-            for buf in tr.model.buffers():
+            # buffers the step updates in place (PSAtt's prototypes, BatchNorm's running statistics, a loss's
+            # per-bag state such as DEMIL's soft labels) keep their address across replays: a CUDA graph may then
+            # mutate them instead of being skipped
+            for buf in itertools.chain(tr.model.buffers(), *(loss.buffers() for loss in tr.losses)):
                 torch._dynamo.mark_static_address(buf)
         kwargs: dict[str, Any] = {"fullgraph": True}
         if backend is not None:
@@ -70,6 +78,8 @@ class CompiledStep:
             kwargs["mode"] = self.mode
         #: the torch.compile'd forward-and-losses (benchmarks/step_ops.py wraps it to count a captured step)
         self.compiled = torch.compile(self._eager, **kwargs)
+        self._skips_before = _cuda_graph_skips()
+        self._graphs_checked = False
         self.shape: tuple | None = None  # (x shape, dtype) of the captured batches
         self.calls = 0
         self.compiled_steps = 0
@@ -104,7 +114,20 @@ class CompiledStep:
             self.eager_steps += 1
             return self._eager(batch, state)
         self.compiled_steps += 1
+        if self.cuda_graphs and not self._graphs_checked:
+            self._graphs_checked = True
+            self._check_graphs()
         return out
+
+    def _check_graphs(self) -> None:
+        """Say once when inductor compiled the step but would not make it a CUDA graph (CPU work in the region,
+        such as DTFD's random split; an input it cannot keep at one address): the step then runs compiled,
+        one launch per fused kernel, not one replay."""
+        skips = _cuda_graph_skips()
+        if skips > self._skips_before:
+            log.warning("train.compile = 'reduce-overhead': the step is compiled, but inductor did not capture it "
+                        "as a CUDA graph (%d skip(s)); set TORCH_LOGS=perf_hints to see why. The step runs "
+                        "compiled without CUDA graphs.", skips - self._skips_before)
 
     def _disable(self, why: str) -> None:
         self.disabled = why
