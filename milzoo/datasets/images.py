@@ -99,4 +99,5 @@ class ResidentImageBags(ResidentSplit):
             inst_y=None if self.inst_labels is None else self.inst_labels[rows_dev],
             meta=[{} for _ in rows],
             unpadded=True,
+            known_lengths=(ix.shape[1],) * ix.shape[0],
         )
