@@ -19,8 +19,8 @@ steps and never fell back, each epoch's losses agree, and so do the weights and 
 is one graph without a break (``torch._dynamo.explain``).  A compiled region draws its own random numbers
 (AOTAutograd decomposes dropout into other random operators), so every ``nn.Dropout`` module is set to
 ``p = 0`` in both runs; a pooling that draws in another way (``F.dropout`` with a rate from its options,
-random sampling of instances) needs options that turn it off for this check.  Both checks reset dynamo's caches
-(``torch._dynamo.reset()``) before and after, and restore torch's random state.
+random sampling of instances) needs options that turn it off for this check.  :func:`check_step_capture`
+resets dynamo's caches (``torch._dynamo.reset()``) before and after; both checks restore torch's random state.
 """
 
 from __future__ import annotations
