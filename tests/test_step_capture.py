@@ -35,9 +35,10 @@ def test_the_step_is_captured_with_the_eager_numbers(name):
     check_step_capture(f"pooling:{name}")
 
 
+@pytest.mark.parametrize("padded", [False, True], ids=["one-size", "padded"])
 @pytest.mark.parametrize("name", registry.names("pooling"))
-def test_the_eager_step_reads_nothing_back(name):
-    check_step_syncs(f"pooling:{name}")
+def test_the_eager_step_reads_nothing_back(name, padded):
+    check_step_syncs(f"pooling:{name}", padded=padded)
 
 
 def test_dtfd_with_contiguous_chunks_is_captured():
@@ -66,7 +67,8 @@ def test_a_step_that_reads_a_value_back_is_named_with_its_line(monkeypatch):
     monkeypatch.setattr(MeanPooling, "forward", branching)
     with pytest.raises(AssertionError, match=r"pooling:mean: the step cannot be captured: .*test_step_capture\.py"):
         check_step_capture("pooling:mean")
-    with pytest.raises(AssertionError, match=r"host synchronisations per training step: .*_local_scalar_dense"):
+    with pytest.raises(AssertionError,
+                       match=r"host synchronisations per training step \(bags of one size\): .*_local_scalar_dense"):
         check_step_syncs("pooling:mean")
 
 

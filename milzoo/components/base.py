@@ -96,8 +96,8 @@ class Pooling(Component, nn.Module):
     #: the tasks (docs/tasks.md) the pooling's math serves; None: every task (its head has ``num_classes``
     #: outputs of any meaning)
     tasks: ClassVar[tuple[str, ...] | None] = None
-    #: True when ``forward`` takes ``lengths``: each bag's number of real instances as Python integers, which
-    #: ``MILModel`` passes when the host knows them (``MILBatch.host_lengths``; else None).  A pooling that needs
+    #: True when ``forward`` takes ``lengths``: each bag's number of real instances as Python integers (they are
+    #: its first rows), which ``MILModel`` passes when the host knows them (``MILBatch.host_lengths``; else None).  A pooling that needs
     #: them on the host (a loop over bags, skipping the masking of a batch without padding) then reads nothing
     #: back from ``mask``: no host synchronisation on a GPU, no break in a compiled step.  See
     #: ``milzoo.layers.bag_lengths`` and ``milzoo.layers.is_padded``.

@@ -46,8 +46,9 @@ class MILBatch:
     #: True when every bag fills all N rows (no padding), known without reading ``mask``; None: look at it.
     #: Lets the model skip ``mask.all()``, a host sync per step on a GPU.
     unpadded: bool | None = None
-    #: each bag's number of real instances, known on the host without reading ``mask`` (``collate_bags``
-    #: fills it); None: not known.  A batch whose ``mask`` is changed must drop it.
+    #: each bag's number of real instances, known on the host without reading ``mask``; they are the bag's first
+    #: rows, as ``collate_bags`` (which fills it) pads.  None: not known.  A batch whose ``mask`` is changed
+    #: must drop it.
     known_lengths: tuple[int, ...] | None = None
 
     @property

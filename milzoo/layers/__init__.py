@@ -7,7 +7,7 @@ _EXPORTS = {
     "ClassifierKind": "heads", "kaiming_nobias_bound": "heads", "bag_classifier": "heads",
     # masking
     "masked_softmax": "masking", "masked_mean": "masking", "masked_max": "masking", "attention_pool": "masking",
-    "bag_lengths": "masking", "is_padded": "masking",
+    "bag_lengths": "masking", "is_padded": "masking", "real_rows": "masking",
     # precision
     "at_least_float32": "precision",
 }

@@ -33,6 +33,17 @@ def is_padded(mask: Tensor, lengths: Sequence[int] | None = None) -> bool:
     return not bool(mask.all())
 
 
+def real_rows(mask: Tensor, count: int) -> Tensor:
+    """The flat positions ``[count]`` (long, ascending: the order of ``x[mask]``) of the ``True`` entries of
+    ``mask``, given how many there are.
+
+    ``x.flatten(0, 1).index_select(0, real_rows(mask, m))`` is ``x[mask]``, and ``index_copy`` with the same
+    positions undoes it; neither reads anything back, where boolean indexing makes a GPU count the rows first
+    (a host synchronisation).  A stable sort puts the real entries first, in their order.
+    """
+    return torch.argsort((~mask).flatten().to(torch.uint8), stable=True)[:count]
+
+
 def masked_softmax(scores: Tensor, mask: Tensor, dim: int = 1) -> Tensor:
     """Softmax over instances, giving exactly zero weight to padding.
 

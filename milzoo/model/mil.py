@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from milzoo.datasets.batch import MILBatch
 from milzoo.components.base import Augment, Encoder, Pooling, Task, component_options
 from milzoo.errors import CheckpointError, DataError
+from milzoo.layers.masking import real_rows
 from milzoo.components.output import MILOutput
 from milzoo.model.sharing import SavesPretrained, members_text
 
@@ -222,7 +223,16 @@ class MILModel(Predicts, SavesPretrained, nn.Module):
         # Without padding (one bag, or bags of equal length) the flat instances and
         # the per-bag features are views: no gather, no zero-filled scatter.
         full = batch.unpadded if batch.unpadded is not None else bool(mask.all())
-        inst = batch.x.flatten(0, 1) if full else batch.x[mask]  # [M, *s]
+        lengths = None if full else batch.host_lengths()
+        # padded bags whose lengths the host knows: the real rows by index (nothing read back on a GPU, where
+        # x[mask] and h[mask] = ... wait for the device to count the rows); else by the mask
+        rows = None if lengths is None else real_rows(mask, sum(lengths))
+        if full:
+            inst = batch.x.flatten(0, 1)  # [M, *s]
+        elif rows is not None:
+            inst = batch.x.flatten(0, 1).index_select(0, rows)
+        else:
+            inst = batch.x[mask]
         inst = self._as_float(inst)
         view_feats = None
         if self.augment is not None and self.training:
@@ -241,6 +251,9 @@ class MILModel(Predicts, SavesPretrained, nn.Module):
             h_flat = self.encode_instances(inst)
         if full:
             return h_flat.reshape(b, n, h_flat.shape[-1]), view_feats
+        if rows is not None:
+            d = h_flat.shape[-1]
+            return h_flat.new_zeros(b * n, d).index_copy(0, rows, h_flat).view(b, n, d), view_feats
         h = h_flat.new_zeros(b, n, h_flat.shape[-1])
         h[mask] = h_flat
         return h, view_feats

@@ -59,7 +59,8 @@ def _registered_name(spec: ComponentSpec) -> str:
     return spec.name
 
 
-def _trainer(spec: ComponentSpec, folder: Path, compile_mode: Any, classes: int, bag_size: int, bags: int):
+def _trainer(spec: ComponentSpec, folder: Path, compile_mode: Any, classes: int, bag_size: int, bags: int,
+             padded: bool = False):
     from milzoo.datasets import FoldData
     from milzoo.datasets.base import BagListDataset
     from milzoo.datasets.batch import Bag
@@ -68,7 +69,8 @@ def _trainer(spec: ComponentSpec, folder: Path, compile_mode: Any, classes: int,
 
     g = torch.Generator().manual_seed(3)
     ds = BagListDataset(
-        [Bag(torch.randn(bag_size, 6, generator=g, dtype=torch.float64), i % classes, index=i) for i in range(bags)],
+        [Bag(torch.randn(bag_size - (i % 3 if padded else 0), 6, generator=g, dtype=torch.float64), i % classes,
+             index=i) for i in range(bags)],
         [f"c{k}" for k in range(classes)],
     )
     loss = getattr(spec.cls, "default_loss", "bag_ce")
@@ -129,11 +131,13 @@ def check_step_capture(component: Any, options: dict[str, Any] | None = None, *,
 
 
 def check_step_syncs(component: Any, options: dict[str, Any] | None = None, *, classes: int = 3,
-                     bag_size: int = 5) -> None:
+                     bag_size: int = 5, padded: bool = False) -> None:
     """Raise ``AssertionError`` when the pooling's eager training step (with its default loss, on bags of one
-    size, as :func:`check_step_capture` builds it) makes the host wait for a GPU: ``.item()``, ``nonzero``,
-    boolean-mask indexing, tensors made from host data on the device... (:class:`milzoo.testing.StepCounter`),
-    counted per step with nothing read back per step (``Trainer.step_reads = False``, as on a GPU)."""
+    size, as :func:`check_step_capture` builds it; ``padded``: of ``bag_size``, ``bag_size - 1`` and
+    ``bag_size - 2`` instances, so that every batch is padded) makes the host wait for a GPU: ``.item()``,
+    ``nonzero``, boolean-mask indexing, tensors made from host data on the device...
+    (:class:`milzoo.testing.StepCounter`), counted per step with nothing read back per step
+    (``Trainer.step_reads = False``, as on a GPU)."""
     from milzoo.datasets import FoldData
     from milzoo.testing.dispatch import count_per_step
 
@@ -141,7 +145,7 @@ def check_step_syncs(component: Any, options: dict[str, Any] | None = None, *, c
     if spec.kind != "pooling":
         raise TypeError(f"check_step_syncs checks poolings, not the {spec.kind} {spec.name!r}")
     with tempfile.TemporaryDirectory() as tmp, torch.random.fork_rng():
-        tr, ds = _trainer(spec, Path(tmp), False, classes, bag_size, 6)
+        tr, ds = _trainer(spec, Path(tmp), False, classes, bag_size, 6, padded)
         tr.step_reads = False
         subsets = {n: ds.subset(range(2 * n)) for n in (2, 3)}
 
@@ -152,7 +156,9 @@ def check_step_syncs(component: Any, options: dict[str, Any] | None = None, *, c
         count = count_per_step(run)
     if count.syncs:
         sites = "; ".join(f"{site} x{n}" for site, n in count.sync_sites.items())
-        raise AssertionError(f"{spec.id}: {count.syncs} host synchronisations per training step: {sites}")
+        batches = "padded batches" if padded else "bags of one size"
+        raise AssertionError(f"{spec.id}: {count.syncs} host synchronisations per training step ({batches}): "
+                             f"{sites}")
 
 
 def _breaks(tr, ds) -> str:

@@ -239,8 +239,9 @@ def test_faithful_to_the_official_forward_and_loss(cls, k, subtyping, inst_loss,
 @pytest.mark.parametrize("cls,k,subtyping,inst_loss,gated", FAITHFUL,
                          ids=lambda v: getattr(v, "name", str(v)))
 def test_bags_of_one_length_are_scored_at_once_with_the_per_bag_numbers(cls, k, subtyping, inst_loss, gated):
-    """Bags without padding take the batched path (no label or length read back); it gives the bag-by-bag
-    loss and gradients (the same bags plus a padded row: the per-bag loop) in float64."""
+    """Bags without padding are scored all at once; the same bags with a padded row go bag by bag, each on its
+    real rows: the same loss and gradients in float64 (each path also matches the official code: the test
+    above, whose batch is padded and whose bags alone are not)."""
     d = 6
     pool, _ = _pair(cls, k, d, subtyping=subtyping, gated=gated, dropout=0.0)
     pool.train()

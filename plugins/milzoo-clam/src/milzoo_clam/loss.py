@@ -24,7 +24,7 @@ from torch import Tensor
 from milzoo.components.base import ComponentConfig, Loss
 from milzoo.components.output import LossResult
 from milzoo.errors import ComponentError
-from milzoo.layers.masking import bag_lengths
+from milzoo.layers.masking import bag_lengths, real_rows
 from milzoo.layers.precision import at_least_float32
 
 
@@ -106,9 +106,9 @@ class CLAMLoss(Loss):
     def instance_loss(self, out, y: Tensor, lengths: Sequence[int] | None = None) -> Tensor:
         """The clustering loss of each bag, averaged over the batch (a 0-d tensor with a graph).
 
-        ``lengths``: each bag's real instances when the host knows them (``MILBatch.host_lengths``).  Bags of
-        one length are scored all at once, without reading anything back (labels included); otherwise bag by
-        bag, which reads the labels and lengths back to the host (a synchronisation per step on a GPU).
+        ``lengths``: each bag's real instances when the host knows them (``MILBatch.host_lengths``; else they
+        are read from the mask).  Bags of one length are scored all at once; a padded batch bag by bag, each
+        on its real rows.  Labels are never read back to the host.
         """
         try:
             scores = out.extras["attention_scores"]
@@ -124,34 +124,14 @@ class CLAMLoss(Loss):
                 "call bind first (the trainer does)."
             )
         cluster = at_least_float32(cluster)
-        k_cls = cluster.shape[2]
         lengths = bag_lengths(out.mask, lengths)
         if all(n == cluster.shape[1] for n in lengths):
             return self._fixed_length_loss(scores, cluster, y)
-        labels = y.tolist()
-        kind = self.config.inst_loss
         per_bag = []
-        for b, (n, label) in enumerate(zip(lengths, labels)):
-            idx = out.mask[b].nonzero().squeeze(1)
-            k = min(self.k_sample, int(n))  # short bags: every real instance (see the module docstring)
-            total = cluster.new_zeros(())
-            for c in range(k_cls):
-                if c != label and not self.subtyping:
-                    continue
-                s = scores[b, idx] if scores.dim() == 2 else scores[b, idx, c]
-                logits = cluster[b, idx, c]  # [n, 2]
-                top = torch.topk(s, k).indices
-                if c == label:  # in-class: most attended = 1, least attended = 0
-                    bottom = torch.topk(-s, k).indices
-                    sel = torch.cat([logits[top], logits[bottom]])
-                    target = torch.cat([torch.ones(k, dtype=torch.long), torch.zeros(k, dtype=torch.long)])
-                else:  # out-of-class (subtyping): most attended = 0
-                    sel = logits[top]
-                    target = torch.zeros(k, dtype=torch.long)
-                total = total + _criterion(kind, sel, target.to(sel.device))
-            if self.subtyping:
-                total = total / k_cls
-            per_bag.append(total)
+        for b, n in enumerate(lengths):  # padded: each bag's real rows, by index (nothing read back)
+            rows = real_rows(out.mask[b], n)
+            per_bag.append(self._fixed_length_loss(
+                scores[b].index_select(0, rows)[None], cluster[b].index_select(0, rows)[None], y[b : b + 1]))
         return torch.stack(per_bag).mean()
 
     def _fixed_length_loss(self, scores: Tensor, cluster: Tensor, y: Tensor) -> Tensor:

@@ -63,7 +63,10 @@ def random_split(mask: Tensor, num_groups: int, lengths: Sequence[int] | None = 
         sizes = [n // m + (1 if j < n % m else 0) for j in range(m)]
         ids = torch.repeat_interleave(torch.arange(m), torch.tensor(sizes), output_size=n)
         perm = torch.randperm(n)
-        real = perm if n == N else torch.nonzero(mask[b].cpu(), as_tuple=False).squeeze(1)[perm]
+        if n == N or lengths is not None:  # known lengths are prefixes (MILBatch.known_lengths): rows 0..n-1
+            real = perm
+        else:
+            real = torch.nonzero(mask[b].cpu(), as_tuple=False).squeeze(1)[perm]
         groups[b, real] = ids
     return groups.to(mask.device)
 

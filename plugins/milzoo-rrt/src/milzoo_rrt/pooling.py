@@ -220,23 +220,24 @@ def _on_grids(x: Tensor, lengths: list[int], attn: nn.Module) -> Tensor:
     groups: dict[tuple[int, int], list[int]] = {}
     for b, n in enumerate(lengths):
         groups.setdefault(attn.plan(n), []).append(b)
-    out = None
+    parts: list[Tensor] = [x[:0]] * B
     for (h, rs), bags in groups.items():
         cells = h * h
         whole = len(bags) == B
-        idx = None if whole else torch.tensor(bags, device=x.device)
-        g = x if whole else x.index_select(0, idx)
+        # the group's bags by slices and its padding from Python numbers: no index tensor made from host data
+        g = x if whole else torch.cat([x[b : b + 1] for b in bags])
         g = g[:, :cells] if N >= cells else F.pad(g, (0, 0, 0, cells - N))
+        cell = torch.arange(cells, device=x.device)
         sizes = {lengths[b] for b in bags}
-        # one length for the group (bags of a fixed size): a Python number, no tensor made from host data
-        n = sizes.pop() if len(sizes) == 1 else torch.tensor([lengths[b] for b in bags], device=x.device)[:, None]
-        g = g.masked_fill((torch.arange(cells, device=x.device)[None] >= n)[..., None], 0.0)
+        past = (cell >= sizes.pop())[None] if len(sizes) == 1 else torch.stack([cell >= lengths[b] for b in bags])
+        g = g.masked_fill(past[..., None], 0.0)
         y = attn(g, h, rs)
         y = y[:, :N] if cells >= N else F.pad(y, (0, 0, 0, N - cells))
         if whole:
             return y
-        out = (x.new_zeros(B, N, C) if out is None else out).index_copy(0, idx, y)
-    return out
+        for i, b in enumerate(bags):
+            parts[b] = y[i : i + 1]
+    return torch.cat(parts)
 
 
 class RRTEncoder(nn.Module):

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from milzoo.components.base import ComponentConfig, Pooling
 from milzoo.components.output import MILOutput
-from milzoo.layers.masking import bag_lengths
+from milzoo.layers.masking import bag_lengths, real_rows
 from milzoo_transmil.nystrom import NystromAttention
 
 
@@ -205,13 +205,14 @@ class TransMILPooling(Pooling):
         for b, n in enumerate(lengths):
             groups[n].append(b)
         per_bag: list[dict[str, Tensor] | None] = [None] * h.shape[0]
+        rows = [real_rows(mask[b], n) for b, n in enumerate(lengths)]  # by index: nothing read back
         for n, bags in groups.items():
-            res = self.forward_bags(torch.stack([h[b][mask[b]] for b in bags]))
+            res = self.forward_bags(torch.stack([h[b].index_select(0, rows[b]) for b in bags]))
             for i, b in enumerate(bags):
                 per_bag[b] = {key: val[i] for key, val in res.items()}
 
         def spread(a: Tensor, b: int) -> Tensor:  # [n] -> [N] with zeros at padding
-            return a.new_zeros(mask.shape[1]).masked_scatter(mask[b], a)
+            return a.new_zeros(mask.shape[1]).index_copy(0, rows[b], a)
 
         att = {
             key: torch.stack([spread(p[key], b) for b, p in enumerate(per_bag)])
