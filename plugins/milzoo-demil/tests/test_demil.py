@@ -668,3 +668,20 @@ def test_shape_static_state_equals_the_boolean_form():
         ref.sum.zero_()
         ref.count.zero_()
         torch.testing.assert_close(lf.soft_labels, ref.soft, rtol=1e-6, atol=1e-7)
+
+
+def test_candidate_sets_checked_at_bind_are_not_checked_again_per_step():
+    """bind() checks every candidate set of a dataset it can read cheaply; the steps then read nothing back.
+    A dataset it cannot read cheaply keeps the per-step check (which refuses an empty set)."""
+    from milzoo.testing.dispatch import StepCounter
+
+    lf = loss_fn(3, entropy_weight=0.0)
+    lf.bind(model_for(3, 2), toy_dataset(num_bags=3))
+    assert lf._sets_checked
+    out, batch = fake_output([[0.2, 0.3, 0.5]]), fake_batch([0], [0], [[1.0, 1.0, 0.0]])
+    with StepCounter() as counter:
+        lf(out, batch, TrainState(epoch=0, num_epochs=2))
+    assert not counter.syncs, counter.syncs
+    lf._sets_checked = False  # as after bind() on a dataset whose sets come with each bag
+    with pytest.raises(ComponentError, match="empty candidate"):
+        lf(out, fake_batch([0], [0], [[0.0, 0.0, 0.0]]), TrainState(epoch=0, num_epochs=2))
