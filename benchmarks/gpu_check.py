@@ -48,7 +48,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 #: the files holding the tests marked ``cuda``
 CUDA_TEST_FILES = ["tests/test_trainer_steps.py", "plugins/milzoo-wsi/tests/test_resident_slides.py",
-                   "plugins/milzoo-vision/tests/test_encoders.py", "plugins/milzoo-psmil/tests/test_psmil_step.py"]
+                   "plugins/milzoo-vision/tests/test_encoders.py", "plugins/milzoo-psmil/tests/test_psmil_step.py",
+                   "tests/test_step_capture.py"]
 
 
 def sync(device):

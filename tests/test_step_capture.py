@@ -41,6 +41,14 @@ def test_the_eager_step_reads_nothing_back(name, padded):
     check_step_syncs(f"pooling:{name}", padded=padded)
 
 
+@pytest.mark.cuda
+def test_a_loss_that_updates_its_state_is_one_cuda_graph_on_a_gpu():
+    """Inductor and CUDA graphs (train.compile = "reduce-overhead"): DEMIL's loss updates its soft labels inside
+    the graph (its buffers are marked static), no graph is skipped, and the numbers are the eager step's to
+    float32 tolerance.  One model only: the GPU call has minutes, and each compilation takes about one."""
+    check_step_capture("pooling:demil", device="cuda")
+
+
 def test_dtfd_with_contiguous_chunks_is_captured():
     """The PSMIL paper's DTFD baseline split (no randomness) is captured whole."""
     if "dtfd" not in registry.names("pooling"):

@@ -246,3 +246,17 @@ def test_loss_buffers_are_kept_at_one_address_for_cuda_graphs(tmp_path, monkeypa
     CompiledStep(tr, "reduce-overhead", backend="aot_eager")
     assert any(t is tr.losses[0].state for t in marked)
     assert all(any(t is b for t in marked) for b in tr.model.buffers())
+
+
+def test_the_gpu_call_runs_every_test_marked_cuda():
+    """benchmarks/gpu_check.py runs `pytest -m cuda` on a list of files: a test marked cuda elsewhere would never
+    run on the rare GPU call."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    source = (root / "benchmarks" / "gpu_check.py").read_text()
+    listed = set(re.findall(r'"([^"]+\.py)"', source.split("CUDA_TEST_FILES = [", 1)[1].split("]", 1)[0]))
+    marked = {str(p.relative_to(root)) for p in [*root.glob("tests/test_*.py"), *root.glob("plugins/*/tests/test_*.py")]
+              if re.search(r"^\s*@pytest\.mark\.cuda\b", p.read_text(), re.M)}
+    assert "tests/test_step_capture.py" in marked and marked <= listed, sorted(marked - listed)

@@ -60,7 +60,7 @@ def _registered_name(spec: ComponentSpec) -> str:
 
 
 def _trainer(spec: ComponentSpec, folder: Path, compile_mode: Any, classes: int, bag_size: int, bags: int,
-             padded: bool = False):
+             padded: bool = False, device: str = "cpu", precision: str = "fp64"):
     from milzoo.datasets import FoldData
     from milzoo.datasets.base import BagListDataset
     from milzoo.datasets.batch import Bag
@@ -78,7 +78,7 @@ def _trainer(spec: ComponentSpec, folder: Path, compile_mode: Any, classes: int,
            "encoder": {"name": "mlp", "dims": [8], "dropout": 0.0},
            "pooling": {"name": _registered_name(spec), **spec.options}, "loss": [{"name": loss}],
            "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
-           "train": {"device": "cpu", "progress": False, "batch_size": 2, "epochs": 2, "precision": "fp64",
+           "train": {"device": device, "progress": False, "batch_size": 2, "epochs": 2, "precision": precision,
                      "grad_clip": 5.0, "compile": compile_mode}}
     torch.manual_seed(0)
     tr = Trainer(load_recipe(raw), FoldData(0, ds, None, {}), folder, emit=lambda r: None)
@@ -89,25 +89,37 @@ def _trainer(spec: ComponentSpec, folder: Path, compile_mode: Any, classes: int,
 
 
 def check_step_capture(component: Any, options: dict[str, Any] | None = None, *, classes: int = 3,
-                       bag_size: int = 5, bags: int = 6) -> None:
+                       bag_size: int = 5, bags: int = 6, device: str = "cpu") -> None:
     """Raise ``AssertionError`` unless the pooling's training step is captured whole and gives the eager
-    step's numbers (see the module)."""
-    from milzoo.train._compiled import CompiledStep
+    step's numbers (see the module).
+
+    ``device="cuda"`` checks the step as a GPU runs ``train.compile = "reduce-overhead"``: float32, inductor and
+    CUDA graphs (minutes of compilation), no CUDA graph skipped, the eager numbers to relative 1e-4.
+    """
+    from milzoo.train._compiled import CompiledStep, _cuda_graph_skips
 
     spec = resolve(component, options)
     if spec.kind != "pooling":
         raise TypeError(f"check_step_capture checks poolings, not the {spec.kind} {spec.name!r}")
+    cuda = torch.device(device).type == "cuda"
+    setting, precision = ("reduce-overhead", "fp32") if cuda else ("step", "fp64")
+    rtol, atol = (1e-4, 1e-5) if cuda else (CAPTURE_RTOL, CAPTURE_ATOL)
     with tempfile.TemporaryDirectory() as tmp, torch.random.fork_rng():
         torch._dynamo.reset()
-        eager, _ = _trainer(spec, Path(tmp, "eager"), False, classes, bag_size, bags)
-        compiled, ds = _trainer(spec, Path(tmp, "compiled"), "step", classes, bag_size, bags)
-        step = compiled.compiled_step = CompiledStep(compiled, "step", backend="aot_eager")
+        eager, _ = _trainer(spec, Path(tmp, "eager"), False, classes, bag_size, bags, device=device,
+                            precision=precision)
+        compiled, ds = _trainer(spec, Path(tmp, "compiled"), setting, classes, bag_size, bags, device=device,
+                                precision=precision)
+        if not cuda:
+            compiled.compiled_step = CompiledStep(compiled, "step", backend="aot_eager")
+        step = compiled.compiled_step
+        skips = _cuda_graph_skips()
         for epoch in range(2):
             a, b = eager.train_epoch(epoch), compiled.train_epoch(epoch)
             if step.disabled is not None:
                 raise AssertionError(f"{spec.id}: the step cannot be captured: {_breaks(compiled, ds)}")
             for key in a:
-                if abs(b[key] - a[key]) > CAPTURE_ATOL + CAPTURE_RTOL * abs(a[key]):
+                if abs(b[key] - a[key]) > atol + rtol * abs(a[key]):
                     raise AssertionError(f"{spec.id}: epoch {epoch}'s {key} is {b[key]!r} compiled and {a[key]!r} "
                                          "eagerly (random draws other than nn.Dropout modules differ between the "
                                          "two: give options that turn them off)")
@@ -117,12 +129,15 @@ def check_step_capture(component: Any, options: dict[str, Any] | None = None, *,
         for name, x in want.items():
             y = got[name]
             if x.is_floating_point():
-                close = torch.allclose(y, x, rtol=CAPTURE_RTOL, atol=CAPTURE_ATOL)
+                close = torch.allclose(y, x, rtol=rtol, atol=atol)
             else:
                 close = torch.equal(y, x)
             if not close:
                 raise AssertionError(f"{spec.id}: after two epochs {name} differs between the compiled and the "
                                      f"eager step (largest difference {(y.double() - x.double()).abs().max():.3g})")
+        if cuda and (not step.cuda_graphs or _cuda_graph_skips() > skips):
+            raise AssertionError(f"{spec.id}: inductor compiled the step but did not capture it as a CUDA graph "
+                                 "(TORCH_LOGS=perf_hints says why)")
         # last: explaining runs the step once more, which moves the model's state (prototypes, statistics)
         breaks = _breaks(compiled, ds)
         if breaks:
@@ -168,7 +183,7 @@ def _breaks(tr, ds) -> str:
     from milzoo.train._epoch import forward_losses
 
     torch._dynamo.reset()
-    batch = collate_bags([ds[i] for i in range(2)])
+    batch = collate_bags([ds[i] for i in range(2)]).to(tr.device)
     explained = torch._dynamo.explain(lambda b, s: forward_losses(tr, b, s))(batch, TrainState(epoch=1))
     torch._dynamo.reset()
     if not explained.graph_break_count and explained.graph_count == 1:
