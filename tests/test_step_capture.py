@@ -137,3 +137,16 @@ def test_the_model_passes_lengths_only_to_poolings_that_take_them(monkeypatch):
     monkeypatch.setattr(MeanPooling, "takes_lengths", True, raising=False)
     model(batch)
     assert seen == [{}, {"lengths": [4, 2]}]
+
+
+def test_the_gpu_form_of_the_check_builds_a_float32_run(tmp_path):
+    """What check_step_capture(device="cuda") trains, minus the GPU: a float32 run of the pooling whose step is
+    compiled in "reduce-overhead" mode (on a CPU: "step", without CUDA graphs)."""
+    from milzoo.testing._core import resolve
+    from milzoo.testing.capture import _trainer
+
+    tr, ds = _trainer(resolve("pooling:mean"), tmp_path, "reduce-overhead", 3, 5, 6, precision="fp32")
+    assert ds[0].x.dtype == torch.float32
+    assert tr.compiled_step is not None and tr.compiled_step.mode == "reduce-overhead"
+    tr.compiled_step.compiled = tr.compiled_step._eager  # the region's code, without compiling it here
+    assert tr.train_epoch(0)["loss"] > 0

@@ -68,8 +68,9 @@ def _trainer(spec: ComponentSpec, folder: Path, compile_mode: Any, classes: int,
     from milzoo.train import Trainer
 
     g = torch.Generator().manual_seed(3)
+    dtype = torch.float64 if precision == "fp64" else torch.float32
     ds = BagListDataset(
-        [Bag(torch.randn(bag_size - (i % 3 if padded else 0), 6, generator=g, dtype=torch.float64), i % classes,
+        [Bag(torch.randn(bag_size - (i % 3 if padded else 0), 6, generator=g, dtype=dtype), i % classes,
              index=i) for i in range(bags)],
         [f"c{k}" for k in range(classes)],
     )
