@@ -204,9 +204,11 @@ def trainer(tmp: Path, compile_mode=False, losses=None, batch_size=2, n_bags=6, 
     return Trainer(load_recipe(raw), FoldData(0, ds, None, {}), tmp, emit=lambda r: None), ds
 
 
-def test_a_psmil_step_reads_nothing_back(tmp_path):
-    """PSAtt (prototype update included) + bag CE + PSAli, as a GPU runs the step: no host synchronisation."""
-    tr, ds = trainer(tmp_path, batch_size=2)
+@pytest.mark.parametrize("lengths", [(5,), (5, 3, 4)], ids=["one-size", "padded"])
+def test_a_psmil_step_reads_nothing_back(tmp_path, lengths):
+    """PSAtt (prototype update included) + bag CE + PSAli, as a GPU runs the step: no host synchronisation,
+    with padded batches too (PSAli takes the rows by index)."""
+    tr, ds = trainer(tmp_path, batch_size=2, lengths=lengths)
     tr.step_reads = False
     subsets = {n: ds.subset(range(2 * n)) for n in (2, 3)}
 

@@ -22,6 +22,7 @@ from torch import Tensor
 from milzoo.components.base import ComponentConfig, Loss
 from milzoo.errors import ComponentError
 from milzoo.components.output import LossResult
+from milzoo.layers.masking import real_rows
 from milzoo.layers.precision import at_least_float32
 
 
@@ -109,7 +110,13 @@ class PSAliLoss(Loss):
         if views is None:  # evaluation, or a model without augmentation: the pooling's view only
             if out.features is None:
                 raise ComponentError("loss 'psali' needs out.features or out.extras['view_features'] (set by MILModel).")
-            rows = out.features.flatten(0, 1) if unpadded else out.features[mask]
+            lengths = batch.host_lengths() if hasattr(batch, "host_lengths") else None
+            if unpadded:
+                rows = out.features.flatten(0, 1)
+            elif lengths is not None:  # by index: boolean indexing would make a GPU count the rows first
+                rows = out.features.flatten(0, 1).index_select(0, real_rows(mask, sum(lengths)))
+            else:
+                rows = out.features[mask]
             views = rows.unsqueeze(0)  # [1, M, d]
         # the trainer runs losses outside autocast: bring bf16/fp16 features to the classifier's dtype
         param = next(pooling.parameters(), None)
