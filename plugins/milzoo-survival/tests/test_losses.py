@@ -231,3 +231,24 @@ def test_extra_logits_average_a_second_stream():
 )
 def test_contract(component, check):
     check(component)
+
+
+@pytest.mark.parametrize("head, cls", [("discrete", DiscreteSurvivalNLL), ("cox", CoxLoss)], ids=["discrete", "cox"])
+def test_a_survival_step_reads_nothing_back(head, cls):
+    """The loss and its backward make the host wait for nothing (a GPU step stays asynchronous and can be
+    captured): Cox weights its events by a mask instead of selecting them, with or without events."""
+    from milzoo.testing import StepCounter
+
+    ds = _dataset()
+    task = SurvivalTask(SurvivalTask.Config(head=head))
+    task.fit(ds)
+    model = _model(task)
+    loss = cls(cls.Config(), 2)
+    loss.bind(model, ds)
+    for rows in (range(len(ds)), [2, 5, 8]):  # the second batch has no event
+        batch = collate_bags([ds[i] for i in rows])
+        with StepCounter() as counter:
+            res = loss(model(batch), batch, TrainState(epoch=1, num_epochs=1, step=1))
+            res.total.backward()
+        assert not counter.syncs, dict(counter.syncs)
+        assert torch.isfinite(res.total)

@@ -183,3 +183,17 @@ def test_interpolated_survival_hits_the_bin_ends():
     surv = np.array([[0.8, 0.5, 0.1]])
     got = sm.interpolate_survival(surv, edges, np.array([0.0, 1.0, 2.0, 5.0, 9.0, 20.0]))
     assert np.allclose(got, [[1.0, 0.9, 0.8, 0.5, 0.1, 0.1]])
+
+
+def test_bins_loaded_unfitted_are_refused_again():
+    """Whether the bins are fitted is read once and then kept on the host; loading a state resets that, so an
+    unfitted state loaded over a fitted task is refused as before."""
+    from milzoo.errors import ComponentError
+
+    bags = [Bag(x=torch.randn(2, 3), y=(float(1 + i), float(i % 3 != 2)), bag_id=str(i)) for i in range(12)]
+    task = SurvivalTask(SurvivalTask.Config(bins=3))
+    task.fit(BagListDataset(bags, ["time", "event"]))
+    assert task.bin_index(torch.tensor([0.5, 100.0])).tolist() == [0, 2]
+    task.load_state_dict(SurvivalTask(SurvivalTask.Config(bins=3)).state_dict())
+    with pytest.raises(ComponentError, match="not fitted"):
+        task.bin_index(torch.tensor([0.5]))

@@ -48,14 +48,13 @@ def cox_nll(risk: Tensor, time: Tensor, event: Tensor) -> Tensor:
 
     ``-(1 / n_e) sum_{i: e_i = 1} (r_i - log sum_{j: t_j >= t_i} exp r_j)``: every event's risk set is every bag
     of the batch still followed at its time, tied times included (Breslow).  A batch without any event has no
-    term: the loss is an exact zero that keeps the graph (``0 * sum(r)``), never NaN.
+    term: the loss is an exact zero that keeps the graph, never NaN.  The events are weighted by a 0/1 mask rather
+    than selected, so that nothing is read back to the host (a GPU step stays asynchronous and can be captured).
     """
-    e = event > 0.5
-    if not bool(e.any()):
-        return risk.sum() * 0.0
+    e = (event > 0.5).to(risk.dtype)
     at_risk = time.unsqueeze(0) >= time.unsqueeze(1)  # [i, j]: j at risk at t_i (the diagonal is always True)
     log_den = torch.logsumexp(risk.unsqueeze(0).masked_fill(~at_risk, float("-inf")), dim=1)
-    return -(risk - log_den)[e].sum() / e.sum()
+    return -((risk - log_den) * e).sum() / e.sum().clamp_min(1.0)
 
 
 class _SurvivalLoss(Loss):

@@ -79,6 +79,8 @@ class SurvivalTask(Task):
         # bin edges [0, q_1, ..., q_{k-1}, largest training time]: placeholders until fit()
         self.register_buffer("edges", torch.arange(k + 1, dtype=torch.float64))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.uint8))
+        #: ``fitted`` as the host last saw it set: checked once, not read back from a GPU in every step
+        self._fitted_seen = False
 
     # ------------------------------------------------------------------ labels
     @property
@@ -151,11 +153,18 @@ class SurvivalTask(Task):
             edges = np.linspace(0.0, upper, k + 1)  # unused by the cox head; kept for the record
         self.edges.copy_(torch.as_tensor(edges, dtype=self.edges.dtype))
         self.fitted.fill_(1)
+        self._fitted_seen = True
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._fitted_seen = False  # a loaded state says for itself whether it is fitted
+        super()._load_from_state_dict(*args, **kwargs)
 
     def bin_index(self, time: Tensor) -> Tensor:
         """The discrete time bin of each time, ``[B] -> [B]`` long: bin ``j`` holds ``[q_j, q_{j+1})`` (the
         first bin starts at 0, the last one has no end: times past the training range fall into it)."""
-        if not bool(self.fitted):
+        if not self._fitted_seen and bool(self.fitted):
+            self._fitted_seen = True
+        if not self._fitted_seen:
             from milzoo.errors import ComponentError
 
             raise ComponentError("the survival task's time bins are not fitted: SurvivalTask.fit(train) must run on "
