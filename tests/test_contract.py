@@ -52,6 +52,7 @@ VARIANTS = [
     ("pooling:dtfd", {"reduced_dim": 16, "num_res_blocks": 1, "attn_hidden": 8, "num_groups": 3,
                       "distill": "MaxMinS", "rank_class": "pred", "eval_split": "stratified"}),
     ("pooling:dtfd", {"reduced_dim": 16, "attn_hidden": 8, "eval_draws": 2, "instance_tier": "tier1"}),
+    ("pooling:dtfd", {"reduced_dim": 16, "attn_hidden": 8, "split_generator": "device"}),
     # the PSMIL paper's own baselines (official 'dta', 'fsa', 'mha' poolings of LMBDA-design/PSAMIL)
     ("pooling:dtfd", {"split": "chunks", "num_groups": 10, "reduce": False, "tier1_classifier": "kaiming_nobias",
                       "detach_distilled": False, "instance_tier": "tier1", "attn_hidden": 8}),

@@ -17,7 +17,7 @@ from milzoo.testing import check_step_capture, check_step_syncs
 NOT_CAPTURED = {
     "dtfd": "the training split draws a permutation per bag from torch's CPU generator (as the official code): a "
             "compiled region draws other permutations than the eager step, and a CUDA graph cannot replay CPU work; "
-            "split = \"chunks\" (no randomness) is captured",
+            "split = \"chunks\" (no randomness) and split_generator = \"device\" are captured",
 }
 
 
@@ -54,6 +54,17 @@ def test_dtfd_with_contiguous_chunks_is_captured():
     if "dtfd" not in registry.names("pooling"):
         pytest.skip("the dtfd plugin is not installed")
     check_step_capture("pooling:dtfd", {"split": "chunks", "num_groups": 2})
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["one-size", "padded"])
+def test_dtfd_with_its_split_drawn_on_the_device_reads_nothing_back_and_is_captured(padded):
+    """split_generator = "device": the random split with no host work; captured whole (its draws differ from the
+    eager step's, as any random draw in a compiled region: only the capture is compared)."""
+    if "dtfd" not in registry.names("pooling"):
+        pytest.skip("the dtfd plugin is not installed")
+    check_step_syncs("pooling:dtfd", {"split_generator": "device"}, padded=padded)
+    if not padded:
+        check_step_capture("pooling:dtfd", {"split_generator": "device"}, draws=True)
 
 
 def test_the_table_names_registered_poolings():

@@ -13,7 +13,9 @@ from milzoo.datasets.batch import Bag, MILBatch, collate_bags
 from milzoo.errors import ComponentError
 from milzoo.components.output import MILOutput, TrainState
 from milzoo_dtfd.loss import DTFDLoss
-from milzoo_dtfd.pooling import DTFDPooling, chunk_split, random_split, seeded_split, stratified_split
+from milzoo_dtfd.pooling import (
+    DTFDPooling, chunk_split, device_random_split, random_split, seeded_split, stratified_split,
+)
 
 
 def make(k=2, d=6, **opts) -> DTFDPooling:
@@ -157,6 +159,36 @@ def test_padding_permutation_and_eval_determinism(distill, eval_split, draws):
 def test_eval_split_default_is_the_official_random_split():
     assert DTFDPooling.Config().eval_split == "random" and DTFDPooling.Config().eval_draws == 1
     assert DTFDPooling.Config().instance_tier == "tier2"
+
+
+def test_the_split_drawn_on_the_device_has_the_cpu_splits_sizes_and_distribution():
+    """split_generator = "device": array_split sizes in pseudo-bag order, -1 at padding, fresh draws from the
+    global generator, nothing read back; over many draws every partition of a small bag is as likely as with
+    randperm (two given instances share a pseudo-bag with probability 1/3 for n = 4, M = 2; 3/7 for n = 7, M = 2)."""
+    from milzoo.testing import StepCounter
+
+    lengths = (11, 4, 3, 1, 8)
+    mask = collate_bags([Bag(x=torch.zeros(n, 1), y=0) for n in lengths]).mask
+    torch.manual_seed(0)
+    with StepCounter() as counter:
+        g = device_random_split(mask, 4)
+    assert not counter.syncs
+    assert (g[~mask] == -1).all()
+    for b, n in enumerate(lengths):
+        m = min(4, n)
+        assert torch.bincount(g[b, :n], minlength=m).tolist() == [n // m + (1 if j < n % m else 0) for j in range(m)]
+    torch.manual_seed(1)
+    a = device_random_split(mask, 4)
+    assert not torch.equal(a, device_random_split(mask, 4))
+    torch.manual_seed(1)
+    assert torch.equal(device_random_split(mask, 4), a)
+    for n, share in ((4, 1 / 3), (7, 3 / 7)):
+        m = torch.ones(4000, n, dtype=torch.bool)
+        torch.manual_seed(2)
+        dev, cpu = device_random_split(m, 2), random_split(m, 2)
+        for split in (dev, cpu):
+            together = (split[:, 0] == split[:, 1]).float().mean().item()
+            assert abs(together - share) < 0.03, (n, together, share)
 
 
 def test_seeded_split_is_random_uniform_and_deterministic():

@@ -71,6 +71,26 @@ def random_split(mask: Tensor, num_groups: int, lengths: Sequence[int] | None = 
     return groups.to(mask.device)
 
 
+def device_random_split(mask: Tensor, num_groups: int) -> Tensor:
+    """:func:`random_split` drawn on ``mask``'s device, without any host work: pseudo-bag ids ``[B, N]``.
+
+    Each bag's real instances are ranked by uniform keys from torch's generator of that device (padding sorts
+    last), and rank ``r`` goes to the pseudo-bag that ``array_split`` sizes give it: with ``q, s = divmod(n, M)``
+    the first ``s`` pseudo-bags hold ``q + 1`` ranks, the others ``q``.  The same distribution as
+    :func:`random_split` (a uniformly random partition into those sizes), other numbers; no shape depends on the
+    data, so a captured step (``train.compile = "reduce-overhead"``) can replay it.
+    """
+    n = mask.sum(1, keepdim=True)  # [B, 1]
+    m = n.clamp(max=num_groups).clamp_min(1)
+    q, s = torch.div(n, m, rounding_mode="floor"), n % m
+    keys = torch.rand(mask.shape, device=mask.device).masked_fill(~mask, 2.0)
+    rank = keys.argsort(dim=1).argsort(dim=1)
+    big = s * (q + 1)  # ranks held by the s pseudo-bags of q + 1
+    group = torch.where(rank < big, torch.div(rank, q + 1, rounding_mode="floor"),
+                        s + torch.div(rank - big, q.clamp_min(1), rounding_mode="floor"))
+    return torch.where(mask, group, torch.full_like(group, -1))
+
+
 def seeded_split(scores: Tensor, mask: Tensor, num_groups: int, seed: int) -> Tensor:
     """The official test-time random split, made deterministic: pseudo-bag ids ``[B, N]``.
 
@@ -185,6 +205,12 @@ class DTFDPooling(Pooling):
             description="training split: a fresh random split per bag (DTFD-MIL), or 'chunks' = num_groups "
             "contiguous chunks in bag order at training and evaluation (the PSMIL code's 'dta' baseline)",
         )
+        split_generator: Literal["cpu", "device"] = Field(
+            default="cpu",
+            description="where the random training split is drawn: torch's CPU generator (as the official code; "
+            "the step cannot be a CUDA graph) or the step's device (the same distribution, other draws; the step "
+            "can be captured with train.compile = \"reduce-overhead\")",
+        )
         reduce: bool = Field(
             default=True,
             description="the bias-free reduction ReLU(h W_r) (+ residual blocks); false = tier 1 on the "
@@ -254,6 +280,8 @@ class DTFDPooling(Pooling):
         if self.config.split == "chunks":
             return chunk_split(mask, self.config.num_groups)
         if self.training:
+            if self.config.split_generator == "device":
+                return device_random_split(mask, self.config.num_groups)
             return random_split(mask, self.config.num_groups, lengths)
         if self.config.eval_split == "stratified":
             return stratified_split(scores, mask, self.config.num_groups)
