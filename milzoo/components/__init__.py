@@ -12,7 +12,7 @@ _EXPORTS = {
     # base
     "ComponentConfig": "base", "Component": "base", "Encoder": "base", "Pooling": "base", "Loss": "base",
     "Augment": "base", "DatasetSource": "base", "Task": "base", "BoundModel": "base", "KINDS": "base", "component_options": "base",
-    "Logger": "base",
+    "Logger": "base", "pool_bags": "base",
     # output
     "MILOutput": "output", "LossResult": "output", "TrainState": "output", "RunInfo": "output",
     # download

@@ -17,6 +17,7 @@ Construction signatures (the registry and the model builder call these):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict
@@ -85,6 +86,14 @@ class Encoder(Component, nn.Module):
         raise NotImplementedError
 
 
+def pool_bags(pooling: nn.Module, h: Tensor, mask: Tensor, lengths: Sequence[int] | None) -> MILOutput:
+    """Call ``pooling(h, mask)``, passing the host ``lengths`` to a pooling whose ``takes_lengths`` says it
+    wants them (any module: an aggregator inside a pooling need not be a :class:`Pooling`)."""
+    if getattr(pooling, "takes_lengths", False):
+        return pooling(h, mask, lengths=lengths)
+    return pooling(h, mask)
+
+
 class Pooling(Component, nn.Module):
     """Turns a padded batch of instance features into bag predictions."""
 
@@ -97,10 +106,10 @@ class Pooling(Component, nn.Module):
     #: outputs of any meaning)
     tasks: ClassVar[tuple[str, ...] | None] = None
     #: True when ``forward`` takes ``lengths``: each bag's number of real instances as Python integers (they are
-    #: its first rows), which ``MILModel`` passes when the host knows them (``MILBatch.host_lengths``; else None).  A pooling that needs
-    #: them on the host (a loop over bags, skipping the masking of a batch without padding) then reads nothing
-    #: back from ``mask``: no host synchronisation on a GPU, no break in a compiled step.  See
-    #: ``milzoo.layers.bag_lengths`` and ``milzoo.layers.is_padded``.
+    #: its first rows), which ``MILModel`` passes when the host knows them (``MILBatch.host_lengths``; else
+    #: None).  A pooling that needs them on the host (a loop over bags, skipping the masking of a batch without
+    #: padding) then reads nothing back from ``mask``: no host synchronisation on a GPU, no break in a compiled
+    #: step.  See ``milzoo.layers.bag_lengths`` and ``milzoo.layers.is_padded``; callers use :func:`pool_bags`.
     takes_lengths: ClassVar[bool] = False
 
     def __init__(self, config: ComponentConfig, in_dim: int, num_classes: int):

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from milzoo.datasets.batch import MILBatch
-from milzoo.components.base import Augment, Encoder, Pooling, Task, component_options
+from milzoo.components.base import Augment, Encoder, Pooling, Task, component_options, pool_bags
 from milzoo.errors import CheckpointError, DataError
 from milzoo.layers.masking import real_rows
 from milzoo.components.output import MILOutput
@@ -260,10 +260,7 @@ class MILModel(Predicts, SavesPretrained, nn.Module):
 
     def forward(self, batch: MILBatch) -> MILOutput:
         h, view_feats = self.encode(batch)
-        if self.pooling.takes_lengths:
-            out = self.pooling(h, batch.mask, lengths=batch.host_lengths())
-        else:
-            out = self.pooling(h, batch.mask)
+        out = pool_bags(self.pooling, h, batch.mask, batch.host_lengths())
         out.features = h
         if view_feats is not None:
             out.extras["view_features"] = view_feats

@@ -25,7 +25,6 @@ resets dynamo's caches (``torch._dynamo.reset()``) before and after; both checks
 
 from __future__ import annotations
 
-import logging
 import math
 import tempfile
 from pathlib import Path
@@ -34,8 +33,6 @@ from typing import Any
 import torch
 
 from milzoo.testing._core import ComponentSpec, resolve
-
-log = logging.getLogger(__name__)
 
 _DROPOUTS = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d, torch.nn.AlphaDropout,
              torch.nn.FeatureAlphaDropout)

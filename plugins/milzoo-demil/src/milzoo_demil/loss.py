@@ -185,7 +185,8 @@ class DEMILLoss(Loss):
             self.soft_labels.copy_(torch.where(hit > 0, start, self.soft_labels))
             self.initialised.logical_or_(hit[:, 0] > 0)
         stored = torch.where(self.initialised[slots].unsqueeze(-1), self.soft_labels[slots], uni)
-        targets = torch.where(valid.unsqueeze(-1).to(uniform.device), stored.to(device=uniform.device, dtype=uniform.dtype), uniform)
+        stored = stored.to(device=uniform.device, dtype=uniform.dtype)
+        targets = torch.where(valid.unsqueeze(-1).to(uniform.device), stored, uniform)
         return targets, valid, slots
 
     def forward(self, out, batch, state):

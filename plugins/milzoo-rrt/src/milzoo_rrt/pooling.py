@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from pydantic import Field, NonNegativeInt, PositiveInt, ValidationError, field_validator
 from torch import Tensor, nn
 
-from milzoo.components.base import ComponentConfig, Pooling
+from milzoo.components.base import ComponentConfig, Pooling, pool_bags
 from milzoo.components.output import MILOutput
 from milzoo.errors import ComponentError
 from milzoo.layers.masking import attention_pool, bag_lengths, masked_softmax
@@ -438,9 +438,6 @@ class RRTPooling(Pooling):
 
     def forward(self, h: Tensor, mask: Tensor, lengths: Sequence[int] | None = None) -> MILOutput:
         x = self.reembed(h, mask, lengths)
-        if getattr(self.aggregator, "takes_lengths", False):
-            out = self.aggregator(x, mask, lengths=lengths)
-        else:
-            out = self.aggregator(x, mask)
+        out = pool_bags(self.aggregator, x, mask, lengths)
         out.extras = {**out.extras, "reembedded": x}
         return out
