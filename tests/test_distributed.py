@@ -331,10 +331,10 @@ def test_fold_jobs_starting_together_share_the_run_directory(tmp_path):
     partial = run_dir / ".recipe.toml.x1y2"  # the other job's atomic write in flight
     partial.write_text("name = ")
 
-    def other_job():
+    def other_job():  # finishes its atomic write: the whole file takes the temp file's place at once
         time.sleep(0.5)
-        (run_dir / "recipe.toml").write_text(recipe.to_toml())
-        partial.unlink()
+        partial.write_text(recipe.to_toml())
+        partial.replace(run_dir / "recipe.toml")
 
     t = threading.Thread(target=other_job)
     t.start()
