@@ -76,8 +76,10 @@ def mil_runner(config: str, bps: int, bag_size: int, shape, classes: int, compil
     ``captured``: the step as ``train.compile = "reduce-overhead"`` runs it on a GPU, where the compiled
     forward-and-losses and its backward are each one CUDA graph replay.  A CPU has no CUDA graphs, and
     torch.compile cannot run under a dispatch mode: the region is compiled with the ``aot_eager`` backend (the
-    same graph boundaries, no code generation) and counted as one launch per graph; everything outside the
-    graphs (batch, loss sums, clipping, optimiser) is counted operator by operator, as in the eager step.
+    same graph boundaries, no code generation) and counted as two launches per graph: the replay and the copy
+    of its inputs into the graph's buffers (the batch for the forward, the gradient seed for the backward);
+    everything outside the graphs (batch, loss sums, clipping, optimiser) is counted operator by operator, as
+    in the eager step.
     """
     from milzoo.datasets import FoldData
     from milzoo.testing.dispatch import StepCounter
@@ -102,7 +104,7 @@ def mil_runner(config: str, bps: int, bag_size: int, shape, classes: int, compil
                 counter = StepCounter.active()
                 if counter is None:
                     return fn(*args, **kwargs)
-                with counter.replayed(1):
+                with counter.replayed(1, input_copies=1):
                     return fn(*args, **kwargs)
             return call
 

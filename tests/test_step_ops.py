@@ -84,6 +84,10 @@ def test_replayed_code_counts_as_one_launch_per_graph():
         assert StepCounter.active() is c
     assert c.ops == {"aten.ones": 1, "aten.sum": 1, "cuda_graph_replay": 2} and not c.syncs
     assert StepCounter.active() is None
+    with StepCounter() as c:
+        with c.replayed(1, input_copies=1):
+            torch.ones(2)
+    assert c.ops == {"cuda_graph_replay": 1, "cuda_graph_input_copy": 1} and c.kernels == 2
 
 
 # --------------------------------------------------------------------------- loss sums

@@ -187,10 +187,12 @@ class StepCounter:
         return _ACTIVE[-1] if _ACTIVE else None
 
     @contextmanager
-    def replayed(self, graphs: int = 1):
+    def replayed(self, graphs: int = 1, input_copies: int = 0):
         """Code that a GPU replays as ``graphs`` captured CUDA graph(s): not counted operator by operator
         (torch.compile cannot even run under a dispatch mode), but as ``graphs`` launches (operator
-        ``"cuda_graph_replay"``)."""
+        ``"cuda_graph_replay"``), plus ``input_copies`` launches (``"cuda_graph_input_copy"``): torch.compile's
+        CUDA graphs copy the inputs that are not kept at a fixed address (a step's batch, the backward's
+        gradient seed) into the graph's own buffers before each replay, one ``_foreach_copy_``."""
         for mode in reversed(self._modes):
             mode.__exit__(None, None, None)
         try:
@@ -199,7 +201,9 @@ class StepCounter:
             for mode in self._modes:
                 mode.__enter__()
             self.ops["cuda_graph_replay"] += graphs
-            self.kernels += graphs
+            if input_copies:
+                self.ops["cuda_graph_input_copy"] += input_copies
+            self.kernels += graphs + input_copies
 
 
 @dataclass
