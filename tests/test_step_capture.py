@@ -11,6 +11,7 @@ from milzoo import registry
 from milzoo.datasets.batch import Bag, collate_bags
 from milzoo.layers import bag_lengths, is_padded
 from milzoo.testing import check_step_capture, check_step_syncs
+from milzoo.testing.capture import cpu_compiler
 
 # Poolings whose step is not captured yet, and why; strict: one that starts passing fails the suite, so the
 # table (and docs/performance.md's) stays true.
@@ -39,6 +40,31 @@ def test_the_step_is_captured_with_the_eager_numbers(name):
 @pytest.mark.parametrize("name", registry.names("pooling"))
 def test_the_eager_step_reads_nothing_back(name, padded):
     check_step_syncs(f"pooling:{name}", padded=padded)
+
+
+#: poolings whose step is also lowered by inductor here, one per mechanism a GPU's compiler must handle:
+#: attention with a convolution (TransMIL's PPEG), top-k instance selection (CLAM), a loss updating its state in
+#: place (DEMIL), random draws on the device (DTFD's device split); a pooling buffer updated in place (PSAtt) is
+#: lowered in plugins/milzoo-vision/tests/test_step_syncs.py.  Every pooling passes (about 130 s for all
+#: sixteen with a cold cache, 2026-12-07, docs/performance.md); four keep the suite's time.
+INDUCTOR = {"transmil": ({}, False), "clam_sb": ({}, False), "demil": ({}, False),
+            "dtfd": ({"split_generator": "device"}, True)}
+
+
+@pytest.mark.skipif(cpu_compiler() is None, reason="inductor builds C++ kernels on a CPU: no compiler found")
+@pytest.mark.parametrize("name", list(INDUCTOR))
+def test_the_step_is_lowered_by_inductor_with_the_eager_numbers(name):
+    """The step compiled by inductor, the backend a GPU's "reduce-overhead" compiles with (less the CUDA graphs):
+    generated kernels give the eager numbers (float64, relative 1e-9)."""
+    if name not in registry.names("pooling"):
+        pytest.skip(f"the {name} plugin is not installed")
+    options, draws = INDUCTOR[name]
+    check_step_capture(f"pooling:{name}", options, backend="inductor", draws=draws)
+
+
+def test_an_unknown_backend_is_refused():
+    with pytest.raises(ValueError, match="aot_eager"):
+        check_step_capture("pooling:mean", backend="eager")
 
 
 @pytest.mark.cuda

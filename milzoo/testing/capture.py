@@ -26,6 +26,8 @@ resets dynamo's caches (``torch._dynamo.reset()``) before and after; both checks
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,15 @@ _DROPOUTS = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.
 #: tolerances of the compiled step against the eager one (float64; sums in another order)
 CAPTURE_RTOL = 1e-9
 CAPTURE_ATOL = 1e-10
+
+
+def cpu_compiler() -> str | None:
+    """The C++ compiler inductor would build a CPU step's kernels with (``$CXX``, else ``g++``, ``c++`` or
+    ``clang++`` on the path), or None: then ``backend="inductor"`` cannot be checked on a CPU."""
+    cxx = os.environ.get("CXX")
+    if cxx:
+        return shutil.which(cxx) or None
+    return next((path for c in ("g++", "c++", "clang++") if (path := shutil.which(c))), None)
 
 
 def _registered_name(spec: ComponentSpec) -> str:
@@ -88,13 +99,18 @@ def _trainer(spec: ComponentSpec, folder: Path, compile_mode: Any, classes: int,
 
 
 def check_step_capture(component: Any, options: dict[str, Any] | None = None, *, classes: int = 3,
-                       bag_size: int = 5, bags: int = 6, device: str = "cpu", draws: bool = False) -> None:
+                       bag_size: int = 5, bags: int = 6, device: str = "cpu", draws: bool = False,
+                       backend: str = "aot_eager") -> None:
     """Raise ``AssertionError`` unless the pooling's training step is captured whole and gives the eager
     step's numbers (see the module).
 
     ``draws``: the step draws random numbers by design (a random split, sampling of instances), which a
     compiled region draws differently: only the capture is checked (one graph, no fallback, finite losses),
     not the numbers.
+
+    ``backend`` (on a CPU): ``"aot_eager"`` checks the capture and the backward without generating code;
+    ``"inductor"``, the backend a GPU compiles with, also lowers the step to generated kernels (C++ on a CPU:
+    needs a compiler, about ten seconds a pooling), the CUDA graphs excepted.
 
     ``device="cuda"`` checks the step as a GPU runs ``train.compile = "reduce-overhead"``: float32, inductor and
     CUDA graphs (minutes of compilation), no CUDA graph skipped, the eager numbers to relative 1e-4.
@@ -113,8 +129,13 @@ def check_step_capture(component: Any, options: dict[str, Any] | None = None, *,
                             precision=precision)
         compiled, ds = _trainer(spec, Path(tmp, "compiled"), setting, classes, bag_size, bags, device=device,
                                 precision=precision)
+        if backend not in ("aot_eager", "inductor"):
+            raise ValueError(f"check_step_capture: backend is 'aot_eager' or 'inductor', not {backend!r}")
+        if not cuda and backend == "inductor" and cpu_compiler() is None:
+            raise RuntimeError("check_step_capture(backend='inductor') builds C++ kernels on a CPU and found no "
+                               "compiler: install g++ (or set CXX), or check with backend='aot_eager'")
         if not cuda:
-            compiled.compiled_step = CompiledStep(compiled, "step", backend="aot_eager")
+            compiled.compiled_step = CompiledStep(compiled, "step", backend=backend)
         step = compiled.compiled_step
         skips = _cuda_graph_skips()
         for epoch in range(2):

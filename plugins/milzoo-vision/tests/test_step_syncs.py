@@ -9,6 +9,7 @@ import pytest
 
 from milzoo.datasets import FoldData
 from milzoo.recipe import load_recipe
+from milzoo.testing.capture import cpu_compiler
 from milzoo.testing.dispatch import count_per_step
 from milzoo.train import Trainer
 from milzoo_vision.datasets import ImageBagDataset, build_bags
@@ -58,6 +59,7 @@ def test_an_image_step_reads_nothing_back(tmp_path, model):
     assert count.ops > 50
 
 
+@pytest.mark.skipif(cpu_compiler() is None, reason="inductor builds C++ kernels on a CPU: no compiler found")
 @pytest.mark.parametrize("model", ["abmil", "psmil"])
 def test_the_image_step_compiles_with_inductor(tmp_path, model):
     """``train.compile = "step"`` with inductor, the backend a GPU's ``"reduce-overhead"`` compiles with (less
