@@ -25,6 +25,7 @@ minute on a CPU.
     .venv/bin/python benchmarks/step_ops.py                 # one line per configuration
     .venv/bin/python benchmarks/step_ops.py --verbose       # + where each synchronisation is asked for
     .venv/bin/python benchmarks/step_ops.py --encoder resnet18   # CIFAR-10's shape (about 80 s)
+    .venv/bin/python benchmarks/step_ops.py --configs --floor    # the leanest eager ABMIL step written out
 """
 
 from __future__ import annotations
@@ -131,6 +132,35 @@ def supervised_runner(bps: int, bag_size: int, views: int, shape, classes: int, 
     return run
 
 
+def abmil_floor_runner(bps: int, bag_size: int, shape, classes: int, encoder: str = "cnn2", hidden: int = 128):
+    """The leanest eager ABMIL step there can be, written out: the supervised step's encoder, images and SGD,
+    with ABMIL's attention (Linear, tanh, Linear, softmax over each bag, weighted sum) before the linear head,
+    and nothing else: no batch gather, no mask, no views, no clipping, no loss sums.  What its count exceeds the
+    supervised step by is the attention's own forward, backward and optimiser work, which no rewrite of the
+    trainer can remove; only a compiler fuses it (``--floor``)."""
+    import torch.nn.functional as F
+
+    args = SimpleNamespace(encoder=encoder, steps=3)
+    torch.manual_seed(0)
+    sup = pt.SupBench(args, "fp32", False, bps * bag_size, shape, classes, torch.device("cpu"))
+    d = sup.head.in_features
+    attn_v, attn_w = torch.nn.Linear(d, hidden), torch.nn.Linear(hidden, 1)
+    sup.opt.add_param_group({"params": list(attn_v.parameters()) + list(attn_w.parameters())})
+    labels = sup.y[:, :bps]
+
+    def run(n: int) -> None:
+        for s in range(n):
+            h = sup.encoder(sup.x[s % sup.steps])                            # [B*N, d]
+            a = torch.softmax(attn_w(torch.tanh(attn_v(h))).view(bps, bag_size), dim=1)
+            z = torch.bmm(a.unsqueeze(1), h.view(bps, bag_size, d)).squeeze(1)
+            loss = F.cross_entropy(sup.head(z), labels[s % sup.steps])
+            sup.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            sup.opt.step()
+
+    return run
+
+
 def measure(config: str, bps: int, bag_size: int, encoder: str = "cnn2", classes: int = 10, sites: bool = False,
             captured: bool = True) -> dict:
     from milzoo.testing.dispatch import count_per_step
@@ -167,6 +197,8 @@ def main(argv=None) -> int:
     p.add_argument("--eager-only", action="store_true", help="skip the captured step (train.compile = "
                    "'reduce-overhead' as a GPU replays it; traced with torch.compile, a few seconds per row)")
     p.add_argument("--sites", action="store_true", help="with --verbose: the MIL step's operators per line of code")
+    p.add_argument("--floor", action="store_true", help="also count the leanest eager ABMIL step written out "
+                   "(no gather, mask, views, clipping or loss sums): how far a rewrite without a compiler could go")
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -189,6 +221,21 @@ def main(argv=None) -> int:
             print(f"    top operators: {top}")
             for site, n in r["mil_by_site"].items():
                 print(f"    {n:4d} ops: {site}")
+    if args.floor:
+        from milzoo.testing.dispatch import count_per_step
+
+        for encoder, bps in itertools.product(args.encoder, args.bags_per_step):
+            shape = SHAPES[encoder]
+            floor = count_per_step(abmil_floor_runner(bps, args.bag_size, shape, 10, encoder))
+            sup = count_per_step(supervised_runner(bps, args.bag_size, 1, shape, 10, encoder))
+            rows.append({"config": "abmil_floor", "encoder": encoder, "bags_per_step": bps, "mil_ops": floor.ops,
+                         "supervised_ops": sup.ops, "ops_ratio": round(floor.ops / sup.ops, 2),
+                         "mil_kernels": floor.kernels, "supervised_kernels": sup.kernels,
+                         "kernels_ratio": round(floor.kernels / sup.kernels, 2), "syncs_per_step": floor.syncs})
+            print(f"{encoder} abmil floor (written out) bags/step={bps}: mil_ops={floor.ops} supervised_ops={sup.ops} "
+                  f"ops_ratio={floor.ops / sup.ops:.2f} mil_kernels={floor.kernels} "
+                  f"supervised_kernels={sup.kernels} kernels_ratio={floor.kernels / sup.kernels:.2f} "
+                  f"syncs_per_step={floor.syncs}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0
