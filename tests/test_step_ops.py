@@ -264,3 +264,34 @@ def test_the_gpu_call_runs_every_test_marked_cuda():
     marked = {str(p.relative_to(root)) for p in [*root.glob("tests/test_*.py"), *root.glob("plugins/*/tests/test_*.py")]
               if re.search(r"^\s*@pytest\.mark\.cuda\b", p.read_text(), re.M)}
     assert "tests/test_step_capture.py" in marked and marked <= listed, sorted(marked - listed)
+
+
+def test_the_benchmark_prints_its_counts(tmp_path):
+    """benchmarks/step_ops.py (docs/performance.md's tables) still runs: one row of the trainer's ABMIL step,
+    eager and captured, and the written-out floor, with ratios and no synchronisation."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from milzoo import registry
+
+    if "abmil" not in registry.names("pooling"):
+        pytest.skip("the abmil plugin is not installed")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "step_ops.py"
+    out = tmp_path / "rows.json"
+    done = subprocess.run([sys.executable, str(script), "--configs", "abmil", "--bags-per-step", "1", "--floor",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {r["config"]: r for r in json.loads(out.read_text())}
+    trainer, floor = rows["abmil"], rows["abmil_floor"]
+    assert "ops_ratio=" in done.stdout and "syncs_per_step=0" in done.stdout
+    assert trainer["syncs_per_step"] == floor["syncs_per_step"] == 0
+    assert trainer["supervised_ops"] == floor["supervised_ops"] > 0
+    # the trainer's step does more than the written-out one (gather, mask, clipping, loss sums), the captured
+    # step far less: two graph replays with their input copies and the work outside them
+    assert floor["mil_ops"] < trainer["mil_ops"]
+    assert trainer["captured_ops"] < trainer["supervised_ops"] < floor["mil_ops"]
+    assert trainer["captured_by_op"]["cuda_graph_replay"] == trainer["captured_by_op"]["cuda_graph_input_copy"] == 2
