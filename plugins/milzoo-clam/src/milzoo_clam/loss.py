@@ -24,7 +24,7 @@ from torch import Tensor
 from milzoo.components.base import ComponentConfig, Loss
 from milzoo.components.output import LossResult
 from milzoo.errors import ComponentError
-from milzoo.layers.masking import bag_lengths, real_rows
+from milzoo.layers.masking import bag_lengths, is_padded, real_rows
 from milzoo.layers.precision import at_least_float32
 
 
@@ -125,7 +125,7 @@ class CLAMLoss(Loss):
             )
         cluster = at_least_float32(cluster)
         lengths = bag_lengths(out.mask, lengths)
-        if all(n == cluster.shape[1] for n in lengths):
+        if not is_padded(out.mask, lengths):
             return self._fixed_length_loss(scores, cluster, y)
         per_bag = []
         for b, n in enumerate(lengths):  # padded: each bag's real rows, by index (nothing read back)

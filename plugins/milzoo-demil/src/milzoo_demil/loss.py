@@ -66,6 +66,8 @@ class DEMILLoss(Loss):
         self.register_buffer("initialised", torch.zeros(0, dtype=torch.bool))
         self.register_buffer("pending_sum", torch.zeros(0, k))
         self.register_buffer("pending_count", torch.zeros(0))
+        #: every candidate set of the dataset was checked in bind(): the steps need not check (read back) theirs
+        self._sets_checked = False
 
     # ------------------------------------------------------------------ setup
     def bind(self, model, dataset) -> None:
@@ -94,7 +96,6 @@ class DEMILLoss(Loss):
         self.pending_sum = torch.zeros(n, k, device=dev)
         self.pending_count = torch.zeros(n, device=dev)
         cand = self._cheap_candidates(_root(dataset), n)
-        #: every candidate set of the dataset was checked here: the steps need not check (read back) theirs
         self._sets_checked = cand is not None
         if cand is not None:
             self._check_candidates(cand)
@@ -155,7 +156,7 @@ class DEMILLoss(Loss):
                 f"batch.candidates has shape {tuple(cand.shape)} but loss 'demil' expects "
                 f"[{batch.size}, {k}] (one 0/1 vector over the {k} classes per bag)."
             )
-        if not getattr(self, "_sets_checked", False):
+        if not self._sets_checked:
             self._check_candidates(cand)  # a read back per step; bind() checks cheap datasets once instead
         return (cand > 0).to(like.dtype)
 

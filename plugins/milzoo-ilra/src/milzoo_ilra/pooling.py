@@ -26,9 +26,8 @@ a real one through a zero attention weight.  Every attention is linear in ``n`` 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from milzoo.components.base import ComponentConfig, Pooling, pool_bags
 from milzoo.components.output import MILOutput
 from milzoo.errors import ComponentError
-from milzoo.layers.masking import attention_pool, bag_lengths, masked_softmax
+from milzoo.layers.masking import attention_pool, bag_lengths, is_padded, masked_softmax
 
 #: largest attention map (elements) computed at once: regions are processed in chunks under it (same result)
 _CHUNK_ELEMENTS = 1 << 25
@@ -257,7 +257,7 @@ class RRTEncoder(nn.Module):
         ``lengths``: each bag's real instances when the host knows them (``milzoo.layers.bag_lengths``)."""
         B, N, d = h.shape
         lengths = bag_lengths(mask, lengths)
-        padded = any(n < N for n in lengths)
+        padded = is_padded(mask, lengths)
         if padded:
             # each bag's real instances first, in their order; the rest zeroed (no value at padding survives)
             order = torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)

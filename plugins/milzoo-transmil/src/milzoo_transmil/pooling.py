@@ -20,10 +20,9 @@ permutation invariant: PPEG mixes neighbours on the grid.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -32,7 +31,7 @@ from torch import Tensor, nn
 
 from milzoo.components.base import ComponentConfig, Pooling
 from milzoo.components.output import MILOutput
-from milzoo.layers.masking import bag_lengths, real_rows
+from milzoo.layers.masking import bag_lengths, is_padded, real_rows
 from milzoo_transmil.nystrom import NystromAttention
 
 
@@ -195,7 +194,7 @@ class TransMILPooling(Pooling):
 
     def forward(self, h: Tensor, mask: Tensor, lengths: Sequence[int] | None = None) -> MILOutput:
         lengths = bag_lengths(mask, lengths)
-        if all(n == h.shape[1] for n in lengths):  # no padding: one call for the whole batch, nothing indexed
+        if not is_padded(mask, lengths):  # no padding: one call for the whole batch, nothing indexed
             res = self.forward_bags(h)
             att = {key: res[key] for key in ("attention_layer1", "attention_layer2")}
             return MILOutput(bag_logits=res["bag_logits"], mask=mask,

@@ -23,7 +23,6 @@ without padding runs without a mask (fused attention kernels).
 from __future__ import annotations
 
 from collections.abc import Sequence
-
 from typing import Literal
 
 import torch

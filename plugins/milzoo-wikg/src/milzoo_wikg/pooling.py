@@ -32,7 +32,6 @@ reaches only the selected scores); only the memory differs, ``O(n k d)`` instead
 from __future__ import annotations
 
 from collections.abc import Sequence
-
 from typing import ClassVar, Literal
 
 import torch
