@@ -121,6 +121,11 @@ def check_step_capture(component: Any, options: dict[str, Any] | None = None, *,
     if spec.kind != "pooling":
         raise TypeError(f"check_step_capture checks poolings, not the {spec.kind} {spec.name!r}")
     cuda = torch.device(device).type == "cuda"
+    if backend not in ("aot_eager", "inductor"):
+        raise ValueError(f"check_step_capture: backend is 'aot_eager' or 'inductor', not {backend!r}")
+    if not cuda and backend == "inductor" and cpu_compiler() is None:
+        raise RuntimeError("check_step_capture(backend='inductor') builds C++ kernels on a CPU and found no "
+                           "compiler: install g++ (or set CXX), or check with backend='aot_eager'")
     setting, precision = ("reduce-overhead", "fp32") if cuda else ("step", "fp64")
     rtol, atol = (1e-4, 1e-5) if cuda else (CAPTURE_RTOL, CAPTURE_ATOL)
     with tempfile.TemporaryDirectory() as tmp, torch.random.fork_rng():
@@ -129,11 +134,6 @@ def check_step_capture(component: Any, options: dict[str, Any] | None = None, *,
                             precision=precision)
         compiled, ds = _trainer(spec, Path(tmp, "compiled"), setting, classes, bag_size, bags, device=device,
                                 precision=precision)
-        if backend not in ("aot_eager", "inductor"):
-            raise ValueError(f"check_step_capture: backend is 'aot_eager' or 'inductor', not {backend!r}")
-        if not cuda and backend == "inductor" and cpu_compiler() is None:
-            raise RuntimeError("check_step_capture(backend='inductor') builds C++ kernels on a CPU and found no "
-                               "compiler: install g++ (or set CXX), or check with backend='aot_eager'")
         if not cuda:
             compiled.compiled_step = CompiledStep(compiled, "step", backend=backend)
         step = compiled.compiled_step

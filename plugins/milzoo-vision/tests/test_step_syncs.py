@@ -33,20 +33,24 @@ def bags(n_bags: int, seed: int, channels: int = 1) -> ImageBagDataset:
     return ImageBagDataset(images, idx, inst, y, ["bg", "a", "b"], "toy-")
 
 
+def recipe(model: str, encoder: dict | None = None, augment: dict | None = None, **train):
+    """The image step's recipe for one of ``MODELS`` (the data are given to the trainer directly)."""
+    pooling, losses, views = MODELS[model]
+    return load_recipe({
+        "name": "syncs", "data": {"name": "fmnist_bags", "root": "/nonexistent"},  # validated only
+        "encoder": {"name": "cnn2", "dim": 8, "normalize": "half", **(encoder or {})},
+        "augment": {"name": "mil_views", "num_views": views, "pad": 1, "cutout_size": 3, **(augment or {})},
+        "pooling": pooling, "loss": losses, "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+        "train": {"batch_size": 2, "device": "cpu", "progress": False, "grad_clip": 5.0, **train},
+    })
+
+
 @pytest.mark.parametrize("model", list(MODELS))
 def test_an_image_step_reads_nothing_back(tmp_path, model):
-    pooling, losses, views = MODELS[model]
-    recipe = load_recipe({
-        "name": "syncs", "data": {"name": "fmnist_bags", "root": "/nonexistent"},  # validated only
-        "encoder": {"name": "cnn2", "dim": 8, "normalize": "half"},
-        "augment": {"name": "mil_views", "num_views": views, "pad": 1, "cutout_size": 3},
-        "pooling": pooling, "loss": losses, "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
-        "train": {"batch_size": 2, "device": "cpu", "progress": False, "grad_clip": 5.0},
-    })
     channels = 3 if model.endswith("_rgb") else 1
     data = {2: bags(6, 0, channels), 3: bags(9, 1, channels)}
     data = {n: ds.subset(range(2 * n)) for n, ds in data.items()}
-    tr = Trainer(recipe, FoldData(0, data[3], None, {}), tmp_path, emit=lambda r: None)
+    tr = Trainer(recipe(model), FoldData(0, data[3], None, {}), tmp_path, emit=lambda r: None)
     tr.step_reads = False  # the step a GPU runs
     assert tr._resident_split(data[3]) is not None  # batches are gathered on the device
 
@@ -73,23 +77,13 @@ def test_the_image_step_compiles_with_inductor(tmp_path, model):
     import torch
     from milzoo.train._compiled import CompiledStep
 
-    pooling, losses, views = MODELS[model]
-    augment = {"name": "mil_views", "num_views": views, "pad": 1, "cutout_size": 3}
-    if views == 1:
-        augment.update(flip=False, pad=0)
+    augment = {"flip": False, "pad": 0} if MODELS[model][2] == 1 else {}  # one view: no draws
     runs = {}
     for mode in (False, "step"):
         torch._dynamo.reset()
-        recipe = load_recipe({
-            "name": "inductor", "data": {"name": "fmnist_bags", "root": "/nonexistent"},  # validated only
-            "encoder": {"name": "cnn2", "dim": 8, "normalize": "half", "dropout": 0.0}, "augment": augment,
-            "pooling": pooling, "loss": losses, "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
-            "train": {"batch_size": 2, "device": "cpu", "progress": False, "grad_clip": 5.0, "precision": "fp64",
-                      "compile": mode},
-        })
         torch.manual_seed(0)
-        tr = Trainer(recipe, FoldData(0, bags(6, 0).subset(range(6)), None, {}), tmp_path / str(mode),
-                     emit=lambda r: None)
+        tr = Trainer(recipe(model, {"dropout": 0.0}, augment, precision="fp64", compile=mode),
+                     FoldData(0, bags(6, 0).subset(range(6)), None, {}), tmp_path / str(mode), emit=lambda r: None)
         if mode:
             compiled_fn = tr.compiled_step.compiled
 
